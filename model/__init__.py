@@ -1,0 +1,1 @@
+"""headsweep's model package: a gated encoder–decoder Transformer and its plain (Ray-free) training loop."""

@@ -1,0 +1,390 @@
+"""One typed config tree for a training run, loaded and validated in one place.
+
+Every default lives in the dataclasses below and nowhere else. ``load_config`` reads YAML, applies
+``--set key=value`` overrides, converts the nested mapping into the dataclass tree and validates it; any
+problem raises :class:`ConfigError` naming the key, the value and what is allowed, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+AttentionType = Literal["enc_self", "dec_self", "dec_cross"]
+ATTENTION_TYPES: tuple[str, ...] = get_args(AttentionType)
+Freezable = Literal["encoder", "decoder", "embeddings"]
+
+
+class ConfigError(ValueError):
+    """A config key has a bad value, is unknown, or is inconsistent with another key."""
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 256  # width of embeddings and residual stream
+    n_heads: int = 4  # attention heads per attention block; must divide d_model
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    d_ff: int = 1024  # hidden width of the feed-forward blocks
+    dropout: float = 0.1  # residual and embedding dropout
+    attention_dropout: float = 0.0  # dropout on attention probabilities
+    activation_dropout: float = 0.0  # dropout inside the feed-forward block
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = 1024  # longest sequence (tokens) the position table covers
+    norm: Literal["pre", "post"] = "pre"  # layer-norm placement
+    share_embeddings: bool = False  # one embedding table for source and target (needs data.joint_vocab)
+    tie_output: bool = True  # output projection shares the target embedding matrix
+
+
+@dataclass
+class GateConfig:
+    """Hard Concrete head gates (Louizos et al. 2018; Voita et al. 2019)."""
+
+    mode: Literal["none", "open", "learned"] = "none"  # none: plain model; open: gates fixed at 1
+    attention: list[AttentionType] = field(default_factory=lambda: ["enc_self"])  # which attention is gated
+    penalty: float = 0.0  # lambda, weight of the L0 penalty
+    temperature: float = 0.33  # beta of the Hard Concrete distribution
+    gamma: float = -0.1  # lower end of the stretch interval
+    zeta: float = 1.1  # upper end of the stretch interval
+    init_log_alpha: float = 2.0  # initial log_alpha of every head (2.0: eval gate 0.96, P(open) 0.94)
+    noise: Literal["per_example", "per_batch"] = "per_example"  # one gate sample per sentence or per batch
+
+
+@dataclass
+class SyntheticConfig:
+    seed: int = 1234  # seed of the generated language pair (not of training)
+    train_size: int = 20000  # sentence pairs
+    valid_size: int = 300
+    test_size: int = 300
+    max_modifiers: int = 2  # adjectives per noun phrase: 0..max_modifiers
+    relative_clause_prob: float = 0.3  # probability of a relative clause on the subject
+
+
+@dataclass
+class DataConfig:
+    corpus: Literal["synthetic"] = "synthetic"  # corpus source; real corpora plug in here
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    cache_dir: str | None = None  # tokenizer cache; default $HEADSWEEP_CACHE or ~/.cache/headsweep
+    joint_vocab: bool = True  # one sentencepiece model for both sides
+    vocab_size: int = 1000  # per sentencepiece model
+    spm_model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
+    character_coverage: float = 1.0
+    max_tokens: int | None = 4096  # batch budget in (padded) tokens of the longer side
+    batch_size: int | None = None  # batch size in sentences; when set, replaces max_tokens
+    max_len: int = 128  # training pairs with a longer side (in tokens) are dropped, and counted
+    bucket_size: int = 100  # batches sorted by length within pools of this many batches
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1  # seed of initialisation, dropout, gate noise and data order
+    lr: float = 5.0e-4  # peak learning rate (noam: the multiplier of d_model^-0.5)
+    schedule: Literal["noam", "inverse_sqrt", "constant", "cosine"] = "inverse_sqrt"
+    warmup_steps: int = 1000  # linear warm-up (noam, inverse_sqrt, cosine)
+    min_lr: float = 0.0  # floor of the cosine schedule
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    adam_eps: float = 1.0e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    grad_clip: float | None = 1.0  # max global grad norm; null: no clipping
+    accumulation: int = 1  # batches per optimizer step
+    max_steps: int = 10000  # optimizer steps
+    max_epochs: int | None = None  # stop after this many passes over the data, whichever comes first
+    eval_every: int = 1000  # steps between evaluations (each writes a checkpoint)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (the best by BLEU is kept too)
+    freeze: list[Freezable] = field(default_factory=list)  # parts that do not train
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (bf16/fp16 need a GPU)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None  # torch.set_num_threads; null: leave torch's default
+    compile: bool = False  # torch.compile the model
+    progress: bool = True  # progress bar on stderr
+
+
+@dataclass
+class EvalConfig:
+    split: Literal["valid", "test"] = "valid"  # held-out split scored at every evaluation
+    beam_size: int = 1  # 1: greedy
+    length_penalty: float = 1.0  # GNMT alpha; 0 disables
+    max_len_a: float = 1.5  # hypotheses stop at a * source length + b tokens
+    max_len_b: int = 10
+    batch_size: int = 64  # sentences per decoding batch
+    max_sentences: int | None = None  # score only the first N sentences of the split
+    samples: int = 3  # translations printed and stored with each evaluation
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gates: GateConfig = field(default_factory=GateConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conversion from plain mappings
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {_type_name(tp)}.")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {_type_name(tp)}.")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {_type_name(tp)}.")
+        (item_tp,) = get_args(tp)
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {_type_name(tp)}.")
+    return float(value) if tp is float else value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and values of the wrong type."""
+    where = prefix or "the config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Invalid setting for `{where}`: {data!r}. Allowed: a mapping.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean `{(prefix + '.' if prefix else '') + close[0]}`?" if close else ""
+            raise ConfigError(f"Unknown key `{full}`.{hint} Allowed keys here: {', '.join(names)}.")
+        kwargs[key] = _convert(value, hints[key], full)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation of ranges and combinations
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {allowed}.")
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and combinations; return ``cfg`` unchanged or raise :class:`ConfigError`."""
+    m, g, d, t, e = cfg.model, cfg.gates, cfg.data, cfg.train, cfg.eval
+    for key in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "max_positions"):
+        _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "an integer >= 1")
+    _require(m.d_model % m.n_heads == 0, "model.n_heads", m.n_heads, f"a divisor of model.d_model={m.d_model}")
+    for key in ("dropout", "attention_dropout", "activation_dropout"):
+        _require(0.0 <= getattr(m, key) < 1.0, f"model.{key}", getattr(m, key), "a number in [0, 1)")
+    _require(
+        not m.share_embeddings or d.joint_vocab,
+        "model.share_embeddings",
+        m.share_embeddings,
+        "false unless data.joint_vocab is true (separate vocabularies cannot share one table)",
+    )
+
+    _require(len(g.attention) > 0, "gates.attention", g.attention, f"a non-empty list of {ATTENTION_TYPES}")
+    _require(len(set(g.attention)) == len(g.attention), "gates.attention", g.attention, "no repeated entries")
+    _require(g.penalty >= 0.0, "gates.penalty", g.penalty, "a number >= 0")
+    _require(g.penalty == 0.0 or g.mode == "learned", "gates.penalty", g.penalty,
+             "0 unless gates.mode is 'learned' (there is nothing to penalise)")
+    _require(g.temperature > 0.0, "gates.temperature", g.temperature, "a number > 0")
+    _require(g.gamma < 0.0, "gates.gamma", g.gamma, "a number < 0")
+    _require(g.zeta > 1.0, "gates.zeta", g.zeta, "a number > 1")
+
+    s = d.synthetic
+    for key in ("train_size", "valid_size", "test_size"):
+        _require(getattr(s, key) >= 1, f"data.synthetic.{key}", getattr(s, key), "an integer >= 1")
+    _require(s.max_modifiers >= 0, "data.synthetic.max_modifiers", s.max_modifiers, "an integer >= 0")
+    _require(0.0 <= s.relative_clause_prob <= 1.0, "data.synthetic.relative_clause_prob",
+             s.relative_clause_prob, "a number in [0, 1]")
+    _require(d.vocab_size >= 16, "data.vocab_size", d.vocab_size, "an integer >= 16")
+    _require(0.0 < d.character_coverage <= 1.0, "data.character_coverage", d.character_coverage,
+             "a number in (0, 1]")
+    _require(d.max_tokens is not None or d.batch_size is not None, "data.max_tokens", d.max_tokens,
+             "an integer >= 1 when data.batch_size is null")
+    if d.batch_size is not None:
+        _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1 or null")
+    if d.max_tokens is not None:
+        _require(d.max_tokens >= 1, "data.max_tokens", d.max_tokens, "an integer >= 1 or null")
+    _require(d.max_len >= 2, "data.max_len", d.max_len, "an integer >= 2")
+    _require(d.max_len + 1 <= m.max_positions, "data.max_len", d.max_len,
+             f"at most model.max_positions - 1 = {m.max_positions - 1}")
+    if d.max_tokens is not None and d.batch_size is None:
+        _require(d.max_tokens >= d.max_len + 1, "data.max_tokens", d.max_tokens,
+                 f"at least data.max_len + 1 = {d.max_len + 1}, so that the longest pair fits a batch")
+    _require(d.bucket_size >= 1, "data.bucket_size", d.bucket_size, "an integer >= 1")
+
+    _require(t.lr > 0.0, "train.lr", t.lr, "a number > 0")
+    _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
+    _require(t.warmup_steps >= 1 or t.schedule not in ("noam", "inverse_sqrt"), "train.warmup_steps",
+             t.warmup_steps, f"an integer >= 1 for schedule {t.schedule!r}")
+    _require(0.0 <= t.min_lr < t.lr if t.schedule == "cosine" else t.min_lr >= 0.0, "train.min_lr", t.min_lr,
+             "a number in [0, train.lr)")
+    _require(len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas), "train.adam_betas",
+             t.adam_betas, "two numbers in [0, 1)")
+    _require(t.adam_eps > 0.0, "train.adam_eps", t.adam_eps, "a number > 0")
+    _require(t.weight_decay >= 0.0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    _require(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
+    if t.grad_clip is not None:
+        _require(t.grad_clip > 0.0, "train.grad_clip", t.grad_clip, "a number > 0 or null")
+    _require(t.accumulation >= 1, "train.accumulation", t.accumulation, "an integer >= 1")
+    _require(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
+    if t.max_epochs is not None:
+        _require(t.max_epochs >= 1, "train.max_epochs", t.max_epochs, "an integer >= 1 or null")
+    _require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
+    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
+    _require(len(set(t.freeze)) == len(t.freeze), "train.freeze", t.freeze, "no repeated entries")
+    _require(
+        not (set(t.freeze) >= {"encoder", "decoder", "embeddings"} and g.mode != "learned"),
+        "train.freeze", t.freeze, "a list that leaves something to train (freeze all three only with learned gates)",
+    )
+    if t.threads is not None:
+        _require(t.threads >= 1, "train.threads", t.threads, "an integer >= 1 or null")
+    _require(t.precision != "fp16" or t.device != "cpu", "train.precision", t.precision,
+             "'fp32' or 'bf16' on device 'cpu' (fp16 autocast needs a GPU)")
+
+    _require(e.beam_size >= 1, "eval.beam_size", e.beam_size, "an integer >= 1")
+    _require(e.length_penalty >= 0.0, "eval.length_penalty", e.length_penalty, "a number >= 0")
+    _require(e.max_len_a >= 0.0, "eval.max_len_a", e.max_len_a, "a number >= 0")
+    _require(e.max_len_b >= 1, "eval.max_len_b", e.max_len_b, "an integer >= 1")
+    _require(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer >= 1")
+    if e.max_sentences is not None:
+        _require(e.max_sentences >= 1, "eval.max_sentences", e.max_sentences, "an integer >= 1 or null")
+    _require(e.samples >= 0, "eval.samples", e.samples, "an integer >= 0")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key repeated in one mapping (YAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"Duplicate key `{key}` at line {key_node.start_mark.line + 1} "
+                f"(first at line {seen[key]}) in {loader.name}."
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping; syntax errors and duplicate keys become :class:`ConfigError` with a line number."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from exc
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"YAML syntax error in {path}{line}: {exc.problem}.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, not {type(data).__name__}.")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested mapping, in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} must look like key.sub=value.")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Override {item!r}: value is not valid YAML ({exc}).") from exc
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"Override {item!r}: `{part}` is not a section.")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Convert and validate a plain mapping (a YAML file's content or a checkpoint's stored config)."""
+    return validate(from_dict(Config, data))
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (or the defaults when None), apply overrides, convert and validate."""
+    data = read_yaml(path) if path is not None else {}
+    try:
+        return config_from_dict(apply_overrides(data, list(overrides or [])))
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,317 @@
+"""Corpora -> sentencepiece -> batches.
+
+A corpus source is anything with the :class:`Corpus` interface (a name, a fingerprint of its content and
+settings, and ``split(name)`` giving aligned source/target lines). ``build_corpus`` picks one from
+``data.corpus``; new sources (local files, downloads) register in ``CORPUS_SOURCES``.
+
+sentencepiece models are trained once per corpus fingerprint + tokenizer settings and cached on disk, so every
+run and every trial of a sweep that shares them reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+from .config import DataConfig
+from .synthetic import generate_splits
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPLITS = ("train", "valid", "test")
+
+
+class Corpus(Protocol):
+    name: str
+
+    def fingerprint(self) -> str:
+        """A string that changes whenever the corpus content would change."""
+
+    def split(self, name: str) -> tuple[list[str], list[str]]:
+        """Aligned (source lines, target lines) of split ``name`` in SPLITS."""
+
+
+class SyntheticCorpus:
+    """The built-in synthetic language pair (see ``model.synthetic``)."""
+
+    name = "synthetic"
+
+    def __init__(self, cfg: DataConfig) -> None:
+        s = cfg.synthetic
+        self._settings = {
+            "seed": s.seed, "max_modifiers": s.max_modifiers, "relative_clause_prob": s.relative_clause_prob,
+            "sizes": {"train": s.train_size, "valid": s.valid_size, "test": s.test_size},
+        }
+        self._splits: dict[str, tuple[list[str], list[str]]] | None = None
+
+    def fingerprint(self) -> str:
+        return "synthetic-v1:" + json.dumps(self._settings, sort_keys=True)
+
+    def split(self, name: str) -> tuple[list[str], list[str]]:
+        if self._splits is None:
+            s = self._settings
+            self._splits = generate_splits(s["seed"], s["sizes"], s["max_modifiers"], s["relative_clause_prob"])
+        return self._splits[name]
+
+
+CORPUS_SOURCES: dict[str, Callable[[DataConfig], Corpus]] = {"synthetic": SyntheticCorpus}
+
+
+def build_corpus(cfg: DataConfig) -> Corpus:
+    return CORPUS_SOURCES[cfg.corpus](cfg)
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    """Where tokenizers are cached: ``data.cache_dir``, else ``$HEADSWEEP_CACHE``, else ~/.cache/headsweep."""
+    root = cfg.cache_dir or os.environ.get("HEADSWEEP_CACHE") or Path.home() / ".cache" / "headsweep"
+    return Path(root).expanduser().resolve()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+class Tokenizer:
+    """A sentencepiece model with the project's special ids (pad 0, unk 1, bos 2, eos 3)."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        self.proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise ValueError(f"sentencepiece model has special ids {ids}, expected (0, 1, 2, 3)")
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, lines: list[str]) -> list[list[int]]:
+        return self.sp.encode(lines, out_type=int)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return self.sp.decode(ids)
+
+
+@dataclass
+class Tokenizers:
+    src: Tokenizer
+    tgt: Tokenizer
+    joint: bool
+
+
+def _train_sentencepiece(lines: Iterator[str], cfg: DataConfig) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=lines,
+        model_writer=buffer,
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.spm_model_type,
+        character_coverage=cfg.character_coverage,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        input_sentence_size=2_000_000, shuffle_input_sentence=True,
+        hard_vocab_limit=False,  # a small corpus may have fewer pieces than vocab_size
+        num_threads=1,  # one thread keeps training deterministic
+        minloglevel=2,
+    )
+    return buffer.getvalue()
+
+
+def tokenizer_key(corpus: Corpus, cfg: DataConfig, side: str) -> str:
+    settings = {
+        "corpus": corpus.fingerprint(), "side": side, "vocab_size": cfg.vocab_size,
+        "model_type": cfg.spm_model_type, "character_coverage": cfg.character_coverage,
+        "sentencepiece": spm.__version__,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_tokenizers(corpus: Corpus, cfg: DataConfig, log: Callable[[str], None] = print) -> Tokenizers:
+    """Load cached sentencepiece models for ``corpus``, training (and caching) any that are missing."""
+    src_train, tgt_train = corpus.split("train")
+    sides = {"joint": src_train + tgt_train} if cfg.joint_vocab else {"src": src_train, "tgt": tgt_train}
+    models = {}
+    for side, lines in sides.items():
+        path = cache_root(cfg) / "spm" / f"{corpus.name}-{side}-{tokenizer_key(corpus, cfg, side)}.model"
+        if path.exists():
+            models[side] = Tokenizer(path.read_bytes())
+            continue
+        log(f"training sentencepiece ({side}, {cfg.vocab_size} pieces) -> {path}")
+        proto = _train_sentencepiece(iter(lines), cfg)
+        atomic_write_bytes(path, proto)
+        models[side] = Tokenizer(proto)
+    if cfg.joint_vocab:
+        return Tokenizers(models["joint"], models["joint"], joint=True)
+    return Tokenizers(models["src"], models["tgt"], joint=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoded splits and batches
+
+
+@dataclass
+class EncodedSplit:
+    """Token ids of one split. ``src[i]`` ends with EOS; ``tgt[i]`` has no BOS/EOS (added per batch)."""
+
+    src: list[np.ndarray]
+    tgt: list[np.ndarray]
+    src_text: list[str]
+    tgt_text: list[str]
+    dropped: int  # pairs removed by the length filter
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return np.fromiter((len(s) for s in self.src), dtype=np.int64, count=len(self.src))
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return np.fromiter((len(t) + 1 for t in self.tgt), dtype=np.int64, count=len(self.tgt))
+
+
+def encode_split(
+    tok: Tokenizers, src_lines: list[str], tgt_lines: list[str], max_len: int | None
+) -> EncodedSplit:
+    """Tokenise a split; with ``max_len``, drop (and count) pairs whose source or target+1 exceeds it."""
+    src_ids, tgt_ids = tok.src.encode(src_lines), tok.tgt.encode(tgt_lines)
+    out = EncodedSplit([], [], [], [], dropped=0)
+    for s, t, s_text, t_text in zip(src_ids, tgt_ids, src_lines, tgt_lines):
+        if max_len is not None and (len(s) + 1 > max_len or len(t) + 1 > max_len):
+            out.dropped += 1
+            continue
+        out.src.append(np.asarray(s + [EOS_ID], dtype=np.int32))
+        out.tgt.append(np.asarray(t, dtype=np.int32))
+        out.src_text.append(s_text)
+        out.tgt_text.append(t_text)
+    return out
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # [B, S]
+    tgt_in: torch.Tensor  # [B, T], BOS + target
+    tgt_out: torch.Tensor  # [B, T], target + EOS
+    index: list[int]  # positions of the sentences in their split
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.index)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tgt_out.ne(PAD_ID).sum())
+
+
+def pad_rows(rows: list[np.ndarray], width: int) -> torch.Tensor:
+    out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out)
+
+
+def collate(split: EncodedSplit, index: list[int]) -> Batch:
+    src = [split.src[i] for i in index]
+    tgt = [split.tgt[i] for i in index]
+    tgt_in = [np.concatenate(([BOS_ID], t)) for t in tgt]
+    tgt_out = [np.concatenate((t, [EOS_ID])) for t in tgt]
+    width = max(len(t) for t in tgt_in)
+    return Batch(pad_rows(src, max(len(s) for s in src)), pad_rows(tgt_in, width), pad_rows(tgt_out, width), list(index))
+
+
+def make_batches(
+    src_lengths: np.ndarray,
+    tgt_lengths: np.ndarray,
+    max_tokens: int | None,
+    batch_size: int | None,
+    bucket_size: int,
+    seed: int,
+    epoch: int,
+) -> list[list[int]]:
+    """The batches of one epoch, a pure function of (lengths, settings, seed, epoch).
+
+    Sentences are shuffled, cut into pools of about ``bucket_size`` batches, sorted by length within a pool
+    (little padding), packed into batches (``batch_size`` sentences, or as many as fit ``max_tokens`` padded
+    tokens of the longer side), and the batches are shuffled. Recomputing it from (seed, epoch) is what lets a
+    resumed run continue with exactly the batches an unbroken run would see.
+    """
+    n = len(src_lengths)
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(n))
+    rng.shuffle(order)
+    longest = np.maximum(src_lengths, tgt_lengths)
+    per_batch = batch_size or max(1, max_tokens // max(1, int(longest.mean())))
+    pool = max(1, bucket_size * per_batch)
+    batches: list[list[int]] = []
+    for start in range(0, n, pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: (tgt_lengths[i], src_lengths[i]))
+        current: list[int] = []
+        width = 0
+        for i in chunk:
+            new_width = max(width, int(longest[i]))
+            full = len(current) >= batch_size if batch_size else new_width * (len(current) + 1) > max_tokens
+            if current and full:
+                batches.append(current)
+                current, new_width = [], int(longest[i])
+            current.append(i)
+            width = new_width
+        if current:
+            batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def eval_batches(split: EncodedSplit, batch_size: int, limit: int | None = None) -> list[list[int]]:
+    """Batches of a held-out split, sorted by source length (little padding); indices into the split."""
+    n = len(split) if limit is None else min(limit, len(split))
+    order = sorted(range(n), key=lambda i: len(split.src[i]))
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+@dataclass
+class Data:
+    """Everything a run needs from its corpus."""
+
+    corpus: Corpus
+    tokenizers: Tokenizers
+    splits: dict[str, EncodedSplit]
+
+
+def load_data(
+    cfg: DataConfig, eval_split: str, log: Callable[[str], None] = print, tokenizers: Tokenizers | None = None
+) -> Data:
+    """Build the corpus, its tokenizers (unless given, e.g. by a checkpoint), and the encoded train split and
+    held-out ``eval_split``."""
+    corpus = build_corpus(cfg)
+    tok = tokenizers or build_tokenizers(corpus, cfg, log)
+    splits = {"train": encode_split(tok, *corpus.split("train"), max_len=cfg.max_len)}
+    if len(splits["train"]) == 0:
+        raise ValueError(f"corpus {corpus.name!r}: no training pair is at most data.max_len={cfg.max_len} tokens")
+    if splits["train"].dropped:
+        log(f"dropped {splits['train'].dropped} training pairs longer than data.max_len={cfg.max_len} tokens")
+    splits[eval_split] = encode_split(tok, *corpus.split(eval_split), max_len=None)
+    return Data(corpus, tok, splits)

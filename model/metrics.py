@@ -1,0 +1,28 @@
+"""Names of the metrics a run reports, shared by the training loop, the sweep trainable and ``analysis/``.
+
+Never retype these strings elsewhere: import them.
+"""
+
+from .config import ATTENTION_TYPES
+
+STEP = "step"
+EPOCH = "epoch"
+LOSS = "loss"  # mean label-smoothed cross-entropy per target token since the previous evaluation
+NLL = "nll"  # the same without label smoothing
+VALID_NLL = "valid_nll"  # teacher-forced NLL per token on the held-out split
+L0 = "l0"  # expected number of open gated heads, sum of P(gate != 0)
+PENALTY = "l0_penalty"  # the L0 term lambda multiplies (per-block mean, see Transformer.penalty_l0)
+LR = "lr"
+BLEU = "bleu"
+CHRF = "chrf"
+OPEN_HEADS = "open_heads"  # heads with eval gate > 0, all attention types
+TOKENS_PER_S = "tokens_per_s"  # target tokens trained per second since the previous evaluation
+TRAIN_SECONDS = "train_seconds"  # wall time spent training (evaluation excluded), cumulative
+STATUS = "status"  # "running", "completed" or "diverged"
+
+
+def open_heads_key(attention_type: str) -> str:
+    """Metric name of the open-head count of one attention type, e.g. ``open_heads/enc_self``."""
+    if attention_type not in ATTENTION_TYPES:
+        raise ValueError(f"unknown attention type {attention_type!r}; allowed: {ATTENTION_TYPES}")
+    return f"{OPEN_HEADS}/{attention_type}"

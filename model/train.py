@@ -1,0 +1,452 @@
+"""The training loop: plain PyTorch, no Ray. ``train(cfg, out_dir, report=...)`` is what a sweep wraps.
+
+Every ``train.eval_every`` steps (and at the end) the loop scores the held-out split, writes a checkpoint
+atomically, appends to ``metrics.jsonl``/``samples.jsonl``/``gates.jsonl`` in ``out_dir``, and calls
+``report(metrics, checkpoint_path)``. A resumed run restores model, optimizer, step, epoch, position in the
+epoch's batch order and RNG states, and so continues exactly as the unbroken run would have.
+
+Command line::
+
+    python -m model.train CONFIG.yaml [--set key=value ...] [--out DIR] [--resume] [--init-from CKPT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import metrics as M
+from .checkpoint import (CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint,
+                         load_model_state, save_checkpoint)
+from .config import ATTENTION_TYPES, Config, ConfigError, TrainConfig, load_config, save_config
+from .data import Batch, Data, collate, load_data, make_batches
+from .evaluate import score, teacher_forced_nll, translate_split
+from .transformer import Transformer
+
+ReportFn = Callable[[dict[str, Any], Path | None], None]
+STATUS_FILE, METRICS_FILE, SAMPLES_FILE, GATES_FILE = "status.json", "metrics.jsonl", "samples.jsonl", "gates.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+# Keys that may differ between a checkpoint's config and the config it is resumed with: they change how long
+# the run goes on, how it is observed or where it runs, never the trajectory of the steps already planned.
+RESUMABLE_CHANGES = {
+    "train.max_steps", "train.max_epochs", "train.eval_every", "train.keep_checkpoints", "train.progress",
+    "train.threads", "train.device", "data.cache_dir",
+}
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or continue (bad output folder, nothing to resume, mismatched checkpoint)."""
+
+
+def learning_rate(step: int, cfg: TrainConfig, d_model: int) -> float:
+    """Learning rate of optimizer step ``step`` (1-based).
+
+    noam (Vaswani et al. 2017, eq. 3): ``lr * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)``, where
+    ``lr`` is the step factor; inverse_sqrt: linear warm-up to ``lr``, then ``lr * sqrt(warmup / step)``;
+    constant: linear warm-up to ``lr``; cosine: linear warm-up, then cosine decay to ``min_lr`` at max_steps.
+    """
+    s, w = max(step, 1), cfg.warmup_steps
+    warm = min(1.0, s / w) if w > 0 else 1.0
+    if cfg.schedule == "noam":
+        return cfg.lr * d_model**-0.5 * min(s**-0.5, s * w**-1.5)
+    if cfg.schedule == "inverse_sqrt":
+        return cfg.lr * min(s / w, math.sqrt(w / s))
+    if cfg.schedule == "constant":
+        return cfg.lr * warm
+    progress = min(1.0, max(0.0, (s - w) / max(1, cfg.max_steps - w)))
+    return warm * (cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress)))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def config_differences(old: Config, new: Config) -> list[str]:
+    """Keys whose values differ between two configs, as 'key: old -> new'."""
+    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("Invalid setting for `train.device`: 'cuda'. Allowed: 'cpu' or 'auto' (no GPU is visible).")
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    if cfg.precision == "fp16":
+        raise ConfigError("Invalid setting for `train.precision`: 'fp16'. Allowed: 'fp32' or 'bf16' without a GPU.")
+    return torch.device("cpu")
+
+
+@dataclass
+class RunResult:
+    status: str  # "completed" or "diverged"
+    step: int
+    metrics: dict[str, Any]  # those of the last evaluation
+    checkpoint: Path | None  # the last checkpoint written
+    out_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """One training run. Build it, then call :meth:`run`."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | Path,
+        report: ReportFn | None = None,
+        resume: bool = False,
+        init_from: str | Path | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.out_dir = Path(out_dir).resolve()
+        self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
+        self.report, self.log = report, log
+        resume_payload = self._resume_payload(cfg) if resume else None
+        if not resume and any(self.ckpt_dir.glob("step_*.pt")):
+            raise TrainingError(
+                f"{self.out_dir} already holds checkpoints of a run; pass --resume to continue it "
+                f"or choose another --out folder"
+            )
+        init_payload = load_checkpoint(init_from) if init_from is not None and resume_payload is None else None
+        self.cfg = cfg
+        t = cfg.train
+        self.device = pick_device(t)
+        if t.threads is not None:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+
+        # 1) data: a checkpoint's own tokenizers when continuing from one
+        source = resume_payload or init_payload
+        tokenizers = checkpoint_tokenizers(source) if source is not None else None
+        self.data: Data = load_data(cfg.data, cfg.eval.split, log, tokenizers)
+        tok = self.data.tokenizers
+
+        # 2) model, gates, freezing
+        self.model = Transformer(cfg.model, len(tok.src), len(tok.tgt), cfg.gates)
+        if init_payload is not None:
+            base_cfg = checkpoint_config(init_payload)
+            if base_cfg.model != cfg.model:
+                diffs = [d for d in config_differences(base_cfg, cfg) if d.startswith("model.")]
+                raise CheckpointError(f"--init-from {init_from}: model settings differ: {'; '.join(diffs)}")
+            load_model_state(self.model, init_payload["model"], source=f"--init-from {init_from}")
+        self.model.freeze(t.freeze)
+        self.model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(
+            self.params, lr=learning_rate(1, t, cfg.model.d_model), betas=tuple(t.adam_betas), eps=t.adam_eps,
+            weight_decay=t.weight_decay,
+        )
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
+        self.loss_fn = torch.compile(self.model.loss, dynamic=True) if t.compile else self.model.loss
+
+        # 3) counters, restored on resume
+        self.step, self.epoch, self.batch_pos = 0, 0, 0
+        self.train_seconds = 0.0
+        self.best_bleu: float | None = None
+        self.best_checkpoint: Path | None = None
+        if resume_payload is not None:
+            self._restore(resume_payload)
+        else:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE):
+                (self.out_dir / name).unlink(missing_ok=True)  # left by a run that died before its first checkpoint
+            save_config(cfg, self.out_dir / "config.yaml")
+
+    # -- resume -----------------------------------------------------------------------------------
+
+    def _resume_payload(self, cfg: Config) -> dict[str, Any]:
+        """The newest readable checkpoint in ``out_dir``; an error (never a fresh start) if there is none."""
+        candidates = sorted(self.ckpt_dir.glob("step_*.pt"), reverse=True)
+        if not candidates:
+            raise TrainingError(f"--resume: no checkpoint in {self.ckpt_dir}; nothing to resume")
+        for path in candidates:
+            try:
+                payload = load_checkpoint(path)
+            except CheckpointError as exc:
+                self.log(f"skipping unreadable checkpoint {path.name}: {exc}")
+                continue
+            stored = checkpoint_config(payload)
+            diffs = [d for d in config_differences(stored, cfg) if d.split(":")[0] not in RESUMABLE_CHANGES]
+            if cfg.train.schedule == "cosine" and stored.train.max_steps != cfg.train.max_steps:
+                diffs.append("train.max_steps (the cosine schedule depends on it)")
+            if diffs:
+                raise TrainingError(f"--resume: the config differs from the one {path} was trained with: "
+                                    + "; ".join(diffs))
+            self.log(f"resuming from {path}")
+            self.resume_path = path
+            return payload
+        raise TrainingError(f"--resume: none of the {len(candidates)} checkpoints in {self.ckpt_dir} is readable")
+
+    def _restore(self, p: dict[str, Any]) -> None:
+        load_model_state(self.model, p["model"], source=str(self.resume_path))
+        self.optimizer.load_state_dict(p["optimizer"])
+        if "scaler" in p:
+            self.scaler.load_state_dict(p["scaler"])
+        c = p["counters"]
+        self.step, self.epoch, self.batch_pos = c["step"], c["epoch"], c["batch_pos"]
+        self.train_seconds = c["train_seconds"]
+        self.best_bleu = c["best_bleu"]
+        self.best_checkpoint = Path(c["best_checkpoint"]) if c["best_checkpoint"] else None
+        torch.set_rng_state(p["rng"]["torch"])
+        if torch.cuda.is_available() and p["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(p["rng"]["cuda"])
+        # Logs may run ahead of the checkpoint if the run died between the two writes: cut them back.
+        for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE):
+            path = self.out_dir / name
+            if path.exists():
+                lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)[M.STEP] <= self.step]
+                path.write_text("".join(ln + "\n" for ln in lines))
+
+    # -- one optimizer step -------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _train_step(self, batches: list[Batch]) -> tuple[float, float, int]:
+        """Forward/backward over the micro-batches of one step and an optimizer update.
+
+        Loss = sum of token cross-entropies / number of target tokens in the step + lambda * L0 penalty.
+        Returns (summed CE, summed NLL, target tokens); a non-finite CE leaves the parameters untouched.
+        """
+        t = self.cfg.train
+        lr = learning_rate(self.step + 1, t, self.cfg.model.d_model)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        n_tokens = sum(b.n_tokens for b in batches)
+        ce_total, nll_total = 0.0, 0.0
+        for batch in batches:
+            batch = batch.to(self.device)
+            with self._autocast():
+                out = self.loss_fn(batch.src, batch.tgt_in, batch.tgt_out, t.label_smoothing)
+            self.scaler.scale(out.ce_sum / n_tokens).backward()
+            ce_total += float(out.ce_sum.detach())
+            nll_total += float(out.nll_sum)
+        if not math.isfinite(ce_total):
+            return ce_total, nll_total, n_tokens
+        if self.cfg.gates.penalty > 0.0:
+            self.scaler.scale(self.cfg.gates.penalty * self.model.penalty_l0()).backward()
+        if t.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return ce_total, nll_total, n_tokens
+
+    # -- evaluation and checkpoints -----------------------------------------------------------------
+
+    def evaluate(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(metrics, details) of the current model on the held-out split; details hold samples and signatures."""
+        e = self.cfg.eval
+        split = self.data.splits[e.split]
+        hyps = translate_split(self.model, split, self.data.tokenizers, e, self.device)
+        refs = split.tgt_text[: len(hyps)]
+        s = score(hyps, refs)
+        heads = self.model.open_heads()
+        metrics = {
+            M.BLEU: s.bleu, M.CHRF: s.chrf,
+            M.VALID_NLL: teacher_forced_nll(self.model, split, e.batch_size, self.device, e.max_sentences),
+            M.OPEN_HEADS: heads["total"],
+            **{M.open_heads_key(k): heads[k] for k in ATTENTION_TYPES},
+        }
+        with torch.no_grad():
+            metrics[M.L0] = float(self.model.expected_l0())
+            metrics[M.PENALTY] = float(self.model.penalty_l0())
+        samples = [{"source": split.src_text[i], "reference": refs[i], "hypothesis": hyps[i]}
+                   for i in range(min(e.samples, len(hyps)))]
+        details = {"samples": samples, "bleu_signature": s.bleu_signature, "chrf_signature": s.chrf_signature,
+                   "sentences": len(hyps)}
+        return metrics, details
+
+    def save(self) -> Path:
+        path = self.ckpt_dir / f"step_{self.step:08d}.pt"
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "counters": {
+                "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
+                "train_seconds": self.train_seconds, "best_bleu": self.best_bleu,
+                "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+            },
+            "rng": rng,
+        }
+        save_checkpoint(path, state, self.cfg, self.data.tokenizers)
+        return path
+
+    def _prune_checkpoints(self) -> None:
+        keep = set(sorted(self.ckpt_dir.glob("step_*.pt"))[-self.cfg.train.keep_checkpoints :])
+        if self.best_checkpoint is not None:
+            keep.add(self.best_checkpoint)
+        for path in self.ckpt_dir.glob("step_*.pt"):
+            if path not in keep:
+                path.unlink()
+
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        with open(self.out_dir / name, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def _write_status(self, status: str, extra: dict[str, Any] | None = None) -> None:
+        record = {M.STATUS: status, M.STEP: self.step, M.EPOCH: self.epoch, **(extra or {})}
+        tmp = self.out_dir / (STATUS_FILE + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(self.out_dir / STATUS_FILE)
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        t, d = self.cfg.train, self.cfg.data
+        train = self.data.splits["train"]
+        src_len, tgt_len = train.src_lengths, train.tgt_lengths
+        self.model.train()
+        progress = None
+        if t.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=t.max_steps, initial=self.step, unit="step", file=sys.stderr, dynamic_ncols=True)
+        history: list[dict[str, Any]] = []
+        last_metrics: dict[str, Any] = {}
+        last_ckpt: Path | None = None
+        window = {"ce": 0.0, "nll": 0.0, "tokens": 0, "seconds": 0.0}
+        status = "completed"
+        self._write_status("running")
+
+        def checkpoint_and_report(status_now: str) -> None:
+            nonlocal last_metrics, last_ckpt
+            metrics, details = self.evaluate()
+            tokens = max(1, window["tokens"])
+            metrics.update({
+                M.STEP: self.step, M.EPOCH: self.epoch, M.LR: learning_rate(max(1, self.step), t, self.cfg.model.d_model),
+                M.LOSS: window["ce"] / tokens if window["tokens"] else float("nan"),
+                M.NLL: window["nll"] / tokens if window["tokens"] else float("nan"),
+                M.TOKENS_PER_S: window["tokens"] / max(window["seconds"], 1e-9),
+                M.TRAIN_SECONDS: self.train_seconds, M.STATUS: status_now,
+            })
+            if self.best_bleu is None or metrics[M.BLEU] > self.best_bleu:
+                self.best_bleu = metrics[M.BLEU]
+                self.best_checkpoint = self.ckpt_dir / f"step_{self.step:08d}.pt"
+            path = self.save()
+            self._prune_checkpoints()
+            self._append(METRICS_FILE, metrics)
+            self._append(SAMPLES_FILE, {M.STEP: self.step, **details})
+            self._append(GATES_FILE, {M.STEP: self.step, "gates": self.model.gate_report()})
+            window.update(ce=0.0, nll=0.0, tokens=0, seconds=0.0)
+            self.log(f"step {self.step}: BLEU {metrics[M.BLEU]:.2f} chrF {metrics[M.CHRF]:.2f} "
+                     f"valid_nll {metrics[M.VALID_NLL]:.3f} open heads {metrics[M.OPEN_HEADS]}")
+            if self.report is not None:
+                self.report(dict(metrics), path)
+            last_metrics, last_ckpt = metrics, path
+            history.append(metrics)
+
+        evaluated_at = self.step
+        while self.step < t.max_steps and (t.max_epochs is None or self.epoch < t.max_epochs):
+            batches = make_batches(src_len, tgt_len, d.max_tokens, d.batch_size, d.bucket_size, t.seed, self.epoch)
+            while self.batch_pos < len(batches) and self.step < t.max_steps:
+                group = batches[self.batch_pos : self.batch_pos + t.accumulation]
+                start = time.perf_counter()
+                ce, nll, n_tok = self._train_step([collate(train, idx) for idx in group])
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - start
+                if not math.isfinite(ce):
+                    status = "diverged"
+                    break
+                self.batch_pos += len(group)
+                self.step += 1
+                self.train_seconds += elapsed
+                window["ce"] += ce
+                window["nll"] += nll
+                window["tokens"] += n_tok
+                window["seconds"] += elapsed
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{ce / max(1, n_tok):.3f}", epoch=self.epoch,
+                                         tok_s=f"{window['tokens'] / max(window['seconds'], 1e-9):.0f}")
+                if self.step % t.eval_every == 0 or self.step == t.max_steps:
+                    checkpoint_and_report("running" if self.step < t.max_steps else "completed")
+                    evaluated_at = self.step
+            if status == "diverged":
+                break
+            if self.batch_pos >= len(batches):
+                self.epoch, self.batch_pos = self.epoch + 1, 0
+        if progress is not None:
+            progress.close()
+
+        if status == "diverged":
+            reason = f"non-finite loss at step {self.step + 1}"
+            self.log(f"diverged: {reason}; the last good checkpoint is {last_ckpt}")
+            diverged = {M.STEP: self.step, M.EPOCH: self.epoch, M.STATUS: "diverged", M.LOSS: float("nan")}
+            if self.report is not None:
+                self.report(diverged, None)
+            self._write_status("diverged", {"reason": reason, "last_checkpoint": str(last_ckpt) if last_ckpt else None})
+            return RunResult("diverged", self.step, diverged, last_ckpt, self.out_dir, history)
+        if evaluated_at != self.step or not last_metrics:
+            checkpoint_and_report("completed")  # stopped by max_epochs, or resumed at the end
+        self._write_status("completed", {
+            "last_checkpoint": str(last_ckpt), "best_checkpoint": str(self.best_checkpoint),
+            "best_bleu": self.best_bleu, "metrics": last_metrics,
+        })
+        return RunResult("completed", self.step, last_metrics, last_ckpt, self.out_dir, history)
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    report: ReportFn | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train (or, with ``resume``, continue) one run in ``out_dir``; see :class:`Trainer`."""
+    return Trainer(cfg, out_dir, report=report, resume=resume, init_from=init_from, log=log).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.train", description="Train one model (no Ray).")
+    parser.add_argument("config", help="YAML config (see sweeps/runs/quickstart.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.max_steps=500 (repeatable)")
+    parser.add_argument("--out", default=None, help="output folder (default: results/runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    parser.add_argument("--init-from", default=None, metavar="CKPT",
+                        help="start from this checkpoint's weights (e.g. a converged plain model, to prune)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out or Path("results") / "runs" / Path(args.config).stem)
+        result = train(cfg, out, resume=args.resume, init_from=args.init_from)
+    except (ConfigError, TrainingError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result.status == "diverged":
+        print(f"run diverged at step {result.step}; see {result.out_dir / STATUS_FILE}", file=sys.stderr)
+        return 1
+    m = result.metrics
+    print(f"final: step {result.step}  BLEU {m[M.BLEU]:.2f}  chrF {m[M.CHRF]:.2f}  "
+          f"open heads {m[M.OPEN_HEADS]}  checkpoint {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

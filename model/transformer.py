@@ -1,0 +1,412 @@
+"""Encoder–decoder Transformer (Vaswani et al. 2017) whose attention heads can carry Hard Concrete gates.
+
+Shapes: ``B`` batch, ``S`` source length, ``T`` target length, ``D`` d_model, ``H`` heads, ``Dh`` head width,
+``V`` vocabulary. Token id 0 is padding (see ``model.data.PAD_ID``); sequences are padded on the right.
+
+Three attention types can be gated: ``enc_self``, ``dec_self`` and ``dec_cross``. A gate multiplies each head's
+output before the heads are concatenated and projected (Voita et al. 2019, sec. 4.1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ATTENTION_TYPES, GateConfig, ModelConfig
+from .gates import HardConcreteGate
+
+PAD_ID = 0
+
+# A decoder cache: one dict per decoder layer, holding "self_k", "self_v" [B, H, t, Dh] and "cross_k",
+# "cross_v" [B, H, S, Dh].
+Cache = list[dict[str, torch.Tensor]]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention through ``F.scaled_dot_product_attention``, with an optional gate per head.
+
+    Self-attention uses one fused q/k/v projection; cross-attention fuses k/v.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, self_attention: bool) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        inner = n_heads * self.head_dim
+        self.self_attention = self_attention
+        if self_attention:
+            self.qkv = nn.Linear(d_model, 3 * inner)
+        else:
+            self.q = nn.Linear(d_model, inner)
+            self.kv = nn.Linear(d_model, 2 * inner)
+        self.out = nn.Linear(inner, d_model)
+        self.dropout = dropout
+        self.gate: HardConcreteGate | None = None
+        self.gate_active = False  # False: gates fixed open (or absent)
+
+    def _split(self, x: torch.Tensor, parts: int) -> list[torch.Tensor]:
+        """[B, L, parts*H*Dh] -> parts tensors of (B, H, L, Dh)."""
+        B, L, _ = x.shape
+        x = x.view(B, L, parts, self.n_heads, self.head_dim)  # (B, L, parts, H, Dh)
+        x = x.permute(2, 0, 3, 1, 4)  # (parts, B, H, L, Dh)
+        return list(x.unbind(0))
+
+    def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the encoder output for cross-attention: two (B, H, S, Dh)."""
+        k, v = self._split(self.kv(memory), 2)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        key_keep: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: dict[str, torch.Tensor] | None = None,
+        prefix: str = "",
+    ) -> torch.Tensor:
+        """Attend from ``x`` [B, L, D] to itself or to ``memory`` [B, S, D].
+
+        Args:
+            key_keep: [B, S] bool, True for real (non-padding) keys; None attends to every key.
+            causal: mask future positions (training-time decoder self-attention).
+            cache: incremental decoding state; self-attention appends this step's k/v under
+                ``prefix + "k"``/``"v"``, cross-attention reads k/v projected once.
+        Returns:
+            [B, L, D]
+        """
+        B, L, _ = x.shape
+        # 1) project q, k, v
+        if self.self_attention:
+            q, k, v = self._split(self.qkv(x), 3)  # (B, H, L, Dh) each
+            if cache is not None:
+                if prefix + "k" in cache:
+                    k = torch.cat([cache[prefix + "k"], k], dim=2)  # (B, H, t, Dh)
+                    v = torch.cat([cache[prefix + "v"], v], dim=2)
+                cache[prefix + "k"], cache[prefix + "v"] = k, v
+        else:
+            (q,) = self._split(self.q(x), 1)  # (B, H, L, Dh)
+            if cache is not None and prefix + "k" in cache:
+                k, v = cache[prefix + "k"], cache[prefix + "v"]
+            else:
+                assert memory is not None, "cross-attention needs the encoder output"
+                k, v = self.project_kv(memory)  # (B, H, S, Dh)
+                if cache is not None:
+                    cache[prefix + "k"], cache[prefix + "v"] = k, v
+        # 2) scaled dot-product attention
+        mask = None if key_keep is None else key_keep[:, None, None, :]  # (B, 1, 1, S)
+        heads = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+        )  # (B, H, L, Dh)
+        # 3) gate each head's output
+        if self.gate is not None and self.gate_active:
+            z = self.gate(B)  # (B or 1, H)
+            heads = heads * z[:, :, None, None].to(heads.dtype)
+        # 4) concatenate heads and project
+        heads = heads.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)  # (B, L, H*Dh)
+        return self.out(heads)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, activation_dropout: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.relu(self.fc1(x))))
+
+
+class _Sublayer(nn.Module):
+    """Residual wrapper: pre-norm ``x + f(LN(x))`` or post-norm ``LN(x + f(x))``."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: torch.Tensor, fn) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.dropout(fn(self.norm(x)))
+        return self.norm(x + self.dropout(fn(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, self_attention=True)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.sub_attn = _Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.sub_ffn = _Sublayer(cfg.d_model, cfg.dropout, pre)
+
+    def forward(self, x: torch.Tensor, src_keep: torch.Tensor) -> torch.Tensor:
+        x = self.sub_attn(x, lambda h: self.self_attn(h, key_keep=src_keep))
+        return self.sub_ffn(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, self_attention=True)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, self_attention=False)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
+        self.sub_self = _Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.sub_cross = _Sublayer(cfg.d_model, cfg.dropout, pre)
+        self.sub_ffn = _Sublayer(cfg.d_model, cfg.dropout, pre)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        memory: torch.Tensor,
+        src_keep: torch.Tensor,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        # Training (no cache) masks the future; a cached step holds one query that may see every cached key.
+        causal = cache is None and y.size(1) > 1
+        y = self.sub_self(y, lambda h: self.self_attn(h, causal=causal, cache=cache, prefix="self_"))
+        y = self.sub_cross(y, lambda h: self.cross_attn(h, memory, key_keep=src_keep, cache=cache, prefix="cross_"))
+        return self.sub_ffn(y, self.ffn)
+
+
+def sinusoidal_table(n_positions: int, d_model: int) -> torch.Tensor:
+    """Fixed position encodings (Vaswani et al. 2017, sec. 3.5): [n_positions, D]."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(n_positions, d_model)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq[: d_model // 2])
+    return table
+
+
+class Positions(nn.Module):
+    """Sinusoidal (a buffer) or learned (a parameter) position encodings."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.learned = cfg.positions == "learned"
+        if self.learned:
+            self.table = nn.Parameter(torch.randn(cfg.max_positions, cfg.d_model) * cfg.d_model**-0.5)
+        else:
+            self.register_buffer("table", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> torch.Tensor:
+        if offset + length > self.table.size(0):
+            raise ValueError(
+                f"sequence of {offset + length} tokens exceeds model.max_positions={self.table.size(0)}"
+            )
+        return self.table[offset : offset + length]  # (L, D)
+
+
+@dataclass
+class LossOutput:
+    ce_sum: torch.Tensor  # summed (label-smoothed) cross-entropy over real target tokens
+    nll_sum: torch.Tensor  # summed negative log-likelihood without smoothing (for perplexity)
+    n_tokens: int
+
+
+class Transformer(nn.Module):
+    """Encoder–decoder Transformer with optional Hard Concrete head gates.
+
+    Use ``encode``, ``decode``, ``decode_step`` and ``loss``; gates are inspected through ``gates()``,
+    ``expected_l0()``, ``penalty_l0()`` and ``gate_report()``.
+    """
+
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, gates: GateConfig | None = None) -> None:
+        super().__init__()
+        if cfg.share_embeddings and src_vocab != tgt_vocab:
+            raise ValueError("model.share_embeddings needs one vocabulary for both sides")
+        self.cfg = cfg
+        self.gate_cfg = gates or GateConfig()
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.scale = math.sqrt(cfg.d_model)
+        self.src_embed = nn.Embedding(src_vocab, cfg.d_model, padding_idx=PAD_ID)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(tgt_vocab, cfg.d_model, padding_idx=PAD_ID)
+        self.src_pos, self.tgt_pos = Positions(cfg), Positions(cfg)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        pre = cfg.norm == "pre"
+        self.encoder_norm = nn.LayerNorm(cfg.d_model) if pre else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model) if pre else nn.Identity()
+        self.output = nn.Linear(cfg.d_model, tgt_vocab)
+        self._reset_parameters()
+        if cfg.tie_output:
+            self.output.weight = self.tgt_embed.weight
+        self._build_gates()
+
+    # -- construction -----------------------------------------------------------------------------
+
+    def _reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name and "pos" not in name:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias") and "norm" not in name:
+                nn.init.zeros_(p)
+        for emb in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
+            nn.init.normal_(emb.weight, mean=0.0, std=self.cfg.d_model**-0.5)
+            with torch.no_grad():
+                emb.weight[PAD_ID].zero_()
+
+    def attention_blocks(self) -> Iterator[tuple[str, int, MultiHeadAttention]]:
+        """Every attention block as (attention type, layer index, module)."""
+        for i, layer in enumerate(self.encoder):
+            yield "enc_self", i, layer.self_attn
+        for i, layer in enumerate(self.decoder):
+            yield "dec_self", i, layer.self_attn
+            yield "dec_cross", i, layer.cross_attn
+
+    def _build_gates(self) -> None:
+        g = self.gate_cfg
+        for kind, _, attn in self.attention_blocks():
+            if g.mode != "none" and kind in g.attention:
+                attn.gate = HardConcreteGate(
+                    attn.n_heads, g.temperature, g.gamma, g.zeta, g.init_log_alpha, g.noise == "per_example"
+                )
+        self.set_gate_mode(g.mode)
+
+    def set_gate_mode(self, mode: str) -> None:
+        """Switch built gates between 'open' (fixed at 1, frozen) and 'learned'."""
+        if mode not in ("none", "open", "learned"):
+            raise ValueError(f"gate mode must be 'none', 'open' or 'learned', not {mode!r}")
+        if mode == "learned" and next(self.gates(), None) is None:
+            raise ValueError("this model has no gates to learn (gates.mode was 'none' when it was built)")
+        for _, _, attn in self.attention_blocks():
+            if attn.gate is not None:
+                attn.gate_active = mode == "learned"
+                attn.gate.log_alpha.requires_grad_(mode == "learned")
+        self.gate_mode = mode
+
+    def gates(self) -> Iterator[tuple[str, int, HardConcreteGate]]:
+        """Built gates as (attention type, layer index, gate), in a fixed order."""
+        for kind, i, attn in self.attention_blocks():
+            if attn.gate is not None:
+                yield kind, i, attn.gate
+
+    def freeze(self, parts: list[str]) -> None:
+        """Stop gradients to any of 'encoder', 'decoder', 'embeddings'. Gates stay trainable.
+
+        'encoder' is the encoder layers and final norm; 'decoder' the decoder layers, final norm and output
+        bias (and the output matrix when it is not tied); 'embeddings' the token embeddings (and with them a
+        tied output matrix) and learned positions.
+        """
+        groups: dict[str, list[nn.Parameter]] = {
+            "encoder": [*self.encoder.parameters(), *self.encoder_norm.parameters()],
+            "decoder": [*self.decoder.parameters(), *self.decoder_norm.parameters(), self.output.bias],
+            "embeddings": [*self.src_embed.parameters(), *self.tgt_embed.parameters(),
+                           *self.src_pos.parameters(), *self.tgt_pos.parameters()],
+        }
+        if not self.cfg.tie_output:
+            groups["decoder"].append(self.output.weight)
+        gate_params = {id(g.log_alpha) for _, _, g in self.gates()}
+        for part in parts:
+            for p in groups[part]:
+                if id(p) not in gate_params:
+                    p.requires_grad_(False)
+
+    # -- forward passes ---------------------------------------------------------------------------
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src: [B, S] token ids -> (memory [B, S, D], src_keep [B, S] bool)."""
+        src_keep = src.ne(PAD_ID)
+        x = self.src_embed(src) * self.scale + self.src_pos(src.size(1))  # (B, S, D)
+        x = self.embed_dropout(x)
+        for layer in self.encoder:
+            x = layer(x, src_keep)
+        return self.encoder_norm(x), src_keep
+
+    def _embed_target(self, tgt: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        y = self.tgt_embed(tgt) * self.scale + self.tgt_pos(tgt.size(1), offset)  # (B, T, D)
+        return self.embed_dropout(y)
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_keep: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoding. tgt_in: [B, T] (BOS-prefixed) -> logits [B, T, V]."""
+        y = self._embed_target(tgt_in)
+        for layer in self.decoder:
+            y = layer(y, memory, src_keep)
+        return self.output(self.decoder_norm(y))
+
+    def new_cache(self) -> Cache:
+        return [{} for _ in self.decoder]
+
+    def decode_step(
+        self, tokens: torch.Tensor, memory: torch.Tensor, src_keep: torch.Tensor, cache: Cache, step: int
+    ) -> torch.Tensor:
+        """One incremental step. tokens: [B, 1], the token at position ``step`` -> logits [B, V]."""
+        y = self._embed_target(tokens, offset=step)  # (B, 1, D)
+        for layer, layer_cache in zip(self.decoder, cache):
+            y = layer(y, memory, src_keep, cache=layer_cache)
+        return self.output(self.decoder_norm(y))[:, -1]  # (B, V)
+
+    @staticmethod
+    def reorder_cache(cache: Cache, index: torch.Tensor) -> Cache:
+        """Select batch rows ``index`` [B'] of every cached tensor (beam search)."""
+        return [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+
+    def loss(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float) -> LossOutput:
+        """Summed token-level cross-entropy of ``tgt_out`` [B, T] given ``src`` [B, S] and ``tgt_in`` [B, T]."""
+        memory, src_keep = self.encode(src)
+        logits = self.decode(tgt_in, memory, src_keep).float()  # (B, T, V)
+        flat, gold = logits.view(-1, logits.size(-1)), tgt_out.reshape(-1)
+        ce = F.cross_entropy(flat, gold, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum")
+        with torch.no_grad():
+            nll = ce if label_smoothing == 0.0 else F.cross_entropy(flat, gold, ignore_index=PAD_ID, reduction="sum")
+        return LossOutput(ce_sum=ce, nll_sum=nll, n_tokens=int(gold.ne(PAD_ID).sum()))
+
+    # -- gates: penalty and reporting -----------------------------------------------------------
+
+    def expected_l0(self) -> torch.Tensor:
+        """Expected number of open heads, sum over all gated heads of P(gate != 0) (scalar)."""
+        terms = [g.p_open().sum() for _, _, g in self.gates()]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def penalty_l0(self) -> torch.Tensor:
+        """The L0 term that lambda multiplies: the per-layer expected L0 averaged over gated blocks.
+
+        Averaging over gated attention blocks (as Voita et al.'s code does) keeps lambda's scale independent of
+        depth and of how many attention types are gated, so a lambda found on a 3-layer model means the same
+        pressure per block on a 6-layer one. With ``H`` heads per block the term lies in [0, H].
+        """
+        terms = [g.p_open().sum() for _, _, g in self.gates()]
+        if not terms or self.gate_mode != "learned":
+            return torch.zeros((), device=self.output.weight.device)
+        return torch.stack(terms).mean()
+
+    @torch.no_grad()
+    def gate_report(self) -> dict[str, dict[str, list[list[float]]]]:
+        """Per attention type, per layer: eval gate values, P(open) and log_alpha (lists for JSON).
+
+        Types without gates are absent. With gates 'open' every eval gate is reported as 1.
+        """
+        report: dict[str, dict[str, list[list[float]]]] = {}
+        for kind, _, g in self.gates():
+            entry = report.setdefault(kind, {"gate": [], "p_open": [], "log_alpha": []})
+            open_ = self.gate_mode != "learned"
+            entry["gate"].append([1.0] * g.log_alpha.numel() if open_ else g.eval_gates().tolist())
+            entry["p_open"].append([1.0] * g.log_alpha.numel() if open_ else g.p_open().tolist())
+            entry["log_alpha"].append(g.log_alpha.tolist())
+        return report
+
+    def open_heads(self) -> dict[str, int]:
+        """Heads whose eval gate is > 0, per attention type and in total ('total').
+
+        Ungated attention types count all their heads: they are all in use.
+        """
+        counts = {kind: 0 for kind in ATTENTION_TYPES}
+        with torch.no_grad():
+            for kind, _, attn in self.attention_blocks():
+                if attn.gate is not None and self.gate_mode == "learned":
+                    counts[kind] += int((attn.gate.eval_gates() > 0).sum())
+                else:
+                    counts[kind] += attn.n_heads
+        counts["total"] = sum(counts[k] for k in ATTENTION_TYPES)
+        return counts
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -180,8 +182,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (tp is str and isinstance(value, str))
     )
+    if ok and tp is float and not math.isfinite(value):
+        ok = False
     if not ok:
-        raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {_type_name(tp)}.")
+        allowed = "a finite number" if tp is float else _type_name(tp)
+        raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {allowed}.")
     return float(value) if tp is float else value
 
 
@@ -323,6 +328,26 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 reads `1e-4` (no dot) as a string; accept every float spelling a user would write.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, name: str = "<string>") -> Any:
+    """Parse YAML with the project's loader (unique keys, YAML 1.2-style floats)."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -333,12 +358,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from exc
     try:
-        loader = _UniqueKeyLoader(text)
-        loader.name = str(path)
-        try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
+        data = parse_yaml(text, str(path))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -357,8 +377,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"Override {item!r} must look like key.sub=value.")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
+            value = parse_yaml(raw)
+        except (yaml.YAMLError, ConfigError) as exc:
             raise ConfigError(f"Override {item!r}: value is not valid YAML ({exc}).") from exc
         node = data
         parts = key.strip().split(".")

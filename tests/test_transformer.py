@@ -1,0 +1,148 @@
+import copy
+
+import pytest
+import torch
+
+from model.config import GateConfig, ModelConfig
+from model.transformer import PAD_ID, Transformer
+
+V = 50
+
+
+def make(gates: GateConfig | None = None, **model_kw) -> Transformer:
+    cfg = ModelConfig(d_model=16, n_heads=4, encoder_layers=2, decoder_layers=2, d_ff=32, dropout=0.0,
+                      max_positions=64, **model_kw)
+    return Transformer(cfg, V, V, gates)
+
+
+def batch(B=3, S=7, T=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, V, (B, S), generator=g)
+    src[0, 5:] = PAD_ID  # a padded row
+    tgt = torch.randint(4, V, (B, T), generator=g)
+    return src, tgt
+
+
+ALL = ["enc_self", "dec_self", "dec_cross"]
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_shapes(norm, positions):
+    model = make(norm=norm, positions=positions).eval()
+    src, tgt = batch()
+    memory, keep = model.encode(src)
+    assert memory.shape == (3, 7, 16) and keep.shape == (3, 7)
+    assert model.decode(tgt, memory, keep).shape == (3, 5, V)
+    out = model.loss(src, tgt, tgt, label_smoothing=0.1)
+    assert out.ce_sum.dim() == 0 and out.n_tokens == 15
+
+
+def test_shared_and_tied_embeddings_are_one_tensor():
+    model = make(share_embeddings=True, tie_output=True)
+    assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
+    untied = make(tie_output=False)
+    assert untied.output.weight is not untied.tgt_embed.weight
+
+
+def test_padding_does_not_change_a_sentence():
+    """A sentence translates the same alone or padded in a batch with longer ones (masking is right)."""
+    model = make().eval()
+    src, tgt = batch()
+    memory, keep = model.encode(src)
+    full = model.decode(tgt, memory, keep)[0]
+    m1, k1 = model.encode(src[:1, :5])
+    alone = model.decode(tgt[:1], m1, k1)[0]
+    assert torch.allclose(full, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", [["enc_self"], ALL])
+def test_all_gates_open_equals_ungated(attention):
+    plain = make().eval()
+    for mode in ("open", "learned"):
+        gated = make(GateConfig(mode=mode, attention=attention)).eval()
+        state = plain.state_dict()
+        gated.load_state_dict(state, strict=False)
+        if mode == "learned":
+            for _, _, g in gated.gates():
+                g.log_alpha.data.fill_(10.0)  # eval gate exactly 1
+        src, tgt = batch()
+        a = plain.decode(tgt, *plain.encode(src))
+        b = gated.decode(tgt, *gated.encode(src))
+        assert torch.equal(a, b), mode
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_closed_head_contributes_exactly_zero(kind):
+    """With head 1 of every gated block closed, that head's query/key/value weights do not matter at all."""
+    model = make(GateConfig(mode="learned", attention=[kind])).eval()
+    for _, _, g in model.gates():
+        g.log_alpha.data[1] = -10.0
+    src, tgt = batch()
+    before = model.decode(tgt, *model.encode(src))
+    other = copy.deepcopy(model)
+    dh = 4
+    for k, _, attn in other.attention_blocks():
+        if k != kind:
+            continue
+        with torch.no_grad():
+            lin = attn.qkv if attn.self_attention else attn.kv
+            parts = lin.weight.view(-1, 4, dh, 16)  # (parts, H, Dh, D)
+            parts[:, 1] = torch.randn_like(parts[:, 1]) * 5
+    after = other.decode(tgt, *other.encode(src))
+    assert torch.equal(before, after)
+    assert other.open_heads()[kind] == 4 * 2 - 2
+
+
+def test_gradients_reach_log_alpha_from_loss_and_penalty():
+    model = make(GateConfig(mode="learned", attention=ALL)).train()
+    src, tgt = batch()
+    out = model.loss(src, tgt, tgt, 0.1)
+    (out.ce_sum / out.n_tokens + 0.5 * model.penalty_l0()).backward()
+    for kind, layer, g in model.gates():
+        assert g.log_alpha.grad is not None and g.log_alpha.grad.abs().sum() > 0, (kind, layer)
+
+
+def test_penalty_is_mean_of_per_block_expected_l0():
+    model = make(GateConfig(mode="learned", attention=["enc_self", "dec_cross"], init_log_alpha=0.0))
+    p = float(next(model.gates())[2].p_open()[0])
+    assert model.penalty_l0().item() == pytest.approx(4 * p)  # 4 blocks, 4 heads each, mean of sums
+    assert model.expected_l0().item() == pytest.approx(16 * p)
+    assert make().penalty_l0().item() == 0.0
+
+
+def test_open_heads_report_counts_per_type():
+    model = make(GateConfig(mode="learned", attention=["enc_self"]))
+    enc0 = model.encoder[0].self_attn.gate
+    enc0.log_alpha.data[:3] = -10.0
+    heads = model.open_heads()
+    assert heads == {"enc_self": 5, "dec_self": 8, "dec_cross": 8, "total": 21}
+    report = model.gate_report()
+    assert set(report) == {"enc_self"}
+    assert report["enc_self"]["gate"][0][:3] == [0.0, 0.0, 0.0]
+    assert len(report["enc_self"]["p_open"]) == 2
+
+
+def test_incremental_decoding_equals_full_recompute():
+    model = make(GateConfig(mode="learned", attention=ALL)).eval()
+    src, tgt = batch(T=6)
+    memory, keep = model.encode(src)
+    full = model.decode(tgt, memory, keep)  # (B, T, V)
+    cache = model.new_cache()
+    steps = [model.decode_step(tgt[:, t : t + 1], memory, keep, cache, t) for t in range(tgt.size(1))]
+    assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+
+
+def test_freeze_marks_only_the_named_parts():
+    model = make(GateConfig(mode="learned", attention=ALL), tie_output=False)
+    model.freeze(["decoder"])
+    assert all(not p.requires_grad for n, p in model.decoder.named_parameters() if "log_alpha" not in n)
+    assert all(g.log_alpha.requires_grad for _, _, g in model.gates())
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    assert not model.output.weight.requires_grad
+    assert model.src_embed.weight.requires_grad
+
+
+def test_learned_gates_need_gates():
+    with pytest.raises(ValueError, match="no gates"):
+        make().set_gate_mode("learned")

@@ -1,0 +1,86 @@
+import os
+
+import pytest
+import torch
+
+from model import checkpoint as ckpt
+from model.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from model.config import GateConfig, ModelConfig
+from model.data import atomic_write_bytes
+from model.transformer import Transformer
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": {}, "x": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_missing_and_foreign_files_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a headsweep checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "truncated.pt")
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "state.bin"
+    atomic_write_bytes(path, b"old")
+
+    def crash(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"new" * 1000)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]  # no temp file left behind
+
+
+def _model(gates=None, **kw):
+    cfg = ModelConfig(d_model=16, n_heads=4, encoder_layers=1, decoder_layers=1, d_ff=32, **kw)
+    return Transformer(cfg, 30, 30, gates)
+
+
+def test_plain_state_loads_into_gated_model_with_initial_gates():
+    plain = _model()
+    gated = _model(GateConfig(mode="learned", attention=["enc_self", "dec_cross"], init_log_alpha=3.0))
+    load_model_state(gated, plain.state_dict())
+    assert torch.equal(gated.encoder[0].self_attn.qkv.weight, plain.encoder[0].self_attn.qkv.weight)
+    assert all(torch.all(g.log_alpha == 3.0) for _, _, g in gated.gates())
+
+
+def _wider():
+    return Transformer(ModelConfig(d_model=32, n_heads=4, encoder_layers=1, decoder_layers=1, d_ff=32), 30, 30)
+
+
+def test_architecture_mismatch_is_refused_with_the_keys():
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_model_state(_model(), _wider().state_dict())
+    with pytest.raises(CheckpointError, match="unexpected .*gate.log_alpha"):
+        load_model_state(_model(), _model(GateConfig(mode="learned")).state_dict())
+    with pytest.raises(CheckpointError, match="missing .*encoder_norm"):
+        load_model_state(_model(), _model(norm="post").state_dict())
+
+
+def test_provenance_is_recorded():
+    versions = ckpt.package_versions()
+    assert versions["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert {"python", "sentencepiece", "sacrebleu"} <= set(versions)

@@ -1,0 +1,189 @@
+import json
+import math
+
+import pytest
+import torch
+
+from model import metrics as M
+from model.checkpoint import load_checkpoint
+from model.config import TrainConfig, save_config
+from model.evaluate import score
+from model.train import STATUS_FILE, TrainingError, learning_rate, main, train
+from model.transformer import Transformer
+from conftest import tiny_config
+
+QUIET = dict(log=lambda _: None)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _state(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_equals_unbroken_run(tmp_path):
+    """Killed after the step-3 checkpoint and resumed, a run ends bitwise where the unbroken run ends,
+    across an epoch boundary, with dropout, gate noise, an L0 penalty and gradient accumulation."""
+    cfg = tiny_config("gates.mode=learned", "gates.penalty=0.05", "gates.attention=[enc_self, dec_cross]",
+                      "data.batch_size=50", "data.max_tokens=null", "train.accumulation=2",
+                      "train.max_steps=8", "train.eval_every=3")
+    full = train(cfg, tmp_path / "full", **QUIET)
+    assert full.step == 8 and full.status == "completed"
+
+    def stop_at_3(metrics, checkpoint):
+        if metrics[M.STEP] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "broken", report=stop_at_3, **QUIET)
+    resumed = train(cfg, tmp_path / "broken", resume=True, **QUIET)
+    assert resumed.step == 8
+    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.metrics[M.BLEU] == full.metrics[M.BLEU]
+    assert resumed.metrics[M.L0] == full.metrics[M.L0]
+    # the metrics log of the resumed run has each evaluation once, as the unbroken one
+    steps = [json.loads(line)[M.STEP] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6, 8]
+
+
+def test_report_receives_shared_metric_names_and_a_checkpoint(tmp_path):
+    seen = []
+
+    def report(metrics, checkpoint):
+        assert checkpoint.exists()
+        seen.append(metrics)
+
+    cfg = tiny_config("gates.mode=learned", "gates.penalty=0.1")
+    result = train(cfg, tmp_path, report=report, **QUIET)
+    assert [m[M.STEP] for m in seen] == [3, 6]
+    for key in (M.BLEU, M.CHRF, M.OPEN_HEADS, M.L0, M.PENALTY, M.LOSS, M.LR, M.VALID_NLL, M.TOKENS_PER_S,
+                M.open_heads_key("enc_self")):
+        assert key in seen[-1]
+    assert seen[-1][M.STATUS] == "completed" and seen[0][M.STATUS] == "running"
+    assert seen[-1][M.OPEN_HEADS] == 24  # 2 enc + 2 dec self + 2 dec cross blocks, 4 heads each
+    status = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert status["status"] == "completed" and status["step"] == 6
+    gates = [json.loads(line) for line in (tmp_path / "gates.jsonl").read_text().splitlines()]
+    assert len(gates[-1]["gates"]["enc_self"]["gate"]) == 2
+    samples = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[-1])
+    assert len(samples["samples"]) == 2 and samples["bleu_signature"].startswith("nrefs:1")
+    assert result.checkpoint.name == "step_00000006.pt"
+
+
+def test_checkpoint_holds_everything_needed(tmp_path):
+    result = train(tiny_config(), tmp_path, **QUIET)
+    payload = load_checkpoint(result.checkpoint)
+    for key in ("model", "optimizer", "scaler", "counters", "rng", "config", "tokenizers", "versions", "git_commit"):
+        assert key in payload
+    assert payload["counters"]["step"] == 6
+    assert payload["config"]["train"]["max_steps"] == 6
+
+
+def test_diverged_run_stops_cleanly(tmp_path, monkeypatch):
+    real_loss = Transformer.loss
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kw):
+        out = real_loss(self, *args, **kw)
+        calls["n"] += 1
+        if self.training and calls["n"] > 4:
+            out.ce_sum = out.ce_sum * float("nan")
+        return out
+
+    monkeypatch.setattr(Transformer, "loss", flaky)
+    reports = []
+    cfg = tiny_config("train.max_steps=20", "train.eval_every=2", "eval.max_sentences=2")
+    result = train(cfg, tmp_path, report=lambda m, c: reports.append((m, c)), **QUIET)
+    assert result.status == "diverged"
+    assert reports[-1][0][M.STATUS] == "diverged" and reports[-1][1] is None
+    status = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert status["status"] == "diverged" and "non-finite" in status["reason"]
+    last = load_checkpoint(status["last_checkpoint"])  # the last good checkpoint is intact
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+
+
+def test_freeze_decoder_while_gates_learn_from_a_plain_model(tmp_path):
+    """The prune-stage setting: a plain model's weights, gates on, decoder frozen."""
+    base = train(tiny_config(), tmp_path / "base", **QUIET)
+    cfg = tiny_config("gates.mode=learned", "gates.penalty=0.5", "train.freeze=[decoder, embeddings]",
+                      "model.tie_output=false")
+    with pytest.raises(Exception, match="model settings differ.*tie_output"):
+        train(cfg, tmp_path / "bad", init_from=base.checkpoint, **QUIET)
+    cfg = tiny_config("gates.mode=learned", "gates.penalty=0.5", "train.freeze=[decoder, embeddings]")
+    pruned = train(cfg, tmp_path / "prune", init_from=base.checkpoint, **QUIET)
+    before, after = _state(base.checkpoint), _state(pruned.checkpoint)
+    for k, v in before.items():
+        if k.startswith(("decoder.", "decoder_norm", "output", "src_embed", "tgt_embed")):
+            assert torch.equal(v, after[k]), f"frozen {k} changed"
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    alphas = [v for k, v in after.items() if k.endswith("log_alpha")]
+    assert alphas and all(not torch.all(a == cfg.gates.init_log_alpha) for a in alphas)
+
+
+def test_resume_refuses_what_would_silently_fail(tmp_path):
+    cfg = tiny_config()
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(cfg, tmp_path / "empty", resume=True, **QUIET)
+    train(cfg, tmp_path / "run", **QUIET)
+    with pytest.raises(TrainingError, match="already holds checkpoints"):
+        train(cfg, tmp_path / "run", **QUIET)
+    with pytest.raises(TrainingError, match=r"train\.lr: 0\.003 -> 0\.01"):
+        train(tiny_config("train.lr=0.01"), tmp_path / "run", resume=True, **QUIET)
+    longer = train(tiny_config("train.max_steps=9"), tmp_path / "run", resume=True, **QUIET)
+    assert longer.step == 9
+
+
+def test_max_epochs_stops_and_evaluates(tmp_path):
+    cfg = tiny_config("data.batch_size=200", "data.max_tokens=null", "train.max_epochs=2", "train.max_steps=100",
+                      "train.eval_every=100")
+    result = train(cfg, tmp_path, **QUIET)
+    assert result.step == 4 and result.metrics[M.EPOCH] == 2
+
+
+@pytest.mark.parametrize("schedule", ["noam", "inverse_sqrt", "constant", "cosine"])
+def test_learning_rate_schedules(schedule):
+    t = TrainConfig(schedule=schedule, lr=1e-3, warmup_steps=10, max_steps=100, min_lr=1e-5)
+    lrs = [learning_rate(s, t, d_model=64) for s in range(1, 101)]
+    assert all(lr > 0 for lr in lrs)
+    assert lrs[:10] == sorted(lrs[:10])  # warm-up rises
+    if schedule == "noam":
+        assert lrs[9] == pytest.approx(1e-3 * 64**-0.5 * 10**-0.5)
+    elif schedule == "cosine":
+        assert lrs[9] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
+    else:
+        assert lrs[9] == pytest.approx(1e-3)
+    if schedule == "inverse_sqrt":
+        assert lrs[39] == pytest.approx(1e-3 * math.sqrt(10 / 40))
+
+
+def test_loop_learns_the_synthetic_pair(tmp_path):
+    """A short CPU run translates held-out sentences far better than copying the source."""
+    cfg = tiny_config("model.d_model=64", "model.d_ff=128", "model.dropout=0.0", "data.synthetic.train_size=3000",
+                      "data.vocab_size=300", "data.max_tokens=1024", "data.synthetic.valid_size=100",
+                      "eval.max_sentences=100", "eval.batch_size=50", "train.lr=6e-3", "train.warmup_steps=30",
+                      "train.max_steps=600", "train.eval_every=600", "train.threads=2")
+    result = train(cfg, tmp_path, **QUIET)
+    from model.data import SyntheticCorpus
+
+    src, ref = SyntheticCorpus(cfg.data).split("valid")
+    copy_bleu = score(src[:100], ref[:100]).bleu
+    assert copy_bleu < 5
+    assert result.metrics[M.BLEU] > copy_bleu + 40, result.metrics
+
+
+def test_cli_reports_config_errors_and_runs(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: -1\n")
+    assert main([str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    good = tmp_path / "good.yaml"
+    save_config(tiny_config(), good)
+    assert main([str(good), "--out", str(tmp_path / "run"), "--set", "train.max_steps=3"]) == 0
+    assert "final: step 3" in capsys.readouterr().out
+    assert main([str(good), "--out", str(tmp_path / "run")]) == 2  # exists, no --resume
+    assert "--resume" in capsys.readouterr().err

@@ -6,6 +6,8 @@ Both return, per source sentence, the hypothesis token ids without BOS and EOS. 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .data import BOS_ID, EOS_ID, PAD_ID
@@ -34,12 +36,18 @@ class _Stepper:
             logits = self.model.decode(prefix, self.memory, self.src_keep)[:, -1]
         return torch.log_softmax(logits.float(), dim=-1)
 
-    def select(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` [N'] of the decoder state (beam reordering or dropping finished sentences)."""
-        self.memory = self.memory.index_select(0, index)
-        self.src_keep = self.src_keep.index_select(0, index)
+    def select(self, prefix_rows: torch.Tensor, source_rows: torch.Tensor | None = None) -> None:
+        """Reorder the decoder state for the next step.
+
+        ``prefix_rows`` [N']: which old row each new prefix continues (beam reordering, dropped sentences);
+        ``source_rows`` [N']: which old row holds each new row's source, given only when sentences were dropped
+        (beams of one sentence share the encoder output, so reordering beams never moves it).
+        """
+        if source_rows is not None:
+            self.memory = self.memory.index_select(0, source_rows)
+            self.src_keep = self.src_keep.index_select(0, source_rows)
         if self.cache is not None:
-            self.cache = Transformer.reorder_cache(self.cache, index)
+            self.cache = Transformer.reorder_cache(self.cache, prefix_rows, source_rows)
 
 
 @torch.no_grad()
@@ -65,7 +73,7 @@ def greedy_search(
         if keep.numel() == 0:
             break
         if keep.numel() < finished.numel():
-            stepper.select(keep)
+            stepper.select(keep, keep)
             prefix, alive = prefix.index_select(0, keep), alive.index_select(0, keep)
     return out
 
@@ -114,13 +122,17 @@ def beam_search(
         top_beam, top_tok = top_idx // V, top_idx % V
         # 3) hypotheses ending in EOS among the first K candidates are finished
         is_eos = top_tok.eq(EOS_ID)
-        at_limit = t + 1 >= max_len[alive]  # (n,)
-        eos_rows, eos_cols = (is_eos[:, :K] & top_scores[:, :K].isfinite()).nonzero(as_tuple=True)
-        for r, c in zip(eos_rows.tolist(), eos_cols.tolist()):
-            sent = int(alive[r])
-            if len(finished[sent]) < K:
-                tokens = prefix[r * K + int(top_beam[r, c]), 1:].tolist()
-                finished[sent].append((float(top_scores[r, c]) / _length_penalty(len(tokens) + 1, length_penalty), tokens))
+        alive_list = alive.tolist()
+        at_limit = [t + 1 >= m for m in max_len[alive].tolist()]
+        eos_hits = (is_eos[:, :K] & top_scores[:, :K].isfinite()).nonzero().tolist()
+        if eos_hits:
+            hit_scores, hit_beams = top_scores.tolist(), top_beam.tolist()
+            for r, c in eos_hits:
+                sent = alive_list[r]
+                if len(finished[sent]) < K:
+                    tokens = prefix[r * K + hit_beams[r][c], 1:].tolist()
+                    norm = _length_penalty(len(tokens) + 1, length_penalty)
+                    finished[sent].append((hit_scores[r][c] / norm, tokens))
         # 4) the K best non-EOS candidates live on
         live_scores = top_scores.masked_fill(is_eos, float("-inf"))
         live_scores, pick = live_scores.topk(K, dim=1)  # (n, K)
@@ -130,22 +142,26 @@ def beam_search(
         prefix = torch.cat([prefix.index_select(0, source_rows), tok.view(-1, 1)], dim=1)  # (n*K, t+2)
         scores = live_scores
         # 5) sentences at their length limit finish their live beams; then drop done sentences
-        done = torch.zeros(n, dtype=torch.bool, device=src.device)
-        for r in range(n):
-            sent = int(alive[r])
-            if bool(at_limit[r]):
+        if any(at_limit):
+            live = scores.tolist()
+            for r in (r for r, limit in enumerate(at_limit) if limit):
+                sent = alive_list[r]
                 for k in range(K):
-                    if len(finished[sent]) >= K or not torch.isfinite(scores[r, k]):
+                    if len(finished[sent]) >= K or not math.isfinite(live[r][k]):
                         break
                     tokens = prefix[r * K + k, 1:].tolist()
-                    finished[sent].append((float(scores[r, k]) / _length_penalty(len(tokens), length_penalty), tokens))
-            done[r] = len(finished[sent]) >= K or bool(at_limit[r])
+                    finished[sent].append((live[r][k] / _length_penalty(len(tokens), length_penalty), tokens))
+        done = torch.tensor([len(finished[s]) >= K or lim for s, lim in zip(alive_list, at_limit)],
+                            dtype=torch.bool, device=src.device)
         keep = (~done).nonzero().flatten()
         if keep.numel() == 0:
             break
-        keep_rows = (keep[:, None] * K + torch.arange(K, device=src.device)).view(-1)
-        stepper.select(source_rows.index_select(0, keep_rows))
-        prefix, scores, alive = prefix.index_select(0, keep_rows), scores.index_select(0, keep), alive.index_select(0, keep)
+        if keep.numel() == n:
+            stepper.select(source_rows)
+        else:
+            keep_rows = (keep[:, None] * K + torch.arange(K, device=src.device)).view(-1)
+            stepper.select(source_rows.index_select(0, keep_rows), keep_rows)
+            prefix, scores, alive = prefix.index_select(0, keep_rows), scores.index_select(0, keep), alive.index_select(0, keep)
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
 
 

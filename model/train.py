@@ -325,6 +325,8 @@ class Trainer:
             from tqdm import tqdm
 
             progress = tqdm(total=t.max_steps, initial=self.step, unit="step", file=sys.stderr, dynamic_ncols=True)
+            if self.log is print:
+                self.log = tqdm.write  # messages above the bar, not through it
         history: list[dict[str, Any]] = []
         last_metrics: dict[str, Any] = {}
         last_ckpt: Path | None = None

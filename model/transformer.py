@@ -345,9 +345,20 @@ class Transformer(nn.Module):
         return self.output(self.decoder_norm(y))[:, -1]  # (B, V)
 
     @staticmethod
-    def reorder_cache(cache: Cache, index: torch.Tensor) -> Cache:
-        """Select batch rows ``index`` [B'] of every cached tensor (beam search)."""
-        return [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+    def reorder_cache(cache: Cache, self_index: torch.Tensor, cross_index: torch.Tensor | None = None) -> Cache:
+        """Select batch rows of the cache: ``self_index`` [B'] for self-attention k/v (which depend on the
+        prefix), ``cross_index`` [B'] for cross-attention k/v (which depend on the source only; None keeps
+        them as they are)."""
+        out = []
+        for layer in cache:
+            new = {}
+            for k, v in layer.items():
+                if k.startswith("self_"):
+                    new[k] = v.index_select(0, self_index)
+                else:
+                    new[k] = v if cross_index is None else v.index_select(0, cross_index)
+            out.append(new)
+        return out
 
     def loss(self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float) -> LossOutput:
         """Summed token-level cross-entropy of ``tgt_out`` [B, T] given ``src`` [B, S] and ``tgt_in`` [B, T]."""

@@ -105,7 +105,7 @@ def test_gradients_reach_log_alpha_from_loss_and_penalty():
 
 def test_penalty_is_mean_of_per_block_expected_l0():
     model = make(GateConfig(mode="learned", attention=["enc_self", "dec_cross"], init_log_alpha=0.0))
-    p = float(next(model.gates())[2].p_open()[0])
+    p = float(next(model.gates())[2].p_open()[0].detach())
     assert model.penalty_l0().item() == pytest.approx(4 * p)  # 4 blocks, 4 heads each, mean of sums
     assert model.expected_l0().item() == pytest.approx(16 * p)
     assert make().penalty_l0().item() == 0.0

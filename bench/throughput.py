@@ -1,0 +1,165 @@
+"""Training throughput of the gated Transformer against ``torch.nn.Transformer``, measured in the same run.
+
+Both models get the same size, vocabulary, batches (real synthetic-pair batches with their padding), loss
+(label-smoothed cross-entropy), optimizer (Adam) and threads. Timings alternate between the models over
+several rounds and the median round is used, since this machine is noisy.
+
+Prints ``throughput_ratio_vs_nn_transformer=X`` (gated tokens/s ÷ nn.Transformer tokens/s, gates learning) and
+``gate_overhead=Y`` (step time with gates learning ÷ without gates) as the last lines.
+
+    python bench/throughput.py [--d-model 256 --heads 4 --layers 3 --ff 1024 --max-tokens 4096 --device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.config import DataConfig, GateConfig, ModelConfig, SyntheticConfig  # noqa: E402
+from model.data import PAD_ID, collate, load_data, make_batches  # noqa: E402
+from model.transformer import Transformer, sinusoidal_table  # noqa: E402
+
+
+class TorchBaseline(nn.Module):
+    """``nn.Transformer`` with embeddings, sinusoidal positions and a tied output layer, as a user would write it."""
+
+    def __init__(self, cfg: ModelConfig, vocab: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, cfg.d_model, padding_idx=PAD_ID)
+        self.register_buffer("pos", sinusoidal_table(cfg.max_positions, cfg.d_model), persistent=False)
+        self.core = nn.Transformer(
+            cfg.d_model, cfg.n_heads, cfg.encoder_layers, cfg.decoder_layers, cfg.d_ff, cfg.dropout,
+            batch_first=True, norm_first=cfg.norm == "pre",
+        )
+        self.output = nn.Linear(cfg.d_model, vocab)
+        self.output.weight = self.embed.weight
+        self.scale = math.sqrt(cfg.d_model)
+
+    def loss(self, src, tgt_in, tgt_out, label_smoothing):
+        S, T = src.size(1), tgt_in.size(1)
+        x = self.embed(src) * self.scale + self.pos[:S]
+        y = self.embed(tgt_in) * self.scale + self.pos[:T]
+        causal = torch.ones(T, T, dtype=torch.bool, device=src.device).triu(1)  # True = masked, like the padding masks
+        h = self.core(x, y, tgt_mask=causal, src_key_padding_mask=src.eq(PAD_ID),
+                      tgt_key_padding_mask=tgt_in.eq(PAD_ID), memory_key_padding_mask=src.eq(PAD_ID),
+                      tgt_is_causal=True)
+        logits = self.output(h).float()
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), tgt_out.reshape(-1), ignore_index=PAD_ID,
+                               label_smoothing=label_smoothing, reduction="sum")
+
+
+def make_step(model: nn.Module, amp: torch.dtype | None, device: torch.device):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.98))
+    model.train()
+
+    def step(batch) -> int:
+        opt.zero_grad(set_to_none=True)
+        ctx = torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False)
+        with ctx:
+            out = model.loss(batch.src, batch.tgt_in, batch.tgt_out, 0.1)
+        ce = out.ce_sum if hasattr(out, "ce_sum") else out
+        n = int(batch.tgt_out.ne(PAD_ID).sum())
+        (ce / n).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return n
+
+    return step
+
+
+def time_steps(step, batches, device) -> tuple[float, int]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, tokens = time.perf_counter(), 0
+    for b in batches:
+        tokens += step(b)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--ff", type=int, default=1024)
+    p.add_argument("--vocab", type=int, default=2000)
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per model per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=["fp32", "bf16"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="also time the gated model under torch.compile")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    amp = {"bf16": torch.bfloat16, "fp32": None}[args.amp or ("bf16" if device.type == "cuda" else "fp32")]
+    torch.manual_seed(0)
+
+    data_cfg = DataConfig(synthetic=SyntheticConfig(train_size=20000, valid_size=10, test_size=10),
+                          vocab_size=args.vocab, max_tokens=args.max_tokens)
+    data = load_data(data_cfg, "valid", log=lambda m: print(m, file=sys.stderr))
+    train = data.splits["train"]
+    order = make_batches(train.src_lengths, train.tgt_lengths, args.max_tokens, None, 100, seed=0, epoch=0)
+    n_batches = args.steps * args.rounds + 2
+    batches = [collate(train, idx).to(device) for idx in order[:n_batches]]
+    vocab = len(data.tokenizers.src)
+
+    mcfg = ModelConfig(d_model=args.d_model, n_heads=args.heads, encoder_layers=args.layers,
+                       decoder_layers=args.layers, d_ff=args.ff, dropout=0.1, share_embeddings=True)
+    all_types = ["enc_self", "dec_self", "dec_cross"]
+    models: dict[str, nn.Module] = {
+        "nn.Transformer": TorchBaseline(mcfg, vocab),
+        "gated (learning, all attention)": Transformer(mcfg, vocab, vocab, GateConfig(mode="learned", attention=all_types)),
+        "headsweep, no gates": Transformer(mcfg, vocab, vocab, GateConfig(mode="none")),
+    }
+    if args.compile:
+        compiled = Transformer(mcfg, vocab, vocab, GateConfig(mode="learned", attention=all_types))
+        compiled.loss = torch.compile(compiled.loss, dynamic=True)
+        models["gated + torch.compile"] = compiled
+    steps = {name: make_step(m.to(device), amp, device) for name, m in models.items()}
+    for name, step in steps.items():  # warm-up (allocator, compile)
+        time_steps(step, batches[:2], device)
+
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    step_times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(args.rounds):
+        chunk = batches[2 + r * args.steps : 2 + (r + 1) * args.steps]
+        for name, step in steps.items():
+            seconds, tokens = time_steps(step, chunk, device)
+            rates[name].append(tokens / seconds)
+            step_times[name].append(seconds / len(chunk))
+
+    name_dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name_dev}; torch {torch.__version__}; amp: {args.amp or ('bf16' if device.type == 'cuda' else 'fp32')}")
+    print(f"model: d_model {args.d_model}, {args.heads} heads, {args.layers}+{args.layers} layers, d_ff {args.ff}, "
+          f"vocab {vocab}; batches of <= {args.max_tokens} tokens; {args.rounds} rounds x {args.steps} steps")
+    for name in steps:
+        print(f"  {name:34s} {statistics.median(rates[name]):9.0f} target tokens/s  "
+              f"(rounds: {', '.join(f'{x:.0f}' for x in rates[name])})")
+    base = statistics.median(rates["nn.Transformer"])
+    gated = statistics.median(rates["gated (learning, all attention)"])
+    overhead = statistics.median(step_times["gated (learning, all attention)"]) / statistics.median(step_times["headsweep, no gates"])
+    if args.compile:
+        print(f"compiled_ratio_vs_nn_transformer={statistics.median(rates['gated + torch.compile']) / base:.3f}")
+    print(f"throughput_ratio_vs_nn_transformer={gated / base:.3f}")
+    print(f"gate_overhead={overhead:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,8 @@ epoch's batch order and RNG states, and so continues exactly as the unbroken run
 
 Command line::
 
-    python -m model.train CONFIG.yaml [--set key=value ...] [--out DIR] [--resume] [--init-from CKPT]
+    python -m model.train CONFIG.yaml [--set key=value ...] [--out DIR] [--init-from CKPT]
+    python -m model.train [CONFIG.yaml] --out DIR --resume
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ class Trainer:
         self.best_checkpoint: Path | None = None
         if resume_payload is not None:
             self._restore(resume_payload)
+            save_config(cfg, self.out_dir / "config.yaml")  # it may extend max_steps or change eval_every
         else:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE):
@@ -426,17 +428,25 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.train", description="Train one model (no Ray).")
-    parser.add_argument("config", help="YAML config (see sweeps/runs/quickstart.yaml)")
+    parser.add_argument("config", nargs="?", default=None,
+                        help="YAML config (see sweeps/runs/quickstart.yaml); with --resume, default: the run's own")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.max_steps=500 (repeatable)")
-    parser.add_argument("--out", default=None, help="output folder (default: results/runs/<config name>)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: a new results/runs/<config name>/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     parser.add_argument("--init-from", default=None, metavar="CKPT",
                         help="start from this checkpoint's weights (e.g. a converged plain model, to prune)")
     args = parser.parse_args(argv)
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out: the folder of the run to continue")
+    if args.config is None and not args.resume:
+        parser.error("a config file is needed (or --resume --out DIR to continue a run with its own config)")
+    config_path = args.config or Path(args.out) / "config.yaml"
     try:
-        cfg = load_config(args.config, args.overrides)
-        out = Path(args.out or Path("results") / "runs" / Path(args.config).stem)
+        cfg = load_config(config_path, args.overrides)
+        out = Path(args.out or Path("results") / "runs" / Path(config_path).stem / time.strftime("%Y%m%d-%H%M%S"))
+        print(f"run folder: {out}", file=sys.stderr)
         result = train(cfg, out, resume=args.resume, init_from=args.init_from)
     except (ConfigError, TrainingError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

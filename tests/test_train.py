@@ -187,3 +187,6 @@ def test_cli_reports_config_errors_and_runs(tmp_path, capsys):
     assert "final: step 3" in capsys.readouterr().out
     assert main([str(good), "--out", str(tmp_path / "run")]) == 2  # exists, no --resume
     assert "--resume" in capsys.readouterr().err
+    # resume with the run's own config, extended by an override
+    assert main(["--out", str(tmp_path / "run"), "--resume", "--set", "train.max_steps=5"]) == 0
+    assert "final: step 5" in capsys.readouterr().out

@@ -100,7 +100,8 @@ class TrainConfig:
     accumulation: int = 1  # batches per optimizer step
     max_steps: int = 10000  # optimizer steps
     max_epochs: int | None = None  # stop after this many passes over the data, whichever comes first
-    eval_every: int = 1000  # steps between evaluations (each writes a checkpoint)
+    eval_every: int = 1000  # steps (or epochs, see eval_unit) between evaluations; each writes a checkpoint
+    eval_unit: Literal["steps", "epochs"] = "steps"  # what eval_every counts
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (the best by BLEU is kept too)
     freeze: list[Freezable] = field(default_factory=list)  # parts that do not train
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (bf16/fp16 need a GPU)

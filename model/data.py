@@ -54,7 +54,12 @@ class SyntheticCorpus:
         self._splits: dict[str, tuple[list[str], list[str]]] | None = None
 
     def fingerprint(self) -> str:
-        return "synthetic-v1:" + json.dumps(self._settings, sort_keys=True)
+        """Settings plus a hash of the generated text, so that a change to the generator is a new corpus."""
+        digest = hashlib.sha256()
+        for name in SPLITS:
+            for line in self.split(name)[0] + self.split(name)[1]:
+                digest.update(line.encode("utf-8") + b"\n")
+        return "synthetic:" + json.dumps(self._settings, sort_keys=True) + ":" + digest.hexdigest()[:16]
 
     def split(self, name: str) -> tuple[list[str], list[str]]:
         if self._splits is None:
@@ -182,6 +187,7 @@ class EncodedSplit:
     src_text: list[str]
     tgt_text: list[str]
     dropped: int  # pairs removed by the length filter
+    truncated: int = 0  # pairs cut to the model's longest sequence (held-out splits)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -196,15 +202,23 @@ class EncodedSplit:
 
 
 def encode_split(
-    tok: Tokenizers, src_lines: list[str], tgt_lines: list[str], max_len: int | None
+    tok: Tokenizers, src_lines: list[str], tgt_lines: list[str], max_len: int | None, truncate: int | None = None
 ) -> EncodedSplit:
-    """Tokenise a split; with ``max_len``, drop (and count) pairs whose source or target+1 exceeds it."""
+    """Tokenise a split.
+
+    With ``max_len`` (training), pairs whose source+EOS or target+EOS exceeds it are dropped and counted in
+    ``dropped``. With ``truncate`` (held-out splits, which must keep every sentence), longer sides are cut to
+    fit and counted in ``truncated``; references stay whole, so a cut source costs BLEU honestly.
+    """
     src_ids, tgt_ids = tok.src.encode(src_lines), tok.tgt.encode(tgt_lines)
     out = EncodedSplit([], [], [], [], dropped=0)
     for s, t, s_text, t_text in zip(src_ids, tgt_ids, src_lines, tgt_lines):
         if max_len is not None and (len(s) + 1 > max_len or len(t) + 1 > max_len):
             out.dropped += 1
             continue
+        if truncate is not None and (len(s) + 1 > truncate or len(t) + 1 > truncate):
+            s, t = s[: truncate - 1], t[: truncate - 1]
+            out.truncated += 1
         out.src.append(np.asarray(s + [EOS_ID], dtype=np.int32))
         out.tgt.append(np.asarray(t, dtype=np.int32))
         out.src_text.append(s_text)
@@ -302,10 +316,11 @@ class Data:
 
 
 def load_data(
-    cfg: DataConfig, eval_split: str, log: Callable[[str], None] = print, tokenizers: Tokenizers | None = None
+    cfg: DataConfig, eval_split: str, log: Callable[[str], None] = print, tokenizers: Tokenizers | None = None,
+    max_positions: int | None = None,
 ) -> Data:
     """Build the corpus, its tokenizers (unless given, e.g. by a checkpoint), and the encoded train split and
-    held-out ``eval_split``."""
+    held-out ``eval_split`` (cut to ``max_positions`` tokens where longer, and counted)."""
     corpus = build_corpus(cfg)
     tok = tokenizers or build_tokenizers(corpus, cfg, log)
     splits = {"train": encode_split(tok, *corpus.split("train"), max_len=cfg.max_len)}
@@ -313,5 +328,8 @@ def load_data(
         raise ValueError(f"corpus {corpus.name!r}: no training pair is at most data.max_len={cfg.max_len} tokens")
     if splits["train"].dropped:
         log(f"dropped {splits['train'].dropped} training pairs longer than data.max_len={cfg.max_len} tokens")
-    splits[eval_split] = encode_split(tok, *corpus.split(eval_split), max_len=None)
+    splits[eval_split] = encode_split(tok, *corpus.split(eval_split), max_len=None, truncate=max_positions)
+    if splits[eval_split].truncated:
+        log(f"{splits[eval_split].truncated} {eval_split} pairs are longer than model.max_positions={max_positions} "
+            f"tokens and were cut to fit (their references stay whole)")
     return Data(corpus, tok, splits)

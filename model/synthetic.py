@@ -10,7 +10,8 @@ Target: a made-up language with its own lexicon (pseudo-words drawn from the see
 - SOV order with the verb last and postpositions: ``NP_subj [REL [NP] V] NP_obj [NP P] V_tr``;
 - adjectives after the noun, agreeing with the noun's gender and number;
 - determiners marked for definiteness, gender, number and case (nominative, accusative, locative);
-- verbs agreeing with the subject's gender and number, which sits at the other end of the sentence.
+- verbs agreeing with the subject's gender and number, which sits at the other end of the sentence, and the
+  main verb marking its object's gender too.
 
 So a model must reorder (verb to the end, adjectives after nouns), look up a lexicon, and carry agreement across
 the sentence: jobs that different attention heads can specialise in (positional, syntactic, rare-word heads of
@@ -67,6 +68,7 @@ class Lexicon:
     relative: dict[int, str]  # gender of the antecedent -> relative pronoun
     adj_suffix: dict[tuple[int, int], str]  # (gender, plural) -> suffix
     verb_suffix: dict[tuple[int, int, bool], str]  # (gender, plural, past) -> suffix
+    object_marker: dict[int, str]  # gender of the main verb's object -> infix before the subject suffix
     plural_suffix: str
 
 
@@ -88,7 +90,9 @@ def make_lexicon(seed: int) -> Lexicon:
         (g, p, past): ("ti" if past else "") + ["ar", "or", "ir"][g] + ("um" if p else "")
         for g in range(GENDERS) for p in (0, 1) for past in (False, True)
     }
-    return Lexicon(noun, adjective, verb, preposition, determiner, relative, adj_suffix, verb_suffix, "en")
+    object_marker = {0: "", 1: "k", 2: "sh"}
+    return Lexicon(noun, adjective, verb, preposition, determiner, relative, adj_suffix, verb_suffix, object_marker,
+                   "en")
 
 
 def _sentence(words: list[str]) -> str:
@@ -136,7 +140,7 @@ class SentencePairGenerator:
                 tgt += rel_tgt
             tgt.append(lex.verb[v[1]] + lex.verb_suffix[(gender, plural, past)])
         verb = rng.choice(TRANSITIVE)
-        obj_src, obj_tgt, _, _ = self._noun_phrase("acc")
+        obj_src, obj_tgt, obj_gender, _ = self._noun_phrase("acc")
         src += [verb[2] if past else verb[plural], *obj_src]
         tgt += obj_tgt
         if rng.random() < 0.4:
@@ -144,7 +148,7 @@ class SentencePairGenerator:
             pp_src, pp_tgt, _, _ = self._noun_phrase("loc")
             src += [prep, *pp_src]
             tgt += [*pp_tgt, lex.preposition[prep]]
-        tgt.append(lex.verb[verb[1]] + lex.verb_suffix[(gender, plural, past)])
+        tgt.append(lex.verb[verb[1]] + lex.object_marker[obj_gender] + lex.verb_suffix[(gender, plural, past)])
         return _sentence(src), _sentence(tgt)
 
 

@@ -134,7 +134,7 @@ class Trainer:
         # 1) data: a checkpoint's own tokenizers when continuing from one
         source = resume_payload or init_payload
         tokenizers = checkpoint_tokenizers(source) if source is not None else None
-        self.data: Data = load_data(cfg.data, cfg.eval.split, log, tokenizers)
+        self.data: Data = load_data(cfg.data, cfg.eval.split, log, tokenizers, max_positions=cfg.model.max_positions)
         tok = self.data.tokenizers
 
         # 2) model, gates, freezing
@@ -293,6 +293,9 @@ class Trainer:
                 "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
             },
             "rng": rng,
+            # the schedule is a pure function of the step and the config; recorded for readers of the file
+            "scheduler": {"schedule": self.cfg.train.schedule,
+                          "lr": learning_rate(max(1, self.step), self.cfg.train, self.cfg.model.d_model)},
         }
         save_checkpoint(path, state, self.cfg, self.data.tokenizers)
         return path
@@ -387,13 +390,18 @@ class Trainer:
                     progress.update(1)
                     progress.set_postfix(loss=f"{ce / max(1, n_tok):.3f}", epoch=self.epoch,
                                          tok_s=f"{window['tokens'] / max(window['seconds'], 1e-9):.0f}")
-                if self.step % t.eval_every == 0 or self.step == t.max_steps:
+                by_steps = t.eval_unit == "steps" and self.step % t.eval_every == 0
+                if by_steps or self.step == t.max_steps:
                     checkpoint_and_report("running" if self.step < t.max_steps else "completed")
                     evaluated_at = self.step
             if status == "diverged":
                 break
             if self.batch_pos >= len(batches):
                 self.epoch, self.batch_pos = self.epoch + 1, 0
+                last_epoch = t.max_epochs is not None and self.epoch >= t.max_epochs
+                if t.eval_unit == "epochs" and self.epoch % t.eval_every == 0 and evaluated_at != self.step:
+                    checkpoint_and_report("completed" if last_epoch else "running")
+                    evaluated_at = self.step
         if progress is not None:
             progress.close()
 

@@ -391,17 +391,20 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def gate_report(self) -> dict[str, dict[str, list[list[float]]]]:
-        """Per attention type, per layer: eval gate values, P(open) and log_alpha (lists for JSON).
+        """Per attention type, per layer: eval gate values, P(open), log_alpha and the number of open heads
+        (eval gate > 0), as lists for JSON.
 
         Types without gates are absent. With gates 'open' every eval gate is reported as 1.
         """
-        report: dict[str, dict[str, list[list[float]]]] = {}
+        report: dict[str, dict[str, list]] = {}
         for kind, _, g in self.gates():
-            entry = report.setdefault(kind, {"gate": [], "p_open": [], "log_alpha": []})
-            open_ = self.gate_mode != "learned"
-            entry["gate"].append([1.0] * g.log_alpha.numel() if open_ else g.eval_gates().tolist())
-            entry["p_open"].append([1.0] * g.log_alpha.numel() if open_ else g.p_open().tolist())
+            entry = report.setdefault(kind, {"gate": [], "p_open": [], "log_alpha": [], "open": []})
+            fixed = self.gate_mode != "learned"
+            gate = [1.0] * g.log_alpha.numel() if fixed else g.eval_gates().tolist()
+            entry["gate"].append(gate)
+            entry["p_open"].append([1.0] * g.log_alpha.numel() if fixed else g.p_open().tolist())
             entry["log_alpha"].append(g.log_alpha.tolist())
+            entry["open"].append(sum(v > 0 for v in gate))
         return report
 
     def open_heads(self) -> dict[str, int]:

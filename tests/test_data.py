@@ -22,7 +22,7 @@ def test_synthetic_target_follows_its_grammar():
     lex = make_lexicon(3)
     pairs = list(zip(*generate_splits(3, {"train": 200})["train"]))
     verb_stems = set(lex.verb.values())
-    suffixes = set(lex.verb_suffix.values())
+    suffixes = {m + v for m in lex.object_marker.values() for v in lex.verb_suffix.values()}
     for src, tgt in pairs:
         words = tgt.rstrip(".").lower().split()
         last = words[-1]
@@ -42,7 +42,8 @@ def test_agreement_depends_on_the_distant_subject():
         stem = stem[: -len(lex.plural_suffix)] if plural else stem
         if stem not in noun_gender:
             continue
-        suffix_options = {lex.verb_suffix[(noun_gender[stem], int(plural), p)] for p in (False, True)}
+        suffix_options = {m + lex.verb_suffix[(noun_gender[stem], int(plural), p)]
+                          for p in (False, True) for m in lex.object_marker.values()}
         assert any(words[-1].endswith(s) for s in suffix_options), (src, tgt)
         checked += 1
     assert checked > 400
@@ -125,6 +126,15 @@ def test_length_filter_counts_what_it_drops(small_data):
     kept = encode_split(data.tokenizers, src, tgt, max_len=12)
     assert kept.dropped > 0 and len(kept) + kept.dropped == len(src)
     assert all(len(s) <= 12 and len(t) + 1 <= 12 for s, t in zip(kept.src, kept.tgt))
+
+
+def test_held_out_split_is_cut_not_dropped(small_data):
+    _, data = small_data
+    src, tgt = data.splits["valid"].src_text, data.splits["valid"].tgt_text
+    cut = encode_split(data.tokenizers, src, tgt, max_len=None, truncate=8)
+    assert len(cut) == len(src) and cut.dropped == 0 and cut.truncated > 0
+    assert all(len(s) <= 8 and s[-1] == EOS_ID and len(t) + 1 <= 8 for s, t in zip(cut.src, cut.tgt))
+    assert cut.tgt_text == tgt  # references stay whole
 
 
 def test_eval_batches_cover_the_limit_in_length_order(small_data):

@@ -145,6 +145,24 @@ def test_max_epochs_stops_and_evaluates(tmp_path):
     assert result.step == 4 and result.metrics[M.EPOCH] == 2
 
 
+def test_evaluation_every_epoch_resumes_exactly(tmp_path):
+    cfg = tiny_config("data.batch_size=100", "data.max_tokens=null", "train.eval_unit=epochs", "train.eval_every=1",
+                      "train.max_steps=10", "gates.mode=learned")
+    seen = []
+    full = train(cfg, tmp_path / "full", report=lambda m, c: seen.append((m[M.STEP], m[M.EPOCH])), **QUIET)
+    assert seen == [(4, 1), (8, 2), (10, 2)]  # 4 batches an epoch, and the end of the run
+
+    def stop(metrics, checkpoint):
+        if metrics[M.EPOCH] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "broken", report=stop, **QUIET)
+    resumed = train(cfg, tmp_path / "broken", resume=True, **QUIET)
+    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("schedule", ["noam", "inverse_sqrt", "constant", "cosine"])
 def test_learning_rate_schedules(schedule):
     t = TrainConfig(schedule=schedule, lr=1e-3, warmup_steps=10, max_steps=100, min_lr=1e-5)

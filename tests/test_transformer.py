@@ -121,6 +121,7 @@ def test_open_heads_report_counts_per_type():
     assert set(report) == {"enc_self"}
     assert report["enc_self"]["gate"][0][:3] == [0.0, 0.0, 0.0]
     assert len(report["enc_self"]["p_open"]) == 2
+    assert report["enc_self"]["open"] == [1, 4]
 
 
 def test_incremental_decoding_equals_full_recompute():

@@ -41,13 +41,16 @@ def _seed() -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
+LEARN = ("model.d_model=64", "model.d_ff=128", "model.dropout=0.0", "gates.mode=learned",
+         "gates.attention=[enc_self, dec_self, dec_cross]", "data.synthetic.train_size=3000", "data.vocab_size=300",
+         "data.max_tokens=1024", "data.synthetic.valid_size=100", "eval.max_sentences=100", "eval.batch_size=50",
+         "train.lr=6e-3", "train.warmup_steps=30", "train.max_steps=600", "train.eval_every=600", "train.threads=2")
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny gated model trained briefly on the synthetic pair (a few seconds), for decoding and CLI tests."""
+    """A small gated model trained on the synthetic pair (about 15 s on 2 cores), shared by the tests of
+    learning, decoding and the translate command."""
     from model.train import train
 
-    cfg = tiny_config("model.d_model=32", "model.d_ff=64", "model.dropout=0.0", "gates.mode=learned",
-                      "gates.attention=[enc_self, dec_self, dec_cross]", "data.synthetic.train_size=1500",
-                      "train.max_steps=150", "train.eval_every=150", "train.lr=5e-3", "train.warmup_steps=20")
-    out = tmp_path_factory.mktemp("trained")
-    return train(cfg, out, log=lambda _: None)
+    return train(tiny_config(*LEARN), tmp_path_factory.mktemp("trained"), log=lambda _: None)

@@ -28,7 +28,7 @@ def test_beam_size_one_equals_greedy(model_and_sources, alpha):
     model, src = model_and_sources
     greedy = greedy_search(model, src)
     assert beam_search(model, src, beam_size=1, length_penalty=alpha) == greedy
-    assert len({len(h) for h in greedy}) > 1  # hypotheses end at different lengths: EOS handling is exercised
+    assert _ended_by_eos(src, greedy) == [True] * len(greedy)  # EOS handling is exercised
 
 
 @pytest.mark.parametrize("beam", [1, 4])
@@ -60,6 +60,12 @@ def test_length_limit_and_no_special_tokens(model_and_sources):
         assert all(EOS_ID not in h and PAD_ID not in h for h in hyps)
 
 
+def _ended_by_eos(src, hyps, a=1.5, b=10):
+    """Whether each hypothesis is shorter than its length limit (so it ended with EOS)."""
+    limits = (src.ne(PAD_ID).sum(1).float() * a + b).long().tolist()
+    return [len(h) < limit for h, limit in zip(hyps, limits)]
+
+
 def _sequence_logprob(model, src, hyp):
     memory, keep = model.encode(src)
     tgt_in = torch.tensor([[2] + hyp])
@@ -69,10 +75,15 @@ def _sequence_logprob(model, src, hyp):
 
 
 def test_beam_without_length_penalty_scores_at_least_greedy_on_these_inputs(model_and_sources):
-    """Beam search with alpha = 0 finds hypotheses at least as probable as greedy ones here."""
+    """Beam search with alpha = 0 finds hypotheses at least as probable as greedy ones here.
+
+    (Not a theorem: a beam can lose the greedy path. It holds for these inputs and this model; a failure after a
+    change to the fixture is worth a look at the search before a change of inputs.)
+    """
     model, src = model_and_sources
     greedy = greedy_search(model, src)
     beam = beam_search(model, src, beam_size=6, length_penalty=0.0)
+    assert all(_ended_by_eos(src, beam)) and all(_ended_by_eos(src, greedy))
     for i in range(src.size(0)):
         row = src[i : i + 1]
         assert _sequence_logprob(model, row, beam[i]) >= _sequence_logprob(model, row, greedy[i]) - 1e-4

@@ -361,6 +361,8 @@ class Trainer:
             window.update(ce=0.0, nll=0.0, tokens=0, seconds=0.0)
             self.log(f"step {self.step}: BLEU {metrics[M.BLEU]:.2f} chrF {metrics[M.CHRF]:.2f} "
                      f"valid_nll {metrics[M.VALID_NLL]:.3f} open heads {metrics[M.OPEN_HEADS]}")
+            for sample in details["samples"]:
+                self.log(f"  src: {sample['source']}\n  ref: {sample['reference']}\n  hyp: {sample['hypothesis']}")
             if self.report is not None:
                 self.report(dict(metrics), path)
             last_metrics, last_ckpt = metrics, path

@@ -71,10 +71,27 @@ class SyntheticConfig:
 
 
 @dataclass
+class FilesConfig:
+    """Local parallel corpora: ``PREFIX.<src_lang>`` / ``PREFIX.<tgt_lang>`` files, or one TSV file per split."""
+
+    format: Literal["parallel", "tsv"] = "parallel"  # parallel: two aligned files; tsv: source<TAB>target
+    on_bad_line: Literal["error", "skip"] = "error"  # a TSV line without two fields: stop, or skip and count
+    train: str | None = None  # prefix (parallel) or path (tsv); $VARS and ~ expand; relative to the working folder
+    valid: str | None = None
+    test: str | None = None
+
+
+@dataclass
 class DataConfig:
-    corpus: Literal["synthetic"] = "synthetic"  # corpus source; real corpora plug in here
+    corpus: Literal["synthetic", "files", "multi30k", "wmt_en_ru"] = "synthetic"  # corpus source
+    src_lang: str = "en"  # source language code (file suffix for `files`; direction for downloads)
+    tgt_lang: str = "de"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    cache_dir: str | None = None  # tokenizer cache; default $HEADSWEEP_CACHE or ~/.cache/headsweep
+    files: FilesConfig = field(default_factory=FilesConfig)
+    data_dir: str | None = None  # downloaded corpora; default $HEADSWEEP_DATA or <cache>/data
+    mirror: str | None = None  # base URL to download a known corpus from instead of its upstream address
+    cache_dir: str | None = None  # tokenizer and token-id cache; default $HEADSWEEP_CACHE or ~/.cache/headsweep
+    max_ratio: float | None = 3.0  # training pairs whose token-length ratio exceeds this are dropped, and counted
     joint_vocab: bool = True  # one sentencepiece model for both sides
     vocab_size: int = 1000  # per sentencepiece model
     spm_model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
@@ -100,6 +117,7 @@ class TrainConfig:
     accumulation: int = 1  # batches per optimizer step
     max_steps: int = 10000  # optimizer steps
     max_epochs: int | None = None  # stop after this many passes over the data, whichever comes first
+    max_minutes: float | None = None  # also stop once this much wall time (training + evaluation) is spent
     eval_every: int = 1000  # steps (or epochs, see eval_unit) between evaluations; each writes a checkpoint
     eval_unit: Literal["steps", "epochs"] = "steps"  # what eval_every counts
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (the best by BLEU is kept too)
@@ -250,6 +268,14 @@ def validate(cfg: Config) -> Config:
     _require(s.max_modifiers >= 0, "data.synthetic.max_modifiers", s.max_modifiers, "an integer >= 0")
     _require(0.0 <= s.relative_clause_prob <= 1.0, "data.synthetic.relative_clause_prob",
              s.relative_clause_prob, "a number in [0, 1]")
+    if d.corpus == "files":
+        for split in ("train", e.split):
+            _require(getattr(d.files, split) is not None, f"data.files.{split}", None,
+                     "a path (a file prefix for format 'parallel', a .tsv file for 'tsv')")
+    _require(d.src_lang != d.tgt_lang, "data.tgt_lang", d.tgt_lang, "a language other than data.src_lang")
+    _require(bool(d.src_lang) and bool(d.tgt_lang), "data.src_lang", d.src_lang, "a non-empty language code")
+    if d.max_ratio is not None:
+        _require(d.max_ratio >= 1.0, "data.max_ratio", d.max_ratio, "a number >= 1 or null")
     _require(d.vocab_size >= 16, "data.vocab_size", d.vocab_size, "an integer >= 16")
     _require(0.0 < d.character_coverage <= 1.0, "data.character_coverage", d.character_coverage,
              "a number in (0, 1]")
@@ -284,6 +310,8 @@ def validate(cfg: Config) -> Config:
     _require(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
     if t.max_epochs is not None:
         _require(t.max_epochs >= 1, "train.max_epochs", t.max_epochs, "an integer >= 1 or null")
+    if t.max_minutes is not None:
+        _require(t.max_minutes > 0, "train.max_minutes", t.max_minutes, "a number > 0 or null")
     _require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
     _require(len(set(t.freeze)) == len(t.freeze), "train.freeze", t.freeze, "no repeated entries")

@@ -14,8 +14,10 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -24,6 +26,7 @@ import sentencepiece as spm
 import torch
 
 from .config import DataConfig
+from .corpora import CorpusError, FilesCorpus, Multi30kCorpus, WmtEnRuCorpus, describe_stats
 from .synthetic import generate_splits
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -68,11 +71,17 @@ class SyntheticCorpus:
         return self._splits[name]
 
 
-CORPUS_SOURCES: dict[str, Callable[[DataConfig], Corpus]] = {"synthetic": SyntheticCorpus}
+CORPUS_SOURCES: dict[str, Callable[..., Corpus]] = {
+    "synthetic": lambda cfg, log: SyntheticCorpus(cfg),
+    "files": lambda cfg, log: FilesCorpus(cfg),
+    "multi30k": Multi30kCorpus,
+    "wmt_en_ru": WmtEnRuCorpus,
+}
 
 
-def build_corpus(cfg: DataConfig) -> Corpus:
-    return CORPUS_SOURCES[cfg.corpus](cfg)
+def build_corpus(cfg: DataConfig, log: Callable[[str], None] = print) -> Corpus:
+    """The corpus source named by ``data.corpus``; each takes (config, log)."""
+    return CORPUS_SOURCES[cfg.corpus](cfg, log)
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -81,11 +90,18 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(root).expanduser().resolve()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -157,14 +173,14 @@ def tokenizer_key(corpus: Corpus, cfg: DataConfig, side: str) -> str:
 
 def build_tokenizers(corpus: Corpus, cfg: DataConfig, log: Callable[[str], None] = print) -> Tokenizers:
     """Load cached sentencepiece models for ``corpus``, training (and caching) any that are missing."""
-    src_train, tgt_train = corpus.split("train")
-    sides = {"joint": src_train + tgt_train} if cfg.joint_vocab else {"src": src_train, "tgt": tgt_train}
     models = {}
-    for side, lines in sides.items():
+    for side in ("joint",) if cfg.joint_vocab else ("src", "tgt"):
         path = cache_root(cfg) / "spm" / f"{corpus.name}-{side}-{tokenizer_key(corpus, cfg, side)}.model"
         if path.exists():
             models[side] = Tokenizer(path.read_bytes())
             continue
+        src_train, tgt_train = corpus.split("train")
+        lines = {"joint": src_train + tgt_train, "src": src_train, "tgt": tgt_train}[side]
         log(f"training sentencepiece ({side}, {cfg.vocab_size} pieces) -> {path}")
         proto = _train_sentencepiece(iter(lines), cfg)
         atomic_write_bytes(path, proto)
@@ -180,17 +196,29 @@ def build_tokenizers(corpus: Corpus, cfg: DataConfig, log: Callable[[str], None]
 
 @dataclass
 class EncodedSplit:
-    """Token ids of one split. ``src[i]`` ends with EOS; ``tgt[i]`` has no BOS/EOS (added per batch)."""
+    """Token ids of one split. ``src[i]`` ends with EOS; ``tgt[i]`` has no BOS/EOS (added per batch).
+
+    ``src_text``/``tgt_text`` hold the raw lines of held-out splits (references for BLEU); a training split
+    loaded from the token-id cache has none. ``stats`` counts what reading and filtering removed or repaired.
+    """
 
     src: list[np.ndarray]
     tgt: list[np.ndarray]
-    src_text: list[str]
-    tgt_text: list[str]
-    dropped: int  # pairs removed by the length filter
-    truncated: int = 0  # pairs cut to the model's longest sequence (held-out splits)
+    src_text: list[str] = field(default_factory=list)
+    tgt_text: list[str] = field(default_factory=list)
+    stats: Counter = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.src)
+
+    @property
+    def dropped(self) -> int:
+        """Pairs removed by the filters (empty side, too long, length ratio)."""
+        return sum(v for k, v in self.stats.items() if k.startswith("dropped_"))
+
+    @property
+    def truncated(self) -> int:
+        return self.stats["truncated"]
 
     @property
     def src_lengths(self) -> np.ndarray:
@@ -202,27 +230,43 @@ class EncodedSplit:
 
 
 def encode_split(
-    tok: Tokenizers, src_lines: list[str], tgt_lines: list[str], max_len: int | None, truncate: int | None = None
+    tok: Tokenizers,
+    src_lines: list[str],
+    tgt_lines: list[str],
+    max_len: int | None = None,
+    truncate: int | None = None,
+    max_ratio: float | None = None,
+    drop_empty: bool = False,
+    keep_text: bool = True,
 ) -> EncodedSplit:
-    """Tokenise a split.
+    """Tokenise a split, filtering training pairs or fitting held-out ones to the model.
 
-    With ``max_len`` (training), pairs whose source+EOS or target+EOS exceeds it are dropped and counted in
-    ``dropped``. With ``truncate`` (held-out splits, which must keep every sentence), longer sides are cut to
-    fit and counted in ``truncated``; references stay whole, so a cut source costs BLEU honestly.
+    Training filters (each dropped pair is counted in ``stats``): ``drop_empty`` drops pairs with an empty side
+    (``dropped_empty``); ``max_len`` pairs whose source+EOS or target+EOS exceeds it (``dropped_long``);
+    ``max_ratio`` pairs whose longer side (+EOS) is more than that many times the shorter (``dropped_ratio``).
+    With ``truncate`` (held-out splits, which keep every sentence), longer sides are cut to fit and counted in
+    ``truncated``; references stay whole, so a cut source costs BLEU honestly.
     """
     src_ids, tgt_ids = tok.src.encode(src_lines), tok.tgt.encode(tgt_lines)
-    out = EncodedSplit([], [], [], [], dropped=0)
+    out = EncodedSplit([], [])
     for s, t, s_text, t_text in zip(src_ids, tgt_ids, src_lines, tgt_lines):
+        if drop_empty and (not s_text.strip() or not t_text.strip()):
+            out.stats["dropped_empty"] += 1
+            continue
         if max_len is not None and (len(s) + 1 > max_len or len(t) + 1 > max_len):
-            out.dropped += 1
+            out.stats["dropped_long"] += 1
+            continue
+        if max_ratio is not None and max(len(s) + 1, len(t) + 1) > max_ratio * min(len(s) + 1, len(t) + 1):
+            out.stats["dropped_ratio"] += 1
             continue
         if truncate is not None and (len(s) + 1 > truncate or len(t) + 1 > truncate):
             s, t = s[: truncate - 1], t[: truncate - 1]
-            out.truncated += 1
+            out.stats["truncated"] += 1
         out.src.append(np.asarray(s + [EOS_ID], dtype=np.int32))
         out.tgt.append(np.asarray(t, dtype=np.int32))
-        out.src_text.append(s_text)
-        out.tgt_text.append(t_text)
+        if keep_text:
+            out.src_text.append(s_text)
+            out.tgt_text.append(t_text)
     return out
 
 
@@ -314,22 +358,78 @@ class Data:
     tokenizers: Tokenizers
     splits: dict[str, EncodedSplit]
 
+    @property
+    def stats(self) -> dict[str, Counter]:
+        """Per split: what reading repaired (bom, crlf) and what filtering dropped or cut."""
+        return {name: split.stats for name, split in self.splits.items()}
+
+
+def _proto_hash(tok: Tokenizer) -> str:
+    return hashlib.sha256(tok.proto).hexdigest()[:16]
+
+
+def _ids_cache_dir(corpus: Corpus, tok: Tokenizers, cfg: DataConfig) -> Path:
+    settings = {"corpus": corpus.fingerprint(), "src": _proto_hash(tok.src), "tgt": _proto_hash(tok.tgt),
+                "max_len": cfg.max_len, "max_ratio": cfg.max_ratio, "format": 1}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root(cfg) / "ids" / f"{corpus.name}-train-{key}"
+
+
+def _save_ids(folder: Path, split: EncodedSplit) -> None:
+    """Write a split's ids as flat arrays + offsets into ``folder`` atomically (a temporary folder renamed)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        for side in ("src", "tgt"):
+            rows = getattr(split, side)
+            np.save(tmp / f"{side}.npy", np.concatenate(rows) if rows else np.zeros(0, np.int32))
+            np.save(tmp / f"{side}_offsets.npy", np.cumsum([0] + [len(r) for r in rows], dtype=np.int64))
+        (tmp / "stats.json").write_text(json.dumps(dict(split.stats)))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process wrote it first; its copy is identical
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_ids(folder: Path) -> EncodedSplit | None:
+    """A split from the token-id cache (memory-mapped), or None when absent or unreadable."""
+    try:
+        split = EncodedSplit([], [], stats=Counter(json.loads((folder / "stats.json").read_text())))
+        for side in ("src", "tgt"):
+            flat = np.load(folder / f"{side}.npy", mmap_mode="r")
+            offsets = np.load(folder / f"{side}_offsets.npy")
+            if offsets[-1] != len(flat):
+                return None
+            setattr(split, side, [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])])
+    except (OSError, ValueError):
+        return None
+    return split if len(split.src) == len(split.tgt) else None
+
 
 def load_data(
     cfg: DataConfig, eval_split: str, log: Callable[[str], None] = print, tokenizers: Tokenizers | None = None,
     max_positions: int | None = None,
 ) -> Data:
-    """Build the corpus, its tokenizers (unless given, e.g. by a checkpoint), and the encoded train split and
-    held-out ``eval_split`` (cut to ``max_positions`` tokens where longer, and counted)."""
-    corpus = build_corpus(cfg)
+    """Build the corpus, its tokenizers (unless given, e.g. by a checkpoint), the encoded train split (from the
+    token-id cache when this corpus and these tokenizers were seen before) and the held-out ``eval_split``
+    (cut to ``max_positions`` tokens where longer, and counted). Prints what was repaired or dropped."""
+    corpus = build_corpus(cfg, log)
     tok = tokenizers or build_tokenizers(corpus, cfg, log)
-    splits = {"train": encode_split(tok, *corpus.split("train"), max_len=cfg.max_len)}
-    if len(splits["train"]) == 0:
-        raise ValueError(f"corpus {corpus.name!r}: no training pair is at most data.max_len={cfg.max_len} tokens")
-    if splits["train"].dropped:
-        log(f"dropped {splits['train'].dropped} training pairs longer than data.max_len={cfg.max_len} tokens")
-    splits[eval_split] = encode_split(tok, *corpus.split(eval_split), max_len=None, truncate=max_positions)
-    if splits[eval_split].truncated:
-        log(f"{splits[eval_split].truncated} {eval_split} pairs are longer than model.max_positions={max_positions} "
-            f"tokens and were cut to fit (their references stay whole)")
-    return Data(corpus, tok, splits)
+    cache = _ids_cache_dir(corpus, tok, cfg)
+    train = _load_ids(cache)
+    if train is None:
+        train = encode_split(tok, *corpus.split("train"), max_len=cfg.max_len, max_ratio=cfg.max_ratio,
+                             drop_empty=True, keep_text=False)
+        train.stats.update(getattr(corpus, "stats", {}).get("train", {}))
+        _save_ids(cache, train)
+    if len(train) == 0:
+        raise CorpusError(f"corpus {corpus.name!r}: no training pair is left after filtering "
+                         f"({describe_stats({'train': train.stats}) or 'the corpus is empty'})")
+    held_out = encode_split(tok, *corpus.split(eval_split), truncate=max_positions)
+    held_out.stats.update(getattr(corpus, "stats", {}).get(eval_split, {}))
+    data = Data(corpus, tok, {"train": train, eval_split: held_out})
+    summary = describe_stats(data.stats)
+    log(f"data: {len(train)} training pairs, {len(held_out)} {eval_split} pairs" + (f"; {summary}" if summary else ""))
+    return data

@@ -67,3 +67,64 @@ def teacher_forced_nll(model: Transformer, split: EncodedSplit, batch_size: int,
         tokens += out.n_tokens
     model.train(was_training)
     return total / max(1, tokens)
+
+
+def evaluate_checkpoint(path: str, split: str, eval_cfg: EvalConfig, device: str = "cpu",
+                        log=print) -> tuple[Scores, list[str], list[str], list[str]]:
+    """Score a checkpoint on ``split`` of the corpus its config names: (scores, sources, references, hypotheses)."""
+    from .data import build_corpus, encode_split
+    from .translate import load_for_inference
+    from .checkpoint import checkpoint_config, load_checkpoint
+
+    cfg = checkpoint_config(load_checkpoint(path))
+    model, tok = load_for_inference(path, device)
+    corpus = build_corpus(cfg.data, log)
+    encoded = encode_split(tok, *corpus.split(split), truncate=cfg.model.max_positions)
+    hyps = translate_split(model, encoded, tok, eval_cfg, torch.device(device))
+    n = len(hyps)
+    return score(hyps, encoded.tgt_text[:n]), encoded.src_text[:n], encoded.tgt_text[:n], hyps
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m model.evaluate CKPT [--split test] [--beam 5] [--out FILE.json]``: BLEU and chrF of a checkpoint."""
+    import argparse
+    import json
+    import sys
+    import time
+
+    from .checkpoint import CheckpointError
+    from .corpora import CorpusError
+
+    parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=main.__doc__)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--split", default="test", choices=["valid", "test"])
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=None, help="write scores, signatures and translations here as JSON")
+    args = parser.parse_args(argv)
+    eval_cfg = EvalConfig(split=args.split, beam_size=args.beam, length_penalty=args.length_penalty,
+                          batch_size=args.batch_size)
+    start = time.perf_counter()
+    try:
+        s, src, refs, hyps = evaluate_checkpoint(args.checkpoint, args.split, eval_cfg, args.device,
+                                                 log=lambda m: print(m, file=sys.stderr))
+    except (CheckpointError, CorpusError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    print(f"{args.split}: BLEU {s.bleu:.2f} chrF {s.chrf:.2f} ({len(hyps)} sentences, beam {args.beam}, "
+          f"{seconds:.0f} s)\n  {s.bleu_signature}\n  {s.chrf_signature}")
+    if args.out:
+        record = {"checkpoint": args.checkpoint, "split": args.split, "beam": args.beam,
+                  "length_penalty": args.length_penalty, "bleu": s.bleu, "chrf": s.chrf,
+                  "bleu_signature": s.bleu_signature, "chrf_signature": s.chrf_signature, "seconds": seconds,
+                  "translations": [{"source": a, "reference": b, "hypothesis": c} for a, b, c in zip(src, refs, hyps)]}
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(record, f, ensure_ascii=False, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

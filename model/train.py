@@ -29,6 +29,7 @@ from . import metrics as M
 from .checkpoint import (CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint,
                          load_model_state, save_checkpoint)
 from .config import ATTENTION_TYPES, Config, ConfigError, TrainConfig, load_config, save_config
+from .corpora import CorpusError, stats_json
 from .data import Batch, Data, collate, load_data, make_batches
 from .evaluate import score, teacher_forced_nll, translate_split
 from .transformer import Transformer
@@ -36,11 +37,12 @@ from .transformer import Transformer
 ReportFn = Callable[[dict[str, Any], Path | None], None]
 STATUS_FILE, METRICS_FILE, SAMPLES_FILE, GATES_FILE = "status.json", "metrics.jsonl", "samples.jsonl", "gates.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+DATA_STATS_FILE = "data_stats.json"  # per split: lines repaired (bom, crlf) and pairs dropped or cut, with reasons
 
 # Keys that may differ between a checkpoint's config and the config it is resumed with: they change how long
 # the run goes on, how it is observed or where it runs, never the trajectory of the steps already planned.
 RESUMABLE_CHANGES = {
-    "train.max_steps", "train.max_epochs", "train.eval_every", "train.keep_checkpoints", "train.progress",
+    "train.max_steps", "train.max_epochs", "train.max_minutes", "train.eval_every", "train.keep_checkpoints", "train.progress",
     "train.threads", "train.device", "data.cache_dir",
 }
 
@@ -159,6 +161,7 @@ class Trainer:
         # 3) counters, restored on resume
         self.step, self.epoch, self.batch_pos = 0, 0, 0
         self.train_seconds = 0.0
+        self.wall_seconds = 0.0  # training + evaluation, over all sessions of the run
         self.best_bleu: float | None = None
         self.best_checkpoint: Path | None = None
         if resume_payload is not None:
@@ -169,6 +172,7 @@ class Trainer:
             for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE):
                 (self.out_dir / name).unlink(missing_ok=True)  # left by a run that died before its first checkpoint
             save_config(cfg, self.out_dir / "config.yaml")
+        (self.out_dir / DATA_STATS_FILE).write_text(stats_json(self.data.stats) + "\n")
 
     # -- resume -----------------------------------------------------------------------------------
 
@@ -203,6 +207,7 @@ class Trainer:
         c = p["counters"]
         self.step, self.epoch, self.batch_pos = c["step"], c["epoch"], c["batch_pos"]
         self.train_seconds = c["train_seconds"]
+        self.wall_seconds = c["wall_seconds"]
         self.best_bleu = c["best_bleu"]
         self.best_checkpoint = Path(c["best_checkpoint"]) if c["best_checkpoint"] else None
         torch.set_rng_state(p["rng"]["torch"])
@@ -289,7 +294,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "counters": {
                 "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
-                "train_seconds": self.train_seconds, "best_bleu": self.best_bleu,
+                "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds, "best_bleu": self.best_bleu,
                 "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
             },
             "rng": rng,
@@ -338,6 +343,11 @@ class Trainer:
         window = {"ce": 0.0, "nll": 0.0, "tokens": 0, "seconds": 0.0}
         status = "completed"
         self._write_status("running")
+        wall_start, wall_base = time.perf_counter(), self.wall_seconds
+
+        def out_of_time() -> bool:
+            self.wall_seconds = wall_base + time.perf_counter() - wall_start
+            return t.max_minutes is not None and self.wall_seconds >= 60.0 * t.max_minutes
 
         def checkpoint_and_report(status_now: str) -> None:
             nonlocal last_metrics, last_ckpt
@@ -353,6 +363,7 @@ class Trainer:
             if self.best_bleu is None or metrics[M.BLEU] > self.best_bleu:
                 self.best_bleu = metrics[M.BLEU]
                 self.best_checkpoint = self.ckpt_dir / f"step_{self.step:08d}.pt"
+            out_of_time()  # brings wall_seconds up to date for the checkpoint
             path = self.save()
             self._prune_checkpoints()
             self._append(METRICS_FILE, metrics)
@@ -369,9 +380,10 @@ class Trainer:
             history.append(metrics)
 
         evaluated_at = self.step
-        while self.step < t.max_steps and (t.max_epochs is None or self.epoch < t.max_epochs):
+        timed_out = False
+        while self.step < t.max_steps and (t.max_epochs is None or self.epoch < t.max_epochs) and not timed_out:
             batches = make_batches(src_len, tgt_len, d.max_tokens, d.batch_size, d.bucket_size, t.seed, self.epoch)
-            while self.batch_pos < len(batches) and self.step < t.max_steps:
+            while self.batch_pos < len(batches) and self.step < t.max_steps and not timed_out:
                 group = batches[self.batch_pos : self.batch_pos + t.accumulation]
                 start = time.perf_counter()
                 ce, nll, n_tok = self._train_step([collate(train, idx) for idx in group])
@@ -396,6 +408,7 @@ class Trainer:
                 if by_steps or self.step == t.max_steps:
                     checkpoint_and_report("running" if self.step < t.max_steps else "completed")
                     evaluated_at = self.step
+                timed_out = out_of_time()
             if status == "diverged":
                 break
             if self.batch_pos >= len(batches):
@@ -415,8 +428,10 @@ class Trainer:
                 self.report(diverged, None)
             self._write_status("diverged", {"reason": reason, "last_checkpoint": str(last_ckpt) if last_ckpt else None})
             return RunResult("diverged", self.step, diverged, last_ckpt, self.out_dir, history)
+        if timed_out:
+            self.log(f"train.max_minutes={t.max_minutes} reached at step {self.step}")
         if evaluated_at != self.step or not last_metrics:
-            checkpoint_and_report("completed")  # stopped by max_epochs, or resumed at the end
+            checkpoint_and_report("completed")  # stopped by max_epochs or max_minutes, or resumed at the end
         self._write_status("completed", {
             "last_checkpoint": str(last_ckpt), "best_checkpoint": str(self.best_checkpoint),
             "best_bleu": self.best_bleu, "metrics": last_metrics,
@@ -458,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or Path("results") / "runs" / Path(config_path).stem / time.strftime("%Y%m%d-%H%M%S"))
         print(f"run folder: {out}", file=sys.stderr)
         result = train(cfg, out, resume=args.resume, init_from=args.init_from)
-    except (ConfigError, TrainingError, CheckpointError) as exc:
+    except (ConfigError, TrainingError, CheckpointError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if result.status == "diverged":

@@ -122,7 +122,7 @@ def test_collate_adds_bos_and_eos_and_pads(small_data):
 
 def test_length_filter_counts_what_it_drops(small_data):
     _, data = small_data
-    src, tgt = data.splits["train"].src_text, data.splits["train"].tgt_text
+    src, tgt = data.corpus.split("train")
     kept = encode_split(data.tokenizers, src, tgt, max_len=12)
     assert kept.dropped > 0 and len(kept) + kept.dropped == len(src)
     assert all(len(s) <= 12 and len(t) + 1 <= 12 for s, t in zip(kept.src, kept.tgt))

@@ -1,0 +1,375 @@
+"""Local corpora, downloads with checksums and locks, bad data: each a clear error or a counted repair/skip."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import shutil
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import data as data_module
+from model.config import ConfigError, DataConfig, FilesConfig
+from model.corpora import CorpusError, FilesCorpus, Multi30kCorpus, fetch, read_parallel, read_text_lines, read_tsv
+from model.data import load_data
+from conftest import REPO, tiny_config
+
+SHARED = REPO.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "multi30k").is_dir(),
+                                  reason=f"shared corpora not found at {SHARED} (only on the project's machines)")
+
+EN = ["A dog runs.", "Two men talk.", "A girl reads a book.", "The sun shines.", "A cat sleeps on a mat."] * 8
+DE = ["Ein Hund rennt.", "Zwei Männer reden.", "Ein Mädchen liest ein Buch.", "Die Sonne scheint.",
+      "Eine Katze schläft auf einer Matte."] * 8
+
+
+def write_pair(folder: Path, prefix: str, src: list[str], tgt: list[str], raw: dict[str, bytes] | None = None) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{prefix}.en").write_text("".join(s + "\n" for s in src), encoding="utf-8")
+    (folder / f"{prefix}.de").write_text("".join(t + "\n" for t in tgt), encoding="utf-8")
+    for lang, content in (raw or {}).items():
+        (folder / f"{prefix}.{lang}").write_bytes(content)
+    return str(folder / prefix)
+
+
+def files_config(tmp_path: Path, **raw) -> DataConfig:
+    train = write_pair(tmp_path, "train", EN, DE, raw)
+    valid = write_pair(tmp_path, "valid", EN[:5], DE[:5])
+    return DataConfig(corpus="files", files=FilesConfig(train=train, valid=valid), vocab_size=60,
+                      cache_dir=str(tmp_path / "cache"), max_len=64)
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+
+def test_bom_and_crlf_are_repaired_and_counted(tmp_path):
+    path = tmp_path / "x.en"
+    path.write_bytes(b"\xef\xbb\xbfFirst line\r\nSecond line\r\nThird\n")
+    stats = Counter()
+    assert read_text_lines(path, stats) == ["First line", "Second line", "Third"]
+    assert stats == {"bom": 1, "crlf": 2}
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.de"
+    path.write_bytes("ok\nstill ok\nkaputt: ".encode() + b"\xff\xfe" + b"\n")
+    with pytest.raises(CorpusError, match=r"bad\.de:3: invalid UTF-8 at byte 9"):
+        read_text_lines(path, Counter())
+
+
+def test_unicode_line_separators_are_not_line_breaks(tmp_path):
+    path = tmp_path / "x.en"
+    path.write_text("one\u2028still one\x85too\nsecond\n", encoding="utf-8")
+    assert len(read_text_lines(path, Counter())) == 2
+
+
+def test_mismatched_line_counts_name_both_files(tmp_path):
+    write_pair(tmp_path, "train", EN, DE[:-1])
+    with pytest.raises(CorpusError, match=r"train\.en has 40 lines but .*train\.de has 39"):
+        read_parallel(tmp_path / "train.en", tmp_path / "train.de", Counter())
+
+
+def test_tab_inside_a_tsv_field_names_the_line(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text("a dog\tein Hund\nthe\tcat\tdie Katze\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"train\.tsv:2: 3 tab-separated fields, expected 2"):
+        read_tsv(path, Counter())
+
+
+def test_tsv_corpus_trains(tmp_path):
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("".join(f"{s}\t{t}\n" for s, t in zip(EN, DE)), encoding="utf-8")
+    cfg = DataConfig(corpus="files", files=FilesConfig(format="tsv", train=str(tsv), valid=str(tsv)),
+                     vocab_size=60, cache_dir=str(tmp_path / "cache"))
+    data = load_data(cfg, "valid", log=lambda _: None)
+    assert len(data.splits["train"]) == 40 and data.splits["valid"].tgt_text[0] == DE[0]
+
+
+def test_empty_lines_and_extreme_ratios_are_dropped_from_training_and_counted(tmp_path):
+    src, tgt = list(EN), list(DE)
+    src[3], tgt[7] = "", "   "
+    src[10] = "A " + "very " * 40 + "long source."  # ratio far above 3 against a short target
+    train = write_pair(tmp_path, "train", src, tgt)
+    valid = write_pair(tmp_path, "valid", ["", "A dog runs."], ["", "Ein Hund rennt."])
+    cfg = DataConfig(corpus="files", files=FilesConfig(train=train, valid=valid), vocab_size=60,
+                     cache_dir=str(tmp_path / "cache"), max_len=200, max_ratio=3.0)
+    messages = []
+    data = load_data(cfg, "valid", log=messages.append)
+    stats = data.stats["train"]
+    assert stats["dropped_empty"] == 2 and stats["dropped_ratio"] == 1
+    assert len(data.splits["train"]) == 37
+    assert len(data.splits["valid"]) == 2  # held-out sentences are never dropped
+    assert any("dropped_empty=2" in m and "dropped_ratio=1" in m for m in messages)
+
+
+def test_empty_corpus_after_filtering_is_an_error(tmp_path):
+    train = write_pair(tmp_path, "train", ["", " "], ["x", "y"])
+    valid = write_pair(tmp_path, "valid", EN[:2], DE[:2])
+    cfg = DataConfig(corpus="files", files=FilesConfig(train=train, valid=valid), vocab_size=60,
+                     cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(CorpusError, match="no training pair is left.*dropped_empty=2"):
+        load_data(cfg, "valid", log=lambda _: None)
+
+
+def test_missing_files_and_settings(tmp_path):
+    cfg = DataConfig(corpus="files", files=FilesConfig(train=str(tmp_path / "nope"), valid=str(tmp_path / "nope")))
+    with pytest.raises(CorpusError, match=r"data\.files\.train: no such file .*nope\.en"):
+        FilesCorpus(cfg).split("train")
+    with pytest.raises(ConfigError, match=r"data\.files\.train"):
+        tiny_config("data.corpus=files")
+    with pytest.raises(ConfigError, match=r"data\.files\.test"):
+        tiny_config("data.corpus=files", "data.files.train=a", "eval.split=test")
+    with pytest.raises(ConfigError, match=r"data\.tgt_lang"):
+        tiny_config("data.tgt_lang=en")
+    with pytest.raises(ConfigError, match=r"data\.max_ratio"):
+        tiny_config("data.max_ratio=0.5")
+
+
+def test_run_stores_its_data_counts(tmp_path):
+    import json
+
+    from model.train import DATA_STATS_FILE, train
+
+    src = list(EN)
+    src[0] = ""
+    train_prefix = write_pair(tmp_path / "corpus", "train", src, DE, {"de": ("\r\n".join(DE) + "\r\n").encode()})
+    valid = write_pair(tmp_path / "corpus", "valid", EN[:4], DE[:4])
+    cfg = tiny_config("data.corpus=files", f"data.files.train={train_prefix}", f"data.files.valid={valid}",
+                      "data.vocab_size=60", "train.max_steps=2", "train.eval_every=2")
+    train(cfg, tmp_path / "run", log=lambda _: None)
+    stats = json.loads((tmp_path / "run" / DATA_STATS_FILE).read_text())
+    assert stats["train"] == {"crlf": 40, "dropped_empty": 1}
+
+
+# -- token-id cache -------------------------------------------------------------------------------------
+
+
+def test_training_ids_are_cached_and_reused(tmp_path, monkeypatch):
+    cfg = files_config(tmp_path)
+    first = load_data(cfg, "valid", log=lambda _: None)
+    calls = {"n": 0}
+    real = data_module.encode_split
+
+    def counting(*args, **kw):
+        calls["n"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(data_module, "encode_split", counting)
+    second = load_data(cfg, "valid", log=lambda _: None)
+    assert calls["n"] == 1  # the held-out split only
+    assert [a.tolist() for a in first.splits["train"].src] == [a.tolist() for a in second.splits["train"].src]
+    assert [a.tolist() for a in first.splits["train"].tgt] == [a.tolist() for a in second.splits["train"].tgt]
+
+
+def test_a_damaged_id_cache_is_rebuilt(tmp_path):
+    cfg = files_config(tmp_path)
+    first = load_data(cfg, "valid", log=lambda _: None)
+    (cache,) = (Path(cfg.cache_dir) / "ids").iterdir()
+    np.save(cache / "src_offsets.npy", np.array([0, 5, 999], dtype=np.int64))
+    again = load_data(cfg, "valid", log=lambda _: None)
+    assert [a.tolist() for a in again.splits["train"].src] == [a.tolist() for a in first.splits["train"].src]
+
+
+def test_changed_corpus_file_gets_new_tokenizer_and_ids(tmp_path):
+    cfg = files_config(tmp_path)
+    load_data(cfg, "valid", log=lambda _: None)
+    write_pair(tmp_path, "train", EN[::-1], DE[::-1])
+    messages = []
+    load_data(cfg, "valid", log=messages.append)
+    assert any("training sentencepiece" in m for m in messages)
+
+
+# -- downloads ------------------------------------------------------------------------------------------
+
+
+class _Server:
+    """A static HTTP server on 127.0.0.1 over ``root``, counting requests per path."""
+
+    def __init__(self, root: Path) -> None:
+        hits: Counter = Counter()
+        self.hits = hits
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(root), **kw)
+
+            def do_GET(self):  # noqa: N802
+                hits[self.path] += 1
+                super().do_GET()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def multi30k_mirror(tmp_path_factory):
+    """The shared Multi30k files gzipped, as the upstream repository publishes them."""
+    root = tmp_path_factory.mktemp("mirror")
+    for path in (SHARED / "multi30k").iterdir():
+        with open(path, "rb") as src, gzip.open(root / f"{path.name}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return root
+
+
+@needs_shared
+def test_multi30k_downloads_verifies_and_then_works_offline(tmp_path, multi30k_mirror):
+    with _Server(multi30k_mirror) as server:
+        cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"), mirror=server.url)
+        src, tgt = Multi30kCorpus(cfg, log=lambda _: None).split("valid")
+        assert len(src) == len(tgt) == 1014
+        assert server.hits["/val.en.gz"] == 1
+    # the server is gone: a filled folder needs no network
+    cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"), mirror="http://127.0.0.1:9")
+    assert Multi30kCorpus(cfg, log=lambda _: None).split("valid")[0] == src
+    assert not list((tmp_path / "data" / "multi30k").glob("*.part"))
+
+
+@needs_shared
+def test_concurrent_trials_download_once(tmp_path, multi30k_mirror):
+    cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"))
+    with _Server(multi30k_mirror) as server:
+        cfg.mirror = server.url
+        results, errors = [], []
+
+        def fetch_test():
+            try:
+                results.append(Multi30kCorpus(cfg, log=lambda _: None).split("test"))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=fetch_test) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and len(results) == 4 and all(r == results[0] for r in results)
+    assert server.hits["/test_2016_flickr.en.gz"] == 1 and server.hits["/test_2016_flickr.de.gz"] == 1
+
+
+@needs_shared
+def test_checksum_mismatch_leaves_nothing_behind(tmp_path, multi30k_mirror):
+    bad = tmp_path / "badmirror"
+    bad.mkdir()
+    with gzip.open(bad / "val.en.gz", "wt", encoding="utf-8") as f:
+        f.write("not the real file\n")
+    dest = tmp_path / "data" / "val.en"
+    dest.parent.mkdir()
+    with pytest.raises(CorpusError, match=r"does not match the expected 1f2a23d992769b5b"):
+        fetch((bad / "val.en.gz").as_uri(), dest, Multi30kCorpus.SHA256["val.en"], gunzip=True, log=lambda _: None)
+    assert [p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")] == []
+
+
+@needs_shared
+def test_a_corrupted_download_is_fetched_again(tmp_path, multi30k_mirror):
+    cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"), mirror=multi30k_mirror.as_uri())
+    Multi30kCorpus(cfg, log=lambda _: None).split("valid")
+    (tmp_path / "data" / "multi30k" / "val.de").write_text("damaged\n")
+    messages = []
+    src, tgt = Multi30kCorpus(cfg, log=messages.append).split("valid")
+    assert len(tgt) == 1014 and any("fails its checksum" in m for m in messages)
+
+
+def test_unreachable_download_says_where_to_put_the_file(tmp_path):
+    cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"), mirror="http://127.0.0.1:9")
+    with pytest.raises(CorpusError, match=r"cannot download .*val\.en\.gz.*place the file at"):
+        Multi30kCorpus(cfg, log=lambda _: None).split("valid")
+
+
+def test_multi30k_has_only_english_and_german():
+    with pytest.raises(CorpusError, match="languages en and de"):
+        Multi30kCorpus(DataConfig(corpus="multi30k", src_lang="en", tgt_lang="fr"))
+
+
+@needs_shared
+def test_shared_multi30k_reads_as_published(tmp_path):
+    """The read-only shared copy verifies; train.de line 7366 keeps its TAB (a plain file, not TSV)."""
+    cfg = DataConfig(corpus="multi30k", data_dir=str(SHARED))
+    corpus = Multi30kCorpus(cfg, log=lambda _: None)
+    src, tgt = corpus.split("train")
+    assert len(src) == len(tgt) == 29000
+    assert "\t" in tgt[7365]
+    assert sum(len(corpus.split(s)[0]) for s in ("valid", "test")) == 2014
+    assert corpus.stats["train"] == Counter()
+
+
+# -- WMT news-commentary en-ru + sacrebleu test sets ------------------------------------------------
+
+
+@pytest.fixture
+def wmt_offline(tmp_path, monkeypatch):
+    """A news-commentary mirror built from the shared EN-RU pool, and sacrebleu's folders pre-filled with the
+    shared newstest2013/2014 files, so that sacrebleu's own API serves them without a network."""
+    from sacrebleu.dataset import DATASETS
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    en = (SHARED / "en-ru" / "train_pool.en").read_text(encoding="utf-8").splitlines()[:300]
+    ru = (SHARED / "en-ru" / "train_pool.ru").read_text(encoding="utf-8").splitlines()[:300]
+    lines = [f"{a}\t{b}" for a, b in zip(en, ru)] + ["only one field", "a\tb\tc"]
+    with gzip.open(mirror / "news-commentary-v14.en-ru.tsv.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    for name, stem in (("wmt13", "newstest2013"), ("wmt14", "newstest2014-enru")):
+        out = tmp_path / "sacrebleu" / name
+        out.mkdir(parents=True)
+        n = len((SHARED / "en-ru" / f"{stem}.en").read_text(encoding="utf-8").splitlines())
+        shutil.copy(SHARED / "en-ru" / f"{stem}.en", out / f"{name}.en-ru.src")
+        shutil.copy(SHARED / "en-ru" / f"{stem}.ru", out / f"{name}.en-ru.ref")
+        for field in ("docid", "genre", "origlang"):
+            (out / f"{name}.en-ru.{field}").write_text("x\n" * n)
+        monkeypatch.setattr(DATASETS[name], "_outdir", str(out))
+    return mirror
+
+
+@needs_shared
+def test_wmt_en_ru_reads_news_commentary_and_sacrebleu_sets(tmp_path, wmt_offline):
+    from model.corpora import WmtEnRuCorpus
+
+    cfg = DataConfig(corpus="wmt_en_ru", src_lang="en", tgt_lang="ru", data_dir=str(tmp_path / "data"),
+                     mirror=wmt_offline.as_uri())
+    corpus = WmtEnRuCorpus(cfg, log=lambda _: None)
+    src, tgt = corpus.split("train")
+    assert len(src) == len(tgt) == 300 and corpus.stats["train"]["skipped_fields"] == 2
+    assert len(corpus.split("valid")[0]) == 3000 and len(corpus.split("test")[0]) == 3003
+    record = tmp_path / "data" / "wmt_en_ru" / "news-commentary-v14.en-ru.tsv.sha256"
+    assert record.is_file()  # no published checksum: the first download's is recorded ...
+    (tmp_path / "data" / "wmt_en_ru" / "news-commentary-v14.en-ru.tsv").write_text("tampered\tx\n")
+    messages = []
+    again = WmtEnRuCorpus(cfg, log=messages.append).split("train")  # ... and enforced
+    assert again[0] == src and any("fails its checksum" in m for m in messages)
+    reverse = WmtEnRuCorpus(DataConfig(corpus="wmt_en_ru", src_lang="ru", tgt_lang="en",
+                                       data_dir=str(tmp_path / "data")), log=lambda _: None)
+    assert reverse.split("train")[0] == tgt
+
+
+def test_file_paths_expand_environment_variables(tmp_path, monkeypatch):
+    write_pair(tmp_path / "c", "train", EN, DE)
+    monkeypatch.setenv("MY_CORPORA", str(tmp_path / "c"))
+    cfg = DataConfig(corpus="files", files=FilesConfig(train="$MY_CORPORA/train", valid="$NOT_SET_ANYWHERE/x"))
+    assert len(FilesCorpus(cfg).split("train")[0]) == 40
+    with pytest.raises(CorpusError, match="NOT_SET_ANYWHERE"):
+        FilesCorpus(cfg).split("valid")
+
+
+def test_lenient_tsv_skips_and_counts(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("a\tb\nbroken line\nc\td\n", encoding="utf-8")
+    cfg = DataConfig(corpus="files", files=FilesConfig(format="tsv", on_bad_line="skip", train=str(path),
+                                                       valid=str(path)))
+    corpus = FilesCorpus(cfg)
+    assert corpus.split("train") == (["a", "c"], ["b", "d"]) and corpus.stats["train"]["skipped_fields"] == 1

@@ -83,7 +83,8 @@ class FilesConfig:
 
 @dataclass
 class DataConfig:
-    corpus: Literal["synthetic", "files", "multi30k", "wmt_en_ru"] = "synthetic"  # corpus source
+    corpus: Literal["synthetic", "files", "multi30k", "wmt_en_ru", "hf"] = "synthetic"  # corpus source
+    hf_name: str | None = None  # for corpus hf: a Hugging Face datasets name, NAME or NAME/CONFIG
     src_lang: str = "en"  # source language code (file suffix for `files`; direction for downloads)
     tgt_lang: str = "de"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

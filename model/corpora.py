@@ -332,6 +332,50 @@ class WmtEnRuCorpus(_FileBacked):
         return (en, ru) if self.cfg.src_lang == "en" else (ru, en)
 
 
+class HuggingFaceCorpus:
+    """``data.corpus: hf`` with ``data.hf_name: NAME[/CONFIG]``: a Hugging Face ``datasets`` translation set
+    (rows ``{"translation": {src_lang: ..., tgt_lang: ...}}``, e.g. ``wmt14/de-en``). The ``datasets`` package is
+    imported only here, only when used; it is not a dependency of the project."""
+
+    SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+
+    def __init__(self, cfg: DataConfig, log: Callable[[str], None] = print) -> None:
+        if not cfg.hf_name:
+            raise CorpusError("data.corpus hf needs data.hf_name (NAME or NAME/CONFIG)")
+        try:
+            import datasets  # noqa: F401
+        except ImportError as exc:
+            raise CorpusError("data.corpus hf needs the `datasets` package: pip install datasets") from exc
+        self.cfg, self.log = cfg, log
+        self.name = "hf-" + cfg.hf_name.replace("/", "-") + f"-{cfg.src_lang}-{cfg.tgt_lang}"
+        self.stats: dict[str, Counter] = {}
+        self._cache: dict[str, tuple[list[str], list[str]]] = {}
+
+    def _load(self, split: str):
+        import datasets
+
+        name, _, config = self.cfg.hf_name.partition("/")
+        return datasets.load_dataset(name, config or None, split=self.SPLITS[split])
+
+    def fingerprint(self) -> str:
+        rows = self._load("train")
+        return f"{self.name}:{getattr(rows, '_fingerprint', None) or len(rows)}"
+
+    def split(self, name: str) -> tuple[list[str], list[str]]:
+        if name not in self._cache:
+            src, tgt = [], []
+            for n, row in enumerate(self._load(name)):
+                pair = row.get("translation", row)
+                if self.cfg.src_lang not in pair or self.cfg.tgt_lang not in pair:
+                    raise CorpusError(f"{self.cfg.hf_name} {name} row {n}: no {self.cfg.src_lang!r}/"
+                                      f"{self.cfg.tgt_lang!r} fields (has {sorted(pair)})")
+                src.append(pair[self.cfg.src_lang])
+                tgt.append(pair[self.cfg.tgt_lang])
+            self._cache[name] = (src, tgt)
+            self.stats[name] = Counter()
+        return self._cache[name]
+
+
 def describe_stats(stats: dict[str, Counter | dict]) -> str:
     """One line per split of non-zero counts, e.g. ``train: dropped_long=12 crlf=3``."""
     parts = []

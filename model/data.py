@@ -26,7 +26,8 @@ import sentencepiece as spm
 import torch
 
 from .config import DataConfig
-from .corpora import CorpusError, FilesCorpus, Multi30kCorpus, WmtEnRuCorpus, describe_stats
+from .corpora import (CorpusError, FilesCorpus, HuggingFaceCorpus, Multi30kCorpus, WmtEnRuCorpus,
+                      describe_stats)
 from .synthetic import generate_splits
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -76,6 +77,7 @@ CORPUS_SOURCES: dict[str, Callable[..., Corpus]] = {
     "files": lambda cfg, log: FilesCorpus(cfg),
     "multi30k": Multi30kCorpus,
     "wmt_en_ru": WmtEnRuCorpus,
+    "hf": HuggingFaceCorpus,
 }
 
 

@@ -373,3 +373,31 @@ def test_lenient_tsv_skips_and_counts(tmp_path):
                                                        valid=str(path)))
     corpus = FilesCorpus(cfg)
     assert corpus.split("train") == (["a", "c"], ["b", "d"]) and corpus.stats["train"]["skipped_fields"] == 1
+
+
+def test_hugging_face_source_maps_translation_rows(tmp_path, monkeypatch):
+    """The hf source reads `translation` rows through `datasets.load_dataset` (a stand-in module here: the
+    package is optional and the hub is not reachable from the tests)."""
+    import sys
+    import types
+
+    from model.corpora import HuggingFaceCorpus
+
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        rows = [{"translation": {"en": e, "de": d}} for e, d in zip(EN, DE)]
+        return rows if split == "train" else rows[:3]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    cfg = DataConfig(corpus="hf", hf_name="wmt14/de-en", src_lang="de", tgt_lang="en", vocab_size=60,
+                     cache_dir=str(tmp_path / "cache"))
+    data = load_data(cfg, "valid", log=lambda _: None)
+    assert len(data.splits["train"]) == 40 and data.splits["valid"].src_text[0] == DE[0]
+    assert ("wmt14", "de-en", "validation") in calls
+    with pytest.raises(CorpusError, match="no 'en'/'fr' fields"):
+        HuggingFaceCorpus(DataConfig(corpus="hf", hf_name="x", tgt_lang="fr")).split("train")
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(CorpusError, match="pip install datasets"):
+        HuggingFaceCorpus(cfg)

@@ -242,7 +242,25 @@ def fetch(url: str, dest: Path, sha256_prefix: str | None, gunzip: bool, log: Ca
     return dest
 
 
-class Multi30kCorpus(_FileBacked):
+class _Downloaded(_FileBacked):
+    """A known corpus in one language pair, kept in ``<data_dir>/<FOLDER>``."""
+
+    KEY = ""  # the data.corpus value
+    LANGS: tuple[str, str] = ("", "")
+    FOLDER = ""
+    NAME = ""
+
+    def __init__(self, cfg: DataConfig, log: Callable[[str], None] = print) -> None:
+        super().__init__()
+        if {cfg.src_lang, cfg.tgt_lang} != set(self.LANGS):
+            raise CorpusError(f"data.corpus {self.KEY} has languages {self.LANGS[0]} and {self.LANGS[1]}; got "
+                              f"data.src_lang={cfg.src_lang!r}, data.tgt_lang={cfg.tgt_lang!r}")
+        self.cfg, self.log = cfg, log
+        self.name = f"{self.NAME}-{cfg.src_lang}-{cfg.tgt_lang}"
+        self.folder = data_root(cfg) / self.FOLDER
+
+
+class Multi30kCorpus(_Downloaded):
     """Multi30k task 1, English–German (Elliott et al. 2016): train 29,000, val 1,014, test_2016_flickr 1,000.
 
     Files are looked up in ``<data_dir>/multi30k/`` and downloaded there when missing.
@@ -257,15 +275,7 @@ class Multi30kCorpus(_FileBacked):
         "test_2016_flickr.en": "399a4382932c1aad", "test_2016_flickr.de": "4be6b5b3236b79c2",
     }
 
-    def __init__(self, cfg: DataConfig, log: Callable[[str], None] = print) -> None:
-        super().__init__()
-        langs = {cfg.src_lang, cfg.tgt_lang}
-        if langs != {"en", "de"}:
-            raise CorpusError(f"data.corpus multi30k has languages en and de; got data.src_lang={cfg.src_lang!r}, "
-                              f"data.tgt_lang={cfg.tgt_lang!r}")
-        self.cfg, self.log = cfg, log
-        self.name = f"multi30k-{cfg.src_lang}-{cfg.tgt_lang}"
-        self.folder = data_root(cfg) / "multi30k"
+    KEY, LANGS, FOLDER, NAME = "multi30k", ("en", "de"), "multi30k", "multi30k"
 
     def paths(self, split: str) -> list[Path]:
         out = []
@@ -290,7 +300,7 @@ class Multi30kCorpus(_FileBacked):
         return read_parallel(*self.paths(split), stats)
 
 
-class WmtEnRuCorpus(_FileBacked):
+class WmtEnRuCorpus(_Downloaded):
     """The original study's setting: WMT news-commentary v14 en–ru for training (Voita et al. 2019), newstest2013
     for validation and newstest2014 for test, both fetched and verified by sacrebleu (``-t wmt13/wmt14 -l en-ru``).
 
@@ -302,14 +312,7 @@ class WmtEnRuCorpus(_FileBacked):
     TRAIN_FILE = "news-commentary-v14.en-ru.tsv"
     TEST_SETS = {"valid": "wmt13", "test": "wmt14"}
 
-    def __init__(self, cfg: DataConfig, log: Callable[[str], None] = print) -> None:
-        super().__init__()
-        if {cfg.src_lang, cfg.tgt_lang} != {"en", "ru"}:
-            raise CorpusError(f"data.corpus wmt_en_ru has languages en and ru; got data.src_lang={cfg.src_lang!r}, "
-                              f"data.tgt_lang={cfg.tgt_lang!r}")
-        self.cfg, self.log = cfg, log
-        self.name = f"wmt-nc14-{cfg.src_lang}-{cfg.tgt_lang}"
-        self.folder = data_root(cfg) / "wmt_en_ru"
+    KEY, LANGS, FOLDER, NAME = "wmt_en_ru", ("en", "ru"), "wmt_en_ru", "wmt-nc14"
 
     def paths(self, split: str) -> list[Path]:
         if split == "train":

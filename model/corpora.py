@@ -220,6 +220,7 @@ def fetch(url: str, dest: Path, sha256_prefix: str | None, gunzip: bool, log: Ca
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         tmp = Path(tmp_name)
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; a corpus is readable like any downloaded file
             with os.fdopen(fd, "wb") as out:
                 try:
                     with urllib.request.urlopen(url, timeout=60) as response:

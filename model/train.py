@@ -43,7 +43,7 @@ DATA_STATS_FILE = "data_stats.json"  # per split: lines repaired (bom, crlf) and
 # the run goes on, how it is observed or where it runs, never the trajectory of the steps already planned.
 RESUMABLE_CHANGES = {
     "train.max_steps", "train.max_epochs", "train.max_minutes", "train.eval_every", "train.keep_checkpoints", "train.progress",
-    "train.threads", "train.device", "data.cache_dir",
+    "train.threads", "train.device", "data.cache_dir", "data.data_dir", "data.mirror",
 }
 
 
@@ -460,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None,
                         help="output folder (default: a new results/runs/<config name>/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="folder of downloaded corpora (same as --set data.data_dir=DIR; default $HEADSWEEP_DATA)")
     parser.add_argument("--init-from", default=None, metavar="CKPT",
                         help="start from this checkpoint's weights (e.g. a converged plain model, to prune)")
     args = parser.parse_args(argv)
@@ -468,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None and not args.resume:
         parser.error("a config file is needed (or --resume --out DIR to continue a run with its own config)")
     config_path = args.config or Path(args.out) / "config.yaml"
+    if args.data_dir is not None:
+        args.overrides.append(f"data.data_dir={Path(args.data_dir).resolve()}")
     try:
         cfg = load_config(config_path, args.overrides)
         out = Path(args.out or Path("results") / "runs" / Path(config_path).stem / time.strftime("%Y%m%d-%H%M%S"))

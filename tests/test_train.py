@@ -196,7 +196,9 @@ def test_cli_reports_config_errors_and_runs(tmp_path, capsys):
     assert "train.lr" in capsys.readouterr().err
     good = tmp_path / "good.yaml"
     save_config(tiny_config(), good)
-    assert main([str(good), "--out", str(tmp_path / "run"), "--set", "train.max_steps=3"]) == 0
+    assert main([str(good), "--out", str(tmp_path / "run"), "--set", "train.max_steps=3",
+                 "--data-dir", str(tmp_path / "corpora")]) == 0
+    assert f"data_dir: {tmp_path / 'corpora'}" in (tmp_path / "run" / "config.yaml").read_text()
     assert "final: step 3" in capsys.readouterr().out
     assert main([str(good), "--out", str(tmp_path / "run")]) == 2  # exists, no --resume
     assert "--resume" in capsys.readouterr().err

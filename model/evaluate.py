@@ -76,8 +76,9 @@ def evaluate_checkpoint(path: str, split: str, eval_cfg: EvalConfig, device: str
     from .translate import load_for_inference
     from .checkpoint import checkpoint_config, load_checkpoint
 
-    cfg = checkpoint_config(load_checkpoint(path))
-    model, tok = load_for_inference(path, device)
+    payload = load_checkpoint(path, map_location=device)
+    cfg = checkpoint_config(payload)
+    model, tok = load_for_inference(path, device, payload)
     corpus = build_corpus(cfg.data, log)
     encoded = encode_split(tok, *corpus.split(split), truncate=cfg.model.max_positions)
     hyps = translate_split(model, encoded, tok, eval_cfg, torch.device(device))

@@ -19,9 +19,9 @@ from .decoding import translate_ids
 from .transformer import Transformer
 
 
-def load_for_inference(path: str, device: str = "cpu") -> tuple[Transformer, Tokenizers]:
-    """A model in eval mode and its tokenizers, from a checkpoint file."""
-    payload = load_checkpoint(path, map_location=device)
+def load_for_inference(path: str, device: str = "cpu", payload: dict | None = None) -> tuple[Transformer, Tokenizers]:
+    """A model in eval mode and its tokenizers, from a checkpoint file (or its already loaded ``payload``)."""
+    payload = payload if payload is not None else load_checkpoint(path, map_location=device)
     cfg = checkpoint_config(payload)
     tok = checkpoint_tokenizers(payload)
     model = Transformer(cfg.model, len(tok.src), len(tok.tgt), cfg.gates)

@@ -22,11 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.config import load_config  # noqa: E402
-from model.data import SyntheticCorpus  # noqa: E402
+from model.data import EOS_ID, SyntheticCorpus, pad_rows  # noqa: E402
+from model.decoding import beam_search  # noqa: E402
 from model.train import train  # noqa: E402
 from model.translate import load_for_inference  # noqa: E402
-from model.data import EOS_ID, pad_rows  # noqa: E402
-from model.decoding import beam_search  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

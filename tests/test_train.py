@@ -24,6 +24,18 @@ def _state(path):
     return load_checkpoint(path)["model"]
 
 
+def _interrupt_then_resume(cfg, out, stop_when):
+    """Run ``cfg`` in ``out``, kill it at the first report where ``stop_when(metrics)``, then resume it."""
+
+    def report(metrics, checkpoint):
+        if stop_when(metrics):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, out, report=report, **QUIET)
+    return train(cfg, out, resume=True, **QUIET)
+
+
 def test_resume_equals_unbroken_run(tmp_path):
     """Killed after the step-3 checkpoint and resumed, a run ends bitwise where the unbroken run ends,
     across an epoch boundary, with dropout, gate noise, an L0 penalty and gradient accumulation."""
@@ -33,13 +45,7 @@ def test_resume_equals_unbroken_run(tmp_path):
     full = train(cfg, tmp_path / "full", **QUIET)
     assert full.step == 8 and full.status == "completed"
 
-    def stop_at_3(metrics, checkpoint):
-        if metrics[M.STEP] == 3:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(cfg, tmp_path / "broken", report=stop_at_3, **QUIET)
-    resumed = train(cfg, tmp_path / "broken", resume=True, **QUIET)
+    resumed = _interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == 3)
     assert resumed.step == 8
     a, b = _state(full.checkpoint), _state(resumed.checkpoint)
     assert a.keys() == b.keys()
@@ -153,13 +159,7 @@ def test_evaluation_every_epoch_resumes_exactly(tmp_path):
     full = train(cfg, tmp_path / "full", report=lambda m, c: seen.append((m[M.STEP], m[M.EPOCH])), **QUIET)
     assert seen == [(4, 1), (8, 2), (10, 2)]  # 4 batches an epoch, and the end of the run
 
-    def stop(metrics, checkpoint):
-        if metrics[M.EPOCH] == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(cfg, tmp_path / "broken", report=stop, **QUIET)
-    resumed = train(cfg, tmp_path / "broken", resume=True, **QUIET)
+    resumed = _interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.EPOCH] == 1)
     a, b = _state(full.checkpoint), _state(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from model.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, read_yaml
-from conftest import REPO, TINY, tiny_config
+from conftest import REPO, tiny_config
 
 # (override, key the message must name) — one per validation branch in model/config.py
 BAD = [

@@ -31,7 +31,7 @@ class CheckpointError(RuntimeError):
 
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in ("torch", "sentencepiece", "sacrebleu", "numpy", "headsweep"):
+    for name in ("torch", "sentencepiece", "sacrebleu", "numpy", "headsweep", "ray", "optuna", "wandb"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

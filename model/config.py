@@ -58,6 +58,7 @@ class GateConfig:
     zeta: float = 1.1  # upper end of the stretch interval
     init_log_alpha: float = 2.0  # initial log_alpha of every head (2.0: eval gate 0.96, P(open) 0.94)
     noise: Literal["per_example", "per_batch"] = "per_example"  # one gate sample per sentence or per batch
+    lr_scale: float = 1.0  # learning rate of log_alpha = this x the model's learning rate at every step
 
 
 @dataclass
@@ -166,13 +167,20 @@ def _type_name(tp: Any) -> str:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
     if origin is list:
         return f"a list of {_type_name(get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
+    if tp is Any:
+        return value
     origin = get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: a mapping.")
+        _, item_tp = get_args(tp)
+        return {k: _convert(v, item_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -259,6 +267,7 @@ def validate(cfg: Config) -> Config:
     _require(g.penalty >= 0.0, "gates.penalty", g.penalty, "a number >= 0")
     _require(g.penalty == 0.0 or g.mode == "learned", "gates.penalty", g.penalty,
              "0 unless gates.mode is 'learned' (there is nothing to penalise)")
+    _require(g.lr_scale > 0.0, "gates.lr_scale", g.lr_scale, "a number > 0")
     _require(g.temperature > 0.0, "gates.temperature", g.temperature, "a number > 0")
     _require(g.gamma < 0.0, "gates.gamma", g.gamma, "a number < 0")
     _require(g.zeta > 1.0, "gates.zeta", g.zeta, "a number > 1")
@@ -365,7 +374,7 @@ _UniqueKeyLoader.add_implicit_resolver(
                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
                   |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
+                  |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
     list("-+0123456789."),
 )
 
@@ -410,15 +419,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = parse_yaml(raw)
         except (yaml.YAMLError, ConfigError) as exc:
             raise ConfigError(f"Override {item!r}: value is not valid YAML ({exc}).") from exc
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"Override {item!r}: `{part}` is not a section.")
-            node = child
-        node[parts[-1]] = value
+        try:
+            set_key(data, key.strip(), value)
+        except ConfigError as exc:
+            raise ConfigError(f"Override {item!r}: {exc}") from None
     return data
+
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` (``train.lr``) in a nested mapping, creating sections on the way."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"`{part}` is not a section.")
+        node = child
+    node[parts[-1]] = value
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -26,3 +26,8 @@ def open_heads_key(attention_type: str) -> str:
     if attention_type not in ATTENTION_TYPES:
         raise ValueError(f"unknown attention type {attention_type!r}; allowed: {ATTENTION_TYPES}")
     return f"{OPEN_HEADS}/{attention_type}"
+
+
+def open_heads_layer_key(attention_type: str, layer: int) -> str:
+    """Metric name of the open-head count of one gated layer, e.g. ``open_heads/enc_self/0``."""
+    return f"{open_heads_key(attention_type)}/{layer}"

@@ -19,15 +19,22 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from . import metrics as M
-from .checkpoint import (CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint,
-                         load_model_state, save_checkpoint)
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    checkpoint_tokenizers,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from .config import ATTENTION_TYPES, Config, ConfigError, TrainConfig, load_config, save_config
 from .corpora import CorpusError, stats_json
 from .data import Batch, Data, collate, load_data, make_batches
@@ -150,9 +157,12 @@ class Trainer:
         self.model.freeze(t.freeze)
         self.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        gate_ids = {id(g.log_alpha) for _, _, g in self.model.gates()}
+        groups = [{"params": [p for p in self.params if id(p) not in gate_ids], "lr_scale": 1.0},
+                  {"params": [p for p in self.params if id(p) in gate_ids], "lr_scale": cfg.gates.lr_scale}]
         self.optimizer = torch.optim.Adam(
-            self.params, lr=learning_rate(1, t, cfg.model.d_model), betas=tuple(t.adam_betas), eps=t.adam_eps,
-            weight_decay=t.weight_decay,
+            [g for g in groups if g["params"]], lr=learning_rate(1, t, cfg.model.d_model), betas=tuple(t.adam_betas),
+            eps=t.adam_eps, weight_decay=t.weight_decay,
         )
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
@@ -236,7 +246,7 @@ class Trainer:
         t = self.cfg.train
         lr = learning_rate(self.step + 1, t, self.cfg.model.d_model)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.optimizer.zero_grad(set_to_none=True)
         n_tokens = sum(b.n_tokens for b in batches)
         ce_total, nll_total = 0.0, 0.0
@@ -273,6 +283,8 @@ class Trainer:
             M.VALID_NLL: teacher_forced_nll(self.model, split, e.batch_size, self.device, e.max_sentences),
             M.OPEN_HEADS: heads["total"],
             **{M.open_heads_key(k): heads[k] for k in ATTENTION_TYPES},
+            **{M.open_heads_layer_key(kind, layer): int(n)
+               for kind, entry in self.model.gate_report().items() for layer, n in enumerate(entry["open"])},
         }
         with torch.no_grad():
             metrics[M.L0] = float(self.model.expected_l0())

@@ -1,0 +1,137 @@
+"""One Weights & Biases run per trial: metrics at every evaluation, a gate heatmap image, translation samples.
+
+Offline unless a key is configured (``wandb sync DIR`` uploads later). Logging never stops or slows a trial: a
+failing W&B call is reported once and logging is switched off for that trial. No Ray here; ``wandb`` is imported
+only when a run is started.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ATTENTION_TYPES
+
+CELL = 12  # pixels per head in the heatmap
+OPEN_RGB = np.array([46, 160, 67], dtype=np.float64)  # eval gate 1
+CLOSED_RGB = np.array([235, 235, 235], dtype=np.float64)  # eval gate 0
+
+
+def has_api_key() -> bool:
+    """True when W&B could log online: WANDB_API_KEY set, or a login stored in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """'auto' -> 'online' with a key, else 'offline'. WANDB_MODE=offline/disabled in the environment wins."""
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if env in ("offline", "disabled", "dryrun") and mode != "disabled":
+        return "disabled" if env == "disabled" else "offline"
+    if mode == "auto":
+        return "online" if has_api_key() else "offline"
+    return mode
+
+
+def gate_heatmap(gates: dict[str, dict[str, list]], value: str = "gate") -> np.ndarray:
+    """RGB image (uint8) of one evaluation's gates: a band per attention type, rows = layers, columns = heads.
+
+    ``gates`` is one entry of ``gates.jsonl`` (``Transformer.gate_report()``); green = open (1), grey = closed (0).
+    Bands are separated by a white row of cells.
+    """
+    bands = [np.asarray(gates[t][value], dtype=np.float64) for t in ATTENTION_TYPES if t in gates]
+    if not bands:
+        return np.zeros((CELL, CELL, 3), dtype=np.uint8)
+    width = max(b.shape[1] for b in bands)
+    rows: list[np.ndarray] = []
+    for i, band in enumerate(bands):
+        if i:
+            rows.append(np.full((1, width), np.nan))
+        padded = np.full((band.shape[0], width), np.nan)
+        padded[:, : band.shape[1]] = band
+        rows.append(padded)
+    grid = np.clip(np.concatenate(rows), 0.0, 1.0)  # (cells_y, cells_x)
+    rgb = grid[..., None] * OPEN_RGB + (1.0 - grid[..., None]) * CLOSED_RGB
+    rgb[np.isnan(grid)] = 255.0
+    return np.kron(rgb, np.ones((CELL, CELL, 1))).round().astype(np.uint8)
+
+
+class TrialLogger:
+    """A W&B run for one trial (or base model). ``log`` never raises."""
+
+    def __init__(
+        self,
+        mode: str,
+        project: str,
+        group: str,
+        run_id: str,
+        name: str,
+        config: dict[str, Any],
+        directory: str | Path,
+        entity: str | None = None,
+        tags: list[str] | None = None,
+        job_type: str = "prune",
+        init_timeout: float = 30.0,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.run = None
+        self._log = log
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:
+            log("wandb is not installed: this trial is not logged to W&B")
+            return
+        self._wandb = wandb
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        kwargs = dict(project=project, entity=entity, group=group, id=run_id, name=name, resume="allow",
+                      dir=str(directory), config=config, tags=list(tags or []), job_type=job_type, reinit=True)
+        for attempt in ([mode, "offline"] if mode == "online" else [mode]):
+            try:
+                self.run = wandb.init(mode=attempt, settings=wandb.Settings(init_timeout=init_timeout, silent=True,
+                                                                           console="off"), **kwargs)
+                break
+            except Exception as exc:  # any W&B failure: try offline, then give up on W&B only
+                log(f"W&B {attempt} init failed ({type(exc).__name__}: {exc}); "
+                    + ("retrying offline" if attempt == "online" else "this trial is not logged to W&B"))
+
+    def log(self, metrics: dict[str, Any], step: int, gates: dict | None = None,
+            samples: list[dict[str, str]] | None = None) -> None:
+        if self.run is None:
+            return
+        wandb = self._wandb
+        try:
+            record: dict[str, Any] = {k: v for k, v in metrics.items()
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if gates:
+                record["gates"] = wandb.Image(gate_heatmap(gates),
+                                              caption="rows: layers, columns: heads; bands: "
+                                              + ", ".join(t for t in ATTENTION_TYPES if t in gates)
+                                              + "; green = open")
+            if samples:
+                table = wandb.Table(columns=["step", "source", "reference", "hypothesis"])
+                for s in samples:
+                    table.add_data(step, s["source"], s["reference"], s["hypothesis"])
+                record["samples"] = table
+            self.run.log(record, step=step)
+        except Exception as exc:
+            self._log(f"W&B logging failed ({type(exc).__name__}: {exc}); W&B is off for the rest of this trial")
+            self.finish()
+
+    def finish(self, exit_code: int = 0) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as exc:
+                self._log(f"W&B finish failed ({type(exc).__name__}: {exc})")

@@ -1,0 +1,218 @@
+"""Sweep configs: the schema, its errors (each naming key, value and what is allowed), and the trial configs."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.config import ConfigError
+from model.sweep import (
+    Dimension,
+    auto_freeze,
+    base_hash,
+    check_gpus,
+    is_base_key,
+    load_sweep,
+    sweep_from_dict,
+    trial_seed,
+)
+from tests.conftest import REPO, TINY
+
+SHIPPED = sorted((REPO / "sweeps").glob("*.yaml"))
+SWEEPS = [p for p in SHIPPED if p.name != "cluster.yaml"]
+
+GOOD: dict[str, Any] = {
+    "name": "t",
+    "base": copy.deepcopy(TINY),
+    "prune": {"set": {"gates.mode": "learned", "train.max_steps": 6}},
+    "space": {"gates.penalty": {"loguniform": [0.001, 0.5]}, "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+              "data.max_tokens": {"choice": [256, 512]}},
+}
+
+
+def make(patch: dict[str, Any] | None = None, drop: tuple[str, ...] = (), **kwargs):
+    raw = copy.deepcopy(GOOD)
+    for key in drop:
+        raw.pop(key)
+    raw.update(copy.deepcopy(patch or {}))
+    return sweep_from_dict(raw, **kwargs)
+
+
+def test_shipped_sweeps_load_and_search_lambda_lr_and_batch_size(monkeypatch):
+    monkeypatch.setenv("HEADSWEEP_DATA", "/nonexistent")  # file paths are checked when read, not when loaded
+    assert {p.stem for p in SWEEPS} >= {"quickstart", "multi30k_en_de", "wmt_en_ru"}
+    for path in SWEEPS:
+        sweep = load_sweep(path)
+        keys = {d.key for d in sweep.space}
+        assert "gates.penalty" in keys and "train.lr" in keys, path
+        assert keys & {"data.max_tokens", "data.batch_size"}, path
+        assert sweep.name == path.stem
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_key_of_shipped_sweeps_is_commented(path: Path):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if re.match(r"^\s*[\w.\-]+:\s*\S", line) and not line.lstrip().startswith("#"):
+            assert "#" in line, f"{path.name}:{number} has no comment: {line.strip()}"
+
+
+def test_trial_config_applies_base_prune_params_and_its_own_seed():
+    sweep = make()
+    params = {"gates.penalty": 0.01, "train.lr": 2e-3, "data.max_tokens": 512}
+    cfg = sweep.trial_config(params)
+    assert (cfg.gates.mode, cfg.gates.penalty, cfg.train.lr, cfg.data.max_tokens) == ("learned", 0.01, 2e-3, 512)
+    assert cfg.model.d_model == TINY["model"]["d_model"] and cfg.train.max_steps == 6
+    assert cfg.train.seed == trial_seed(1, params) != trial_seed(1, {**params, "train.lr": 3e-3})
+    assert cfg.train.threads == 1 and cfg.train.device == "cpu" and cfg.train.progress is False
+    fixed = make({"search": {"trial_seeds": "fixed"}}).trial_config(params)
+    assert fixed.train.seed == 1
+
+
+def test_prune_freezes_the_side_without_gates_unless_told_otherwise():
+    assert auto_freeze(["enc_self"]) == ["decoder"]
+    assert auto_freeze(["dec_cross"]) == ["encoder"]
+    assert auto_freeze(["enc_self", "dec_self"]) == []
+    params = {"gates.penalty": 0.01, "train.lr": 2e-3, "data.max_tokens": 512}
+    assert make().trial_config(params).train.freeze == ["decoder"]  # TINY gates enc_self only (the default)
+    explicit = make({"prune": {"set": {"gates.mode": "learned"}, "freeze": []}})
+    assert explicit.trial_config(params).train.freeze == []
+    with pytest.raises(ConfigError, match=r"prune.set.train.freeze.*set prune.freeze instead"):
+        make({"prune": {"set": {"gates.mode": "learned", "train.freeze": ["decoder"]}}})
+
+
+def test_base_config_hash_ignores_where_a_run_goes_but_not_what_it_learns():
+    sweep = make()
+    a = sweep.base_config()
+    assert a.gates.mode == "none"
+    b = copy.deepcopy(a)
+    b.train.threads, b.data.cache_dir, b.train.device = 7, "/elsewhere", "cuda"
+    assert base_hash(a) == base_hash(b)
+    b.train.max_steps += 1
+    assert base_hash(a) != base_hash(b)
+
+
+def test_searched_base_keys_give_one_base_model_per_choice():
+    sweep = make({"space": {**GOOD["space"], "model.encoder_layers": {"choice": [1, 2]}}})
+    variants = sweep.base_variants()
+    assert variants == [{"model.encoder_layers": 1}, {"model.encoder_layers": 2}]
+    hashes = {base_hash(sweep.base_config(v)) for v in variants}
+    assert len(hashes) == 2
+    params = {"gates.penalty": 0.01, "train.lr": 1e-3, "data.max_tokens": 256, "model.encoder_layers": 1}
+    assert sweep.trial_config(params).model == sweep.base_config(params).model
+    assert is_base_key("data.vocab_size") and is_base_key("data.synthetic.seed") and not is_base_key("data.max_tokens")
+    scratch = make({"pretrain": {"enabled": False},
+                    "space": {**GOOD["space"], "model.dropout": {"uniform": [0.0, 0.3]}}})
+    assert scratch.base_variants() == [{}]
+
+
+def test_points_to_evaluate_are_completed_from_the_prune_config():
+    sweep = make({"search": {"points_to_evaluate": [{"gates.penalty": 0.002}]}})
+    assert sweep.points_to_evaluate() == [{"gates.penalty": 0.002, "train.lr": TINY["train"]["lr"],
+                                           "data.max_tokens": TINY["data"]["max_tokens"]}]
+
+
+def test_smoke_test_shrinks_any_sweep_to_two_tiny_trials_of_two_evaluations():
+    for path in SWEEPS:
+        sweep = load_sweep(path, smoke_test=True, storage="/tmp/x")
+        cfg = sweep.trial_config({d.key: d.extremes()[0] for d in sweep.space})
+        assert sweep.search.num_samples == 2 and sweep.name.endswith("-smoke")
+        assert cfg.train.max_steps == 2 * cfg.train.eval_every and cfg.train.eval_unit == "steps"
+        assert cfg.model.d_model <= 32 and cfg.train.device == "cpu" and sweep.resources.gpus == 0
+        assert sweep.schema.wandb.mode in ("offline", "disabled")
+
+
+def test_dimension_membership_and_grid():
+    assert Dimension("a", "loguniform", (0.1, 1.0)).contains(0.5)
+    assert not Dimension("a", "loguniform", (0.1, 1.0)).contains(0.0)
+    assert Dimension("a", "randint", (1, 3)).grid() == [1, 2, 3]
+    assert not Dimension("a", "randint", (1, 3)).contains(2.5)
+    with pytest.raises(ConfigError, match="grid"):
+        Dimension("a", "uniform", (0.0, 1.0)).grid()
+
+
+def test_gpu_check_refuses_gpu_trials_on_a_cluster_without_gpus():
+    check_gpus(0, 0, False)
+    check_gpus(0.5, 1, False)
+    check_gpus(1, 0, True)  # the autoscaler adds GPU nodes
+    with pytest.raises(ConfigError, match=r"`resources.gpus`: 1.*0 GPUs.*autoscale"):
+        check_gpus(1, 0, False)
+
+
+# Each malformed sweep is refused before Ray starts, naming the key and what is allowed.
+BAD = [
+    ({"surprise": 1}, r"Unknown key `surprise`"),
+    ({"space": {}}, r"`space`.*at least one searched key"),
+    ({"space": {"gates.penalty": {"loguniform": [-0.1, 0.5]}}}, r"`space.gates.penalty.loguniform`.*0 < low < high"),
+    ({"space": {"gates.penalty": {"uniform": [-0.1, 0.5]}}}, r"space.gates.penalty = -0.1.*`gates.penalty`.*>= 0"),
+    ({"space": {"train.lr": {"uniform": [0.0, 0.1]}}}, r"space.train.lr = 0.0.*`train.lr`.*> 0"),
+    ({"space": {"data.max_tokens": {"choice": [0, 256]}}}, r"data.max_tokens = 0.*`data.max_tokens`"),
+    ({"space": {"train.lrr": {"uniform": [0.1, 0.2]}}}, r"Unknown key `train.lrr`.*Did you mean `train.lr`"),
+    ({"space": {"train.lr": {"normal": [0.1, 0.2]}}}, r"`space.train.lr`.*loguniform, uniform, choice, randint"),
+    ({"space": {"train.lr": {"uniform": [0.2, 0.1]}}}, r"`space.train.lr.uniform`.*low < high"),
+    ({"space": {"train.warmup_steps": {"randint": [1.5, 4]}}}, r"randint.*two integers"),
+    ({"space": {"train.lr": {"choice": []}}}, r"`space.train.lr.choice`.*non-empty list"),
+    ({"space": {"train.freeze": {"choice": [["decoder"], []]}}}, r"scalar values"),
+    ({"space": {"gates.mode": {"choice": ["learned", "open"]}}}, r"`space.gates.mode`.*any key but"),
+    ({"space": {"model.dropout": {"uniform": [0.0, 0.3]}}}, r"`space.model.dropout`.*choice.*one base model"),
+    ({"objectives": [{"metric": "blue", "mode": "max"}]}, r"`objectives\[0\].metric`: 'blue'.*bleu, chrf"),
+    ({"objectives": [{"metric": "bleu", "mode": "up"}]}, r"`objectives\[0\].mode`: 'up'.*'max', 'min'"),
+    ({"objectives": [{"metric": "bleu", "mode": "max"}, {"metric": "bleu", "mode": "max"}]}, r"each metric once"),
+    ({"objectives": []}, r"`objectives`.*at least one"),
+    ({"search": {"sampler": "bayes"}}, r"`search.sampler`: 'bayes'.*'tpe', 'nsga2', 'random', 'grid'"),
+    ({"search": {"num_samples": 0}}, r"`search.num_samples`: 0.*>= 1"),
+    ({"search": {"max_concurrent": 0}}, r"`search.max_concurrent`: 0.*>= 1"),
+    ({"search": {"sampler": "grid"}}, r"grid.*choice or randint"),
+    ({"space": {"data.max_tokens": {"choice": [256, 512]}}, "search": {"sampler": "grid", "num_samples": 3}},
+     r"`search.num_samples`: 3.*grid's 2 points"),
+    ({"search": {"points_to_evaluate": [{"gates.penalty": 0.0}]}},
+     r"`search.points_to_evaluate\[0\].gates.penalty`: 0.0.*loguniform value in \[0.001, 0.5\]"),
+    ({"search": {"points_to_evaluate": [{"train.seed": 3}]}}, r"points_to_evaluate\[0\].*keys of the search space"),
+    ({"resources": {"cpus": 0}}, r"`resources.cpus`: 0.*> 0"),
+    ({"resources": {"gpus": -1}}, r"`resources.gpus`: -1.*>= 0"),
+    ({"resources": {"gpus": 1.5}}, r"`resources.gpus`: 1.5.*fraction of one GPU or a whole number"),
+    ({"prune": {"set": {"gates.mode": "open"}}}, r"`prune.set.gates.mode`: 'open'.*'learned'"),
+    ({"prune": {"set": {"gates.mode": "learned", "model.d_model": 32}}}, r"`prune.set`.*model.d_model"),
+    ({"prune": {"set": {"gates.mode": "learned"}, "freeze": ["everything"]}}, r"`prune.freeze`.*'auto'"),
+    ({"pretrain": {"set": {"gates.mode": "learned", "gates.penalty": 0.1}}}, r"`pretrain.set.gates.mode`: 'learned'"),
+    ({"pretrain": {"checkpoint": "/no/such.pt"}}, r"`pretrain.checkpoint`.*existing checkpoint file"),
+    ({"base": "no_such_file.yaml"}, r"`base`: 'no_such_file.yaml'.*does not exist"),
+    ({"base": 3}, r"`base`: 3.*path to a run config or a mapping"),
+    ({"name": "a/b"}, r"`name`: 'a/b'.*names a folder"),
+    ({"keep_checkpoints": 0}, r"`keep_checkpoints`: 0"),
+    ({"wandb": {"mode": "cloud"}}, r"`wandb.mode`: 'cloud'.*'auto', 'online', 'offline', 'disabled'"),
+    ({"search": {"num_samples": "many"}}, r"`search.num_samples`: 'many'.*an integer"),
+]
+
+
+@pytest.mark.parametrize("patch, message", BAD, ids=[m for _, m in BAD])
+def test_malformed_sweeps_are_refused_with_key_and_allowed_values(patch, message):
+    with pytest.raises(ConfigError, match=message):
+        make(patch)
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path: Path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("name: s\nsearch:\n  seed: 1\n  seed: 2\n")
+    with pytest.raises(ConfigError, match=r"s.yaml.*Duplicate key `seed` at line 4 \(first at line 3\)"):
+        load_sweep(bad)
+    bad.write_text("name: s\nspace: {gates.penalty: [\n")
+    with pytest.raises(ConfigError, match=r"YAML syntax error in .*s.yaml at line 3"):
+        load_sweep(bad)
+
+
+def test_base_path_is_relative_to_the_sweep_file_and_overrides_apply(tmp_path: Path):
+    import yaml
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "base.yaml").write_text(yaml.safe_dump(TINY))
+    raw = {**{k: v for k, v in GOOD.items() if k != "base"}, "base": "runs/base.yaml"}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    sweep = load_sweep(tmp_path / "s.yaml", ["search.num_samples=5", "prune.set.train.max_steps=9"],
+                       storage=str(tmp_path / "out"))
+    assert sweep.search.num_samples == 5 and sweep.base["model"]["d_model"] == TINY["model"]["d_model"]
+    assert sweep.trial_config({"gates.penalty": 0.01, "train.lr": 1e-3, "data.max_tokens": 256}).train.max_steps == 9
+    assert sweep.experiment_dir == str(tmp_path / "out" / "t")

@@ -1,0 +1,218 @@
+"""The sweep driver end to end with Ray: smoke sweeps of every shipped sweep, resume after an interrupted driver,
+a two-node cluster, divergence, GPU refusal, W&B offline files, and the cluster launcher config."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from model import metrics as M
+from model.trial import checkpoint_file
+from tests.conftest import REPO, TINY
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+NEEDS_DATA = {"multi30k_en_de": SHARED_DATA / "multi30k", "wmt_en_ru": SHARED_DATA / "en-ru"}
+SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.name != "cluster.yaml")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA), "RAY_DEDUP_LOGS": "0", **(env or {})}
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, str(REPO / "trainable.py"), *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def write_sweep(path: Path, **patch: Any) -> Path:
+    """A small sweep over the tiny test model: 2 evaluations per trial, one core each."""
+    raw: dict[str, Any] = {
+        "name": "t",
+        "base": copy.deepcopy(TINY),
+        "pretrain": {"set": {"train.max_steps": 6, "train.eval_every": 3}},
+        "prune": {"set": {"gates.mode": "learned", "train.max_steps": 6, "train.eval_every": 3}},
+        "space": {"gates.penalty": {"loguniform": [0.01, 0.5]}, "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+                  "data.max_tokens": {"choice": [128, 256]}},
+        "search": {"num_samples": 2, "max_concurrent": 2, "seed": 3},
+        "resources": {"cpus": 1},
+        "wandb": {"mode": "disabled"},
+    }
+    raw.update(patch)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
+    """History rows of an offline W&B run, read from its transaction log (LevelDB log format of records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (log,) = glob.glob(str(run_dir / "run-*.wandb"))
+    data = Path(log).read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending, rows = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block  # block trailer
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = pb.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    return rows
+
+
+def check_table(experiment: Path, trials: int) -> pd.DataFrame:
+    df = pd.read_csv(experiment / "trials.csv")
+    prune = df[df["stage"] == "prune"]
+    assert len(prune) == trials and (prune["status"] == "completed").all(), df[["trial_id", "status", "error"]]
+    for _, row in prune.iterrows():
+        checkpoint_file(row["checkpoint"])  # exists, holds one training checkpoint
+        assert row["git_commit"] and "torch" in json.loads(row["versions"])
+        assert 0 <= row[M.OPEN_HEADS] and row["evaluations"] == 2
+    return df
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
+    if path.stem in NEEDS_DATA and not NEEDS_DATA[path.stem].is_dir():
+        pytest.skip(f"{path.stem} needs the corpus in {NEEDS_DATA[path.stem]} (absent here)")
+    proc = run_cli(str(path), "--smoke-test", "--results", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Pareto-optimal trials" in proc.stdout
+    experiment = tmp_path / f"{path.stem}-smoke"
+    df = check_table(experiment, trials=2)
+    bases = df[df["stage"] == "pretrain"]
+    sweep = yaml.safe_load(path.read_text())
+    expected_bases = len(sweep["space"].get("model.encoder_layers", {}).get("choice", [None]))
+    assert len(bases) == expected_bases and (bases["status"] == "completed").all()
+    assert set(df[df["stage"] == "prune"]["base"]) == set(bases["base"])  # each trial starts from its base
+    study = optuna.load_study(study_name=f"{path.stem}-smoke", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert len(study.directions) == 2  # multi-objective
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # W&B: one offline run per trial and base, with the metrics of every evaluation
+    runs = sorted(Path(p) for p in glob.glob(str(experiment / "wandb" / "wandb" / "offline-run-*")))
+    assert len(runs) == 2 + expected_bases
+    with_gates = 0
+    for run in runs:
+        rows = wandb_history(run)
+        assert [r["step"] for r in rows] == [5, 10]
+        assert all(M.BLEU in r and M.OPEN_HEADS in r for r in rows)
+        with_gates += bool(list((run / "files" / "media" / "images").glob("gates_*.png")))
+    assert with_gates == 2  # a gate heatmap in each prune trial (base models have no gates)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
+    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
+                        prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
+    env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "trainable.py"), str(sweep), "--results", str(tmp_path)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    experiment = tmp_path / "t"
+    deadline = time.time() + 300
+    # interrupt once the first trial has finished and the second has reported at least once
+    while time.time() < deadline:
+        trials = [p for p in experiment.glob("prune_trainable_*") if list(p.glob("checkpoint_*"))]
+        done = [p for p in trials if (p / "checkpoint_000002").exists()]
+        if done and len(trials) > len(done):
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert not (experiment / "trials.csv").exists() or len(pd.read_csv(experiment / "trials.csv")) < 4, out[-2000:]
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in experiment.glob("prune_trainable_*/checkpoint_000002")}
+
+    again = run_cli(str(sweep), "--results", str(tmp_path))
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently starts over
+    resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    df = pd.read_csv(experiment / "trials.csv")
+    prune = df[df["stage"] == "prune"]
+    assert len(prune) == 3 and (prune["status"] == "completed").all(), prune[["trial_id", "status", "error"]]
+    for name, mtime in finished.items():  # a finished trial is not run again
+        assert (experiment / name / "checkpoint_000002").stat().st_mtime_ns == mtime
+    for trial in experiment.glob("prune_trainable_*"):  # each evaluation reported once, in order
+        steps = list(pd.read_csv(trial / "progress.csv")[M.STEP])
+        assert steps == [100, 200, 300], (trial.name, steps)
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    assert len(study.trials) >= 3
+
+
+def test_resume_without_a_sweep_is_an_error(tmp_path: Path):
+    proc = run_cli(str(write_sweep(tmp_path / "s.yaml")), "--resume", "--results", str(tmp_path))
+    assert proc.returncode == 2 and "--resume: there is no sweep in" in proc.stderr
+
+
+def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path):
+    sweep = write_sweep(
+        tmp_path / "s.yaml", space={"train.lr": {"choice": [1.0e-3, 1.0e+30]}},
+        prune={"set": {"gates.mode": "learned", "train.max_steps": 6, "train.eval_every": 3, "train.grad_clip": None,
+                       "gates.penalty": 0.05}},
+        pretrain={"enabled": False}, search={"sampler": "grid", "num_samples": 2, "max_concurrent": 2})
+    proc = run_cli(str(sweep), "--results", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "t" / "trials.csv")
+    assert (df["stage"] == "prune").all()  # from scratch: no base model
+    by_lr = {row["param.train.lr"]: row for _, row in df.iterrows()}
+    assert by_lr[1e30]["status"] == "diverged" and by_lr[1e-3]["status"] == "completed"
+    assert math.isnan(by_lr[1e30][M.BLEU])
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't' / 'optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "FAIL"]  # a diverged trial never enters the front
+
+
+def test_gpu_trials_on_a_machine_without_gpus_are_refused(tmp_path: Path):
+    proc = run_cli(str(write_sweep(tmp_path / "s.yaml", resources={"cpus": 1, "gpus": 1})),
+                   "--results", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2 and "`resources.gpus`: 1" in proc.stderr and "0 GPUs" in proc.stderr
+
+
+def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        sweep = write_sweep(tmp_path / "s.yaml")
+        proc = run_cli(str(sweep), "--address", cluster.address, "--results", str(tmp_path))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        df = check_table(tmp_path / "t", trials=2)
+        assert len(df[df["stage"] == "pretrain"]) == 1
+    finally:
+        cluster.shutdown()
+
+
+def test_cluster_launcher_config_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "sweeps" / "cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    node_types = config["available_node_types"]
+    assert node_types[config["head_node_type"]]["resources"] == {}  # trials never land on the head
+    assert any(t.get("resources", {}).get("GPU", 0) >= 1 for t in node_types.values())
+    assert any("pip install" in c and "headsweep" in c for c in config["setup_commands"])
+    broken = copy.deepcopy(config)
+    broken["head_node_type"] = "no_such_type"
+    with pytest.raises(ValueError, match="head_node_type"):
+        validate_config(prepare_config(broken))

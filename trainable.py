@@ -78,6 +78,7 @@ def _run(setup: TrialSetup, cfg, stage: str, base_key: str, init_from: str | Non
         setup.wandb_mode, sweep.schema.wandb.project, sweep.wandb_group, run_id=f"{sweep.name}-{ctx.get_trial_id()}",
         name=ctx.get_trial_name(), directory=setup.wandb_dir or work, entity=sweep.schema.wandb.entity,
         tags=sweep.schema.wandb.tags, job_type=stage, init_timeout=sweep.schema.wandb.init_timeout,
+        upload_timeout=sweep.schema.wandb.upload_timeout,
         config={**params, "stage": stage, "base": base_key, "config": cfg.to_dict(), **setup.provenance},
         log=_trial_log,
     )

@@ -98,6 +98,7 @@ class WandbConfig:
     group: str | None = None  # default: the sweep's name
     tags: list[str] = field(default_factory=list)
     init_timeout: float = 30.0  # seconds to wait for the W&B service before falling back to offline
+    upload_timeout: float = 60.0  # seconds a finished trial waits for its upload; the rest stays on disk for `wandb sync`
 
 
 def _default_objectives() -> list[ObjectiveConfig]:
@@ -508,6 +509,7 @@ def sweep_from_dict(
                    "a fraction of one GPU or a whole number")
     _check(schema.keep_checkpoints >= 1, "keep_checkpoints", schema.keep_checkpoints, "an integer >= 1")
     _check(schema.wandb.init_timeout > 0, "wandb.init_timeout", schema.wandb.init_timeout, "a number > 0")
+    _check(schema.wandb.upload_timeout > 0, "wandb.upload_timeout", schema.wandb.upload_timeout, "a number > 0")
     _check(bool(schema.wandb.project), "wandb.project", schema.wandb.project, "a non-empty project name")
 
     sweep = Sweep(name=name, path=path, schema=schema, base=base, space=space,

@@ -81,6 +81,7 @@ class TrialLogger:
         tags: list[str] | None = None,
         job_type: str = "prune",
         init_timeout: float = 30.0,
+        upload_timeout: float = 60.0,
         log: Callable[[str], None] = print,
     ) -> None:
         self.run = None
@@ -98,8 +99,9 @@ class TrialLogger:
                       dir=str(directory), config=config, tags=list(tags or []), job_type=job_type, reinit=True)
         for attempt in ([mode, "offline"] if mode == "online" else [mode]):
             try:
-                self.run = wandb.init(mode=attempt, settings=wandb.Settings(init_timeout=init_timeout, silent=True,
-                                                                           console="off"), **kwargs)
+                settings = wandb.Settings(init_timeout=init_timeout, finish_timeout=upload_timeout, silent=True,
+                                          console="off")
+                self.run = wandb.init(mode=attempt, settings=settings, **kwargs)
                 break
             except Exception as exc:  # any W&B failure: try offline, then give up on W&B only
                 log(f"W&B {attempt} init failed ({type(exc).__name__}: {exc}); "

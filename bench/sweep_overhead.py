@@ -1,0 +1,88 @@
+"""What Ray Tune + Optuna cost on top of the training itself, on the quickstart sweep.
+
+    python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml] [--set key=value ...]
+
+Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user's first run) and prints:
+- total wall time of the command (target <= 10 minutes on a 2-core CPU);
+- ideal time = the base model's trial time + (sum of prune trial times) / max_concurrent, where a trial's time is
+  Tune's ``time_total_s`` (its whole function: data, model, training, evaluation, checkpoints);
+- peak RSS of one trial's worker process (its VmHWM, read every 0.2 s) (target <= 2 GiB);
+- last, ``sweep_overhead = total wall time / ideal`` (target <= 1.10): Ray start-up, scheduling, checkpoint
+  copies, Optuna and the driver, as a share of the time the trials themselves take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def watch_workers(stop: threading.Event, peaks: dict[int, tuple[str, int]]) -> None:
+    """Record the peak resident set (VmHWM, Linux /proc) of every Ray worker process that runs a trial."""
+    while not stop.is_set():
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                if not title.startswith("ray::") or not ("ImplicitFunc" in title or "trainable" in title):
+                    continue
+                status = (proc / "status").read_text()
+            except OSError:
+                continue
+            hwm = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+            peaks[int(proc.name)] = (title, max(hwm, peaks.get(int(proc.name), ("", 0))[1]))
+        time.sleep(0.2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", default=str(REPO / "sweeps" / "quickstart.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
+        env = {**os.environ, "HEADSWEEP_CACHE": str(Path(tmp) / "cache"), "WANDB_MODE": "offline"}
+        cmd = [sys.executable, str(REPO / "trainable.py"), args.sweep, "--results", str(Path(tmp) / "results")]
+        cmd += [f"--set={o}" for o in args.overrides]
+        stop, peaks = threading.Event(), {}
+        watcher = threading.Thread(target=watch_workers, args=(stop, peaks), daemon=True)
+        watcher.start()
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - start
+        stop.set()
+        watcher.join()
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+            return proc.returncode
+        tables = list((Path(tmp) / "results").glob("*/trials.csv"))
+        df = pd.read_csv(tables[0])
+    import yaml
+
+    concurrency = yaml.safe_load(Path(args.sweep).read_text())["search"]["max_concurrent"]
+    base = df[df["stage"] == "pretrain"]["wall_seconds"].sum()
+    prune = df[df["stage"] == "prune"]
+    ideal = base + prune["wall_seconds"].sum() / concurrency
+    peak = max((rss for _, rss in peaks.values()), default=0)
+    print(f"trials: {len(prune)} prune ({(prune['status'] == 'completed').sum()} completed), {concurrency} at once; "
+          f"base model trial {base:.1f} s")
+    print(f"sum of prune trial times: {prune['wall_seconds'].sum():.1f} s")
+    print(f"total wall time: {wall:.1f} s ({wall / 60:.2f} min; target <= 10 min)")
+    print(f"ideal (base + sum / concurrency): {ideal:.1f} s")
+    print(f"peak RSS of a trial worker: {peak / 2**20:.0f} MiB over {len(peaks)} worker processes (target <= 2048)")
+    print(f"sweep_overhead={wall / ideal:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Pareto fronts on hand-made frames: directions, ties, duplicates, missing values."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from analysis.pareto import pareto_front, pareto_mask
+
+OBJ, DIR = ["bleu", "open_heads"], ["max", "min"]
+
+
+def test_front_of_bleu_up_heads_down():
+    df = pd.DataFrame({"bleu": [30.0, 29.0, 31.0, 25.0, 28.0], "open_heads": [10, 6, 24, 6, 12]},
+                      index=list("abcde"))
+    assert list(pareto_mask(df, OBJ, DIR)) == [True, True, True, False, False]
+    assert list(pareto_front(df, OBJ, DIR).index) == ["c", "a", "b"]  # best BLEU first
+
+
+def test_ties_and_duplicates():
+    df = pd.DataFrame({"bleu": [30.0, 30.0, 30.0, 29.0], "open_heads": [8, 8, 9, 8]})
+    # the two identical points do not dominate each other; (30, 9) and (29, 8) are dominated by them
+    assert list(pareto_mask(df, OBJ, DIR)) == [True, True, False, False]
+
+
+def test_directions_flip_the_front():
+    df = pd.DataFrame({"bleu": [1.0, 2.0], "open_heads": [1, 2]})
+    assert list(pareto_mask(df, OBJ, ["max", "max"])) == [False, True]
+    assert list(pareto_mask(df, OBJ, ["min", "min"])) == [True, False]
+    assert list(pareto_mask(df, OBJ, DIR)) == [True, True]
+
+
+def test_missing_or_non_finite_objectives_are_never_on_the_front():
+    df = pd.DataFrame({"bleu": [math.nan, 10.0, math.inf, None], "open_heads": [1, 5, 1, 1]})
+    assert list(pareto_mask(df, OBJ, DIR)) == [False, True, False, False]
+
+
+def test_single_objective_and_bad_arguments():
+    df = pd.DataFrame({"bleu": [1.0, 3.0, 3.0]})
+    assert list(pareto_mask(df, ["bleu"], ["max"])) == [False, True, True]
+    with pytest.raises(KeyError, match="'chrf' is not a column"):
+        pareto_mask(df, ["chrf"], ["max"])
+    with pytest.raises(ValueError, match="direction 'up'"):
+        pareto_mask(df, ["bleu"], ["up"])
+    with pytest.raises(ValueError, match="pair up"):
+        pareto_mask(df, ["bleu"], ["max", "min"])

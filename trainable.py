@@ -20,8 +20,8 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,16 +67,19 @@ def _trial_log(msg: str) -> None:
         print(msg.split("\n", 1)[0], flush=True)
 
 
-def _run(setup: TrialSetup, cfg, stage: str, base_key: str, init_from: str | None, params: dict[str, Any]) -> None:
-    """Shared body of both trainables: restore, train, report to Tune and W&B."""
+def _run(setup: TrialSetup, cfg, stage: str, base_key: str, base: str | None, params: dict[str, Any]) -> None:
+    """Shared body of both trainables: restore, train, report to Tune and W&B.
+
+    The run's own folder is scratch space outside the trial folder (Ray copies the trial folder to the storage):
+    everything worth keeping leaves with the reports, so the scratch folder goes when the trial ends.
+    """
     from ray import tune
 
     ctx = tune.get_context()
-    work = Path(ctx.get_trial_dir())
     sweep = setup.sweep
     logger = TrialLogger(
         setup.wandb_mode, sweep.schema.wandb.project, sweep.wandb_group, run_id=f"{sweep.name}-{ctx.get_trial_id()}",
-        name=ctx.get_trial_name(), directory=setup.wandb_dir or work, entity=sweep.schema.wandb.entity,
+        name=ctx.get_trial_name(), directory=setup.wandb_dir or ctx.get_trial_dir(), entity=sweep.schema.wandb.entity,
         tags=sweep.schema.wandb.tags, job_type=stage, init_timeout=sweep.schema.wandb.init_timeout,
         upload_timeout=sweep.schema.wandb.upload_timeout,
         config={**params, "stage": stage, "base": base_key, "config": cfg.to_dict(), **setup.provenance},
@@ -96,17 +99,31 @@ def _run(setup: TrialSetup, cfg, stage: str, base_key: str, init_from: str | Non
 
     restore = tune.get_checkpoint()
     try:
-        if restore is not None:
-            with restore.as_directory() as folder:
-                run_trial(cfg, work / "run", report, restore_from=folder, log=_trial_log)
-        else:
-            run_trial(cfg, work / "run", report, init_from=init_from, log=_trial_log)
+        with tempfile.TemporaryDirectory(prefix=f"headsweep-{ctx.get_trial_id()}-",
+                                         dir=os.environ.get("HEADSWEEP_SCRATCH")) as scratch:
+            run_dir = Path(scratch) / "run"
+            if restore is not None:
+                with restore.as_directory() as folder:
+                    run_trial(cfg, run_dir, report, restore_from=folder, log=_trial_log)
+            else:
+                run_trial(cfg, run_dir, report, init_from=_base_file(base, Path(scratch)), log=_trial_log)
     except BaseException:
         logger.finish(exit_code=1)
         raise
     logger.finish()
-    for scratch in ("run", "base"):  # everything worth keeping went out with the reports
-        shutil.rmtree(work / scratch, ignore_errors=True)
+
+
+def _base_file(source: str | None, scratch: Path) -> str | None:
+    """The training checkpoint of a base model: a .pt file, a Tune checkpoint folder, or one in the cloud."""
+    from ray import tune
+
+    if source is None or source.endswith(".pt"):
+        return source
+    if "://" not in source:  # a folder on this (or a shared) filesystem
+        return str(checkpoint_file(source))
+    local = scratch / "base"
+    tune.Checkpoint(source).to_directory(str(local))
+    return str(checkpoint_file(local))
 
 
 def pretrain_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
@@ -120,24 +137,10 @@ def pretrain_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
 
 def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     """One Optuna trial: the base model (if any) with learned gates and the L0 penalty."""
-    from ray import tune
-
     sweep = setup.sweep
     cfg = sweep.trial_config(params)
-    init_from, key = None, ""
-    if sweep.pretraining:
-        key = base_hash(sweep.base_config(params))
-        source = setup.bases[key]
-        if source.endswith(".pt"):
-            init_from = source
-        elif "://" not in source:  # a base model's checkpoint folder on this (or a shared) filesystem
-            init_from = str(checkpoint_file(source))
-        else:  # a base model's checkpoint in the cloud: copy it here once
-            local = Path(tune.get_context().get_trial_dir()) / "base"
-            if not local.exists():
-                tune.Checkpoint(source).to_directory(str(local))
-            init_from = str(checkpoint_file(local))
-    _run(setup, cfg, "prune", key, init_from, params)
+    key = base_hash(sweep.base_config(params)) if sweep.pretraining else ""
+    _run(setup, cfg, "prune", key, setup.bases[key] if sweep.pretraining else None, params)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,6 +364,15 @@ def print_pareto(sweep: Sweep, df) -> None:
 # Driver
 
 
+def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys (dotted) whose values differ between two resolved sweeps, W&B settings aside (they may change)."""
+    from model.sweep import flatten
+
+    a, b = flatten(old), flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if not k.startswith("wandb.") and a.get(k) != b.get(k))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
 def start_ray(address: str | None, dashboard: bool) -> None:
     """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray on loopback."""
     import ray
@@ -390,6 +402,18 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
                              f"another name (--set name=...) or --results folder")
         if resume and not exists:
             raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
+        recorded = Path(sweep.experiment_dir) / SWEEP_FILE
+        if resume and recorded.exists():
+            changed = sweep_differences(json.loads(recorded.read_text()), schema_dict(sweep))
+            if changed:
+                raise SweepError(f"--resume: the sweep differs from the one in {recorded}: {'; '.join(changed)}. "
+                                 f"Resume it unchanged, or start a new sweep (--set name=...).")
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine's GPUs are all there is
+        import torch
+
+        local = float(torch.cuda.device_count())
+        check_gpus(sweep.resources.gpus, local, False)
+        check_gpus(sweep.pretrain_resources.gpus, local, False, "pretrain.resources.gpus")
     started = not ray.is_initialized()
     if started:
         start_ray(address, dashboard)
@@ -431,6 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     print_pareto(sweep, df)
     print(f"\nsweep {sweep.name} took {time.perf_counter() - start:.0f} s; results: {sweep.experiment_dir}"
           f" (table: {join_storage(sweep.experiment_dir, TRIALS_FILE)})")
+    prune = df[df["stage"] == "prune"]
+    unfinished = int((~prune["status"].isin(["completed", "diverged"])).sum())
+    missing = sweep.search.num_samples - len(prune)
+    if unfinished or missing > 0:
+        command = list(sys.argv[1:] if argv is None else argv)
+        command += [] if "--resume" in command else ["--resume"]
+        print(f"{unfinished + max(missing, 0)} of {sweep.search.num_samples} trials did not finish; continue the sweep "
+              f"with: python trainable.py {' '.join(command)}")
+        return 1
     return 0
 
 

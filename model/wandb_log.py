@@ -103,7 +103,7 @@ class TrialLogger:
                                           console="off")
                 self.run = wandb.init(mode=attempt, settings=settings, **kwargs)
                 break
-            except Exception as exc:  # any W&B failure: try offline, then give up on W&B only
+            except Exception as exc:  # noqa: BLE001 - any W&B failure: try offline, then give up on W&B only
                 log(f"W&B {attempt} init failed ({type(exc).__name__}: {exc}); "
                     + ("retrying offline" if attempt == "online" else "this trial is not logged to W&B"))
 
@@ -126,7 +126,7 @@ class TrialLogger:
                     table.add_data(step, s["source"], s["reference"], s["hypothesis"])
                 record["samples"] = table
             self.run.log(record, step=step)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - W&B must never stop a trial
             self._log(f"W&B logging failed ({type(exc).__name__}: {exc}); W&B is off for the rest of this trial")
             self.finish()
 
@@ -135,5 +135,5 @@ class TrialLogger:
         if run is not None:
             try:
                 run.finish(exit_code=exit_code)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 self._log(f"W&B finish failed ({type(exc).__name__}: {exc})")

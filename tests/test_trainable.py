@@ -80,14 +80,16 @@ def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def check_table(experiment: Path, trials: int) -> pd.DataFrame:
+def check_table(experiment: Path, trials: int, evaluations: int = 2) -> pd.DataFrame:
     df = pd.read_csv(experiment / "trials.csv")
     prune = df[df["stage"] == "prune"]
     assert len(prune) == trials and (prune["status"] == "completed").all(), df[["trial_id", "status", "error"]]
     for _, row in prune.iterrows():
         checkpoint_file(row["checkpoint"])  # exists, holds one training checkpoint
         assert row["git_commit"] and "torch" in json.loads(row["versions"])
-        assert 0 <= row[M.OPEN_HEADS] and row["evaluations"] == 2
+        assert 0 <= row[M.OPEN_HEADS] and row["evaluations"] == evaluations
+        leftovers = [p.name for p in Path(row["trial_path"]).iterdir() if p.name == "run" or p.name.startswith("report-")]
+        assert not leftovers  # the trial's scratch folder stays out of the storage
     return df
 
 
@@ -143,6 +145,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
 
     again = run_cli(str(sweep), "--results", str(tmp_path))
     assert again.returncode == 2 and "--resume" in again.stderr  # never silently starts over
+    changed = run_cli(str(sweep), "--resume", "--results", str(tmp_path), "--set", "search.num_samples=5")
+    assert changed.returncode == 2 and "search.num_samples: 3 -> 5" in changed.stderr
     resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     df = pd.read_csv(experiment / "trials.csv")
@@ -155,6 +159,44 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
         assert steps == [100, 200, 300], (trial.name, steps)
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len(study.trials) >= 3
+
+
+def trial_workers() -> list[int]:
+    """PIDs of Ray worker processes running a trial."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and title.startswith("ray::ImplicitFunc"):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path):
+    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1, "max_failures": 2},
+                        prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
+    env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA)}
+    proc = subprocess.Popen([sys.executable, str(REPO / "trainable.py"), str(sweep), "--results", str(tmp_path)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, killed = time.time() + 300, False
+    while time.time() < deadline and not killed:
+        reported = list((tmp_path / "t").glob("prune_trainable_*/checkpoint_000000"))
+        workers = trial_workers()
+        if reported and not list((tmp_path / "t").glob("prune_trainable_*/checkpoint_000002")) and workers:
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            killed = True
+        assert proc.poll() is None or killed, proc.stdout.read()
+        time.sleep(0.1)
+    out, _ = proc.communicate(timeout=300)
+    assert killed and proc.returncode == 0, out[-3000:]
+    df = check_table(tmp_path / "t", trials=1, evaluations=3)
+    assert df[df["stage"] == "prune"][M.STEP].tolist() == [300]
+    (trial,) = (tmp_path / "t").glob("prune_trainable_*")
+    steps = list(pd.read_csv(trial / "progress.csv")[M.STEP])
+    assert steps == sorted(set(steps)) and steps[-1] == 300 and steps[0] == 100, steps  # no step trained twice
 
 
 def test_resume_without_a_sweep_is_an_error(tmp_path: Path):
@@ -184,6 +226,17 @@ def test_gpu_trials_on_a_machine_without_gpus_are_refused(tmp_path: Path):
     proc = run_cli(str(write_sweep(tmp_path / "s.yaml", resources={"cpus": 1, "gpus": 1})),
                    "--results", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 2 and "`resources.gpus`: 1" in proc.stderr and "0 GPUs" in proc.stderr
+
+
+def test_a_second_sweep_with_the_same_base_reuses_its_base_model(tmp_path: Path):
+    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1})
+    first = run_cli(str(sweep), "--results", str(tmp_path))
+    second = run_cli(str(sweep), "--results", str(tmp_path), "--set", "name=u", "--set", "search.seed=9")
+    assert first.returncode == 0 and second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "training" in first.stdout and "found, reusing" in second.stdout
+    assert len(list((tmp_path / "pretrained").iterdir())) == 1
+    a, b = (pd.read_csv(tmp_path / name / "trials.csv") for name in ("t", "u"))
+    assert a[a["stage"] == "pretrain"]["checkpoint"].tolist() == b[b["stage"] == "pretrain"]["checkpoint"].tolist()
 
 
 def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):

@@ -13,7 +13,7 @@ def test_heatmap_has_a_band_per_attention_type_and_a_cell_per_head():
     gates = {"enc_self": {"gate": [[1.0, 0.0, 0.5], [0.0, 0.0, 1.0]]}, "dec_cross": {"gate": [[1.0, 1.0]]}}
     img = gate_heatmap(gates)
     assert img.dtype == np.uint8 and img.shape == ((2 + 1 + 1) * CELL, 3 * CELL, 3)  # 2 layers, gap, 1 layer
-    cell = lambda r, c: tuple(img[r * CELL + CELL // 2, c * CELL + CELL // 2])  # noqa: E731
+    cell = lambda r, c: tuple(img[r * CELL + CELL // 2, c * CELL + CELL // 2])
     assert cell(0, 0) == tuple(wandb_log.OPEN_RGB.astype(int)) and cell(0, 1) == tuple(wandb_log.CLOSED_RGB.astype(int))
     assert cell(0, 1) != cell(0, 2) != cell(0, 0)  # a half-open gate is in between
     assert cell(2, 0) == (255, 255, 255) and cell(3, 2) == (255, 255, 255)  # the gap, and dec_cross's missing head

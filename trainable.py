@@ -29,7 +29,7 @@ from typing import Any
 
 from model import metrics as M
 from model.checkpoint import CheckpointError, git_commit, package_versions
-from model.config import ConfigError
+from model.config import ConfigError, flatten
 from model.corpora import CorpusError
 from model.sweep import Sweep, base_hash, check_gpus, join_storage, load_sweep, schema_dict
 from model.train import TrainingError
@@ -366,8 +366,6 @@ def print_pareto(sweep: Sweep, df) -> None:
 
 def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys (dotted) whose values differ between two resolved sweeps, W&B settings aside (they may change)."""
-    from model.sweep import flatten
-
     a, b = flatten(old), flatten(new)
     keys = sorted(k for k in set(a) | set(b) if not k.startswith("wandb.") and a.get(k) != b.get(k))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]

@@ -426,6 +426,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
 def set_key(data: dict[str, Any], key: str, value: Any) -> None:
     """Set dotted ``key`` (``train.lr``) in a nested mapping, creating sections on the way."""
     node = data

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import metrics as M
-from .config import ATTENTION_TYPES, Config, ConfigError, config_from_dict, from_dict, read_yaml, set_key
+from .config import ATTENTION_TYPES, Config, ConfigError, config_from_dict, flatten, from_dict, read_yaml, set_key
 
 SPACE_KINDS = ("loguniform", "uniform", "choice", "randint")
 DEFAULT_STORAGE = "results"
@@ -194,15 +194,6 @@ def is_base_key(key: str) -> bool:
 
 # --------------------------------------------------------------------------------------------------
 # The resolved sweep
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
 
 
 def _with(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:

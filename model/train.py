@@ -35,7 +35,7 @@ from .checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from .config import ATTENTION_TYPES, Config, ConfigError, TrainConfig, load_config, save_config
+from .config import ATTENTION_TYPES, Config, ConfigError, TrainConfig, flatten, load_config, save_config
 from .corpora import CorpusError, stats_json
 from .data import Batch, Data, collate, load_data, make_batches
 from .evaluate import score, teacher_forced_nll, translate_split
@@ -77,17 +77,9 @@ def learning_rate(step: int, cfg: TrainConfig, d_model: int) -> float:
     return warm * (cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress)))
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def config_differences(old: Config, new: Config) -> list[str]:
     """Keys whose values differ between two configs, as 'key: old -> new'."""
-    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
 
 

@@ -37,6 +37,14 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def start_cli(*args: str) -> subprocess.Popen:
+    """The sweep command in the background (to be interrupted), output captured."""
+    env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA)}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, str(REPO / "trainable.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def write_sweep(path: Path, **patch: Any) -> Path:
     """A small sweep over the tiny test model: 2 evaluations per trial, one core each."""
     raw: dict[str, Any] = {
@@ -125,9 +133,7 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
-    env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "trainable.py"), str(sweep), "--results", str(tmp_path)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli(str(sweep), "--results", str(tmp_path))
     experiment = tmp_path / "t"
     deadline = time.time() + 300
     # interrupt once the first trial has finished and the second has reported at least once
@@ -177,9 +183,7 @@ def trial_workers() -> list[int]:
 def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1, "max_failures": 2},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
-    env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "trainable.py"), str(sweep), "--results", str(tmp_path)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli(str(sweep), "--results", str(tmp_path))
     deadline, killed = time.time() + 300, False
     while time.time() < deadline and not killed:
         reported = list((tmp_path / "t").glob("prune_trainable_*/checkpoint_000000"))

@@ -379,7 +379,12 @@ def start_ray(address: str | None, dashboard: bool) -> None:
         ray.init(address=address, include_dashboard=None)
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    try:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    except Exception as exc:  # noqa: BLE001 - Ray says only "missing packages"
+        if not dashboard:
+            raise
+        raise SweepError(f"--dashboard needs Ray's full install: pip install -e '.[cluster]' ({exc})") from exc
 
 
 def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, dashboard: bool = False):

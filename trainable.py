@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis.load import SWEEP_FILE, TRIALS_FILE
 from model import metrics as M
 from model.checkpoint import CheckpointError, git_commit, package_versions
 from model.config import ConfigError, flatten
@@ -36,8 +37,6 @@ from model.train import TrainingError
 from model.trial import checkpoint_file, last_record, run_trial
 from model.wandb_log import TrialLogger, resolve_mode
 
-TRIALS_FILE = "trials.csv"
-SWEEP_FILE = "sweep.json"  # the resolved sweep config
 OPTUNA_FILE = "optuna.db"
 PRETRAINED_DIR = "pretrained"
 TABLE_METRICS = (M.BLEU, M.CHRF, M.OPEN_HEADS, M.L0, M.PENALTY, M.VALID_NLL, M.LOSS, M.LR, M.STEP, M.EPOCH)
@@ -381,7 +380,7 @@ def start_ray(address: str | None, dashboard: bool) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
     try:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host="127.0.0.1")
-    except Exception as exc:  # noqa: BLE001 - Ray says only "missing packages"
+    except Exception as exc:
         if not dashboard:
             raise
         raise SweepError(f"--dashboard needs Ray's full install: pip install -e '.[cluster]' ({exc})") from exc
@@ -456,6 +455,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_pareto(sweep, df)
+    if "://" not in sweep.experiment_dir:
+        from analysis.load import load_sweep as load_results
+        from analysis.report import sweep_report
+
+        try:
+            print(f"\nreport: {sweep_report(load_results(sweep.experiment_dir))}")
+        except Exception as exc:
+            print(f"\nthe report failed ({type(exc).__name__}: {exc}); the results are intact: "
+                  f"python -m analysis.report {sweep.experiment_dir}", file=sys.stderr)
     print(f"\nsweep {sweep.name} took {time.perf_counter() - start:.0f} s; results: {sweep.experiment_dir}"
           f" (table: {join_storage(sweep.experiment_dir, TRIALS_FILE)})")
     prune = df[df["stage"] == "prune"]

@@ -1,0 +1,138 @@
+"""Reading sweep results: the trials table, the sweep's config, and each trial's history and gates.
+
+A sweep folder (``<results>/<sweep>``) holds ``trials.csv`` (one row per trial and base model, written by
+``trainable.py``), ``sweep.json`` (the resolved sweep) and Ray's trial folders, whose checkpoints carry the trial's
+``metrics.jsonl``, ``gates.jsonl`` and ``samples.jsonl``. Without a table, Ray's own results are read instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TRIALS_FILE = "trials.csv"
+SWEEP_FILE = "sweep.json"
+LABEL = "sweep"  # column naming the sweep (or method) a row came from
+DEFAULT_OBJECTIVES = (("bleu", "max"), ("open_heads", "min"))
+
+
+class ResultsError(ValueError):
+    """A folder is not a sweep's results, or lacks what a chart needs."""
+
+
+@dataclass
+class SweepResults:
+    """One sweep's results: its table, its objectives and where it lives."""
+
+    label: str
+    path: Path
+    trials: pd.DataFrame  # every row: prune trials and base models (column `stage`)
+    config: dict[str, Any]  # sweep.json, or {} when absent
+
+    @property
+    def objectives(self) -> list[str]:
+        return [o["metric"] for o in self.config.get("objectives", [])] or [m for m, _ in DEFAULT_OBJECTIVES]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o["mode"] for o in self.config.get("objectives", [])] or [d for _, d in DEFAULT_OBJECTIVES]
+
+    @property
+    def params(self) -> list[str]:
+        return [c for c in self.trials.columns if c.startswith("param.")]
+
+    @property
+    def prune(self) -> pd.DataFrame:
+        return self.trials[self.trials["stage"] == "prune"]
+
+    @property
+    def completed(self) -> pd.DataFrame:
+        return self.prune[self.prune["status"] == "completed"]
+
+    @property
+    def bases(self) -> pd.DataFrame:
+        return self.trials[self.trials["stage"] == "pretrain"]
+
+
+def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
+    """Read one sweep folder; ``label`` defaults to the sweep's name."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ResultsError(f"{path} is not a folder; give a sweep's results folder, e.g. results/quickstart")
+    config = json.loads((path / SWEEP_FILE).read_text()) if (path / SWEEP_FILE).exists() else {}
+    if (path / TRIALS_FILE).exists():
+        trials = pd.read_csv(path / TRIALS_FILE)
+    elif list(path.glob("*/result.json")):
+        trials = _from_ray(path)
+    else:
+        raise ResultsError(f"{path} holds neither {TRIALS_FILE} nor Ray trial folders (*/result.json)")
+    label = label or config.get("name") or path.name
+    trials.insert(0, LABEL, label)
+    return SweepResults(label, path, trials, config)
+
+
+def load_sweeps(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[SweepResults]:
+    """Several sweeps (or methods), labelled; labels must be distinct."""
+    labels = list(labels or [None] * len(paths))
+    if len(labels) != len(paths):
+        raise ResultsError(f"{len(paths)} folders but {len(labels)} labels")
+    sweeps = [load_sweep(p, lab) for p, lab in zip(paths, labels)]
+    names = [s.label for s in sweeps]
+    if len(set(names)) != len(names):
+        raise ResultsError(f"two sweeps share a label ({', '.join(names)}); pass distinct labels")
+    return sweeps
+
+
+def _from_ray(path: Path) -> pd.DataFrame:
+    """A trials table from Ray's trial folders alone (last result of each), when trials.csv is missing."""
+    rows = []
+    for result_file in sorted(path.glob("*/result.json")):
+        lines = [ln for ln in result_file.read_text().splitlines() if ln.strip()]
+        if not lines:
+            continue
+        last = json.loads(lines[-1])
+        params = json.loads((result_file.parent / "params.json").read_text())
+        checkpoints = sorted(result_file.parent.glob("checkpoint_*"))
+        rows.append({"trial_id": last.get("trial_id"), "stage": last.get("stage", "prune"),
+                     **{f"param.{k}": v for k, v in params.items()},
+                     **{k: v for k, v in last.items() if not isinstance(v, dict)},
+                     "evaluations": len(lines), "checkpoint": str(checkpoints[-1]) if checkpoints else "",
+                     "trial_path": str(result_file.parent), "wall_seconds": last.get("time_total_s")})
+    return pd.DataFrame(rows)
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def trial_history(row: pd.Series) -> pd.DataFrame:
+    """Every evaluation of one trial (from its last checkpoint's metrics.jsonl, else Ray's progress.csv)."""
+    ckpt = Path(str(row.get("checkpoint") or ""))
+    if ckpt.is_dir() and (ckpt / "metrics.jsonl").exists():
+        return pd.DataFrame(_jsonl(ckpt / "metrics.jsonl"))
+    progress = Path(str(row.get("trial_path") or "")) / "progress.csv"
+    if progress.exists():
+        return pd.read_csv(progress)
+    raise ResultsError(f"trial {row.get('trial_id')}: no metrics.jsonl in {ckpt} and no {progress}")
+
+
+def trial_gates(row: pd.Series) -> list[dict[str, Any]]:
+    """The gate report of every evaluation of one trial: [{step, gates: {type: {gate, p_open, ...}}}]."""
+    ckpt = Path(str(row.get("checkpoint") or ""))
+    if not (ckpt / "gates.jsonl").exists():
+        raise ResultsError(f"trial {row.get('trial_id')}: no gates.jsonl in its checkpoint {ckpt}")
+    return _jsonl(ckpt / "gates.jsonl")
+
+
+def trial_samples(row: pd.Series) -> list[dict[str, str]]:
+    """The translation samples of the trial's last evaluation."""
+    ckpt = Path(str(row.get("checkpoint") or ""))
+    if not (ckpt / "samples.jsonl").exists():
+        return []
+    records = _jsonl(ckpt / "samples.jsonl")
+    return records[-1].get("samples", []) if records else []

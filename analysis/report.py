@@ -1,0 +1,209 @@
+"""One self-contained HTML report per sweep (opens offline, by double-click), a markdown summary, and PNG/HTML
+files of every chart.
+
+    python -m analysis.report RESULTS_DIR [RESULTS_DIR ...] [--labels A B ...] [--out DIR]
+
+Each sweep's report goes to ``<sweep>/report/report.html`` (with ``report.md`` and the charts beside it). With
+several folders a comparison (their Pareto fronts overlaid, with hypervolumes) goes to ``--out``
+(default: the first sweep's report folder) as ``compare.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from . import charts
+from .load import ResultsError, SweepResults, load_sweeps, trial_gates, trial_history, trial_samples
+from .pareto import default_reference, hypervolume, pareto_front
+
+REPORT_DIR = "report"
+MAX_GATE_TRIALS = 3  # front trials whose gate maps are shown
+MAX_CURVES = 12  # trials drawn in the learning curves
+
+
+class Page:
+    """An HTML page assembled from sections; plotly.js is embedded once, in the first chart."""
+
+    def __init__(self, title: str) -> None:
+        self.title, self.parts, self._plotly_js = title, [], True
+
+    def h(self, text: str, level: int = 2) -> None:
+        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def p(self, text: str) -> None:
+        self.parts.append(f"<p>{html.escape(text)}</p>")
+
+    def plot(self, pfig) -> None:
+        self.parts.append(pfig.to_html(full_html=False, include_plotlyjs="inline" if self._plotly_js else False))
+        self._plotly_js = False
+
+    def image(self, path: Path, alt: str) -> None:
+        data = base64.b64encode(path.read_bytes()).decode()
+        kind = path.suffix.lstrip(".").replace("jpg", "jpeg")
+        self.parts.append(f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}">')
+
+    def table(self, df: pd.DataFrame) -> None:
+        self.parts.append(df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0,
+                                     classes="t", escape=True))
+
+    def pre(self, text: str) -> None:
+        self.parts.append(f"<pre>{html.escape(text)}</pre>")
+
+    def write(self, path: Path) -> Path:
+        style = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
+                 "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;"
+                 "border-bottom:1px solid #ddd;text-align:right}pre{background:#f6f6f6;padding:1em;overflow:auto;"
+                 "font-size:12px}img{max-width:100%}")
+        doc = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}"
+               f"</title><style>{style}</style></head><body>\n<h1>{html.escape(self.title)}</h1>\n"
+               + "\n".join(self.parts) + "\n</body></html>\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(doc, encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+def front_table(s: SweepResults) -> pd.DataFrame:
+    front = pareto_front(s.completed, s.objectives, s.directions)
+    cols = ["trial_id", *s.objectives, *[c for c in ("chrf", "best_bleu") if c not in s.objectives], *s.params,
+            "wall_seconds", "checkpoint"]
+    return front[[c for c in cols if c in front.columns]]
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def sweep_report(s: SweepResults, out: Path | None = None) -> Path:
+    """Write the sweep's report folder; returns the path of report.html."""
+    out = out or s.path / REPORT_DIR
+    page = Page(f"headsweep report: {s.label}")
+    counts = s.prune["status"].value_counts().to_dict()
+    page.p(f"{len(s.prune)} trials ({', '.join(f'{n} {k}' for k, n in counts.items())}); objectives: "
+           + ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions)) + f"; results folder {s.path}.")
+
+    # 1) Pareto chart and table
+    page.h("Pareto front")
+    figs = charts.pareto_chart([s])
+    page.plot(figs[1])
+    charts.save(figs, out, "pareto")
+    table = front_table(s)
+    ref = default_reference(s.trials, s.objectives, s.directions)
+    hv = hypervolume(s.completed, s.objectives, s.directions, ref) if len(s.completed) else 0.0
+    page.p(f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
+           f"against the reference point {dict(zip(s.objectives, ref))}.")
+    page.table(table)
+    if len(s.bases):
+        page.h("Base models", 3)
+        page.table(s.bases[[c for c in ("base", *s.objectives, "chrf", "step", "wall_seconds", "checkpoint")
+                            if c in s.bases.columns]])
+
+    # 2) gates of the front's trials, their evolution, their translations
+    page.h("Gates of the Pareto-optimal trials")
+    for _, row in table.head(MAX_GATE_TRIALS).iterrows():
+        trial = s.completed[s.completed["trial_id"] == row["trial_id"]].iloc[0]
+        try:
+            records = trial_gates(trial)
+        except ResultsError as exc:
+            page.p(str(exc))
+            continue
+        caption = f"trial {trial['trial_id']}: " + ", ".join(f"{o} {trial[o]:.4g}" for o in s.objectives)
+        page.h(caption, 3)
+        figs = charts.gate_heatmap(records[-1], title=f"eval gates at step {records[-1]['step']} ({caption})")
+        page.plot(figs[1])
+        charts.save(figs, out, f"gates_{trial['trial_id']}")
+        gif = charts.gate_evolution_gif(records, out / f"gates_{trial['trial_id']}.gif")
+        page.p(f"Evolution over all {len(records)} evaluations:")
+        page.image(gif, f"gate evolution of trial {trial['trial_id']}")
+        samples = trial_samples(trial)
+        if samples:
+            page.table(pd.DataFrame(samples))
+
+    # 3) learning curves
+    page.h("Learning curves")
+    histories = {}
+    for _, row in s.completed.head(MAX_CURVES).iterrows():
+        try:
+            histories[str(row["trial_id"])] = trial_history(row)
+        except ResultsError:
+            continue
+    if histories:
+        figs = charts.learning_curves(histories)
+        page.plot(figs[1])
+        charts.save(figs, out, "curves")
+
+    # 4) Optuna's view of the search
+    db = s.path / "optuna.db"
+    if db.exists():
+        page.h("Hyperparameter importance and parallel coordinates")
+        study = charts.study_charts(f"sqlite:///{db}", s.config.get("name", s.label), s.objectives)
+        if not study:
+            page.p("Optuna cannot draw these yet (too few finished trials, or no parameter varied).")
+        for name, figs in study.items():
+            page.plot(figs[1])
+            charts.save(figs, out, name)
+
+    page.h("Sweep config")
+    page.pre(json.dumps(s.config, indent=2) if s.config else "(no sweep.json)")
+    report = page.write(out / "report.html")
+    summary = (f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
+               f"(reference {dict(zip(s.objectives, ref))}).")
+    md = [f"# headsweep report: {s.label}", "", summary, "",
+          markdown_table(table.drop(columns=["checkpoint"], errors="ignore")), "",
+          f"Charts: {out}; full report: {report}", ""]
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    return report
+
+
+def compare_report(sweeps: Sequence[SweepResults], out: Path) -> Path:
+    """Several sweeps' fronts on one chart, with their hypervolumes against one reference point."""
+    page = Page("headsweep: " + " vs ".join(s.label for s in sweeps))
+    figs = charts.pareto_chart(sweeps)
+    page.plot(figs[1])
+    charts.save(figs, out, "compare")
+    first = sweeps[0]
+    everything = pd.concat([s.trials for s in sweeps], ignore_index=True)
+    ref = default_reference(everything, first.objectives, first.directions)
+    rows = [{"sweep": s.label, "completed trials": len(s.completed),
+             "front size": len(pareto_front(s.completed, first.objectives, first.directions)),
+             "hypervolume": hypervolume(s.completed, first.objectives, first.directions, ref)} for s in sweeps]
+    page.p(f"Hypervolume against the common reference point {dict(zip(first.objectives, ref))}:")
+    page.table(pd.DataFrame(rows))
+    return page.write(out / "compare.html")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", help="sweep results folders, e.g. results/quickstart")
+    parser.add_argument("--labels", nargs="+", default=None, help="one label per folder (default: sweep names)")
+    parser.add_argument("--out", default=None, help="folder of the comparison (several sweeps)")
+    args = parser.parse_args(argv)
+    try:
+        sweeps = load_sweeps(args.folders, args.labels)
+        for s in sweeps:
+            print(f"report: {sweep_report(s)}")
+        if len(sweeps) > 1:
+            out = Path(args.out) if args.out else sweeps[0].path / REPORT_DIR
+            print(f"comparison: {compare_report(sweeps, out)}")
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

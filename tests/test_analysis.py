@@ -1,0 +1,143 @@
+"""Analysis of a real (smoke) sweep's results: loading, charts with the expected points and frames, the report."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from analysis import charts
+from analysis.load import ResultsError, load_sweep, load_sweeps, trial_gates, trial_history
+from analysis.pareto import pareto_front
+from analysis.report import main as report_main
+from tests.test_trainable import run_cli
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart sweep's smoke test (2 trials x 2 evaluations, a base model), run through the real command.
+    It writes the report at its end, as every sweep does."""
+    root = tmp_path_factory.mktemp("sweep")
+    proc = run_cli("sweeps/quickstart.yaml", "--smoke-test", "--results", str(root))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "report: " in proc.stdout
+    return root / "quickstart-smoke"
+
+
+def test_load_reads_the_table_and_the_objectives(sweep_dir: Path):
+    s = load_sweep(sweep_dir)
+    assert s.label == "quickstart-smoke" and (s.trials["sweep"] == s.label).all()
+    assert len(s.completed) == 2 and len(s.bases) == 1
+    assert s.objectives == ["bleu", "open_heads"] and s.directions == ["max", "min"]
+    assert {"param.gates.penalty", "param.train.lr", "param.data.max_tokens"} <= set(s.params)
+    row = s.completed.iloc[0]
+    assert list(trial_history(row)["step"]) == [5, 10]
+    assert [r["step"] for r in trial_gates(row)] == [5, 10]
+
+
+def test_without_the_table_rays_folders_are_read(sweep_dir: Path, tmp_path: Path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep_dir, copy)
+    (copy / "trials.csv").unlink()
+    s = load_sweep(copy)
+    assert len(s.completed) == 2 and set(s.completed["trial_id"]) == set(load_sweep(sweep_dir).completed["trial_id"])
+    with pytest.raises(ResultsError, match="neither trials.csv nor Ray trial folders"):
+        load_sweep(tmp_path)
+    with pytest.raises(ResultsError, match="share a label"):
+        load_sweeps([sweep_dir, copy])
+
+
+def test_pareto_chart_has_every_trial_the_front_and_the_base(sweep_dir: Path, tmp_path: Path):
+    s = load_sweep(sweep_dir)
+    fig, pfig = charts.pareto_chart([s])
+    traces = {t.name: t for t in pfig.data}
+    assert len(traces[f"{s.label} trials"].x) == 2
+    front = pareto_front(s.completed, s.objectives, s.directions)
+    assert len(traces[f"{s.label} Pareto front ({len(front)})"].x) == len(front)
+    assert len(traces[f"{s.label} base model"].x) == 1
+    assert "gates.penalty" in traces[f"{s.label} trials"].hovertext[0]
+    png, html = charts.save((fig, pfig), tmp_path, "pareto")
+    assert Image.open(png).size[0] > 400 and (tmp_path / "plotly.min.js").exists()
+    # several sweeps: one trial trace and one front per sweep
+    other = load_sweep(sweep_dir, label="again")
+    _, pfig = charts.pareto_chart([s, other])
+    assert sum(t.name.endswith("trials") for t in pfig.data) == 2
+
+
+def test_gate_heatmap_and_every_evaluation_in_the_gif(sweep_dir: Path, tmp_path: Path):
+    s = load_sweep(sweep_dir)
+    records = trial_gates(s.completed.iloc[0])
+    fig, pfig = charts.gate_heatmap(records[-1])
+    assert [a.get_title().split()[0] for a in fig.axes] == ["enc_self", "dec_self", "dec_cross"]  # a panel per type
+    assert len(pfig.data) == 3 and pfig.data[0].z.shape == (2, 4)  # layers x heads of the tiny model
+    # identical frames must not be merged away: every evaluation is a frame
+    gif = charts.gate_evolution_gif([records[0]] * 3 + records, tmp_path / "g.gif")
+    assert Image.open(gif).n_frames == 3 + len(records)
+
+
+def test_learning_curves_draw_a_line_per_trial_and_metric(sweep_dir: Path):
+    s = load_sweep(sweep_dir)
+    histories = {str(r["trial_id"]): trial_history(r) for _, r in s.completed.iterrows()}
+    _, pfig = charts.learning_curves(histories)
+    assert len(pfig.data) == 2 * len(charts.CURVE_METRICS)
+
+
+class Structure(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.open = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in ("meta", "img", "br", "link", "input"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
+        self.open.pop()
+
+
+def test_report_is_one_self_contained_html_file(sweep_dir: Path):
+    report = sweep_dir / "report" / "report.html"
+    text = report.read_text()
+    parser = Structure()
+    parser.feed(text)
+    assert parser.open == []  # every element closed
+    scripts = [a for t, a in parser.tags if t == "script"]
+    assert scripts and not any("src" in a for a in scripts)  # plotly.js inline: no file or network needed
+    imgs = [a["src"] for t, a in parser.tags if t == "img"]
+    assert imgs and all(src.startswith("data:image/gif;base64,") for src in imgs)
+    assert "Pareto front" in text and "Learning curves" in text and "Base models" in text
+    summary = (sweep_dir / "report" / "report.md").read_text()
+    assert "Pareto-optimal of 2 completed trials" in summary and "| trial_id |" in summary
+
+
+def test_report_command_compares_sweeps(sweep_dir: Path, tmp_path: Path):
+    assert report_main([str(sweep_dir), str(sweep_dir), "--labels", "a", "b", "--out", str(tmp_path)]) == 0
+    compare = (tmp_path / "compare.html").read_text()
+    assert "hypervolume" in compare.lower() and ">a<" in compare and ">b<" in compare
+    assert report_main([str(tmp_path / "nothing")]) == 2
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_a_browser_draws_the_report(sweep_dir: Path, tmp_path: Path):
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600", "--virtual-time-budget=5000",
+                    f"--screenshot={shot}", (sweep_dir / "report" / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20) or []
+    assert image.size == (1200, 1600) and len(colours) > 50  # text and a drawn chart, not a blank page
+    # the chart area holds the front's colour (plotly draws it in a <svg> only when its script ran)
+    pixels = pd.Series([c for _, c in colours])
+    assert any(abs(r - 31) < 30 and abs(g - 119) < 30 and abs(b - 180) < 30 for r, g, b in pixels)

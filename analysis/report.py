@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from model.trial import checkpoint_file
+
 from . import charts
+from .attention import attention_chart, attention_maps
 from .load import ResultsError, SweepResults, load_sweeps, trial_gates, trial_history, trial_samples
 from .pareto import default_reference, hypervolume, pareto_front
 
@@ -132,6 +135,11 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Path:
         samples = trial_samples(trial)
         if samples:
             page.table(pd.DataFrame(samples))
+            maps = attention_maps(checkpoint_file(trial["checkpoint"]), samples[0]["source"])
+            figs = attention_chart(maps)
+            page.p("Attention of the remaining heads on the first sample (rows: queries, columns: keys):")
+            page.plot(figs[1])
+            charts.save(figs, out, f"attention_{trial['trial_id']}")
 
     # 3) learning curves
     page.h("Learning curves")

@@ -47,6 +47,8 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.gate: HardConcreteGate | None = None
         self.gate_active = False  # False: gates fixed open (or absent)
+        self.keep_weights = False  # True: store the attention probabilities of each forward (for analysis)
+        self.last_weights: torch.Tensor | None = None  # (B, H, L, S) when keep_weights
 
     def _split(self, x: torch.Tensor, parts: int) -> list[torch.Tensor]:
         """[B, L, parts*H*Dh] -> parts tensors of (B, H, L, Dh)."""
@@ -102,6 +104,14 @@ class MultiHeadAttention(nn.Module):
         heads = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, H, L, Dh)
+        if self.keep_weights:  # the probabilities SDPA used, recomputed (analysis only; no dropout)
+            scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (B, H, L, S)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            if causal:
+                future = torch.ones(L, k.size(2), dtype=torch.bool, device=q.device).triu(1 + k.size(2) - L)
+                scores = scores.masked_fill(future, float("-inf"))
+            self.last_weights = scores.softmax(dim=-1).detach()
         # 3) gate each head's output
         if self.gate is not None and self.gate_active:
             z = self.gate(B)  # (B or 1, H)

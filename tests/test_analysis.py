@@ -7,6 +7,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -78,6 +79,27 @@ def test_gate_heatmap_and_every_evaluation_in_the_gif(sweep_dir: Path, tmp_path:
     # identical frames must not be merged away: every evaluation is a frame
     gif = charts.gate_evolution_gif([records[0]] * 3 + records, tmp_path / "g.gif")
     assert Image.open(gif).n_frames == 3 + len(records)
+
+
+def test_attention_maps_of_the_remaining_heads(sweep_dir: Path):
+    from analysis.attention import attention_chart, attention_maps
+    from model.trial import checkpoint_file
+
+    s = load_sweep(sweep_dir)
+    row = s.completed.iloc[0]
+    maps = attention_maps(checkpoint_file(row["checkpoint"]), "The big dog sees a small cat.")
+    assert len(maps.weights) == 6  # 2 layers x 3 attention types
+    for (kind, _), w in maps.weights.items():
+        queries = len(maps.source) if kind == "enc_self" else len(maps.target)
+        keys = len(maps.source) if kind != "dec_self" else len(maps.target)
+        assert w.shape == (4, queries, keys)
+        assert np.allclose(w.sum(-1), 1.0, atol=1e-5)  # probabilities
+        if kind == "dec_self":
+            assert np.all(np.triu(w, 1) == 0)  # no look at the future
+    closed = ("enc_self", 0)
+    maps.gates[closed] = np.array([0.0, 0.5, 0.0, 1.0])  # two heads of this layer pruned
+    _, pfig = attention_chart(maps)
+    assert len(pfig.data) == 6 * 4 - 2  # a panel per remaining head only
 
 
 def test_learning_curves_draw_a_line_per_trial_and_metric(sweep_dir: Path):

@@ -147,3 +147,21 @@ def test_freeze_marks_only_the_named_parts():
 def test_learned_gates_need_gates():
     with pytest.raises(ValueError, match="no gates"):
         make().set_gate_mode("learned")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_kept_attention_weights_are_the_ones_attention_used(causal):
+    from model.transformer import MultiHeadAttention
+
+    attn = MultiHeadAttention(16, 4, 0.0, self_attention=True).eval()
+    x = torch.randn(2, 5, 16)
+    keep = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    attn.keep_weights = True
+    out = attn(x, key_keep=None if causal else keep, causal=causal)
+    w = attn.last_weights  # (B, H, L, S)
+    _, _, v = attn._split(attn.qkv(x), 3)
+    manual = attn.out((w @ v).transpose(1, 2).reshape(2, 5, 16))
+    assert torch.allclose(out, manual, atol=1e-5)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 4, 5), atol=1e-6)
+    if not causal:
+        assert torch.all(w[1, :, :, 3:] == 0)  # padded keys get nothing

@@ -167,8 +167,9 @@ def gate_evolution_gif(records: Sequence[dict[str, Any]], path: str | Path, valu
     frames = [f if f.size == size else f.resize(size) for f in frames]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=[int(seconds_per_frame * 1000)] * len(frames),
-                   loop=0, disposal=2, optimize=False)
+    durations = [int(seconds_per_frame * 1000)] * len(frames)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, disposal=2,
+                   optimize=False)
     return path
 
 
@@ -233,8 +234,9 @@ def study_charts(storage: str, study_name: str, objectives: Sequence[str]) -> di
             try:
                 charts[f"importance_{key}"] = (ovm.plot_param_importances(study, **importance).figure,
                                                ov.plot_param_importances(study, **importance))
-                charts[f"parallel_{key}"] = (ovm.plot_parallel_coordinate(study, target=target, target_name=name).figure,
-                                             ov.plot_parallel_coordinate(study, target=target, target_name=name))
+                parallel = {"target": target, "target_name": name}
+                charts[f"parallel_{key}"] = (ovm.plot_parallel_coordinate(study, **parallel).figure,
+                                             ov.plot_parallel_coordinate(study, **parallel))
             except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
                 continue
     return charts

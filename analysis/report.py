@@ -174,7 +174,27 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Path:
           markdown_table(table.drop(columns=["checkpoint"], errors="ignore")), "",
           f"Charts: {out}; full report: {report}", ""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    log_summary(s, out, table, {"hypervolume": hv, "pareto_trials": len(table), "completed_trials": len(s.completed)})
     return report
+
+
+def log_summary(s: SweepResults, out: Path, table: pd.DataFrame, values: dict[str, float]) -> None:
+    """The report's charts and Pareto table as one W&B run of the sweep (as configured; offline without a key)."""
+    from model.wandb_log import TrialLogger, resolve_mode
+
+    settings = s.config.get("wandb") or {}
+    mode = resolve_mode(settings.get("mode", "disabled"))
+    if mode == "disabled":
+        return
+    name = s.config.get("name", s.label)
+    logger = TrialLogger(mode, settings.get("project", "headsweep"), settings.get("group") or name,
+                         run_id=f"{name}-summary", name=f"{name}-summary", config=s.config,
+                         directory=s.path / "wandb", entity=settings.get("entity"), tags=settings.get("tags"),
+                         job_type="summary", init_timeout=settings.get("init_timeout", 30.0),
+                         upload_timeout=settings.get("upload_timeout", 60.0))
+    images = {p.stem: p for p in sorted(out.glob("*.png"))}
+    logger.log_report(images, {"pareto_front": table.astype(str)}, values)
+    logger.finish()
 
 
 def compare_report(sweeps: Sequence[SweepResults], out: Path) -> Path:

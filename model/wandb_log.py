@@ -130,6 +130,19 @@ class TrialLogger:
             self._log(f"W&B logging failed ({type(exc).__name__}: {exc}); W&B is off for the rest of this trial")
             self.finish()
 
+    def log_report(self, images: dict[str, Path], tables: dict[str, Any], values: dict[str, float]) -> None:
+        """A sweep's summary: chart images (PNG/GIF files), tables (DataFrames) and summary values."""
+        if self.run is None:
+            return
+        wandb = self._wandb
+        try:
+            record: dict[str, Any] = {name: wandb.Image(str(path)) for name, path in images.items()}
+            record.update({name: wandb.Table(dataframe=df) for name, df in tables.items()})
+            self.run.log(record)
+            self.run.summary.update(values)
+        except Exception as exc:  # noqa: BLE001 - the report on disk is what counts
+            self._log(f"W&B summary failed ({type(exc).__name__}: {exc})")
+
     def finish(self, exit_code: int = 0) -> None:
         run, self.run = self.run, None
         if run is not None:

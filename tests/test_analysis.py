@@ -135,6 +135,8 @@ def test_report_is_one_self_contained_html_file(sweep_dir: Path):
     imgs = [a["src"] for t, a in parser.tags if t == "img"]
     assert imgs and all(src.startswith("data:image/gif;base64,") for src in imgs)
     assert "Pareto front" in text and "Learning curves" in text and "Base models" in text
+    (run,) = (sweep_dir / "wandb" / "wandb").glob("offline-run-*-summary")  # the sweep's W&B summary run
+    assert {p.name.split("_")[0] for p in (run / "files" / "media" / "images").glob("*.png")} >= {"pareto", "curves"}
     summary = (sweep_dir / "report" / "report.md").read_text()
     assert "Pareto-optimal of 2 completed trials" in summary and "| trial_id |" in summary
 
@@ -144,6 +146,22 @@ def test_report_command_compares_sweeps(sweep_dir: Path, tmp_path: Path):
     compare = (tmp_path / "compare.html").read_text()
     assert "hypervolume" in compare.lower() and ">a<" in compare and ">b<" in compare
     assert report_main([str(tmp_path / "nothing")]) == 2
+
+
+def test_the_notebook_runs_on_a_sweep(sweep_dir: Path, monkeypatch):
+    import jupytext
+    from nbclient import NotebookClient
+
+    from tests.conftest import REPO
+
+    monkeypatch.setenv("HEADSWEEP_RESULTS", str(sweep_dir))
+    notebook = jupytext.read(REPO / "analysis" / "pareto_notebook.py")
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "quickstart-smoke: 2 completed trials" in text
+    assert any("hypervolume" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -109,6 +109,14 @@ def test_learning_curves_draw_a_line_per_trial_and_metric(sweep_dir: Path):
     assert len(pfig.data) == 2 * len(charts.CURVE_METRICS)
 
 
+def test_optuna_importance_and_parallel_coordinates_per_objective(sweep_dir: Path):
+    charts_ = charts.study_charts(f"sqlite:///{sweep_dir / 'optuna.db'}", "quickstart-smoke", ["bleu", "open_heads"])
+    assert set(charts_) == {"importance_bleu", "importance_open_heads", "parallel_bleu", "parallel_open_heads"}
+    lines = [t for t in charts_["parallel_bleu"][1].data if t.mode == "lines"]
+    assert len(lines) == 2  # a line per finished trial, across bleu and the three parameters
+    assert {c[0] for c in lines[0].customdata} == {"bleu", "gates.penalty", "train.lr", "data.max_tokens"}
+
+
 class Structure(HTMLParser):
     def __init__(self):
         super().__init__()

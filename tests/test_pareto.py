@@ -46,3 +46,18 @@ def test_single_objective_and_bad_arguments():
         pareto_mask(df, ["bleu"], ["up"])
     with pytest.raises(ValueError, match="pair up"):
         pareto_mask(df, ["bleu"], ["max", "min"])
+
+
+def test_hypervolume_of_a_hand_made_front():
+    from analysis.pareto import default_reference, hypervolume
+
+    df = pd.DataFrame({"bleu": [30.0, 29.0, 25.0, 30.0], "open_heads": [10, 6, 6, 10]})
+    # rectangles from the reference (BLEU 0, 24 heads): 30 x 14 and 29 x 18 overlap in 29 x 14
+    assert hypervolume(df, OBJ, DIR, [0.0, 24.0]) == pytest.approx(30 * 14 + 29 * 18 - 29 * 14)
+    assert hypervolume(df.iloc[[2]], OBJ, DIR, [0.0, 24.0]) == pytest.approx(25 * 18)
+    assert hypervolume(df, OBJ, DIR, [31.0, 24.0]) == 0.0  # nothing beats the reference
+    assert default_reference(df, OBJ, DIR) == [0.0, 11.0]
+    worse = df.assign(bleu=df["bleu"] - 1)
+    assert hypervolume(worse, OBJ, DIR, [0.0, 24.0]) < hypervolume(df, OBJ, DIR, [0.0, 24.0])
+    with pytest.raises(ValueError, match="one value per objective"):
+        hypervolume(df, OBJ, DIR, [0.0])

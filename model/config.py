@@ -44,6 +44,9 @@ class ModelConfig:
     norm: Literal["pre", "post"] = "pre"  # layer-norm placement
     share_embeddings: bool = False  # one embedding table for source and target (needs data.joint_vocab)
     tie_output: bool = True  # output projection shares the target embedding matrix
+    # heads kept per layer after physical pruning, per attention type (e.g. {enc_self: [3, 0, 8]}); 0 removes the
+    # block; head width stays d_model / n_heads. null: n_heads everywhere
+    heads: dict[str, list[int]] | None = None
 
 
 @dataclass
@@ -253,6 +256,13 @@ def validate(cfg: Config) -> Config:
     for key in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "max_positions"):
         _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "an integer >= 1")
     _require(m.d_model % m.n_heads == 0, "model.n_heads", m.n_heads, f"a divisor of model.d_model={m.d_model}")
+    if m.heads is not None:
+        layers = {"enc_self": m.encoder_layers, "dec_self": m.decoder_layers, "dec_cross": m.decoder_layers}
+        for kind, counts in m.heads.items():
+            _require(kind in layers, f"model.heads.{kind}", counts, f"keys among {', '.join(layers)}")
+            _require(len(counts) == layers[kind] and all(0 <= c <= m.n_heads for c in counts),
+                     f"model.heads.{kind}", counts, f"{layers[kind]} integers in [0, model.n_heads={m.n_heads}]")
+        _require(g.mode == "none", "gates.mode", g.mode, "'none' for a physically pruned model (model.heads set)")
     for key in ("dropout", "attention_dropout", "activation_dropout"):
         _require(0.0 <= getattr(m, key) < 1.0, f"model.{key}", getattr(m, key), "a number in [0, 1)")
     _require(

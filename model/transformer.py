@@ -10,6 +10,7 @@ output before the heads are concatenated and projected (Voita et al. 2019, sec. 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -33,17 +34,21 @@ class MultiHeadAttention(nn.Module):
     Self-attention uses one fused q/k/v projection; cross-attention fuses k/v.
     """
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, self_attention: bool) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float, self_attention: bool,
+                 head_dim: int | None = None) -> None:
         super().__init__()
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        # a physically pruned block keeps fewer heads of the original width (head_dim); 0 heads: only out.bias
+        self.n_heads, self.head_dim = n_heads, head_dim or d_model // n_heads
         inner = n_heads * self.head_dim
         self.self_attention = self_attention
-        if self_attention:
-            self.qkv = nn.Linear(d_model, 3 * inner)
-        else:
-            self.q = nn.Linear(d_model, inner)
-            self.kv = nn.Linear(d_model, 2 * inner)
-        self.out = nn.Linear(inner, d_model)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")  # a block with every head pruned
+            if self_attention:
+                self.qkv = nn.Linear(d_model, 3 * inner)
+            else:
+                self.q = nn.Linear(d_model, inner)
+                self.kv = nn.Linear(d_model, 2 * inner)
+            self.out = nn.Linear(inner, d_model)
         self.dropout = dropout
         self.gate: HardConcreteGate | None = None
         self.gate_active = False  # False: gates fixed open (or absent)
@@ -82,6 +87,8 @@ class MultiHeadAttention(nn.Module):
             [B, L, D]
         """
         B, L, _ = x.shape
+        if self.n_heads == 0:  # every head pruned: the block adds its output bias and nothing else
+            return self.out.bias.expand(B, L, -1)
         # 1) project q, k, v
         if self.self_attention:
             q, k, v = self._split(self.qkv(x), 3)  # (B, H, L, Dh) each
@@ -146,11 +153,18 @@ class _Sublayer(nn.Module):
         return self.norm(x + self.dropout(fn(x)))
 
 
+def _attention(cfg: ModelConfig, kind: str, layer: int) -> MultiHeadAttention:
+    """The attention block ``kind`` of ``layer``: n_heads heads, or the count a pruned model kept."""
+    heads = cfg.n_heads if cfg.heads is None or kind not in cfg.heads else cfg.heads[kind][layer]
+    return MultiHeadAttention(cfg.d_model, heads, cfg.attention_dropout, self_attention=kind != "dec_cross",
+                              head_dim=cfg.d_model // cfg.n_heads)
+
+
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         pre = cfg.norm == "pre"
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, self_attention=True)
+        self.self_attn = _attention(cfg, "enc_self", layer)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
         self.sub_attn = _Sublayer(cfg.d_model, cfg.dropout, pre)
         self.sub_ffn = _Sublayer(cfg.d_model, cfg.dropout, pre)
@@ -161,11 +175,11 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         pre = cfg.norm == "pre"
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, self_attention=True)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, self_attention=False)
+        self.self_attn = _attention(cfg, "dec_self", layer)
+        self.cross_attn = _attention(cfg, "dec_cross", layer)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.activation_dropout)
         self.sub_self = _Sublayer(cfg.d_model, cfg.dropout, pre)
         self.sub_cross = _Sublayer(cfg.d_model, cfg.dropout, pre)
@@ -240,8 +254,8 @@ class Transformer(nn.Module):
         self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(tgt_vocab, cfg.d_model, padding_idx=PAD_ID)
         self.src_pos, self.tgt_pos = Positions(cfg), Positions(cfg)
         self.embed_dropout = nn.Dropout(cfg.dropout)
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.encoder = nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.decoder_layers))
         pre = cfg.norm == "pre"
         self.encoder_norm = nn.LayerNorm(cfg.d_model) if pre else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model) if pre else nn.Identity()

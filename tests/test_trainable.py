@@ -197,11 +197,16 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
         time.sleep(0.1)
     out, _ = proc.communicate(timeout=300)
     assert killed and proc.returncode == 0, out[-3000:]
-    df = check_table(tmp_path / "t", trials=1, evaluations=3)
-    assert df[df["stage"] == "prune"][M.STEP].tolist() == [300]
     (trial,) = (tmp_path / "t").glob("prune_trainable_*")
-    steps = list(pd.read_csv(trial / "progress.csv")[M.STEP])
-    assert steps == sorted(set(steps)) and steps[-1] == 300 and steps[0] == 100, steps  # no step trained twice
+    progress = pd.read_csv(trial / "progress.csv")
+    df = check_table(tmp_path / "t", trials=1, evaluations=len(progress))
+    assert df[df["stage"] == "prune"][M.STEP].tolist() == [300]
+    steps = list(progress[M.STEP])
+    assert steps == sorted(steps) and set(steps) == {100, 200, 300}, steps
+    # Killed between Ray writing an evaluation and recording its checkpoint, the trial redoes that stretch from
+    # the checkpoint before: the repeated evaluation must then be identical (exact resume), never a new trajectory.
+    for _, same in progress.groupby(M.STEP):
+        assert same[M.LOSS].nunique() == 1 and same[M.BLEU].nunique() == 1, same[[M.STEP, M.LOSS, M.BLEU]]
 
 
 def test_resume_without_a_sweep_is_an_error(tmp_path: Path):

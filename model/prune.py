@@ -1,0 +1,117 @@
+"""Physical head removal: a gated model becomes a smaller plain model that computes the same function.
+
+In evaluation a head's gate is deterministic, z_h = min(1, max(0, sigmoid(log_alpha_h) * (zeta - gamma) + gamma)).
+A head with z_h = 0 contributes nothing, so its rows of the q/k/v projections and its columns of the output
+projection go; an open head's z_h multiplies its output, so it is folded into its output-projection columns. A block
+whose heads all close keeps only the output projection's bias (what the residual branch then adds). The result is a
+plain model (``gates.mode: none``) with ``model.heads`` recording the heads kept per layer.
+
+    python -m model.prune CHECKPOINT --out PRUNED.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint, save_checkpoint
+from .config import ATTENTION_TYPES, GateConfig
+from .transformer import MultiHeadAttention, Transformer
+
+
+def _kept(attn: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices of the heads to keep, their eval gate values)."""
+    if attn.gate is not None and attn.gate_active:
+        z = attn.gate.eval_gates().detach()
+    else:
+        z = torch.ones(attn.n_heads)
+    keep = torch.nonzero(z > 0).flatten()
+    return keep, z[keep]
+
+
+def _copy_block(src: MultiHeadAttention, dst: MultiHeadAttention, keep: torch.Tensor, z: torch.Tensor) -> None:
+    H, Dh = src.n_heads, src.head_dim
+    with torch.no_grad():
+        if dst.n_heads:
+            if src.self_attention:
+                w = src.qkv.weight.view(3, H, Dh, -1)[:, keep]  # (3, kept, Dh, D)
+                dst.qkv.weight.copy_(w.reshape(-1, w.size(-1)))
+                dst.qkv.bias.copy_(src.qkv.bias.view(3, H, Dh)[:, keep].reshape(-1))
+            else:
+                dst.q.weight.copy_(src.q.weight.view(H, Dh, -1)[keep].reshape(-1, src.q.weight.size(-1)))
+                dst.q.bias.copy_(src.q.bias.view(H, Dh)[keep].reshape(-1))
+                w = src.kv.weight.view(2, H, Dh, -1)[:, keep]  # (2, kept, Dh, D)
+                dst.kv.weight.copy_(w.reshape(-1, w.size(-1)))
+                dst.kv.bias.copy_(src.kv.bias.view(2, H, Dh)[:, keep].reshape(-1))
+            out = src.out.weight.view(-1, H, Dh)[:, keep] * z[None, :, None]  # (D, kept, Dh), gates folded in
+            dst.out.weight.copy_(out.reshape(out.size(0), -1))
+        dst.out.bias.copy_(src.out.bias)
+
+
+def prune_model(model: Transformer) -> Transformer:
+    """The smaller plain model equal to ``model`` in evaluation (eval-mode gates), in eval mode itself."""
+    cfg = copy.deepcopy(model.cfg)
+    blocks = list(model.attention_blocks())
+    kept = {(kind, layer): _kept(attn) for kind, layer, attn in blocks}
+    cfg.heads = {kind: [len(kept[(kind, i)][0]) for i in range(cfg.encoder_layers if kind == "enc_self"
+                                                                else cfg.decoder_layers)]
+                 for kind in ATTENTION_TYPES}
+    pruned = Transformer(cfg, model.src_vocab, model.tgt_vocab, GateConfig(mode="none"))
+    attention_names = {name for name, _ in model.named_modules() if name.endswith(("self_attn", "cross_attn"))}
+    state = {k: v for k, v in model.state_dict().items()
+             if not any(k.startswith(name + ".") for name in attention_names)}
+    missing, unexpected = pruned.load_state_dict(state, strict=False)
+    assert not unexpected and all(any(k.startswith(n + ".") for n in attention_names) for k in missing), missing
+    for (kind, layer, src), (_, _, dst) in zip(blocks, pruned.attention_blocks(), strict=True):
+        _copy_block(src, dst, *kept[(kind, layer)])
+    return pruned.eval()
+
+
+def head_counts(model: Transformer) -> dict[str, int]:
+    """Heads per attention type, and in total."""
+    counts = {kind: sum(attn.n_heads for k, _, attn in model.attention_blocks() if k == kind) for kind in ATTENTION_TYPES}
+    return {**counts, "total": sum(counts.values())}
+
+
+def prune_checkpoint(path: str | Path, out: str | Path) -> tuple[Transformer, Transformer]:
+    """Write the pruned model of a gated checkpoint to ``out``; returns (gated model, pruned model)."""
+    payload = load_checkpoint(path)
+    cfg = checkpoint_config(payload)
+    tok = checkpoint_tokenizers(payload)
+    model = Transformer(cfg.model, len(tok.src), len(tok.tgt), cfg.gates)
+    from .checkpoint import load_model_state
+
+    load_model_state(model, payload["model"], source=str(path))
+    model.eval()
+    pruned = prune_model(model)
+    new_cfg = copy.deepcopy(cfg)
+    new_cfg.model, new_cfg.gates = pruned.cfg, GateConfig(mode="none")
+    save_checkpoint(out, {"model": pruned.state_dict(), "pruned_from": str(path)}, new_cfg, tok)
+    return model, pruned
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.prune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint of a model with learned gates")
+    parser.add_argument("--out", required=True, help="where to write the pruned model's checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        gated, pruned = prune_checkpoint(args.checkpoint, args.out)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    before, after = head_counts(gated), head_counts(pruned)
+    params = (sum(p.numel() for p in gated.parameters()), sum(p.numel() for p in pruned.parameters()))
+    print(f"heads: {before['total']} -> {after['total']} ("
+          + ", ".join(f"{k} {before[k]} -> {after[k]}" for k in ATTENTION_TYPES) + ")")
+    print(f"kept per layer: {pruned.cfg.heads}")
+    print(f"parameters: {params[0]:,} -> {params[1]:,}; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

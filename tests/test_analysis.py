@@ -172,6 +172,26 @@ def test_the_notebook_runs_on_a_sweep(sweep_dir: Path, monkeypatch):
     assert any("hypervolume" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
 
 
+def test_the_front_exports_as_pruned_models_that_translate_like_their_trials(sweep_dir: Path, tmp_path: Path):
+    import torch
+
+    from analysis.export import main as export_main
+    from model.trial import checkpoint_file
+    from model.translate import load_for_inference
+
+    assert export_main([str(sweep_dir), "--out", str(tmp_path)]) == 0
+    s = load_sweep(sweep_dir)
+    front = pareto_front(s.completed, s.objectives, s.directions)
+    assert sorted(p.stem for p in tmp_path.glob("*.pt")) == sorted(front["trial_id"].astype(str))
+    trial = front.iloc[0]
+    gated, tok = load_for_inference(str(checkpoint_file(trial["checkpoint"])))
+    pruned, _ = load_for_inference(str(tmp_path / f"{trial['trial_id']}.pt"))
+    src = torch.tensor(tok.src.encode(["The big dog sees a small cat that sleeps."]))
+    with torch.no_grad():
+        assert torch.allclose(gated.encode(src)[0], pruned.encode(src)[0], atol=1e-5)
+    assert pruned.open_heads()["total"] == gated.open_heads()["total"] == trial["open_heads"]
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

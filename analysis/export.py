@@ -1,0 +1,56 @@
+"""Export the Pareto-optimal trials of a sweep as physically pruned models.
+
+    python -m analysis.export RESULTS_DIR [--out DIR]
+
+Each trial on the front (``trials.csv``, the sweep's objectives) has its last checkpoint pruned with
+``model.prune``: the heads whose eval gate is 0 are removed, and the smaller plain model is written to
+``DIR/<trial_id>.pt`` (default ``<sweep>/pruned``), ready for ``python -m model.translate`` or
+``python -m model.evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from model.prune import head_counts, prune_checkpoint
+from model.trial import checkpoint_file
+
+from .load import ResultsError, SweepResults, load_sweep
+from .pareto import pareto_front
+
+
+def export_front(s: SweepResults, out: Path) -> pd.DataFrame:
+    """Prune every Pareto-optimal trial's last checkpoint into ``out``; one row per exported model."""
+    rows = []
+    for _, trial in pareto_front(s.completed, s.objectives, s.directions).iterrows():
+        target = out / f"{trial['trial_id']}.pt"
+        out.mkdir(parents=True, exist_ok=True)
+        gated, pruned = prune_checkpoint(checkpoint_file(trial["checkpoint"]), target)
+        rows.append({"trial_id": trial["trial_id"], **{o: trial[o] for o in s.objectives},
+                     "heads": head_counts(pruned)["total"], "heads_before": head_counts(gated)["total"],
+                     "parameters": sum(p.numel() for p in pruned.parameters()),
+                     "parameters_before": sum(p.numel() for p in gated.parameters()), "model": str(target)})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="a sweep's results folder, e.g. results/quickstart")
+    parser.add_argument("--out", default=None, help="where the pruned models go (default: <sweep>/pruned)")
+    args = parser.parse_args(argv)
+    try:
+        s = load_sweep(args.folder)
+        table = export_front(s, Path(args.out) if args.out else s.path / "pruned")
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    checkpoint_tokenizers,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from .config import ATTENTION_TYPES, GateConfig
 from .transformer import MultiHeadAttention, Transformer
 
@@ -73,7 +80,8 @@ def prune_model(model: Transformer) -> Transformer:
 
 def head_counts(model: Transformer) -> dict[str, int]:
     """Heads per attention type, and in total."""
-    counts = {kind: sum(attn.n_heads for k, _, attn in model.attention_blocks() if k == kind) for kind in ATTENTION_TYPES}
+    counts = {kind: sum(attn.n_heads for k, _, attn in model.attention_blocks() if k == kind)
+              for kind in ATTENTION_TYPES}
     return {**counts, "total": sum(counts.values())}
 
 
@@ -83,8 +91,6 @@ def prune_checkpoint(path: str | Path, out: str | Path) -> tuple[Transformer, Tr
     cfg = checkpoint_config(payload)
     tok = checkpoint_tokenizers(payload)
     model = Transformer(cfg.model, len(tok.src), len(tok.tgt), cfg.gates)
-    from .checkpoint import load_model_state
-
     load_model_state(model, payload["model"], source=str(path))
     model.eval()
     pruned = prune_model(model)

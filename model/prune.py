@@ -18,16 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_config,
-    checkpoint_tokenizers,
-    load_checkpoint,
-    load_model_state,
-    save_checkpoint,
-)
+from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint, save_checkpoint
 from .config import ATTENTION_TYPES, GateConfig
 from .transformer import MultiHeadAttention, Transformer
+from .translate import load_for_inference
 
 
 def _kept(attn: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,10 +83,7 @@ def prune_checkpoint(path: str | Path, out: str | Path) -> tuple[Transformer, Tr
     """Write the pruned model of a gated checkpoint to ``out``; returns (gated model, pruned model)."""
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload)
-    tok = checkpoint_tokenizers(payload)
-    model = Transformer(cfg.model, len(tok.src), len(tok.tgt), cfg.gates)
-    load_model_state(model, payload["model"], source=str(path))
-    model.eval()
+    model, tok = load_for_inference(str(path), payload=payload)
     pruned = prune_model(model)
     new_cfg = copy.deepcopy(cfg)
     new_cfg.model, new_cfg.gates = pruned.cfg, GateConfig(mode="none")

@@ -53,11 +53,23 @@ def _copy_block(src: MultiHeadAttention, dst: MultiHeadAttention, keep: torch.Te
         dst.out.bias.copy_(src.out.bias)
 
 
-def prune_model(model: Transformer) -> Transformer:
-    """The smaller plain model equal to ``model`` in evaluation (eval-mode gates), in eval mode itself."""
+Layout = dict[tuple[str, int], list[int]]  # (attention type, layer) -> indices of the heads to keep
+
+
+def prune_model(model: Transformer, layout: Layout | None = None) -> Transformer:
+    """The smaller plain model equal to ``model`` in evaluation (eval-mode gates), in eval mode itself.
+
+    ``layout`` names the heads to keep per block instead of the gates (blocks it does not name keep every head):
+    the baselines (random or importance pruning) remove heads this way, from an ungated model.
+    """
     cfg = copy.deepcopy(model.cfg)
     blocks = list(model.attention_blocks())
     kept = {(kind, layer): _kept(attn) for kind, layer, attn in blocks}
+    for key, heads in (layout or {}).items():
+        if key not in kept:
+            raise ValueError(f"layout names {key}, which is not an attention block of this model")
+        keep = torch.tensor(sorted(set(heads)), dtype=torch.long)
+        kept[key] = (keep, torch.ones(len(keep)))
     cfg.heads = {kind: [len(kept[(kind, i)][0]) for i in range(cfg.encoder_layers if kind == "enc_self"
                                                                 else cfg.decoder_layers)]
                  for kind in ATTENTION_TYPES}
@@ -70,6 +82,62 @@ def prune_model(model: Transformer) -> Transformer:
     for (kind, layer, src), (_, _, dst) in zip(blocks, pruned.attention_blocks(), strict=True):
         _copy_block(src, dst, *kept[(kind, layer)])
     return pruned.eval()
+
+
+def random_layout(model: Transformer, kinds: list[str], budget: int, seed: int) -> Layout:
+    """Keep ``budget`` heads of the attention types ``kinds``, chosen uniformly at random (the null baseline)."""
+    heads = [(kind, layer, h) for kind, layer, attn in model.attention_blocks() if kind in kinds
+             for h in range(attn.n_heads)]
+    if not 0 <= budget <= len(heads):
+        raise ValueError(f"budget {budget}: allowed 0..{len(heads)} heads of {kinds}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = [heads[i] for i in torch.randperm(len(heads), generator=generator)[:budget].tolist()]
+    return _layout(model, kinds, chosen)
+
+
+def importance_layout(scores: dict[tuple[str, int], torch.Tensor], model: Transformer, kinds: list[str],
+                      budget: int) -> Layout:
+    """Keep the ``budget`` heads of ``kinds`` with the highest importance (see :func:`head_importance`)."""
+    ranked = sorted(((float(v), kind, layer, h) for (kind, layer), values in scores.items() if kind in kinds
+                     for h, v in enumerate(values)), reverse=True)
+    if not 0 <= budget <= len(ranked):
+        raise ValueError(f"budget {budget}: allowed 0..{len(ranked)} heads of {kinds}")
+    return _layout(model, kinds, [(kind, layer, h) for _, kind, layer, h in ranked[:budget]])
+
+
+def _layout(model: Transformer, kinds: list[str], chosen: list[tuple[str, int, int]]) -> Layout:
+    layout: Layout = {(kind, layer): [] for kind, layer, _ in model.attention_blocks() if kind in kinds}
+    for kind, layer, h in chosen:
+        layout[(kind, layer)].append(h)
+    return {key: sorted(v) for key, v in layout.items()}
+
+
+def head_importance(model: Transformer, batches, normalize: bool = True) -> dict[tuple[str, int], torch.Tensor]:
+    """Head importance of Michel et al. 2019 (eq. 2): I_h = sum over the batches of |dL/dxi_h|, where xi_h = 1
+    multiplies head h's output; with ``normalize``, scores are divided by their layer's L2 norm (their sec. 4.1).
+
+    ``batches``: an iterable of :class:`model.data.Batch`. The model's parameters are left untouched.
+    """
+    blocks = list(model.attention_blocks())
+    masks = {(kind, layer): torch.ones(attn.n_heads, requires_grad=True) for kind, layer, attn in blocks}
+    scores = {key: torch.zeros(len(m)) for key, m in masks.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        for kind, layer, attn in blocks:
+            attn.head_mask = masks[(kind, layer)]
+        for batch in batches:
+            out = model.loss(batch.src, batch.tgt_in, batch.tgt_out, 0.0)
+            grads = torch.autograd.grad(out.ce_sum / max(1, out.n_tokens), list(masks.values()))
+            for key, g in zip(masks, grads, strict=True):
+                scores[key] += g.abs()
+    finally:
+        for _, _, attn in blocks:
+            attn.head_mask = None
+        model.train(was_training)
+    if normalize:
+        scores = {key: v / v.norm().clamp_min(1e-12) for key, v in scores.items()}
+    return scores
 
 
 def head_counts(model: Transformer) -> dict[str, int]:

@@ -52,6 +52,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.gate: HardConcreteGate | None = None
         self.gate_active = False  # False: gates fixed open (or absent)
+        self.head_mask: torch.Tensor | None = None  # [H] multiplier of each head's output (importance scores)
         self.keep_weights = False  # True: store the attention probabilities of each forward (for analysis)
         self.last_weights: torch.Tensor | None = None  # (B, H, L, S) when keep_weights
 
@@ -123,6 +124,8 @@ class MultiHeadAttention(nn.Module):
         if self.gate is not None and self.gate_active:
             z = self.gate(B)  # (B or 1, H)
             heads = heads * z[:, :, None, None].to(heads.dtype)
+        if self.head_mask is not None:
+            heads = heads * self.head_mask[None, :, None, None].to(heads.dtype)
         # 4) concatenate heads and project
         heads = heads.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)  # (B, L, H*Dh)
         return self.out(heads)

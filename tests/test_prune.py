@@ -82,3 +82,58 @@ def test_pruning_a_checkpoint_writes_a_loadable_smaller_model(tmp_path, capsys):
     assert "heads: 24 -> 16" in capsys.readouterr().out  # half of enc_self and dec_cross (8 + 8 of 16) pruned
     pruned, _ = load_for_inference(str(tmp_path / "pruned.pt"))
     assert pruned.cfg.heads == {"enc_self": [2, 2], "dec_self": [4, 4], "dec_cross": [2, 2]}
+
+
+def plain_model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(CFG, 50, 50, GateConfig(mode="none")).eval()
+
+
+def test_a_layout_removes_exactly_the_heads_a_zero_mask_silences():
+    model = plain_model()
+    layout = {("enc_self", 0): [1, 3], ("enc_self", 2): [], ("dec_cross", 1): [0]}
+    pruned = prune_model(model, layout)
+    for (kind, layer), keep in layout.items():
+        attn = dict(((k, i), a) for k, i, a in model.attention_blocks())[(kind, layer)]
+        attn.head_mask = torch.tensor([1.0 if h in keep else 0.0 for h in range(4)])
+    src, tgt = batch()
+    with torch.no_grad():
+        mem_a, keep_a = model.encode(src)
+        mem_b, keep_b = pruned.encode(src)
+        assert torch.allclose(mem_a, mem_b, atol=1e-5)
+        assert torch.allclose(model.decode(tgt, mem_a, keep_a), pruned.decode(tgt, mem_b, keep_b), atol=1e-5)
+    assert pruned.cfg.heads["enc_self"] == [2, 4, 0] and pruned.cfg.heads["dec_cross"] == [4, 1]
+    with pytest.raises(ValueError, match="not an attention block"):
+        prune_model(model, {("enc_self", 7): [0]})
+
+
+def test_random_layouts_keep_the_budget_and_follow_the_seed():
+    from model.prune import random_layout
+
+    model = plain_model()
+    a, b, c = (random_layout(model, ["enc_self"], 5, seed) for seed in (1, 1, 2))
+    assert a == b and a != c
+    assert set(a) == {("enc_self", i) for i in range(3)} and sum(len(v) for v in a.values()) == 5
+    assert head_counts(prune_model(model, a)) == {"enc_self": 5, "dec_self": 8, "dec_cross": 8, "total": 21}
+    with pytest.raises(ValueError, match="budget 13"):
+        random_layout(model, ["enc_self"], 13, 0)
+
+
+def test_importance_ranks_a_silent_head_last_and_pruning_keeps_the_most_important():
+    from model.data import Batch
+    from model.prune import head_importance, importance_layout
+
+    model = plain_model()
+    blocks = {(k, i): a for k, i, a in model.attention_blocks()}
+    with torch.no_grad():  # head 2 of encoder layer 1 writes nothing: it cannot matter
+        blocks[("enc_self", 1)].out.weight.view(32, 4, 8)[:, 2] = 0.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src, tgt = batch()
+    tgt_in = torch.cat([torch.full((3, 1), 2), tgt[:, :-1]], dim=1)
+    scores = head_importance(model, [Batch(src, tgt_in, tgt, [0, 1, 2])])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # parameters untouched
+    assert all(m.head_mask is None for m in blocks.values())
+    assert scores[("enc_self", 1)][2] == 0.0 and scores[("enc_self", 1)][[0, 1, 3]].gt(0).all()
+    assert all(torch.isclose(v.norm(), torch.tensor(1.0)) for v in scores.values())  # normalised per layer
+    layout = importance_layout(scores, model, ["enc_self"], 11)
+    assert 2 not in layout[("enc_self", 1)] and sum(len(v) for v in layout.values()) == 11

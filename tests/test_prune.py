@@ -38,16 +38,23 @@ def batch():
     return src, tgt
 
 
+def assert_same_outputs(a: Transformer, b: Transformer) -> torch.Tensor:
+    """Encoder outputs and teacher-forced logits of two models agree on a padded batch; returns its sources."""
+    src, tgt = batch()
+    with torch.no_grad():
+        mem_a, keep_a = a.encode(src)
+        mem_b, keep_b = b.encode(src)
+        assert torch.allclose(mem_a, mem_b, atol=1e-5)
+        assert torch.allclose(a.decode(tgt, mem_a, keep_a), b.decode(tgt, mem_b, keep_b), atol=1e-5)
+    return src
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_pruned_model_equals_the_gated_model_in_evaluation(norm):
     model = gated_model(norm)
     pruned = prune_model(model)
-    src, tgt = batch()
+    src = assert_same_outputs(model, pruned)
     with torch.no_grad():
-        mem_a, keep_a = model.encode(src)
-        mem_b, keep_b = pruned.encode(src)
-        assert torch.allclose(mem_a, mem_b, atol=1e-5)
-        assert torch.allclose(model.decode(tgt, mem_a, keep_a), pruned.decode(tgt, mem_b, keep_b), atol=1e-5)
         assert translate_ids(model, src, beam_size=3) == translate_ids(pruned, src, beam_size=3)  # cached decoding
 
 
@@ -96,12 +103,7 @@ def test_a_layout_removes_exactly_the_heads_a_zero_mask_silences():
     for (kind, layer), keep in layout.items():
         attn = dict(((k, i), a) for k, i, a in model.attention_blocks())[(kind, layer)]
         attn.head_mask = torch.tensor([1.0 if h in keep else 0.0 for h in range(4)])
-    src, tgt = batch()
-    with torch.no_grad():
-        mem_a, keep_a = model.encode(src)
-        mem_b, keep_b = pruned.encode(src)
-        assert torch.allclose(mem_a, mem_b, atol=1e-5)
-        assert torch.allclose(model.decode(tgt, mem_a, keep_a), pruned.decode(tgt, mem_b, keep_b), atol=1e-5)
+    assert_same_outputs(model, pruned)
     assert pruned.cfg.heads["enc_self"] == [2, 4, 0] and pruned.cfg.heads["dec_cross"] == [4, 1]
     with pytest.raises(ValueError, match="not an attention block"):
         prune_model(model, {("enc_self", 7): [0]})

@@ -96,7 +96,8 @@ class TrialLogger:
         self._wandb = wandb
         Path(directory).mkdir(parents=True, exist_ok=True)
         kwargs = dict(project=project, entity=entity, group=group, id=run_id, name=name, resume="allow",
-                      dir=str(directory), config=config, tags=list(tags or []), job_type=job_type, reinit=True)
+                      dir=str(directory), config=config, tags=list(tags or []), job_type=job_type,
+                      reinit="finish_previous")
         for attempt in ([mode, "offline"] if mode == "online" else [mode]):
             try:
                 settings = wandb.Settings(init_timeout=init_timeout, finish_timeout=upload_timeout, silent=True,

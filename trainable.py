@@ -340,6 +340,8 @@ def write_text(target: str, text: str) -> None:
 
 
 def print_pareto(sweep: Sweep, df) -> None:
+    import pandas as pd
+
     from analysis.pareto import pareto_front
 
     done = df[(df["stage"] == "prune") & (df["status"] == "completed")]
@@ -355,7 +357,7 @@ def print_pareto(sweep: Sweep, df) -> None:
     cols = objectives + [c for c in df.columns if c.startswith("param.")] + ["trial_id"]
     print(f"Pareto-optimal trials ({len(front)} of {len(done)} completed; "
           + ", ".join(f"{o} {d}" for o, d in zip(objectives, directions)) + "):")
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 20):
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(front[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from model.trial import last_record
+
 TRIALS_FILE = "trials.csv"
 SWEEP_FILE = "sweep.json"
 LABEL = "sweep"  # column naming the sweep (or method) a row came from
@@ -131,8 +133,5 @@ def trial_gates(row: pd.Series) -> list[dict[str, Any]]:
 
 def trial_samples(row: pd.Series) -> list[dict[str, str]]:
     """The translation samples of the trial's last evaluation."""
-    ckpt = Path(str(row.get("checkpoint") or ""))
-    if not (ckpt / "samples.jsonl").exists():
-        return []
-    records = _jsonl(ckpt / "samples.jsonl")
-    return records[-1].get("samples", []) if records else []
+    last = last_record(Path(str(row.get("checkpoint") or "")) / "samples.jsonl")
+    return last.get("samples", []) if last else []

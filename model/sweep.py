@@ -535,5 +535,4 @@ def check_gpus(requested: float, available: float, autoscale: bool, where: str =
 
 def schema_dict(sweep: Sweep) -> dict[str, Any]:
     """The resolved sweep as plain data (recorded in the sweep folder and in W&B)."""
-    return {"name": sweep.name, "base": sweep.base, **{f.name: dataclasses.asdict(sweep.schema)[f.name]
-            for f in dataclasses.fields(SweepSchema) if f.name not in ("name", "base")}, "storage": sweep.storage}
+    return {**dataclasses.asdict(sweep.schema), "name": sweep.name, "base": sweep.base, "storage": sweep.storage}

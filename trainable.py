@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from analysis.load import SWEEP_FILE, TRIALS_FILE
@@ -32,7 +33,8 @@ from model import metrics as M
 from model.checkpoint import CheckpointError, git_commit, package_versions
 from model.config import ConfigError, flatten
 from model.corpora import CorpusError
-from model.sweep import Sweep, base_hash, check_gpus, join_storage, load_sweep, schema_dict
+from model.baselines import BUDGET, LAYOUT, LAYOUT_SEED, layout_heads, layout_name, parse_layout_name, pruned_start
+from model.sweep import MethodRun, Sweep, base_hash, check_gpus, join_storage, load_sweep, schema_dict
 from model.train import TrainingError
 from model.trial import checkpoint_file, last_record, run_trial
 from model.wandb_log import TrialLogger, resolve_mode
@@ -66,49 +68,54 @@ def _trial_log(msg: str) -> None:
         print(msg.split("\n", 1)[0], flush=True)
 
 
-def _run(setup: TrialSetup, cfg, stage: str, base_key: str, base: str | None, params: dict[str, Any]) -> None:
-    """Shared body of both trainables: restore, train, report to Tune and W&B.
+def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any],
+         prepare: Callable[[Path], tuple[Any, str | None]], method: str = "gates") -> None:
+    """Shared body of the trainables: restore, train, report to Tune and W&B.
 
-    The run's own folder is scratch space outside the trial folder (Ray copies the trial folder to the storage):
-    everything worth keeping leaves with the reports, so the scratch folder goes when the trial ends.
+    ``prepare(scratch)`` returns the run config and the checkpoint a fresh run starts from (None: random
+    initialisation). The run's own folder is scratch space outside the trial folder (Ray copies the trial folder to
+    the storage): everything worth keeping leaves with the reports, so the scratch folder goes when the trial ends.
     """
     from ray import tune
 
     ctx = tune.get_context()
     sweep = setup.sweep
-    logger = TrialLogger(
-        setup.wandb_mode, sweep.schema.wandb.project, sweep.wandb_group, run_id=f"{sweep.name}-{ctx.get_trial_id()}",
-        name=ctx.get_trial_name(), directory=setup.wandb_dir or ctx.get_trial_dir(), entity=sweep.schema.wandb.entity,
-        tags=sweep.schema.wandb.tags, job_type=stage, init_timeout=sweep.schema.wandb.init_timeout,
-        upload_timeout=sweep.schema.wandb.upload_timeout,
-        config={**params, "stage": stage, "base": base_key, "config": cfg.to_dict(), **setup.provenance},
-        log=_trial_log,
-    )
-    constant = {"stage": stage, "base": base_key, "seed": cfg.train.seed, **setup.provenance}
-
-    def report(metrics: dict[str, Any], folder: Path | None) -> None:
-        record = {**{o.metric: math.nan for o in sweep.objectives}, **metrics, **constant}  # NaN: Optuna FAIL
-        if folder is None:
-            tune.report(record)
-        else:
-            tune.report(record, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-            gates, samples = last_record(folder / "gates.jsonl"), last_record(folder / "samples.jsonl")
-            logger.log(metrics, step=int(metrics[M.STEP]), gates=(gates or {}).get("gates"),
-                       samples=(samples or {}).get("samples"))
-
     restore = tune.get_checkpoint()
-    try:
-        with tempfile.TemporaryDirectory(prefix=f"headsweep-{ctx.get_trial_id()}-",
-                                         dir=os.environ.get("HEADSWEEP_SCRATCH")) as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"headsweep-{ctx.get_trial_id()}-",
+                                     dir=os.environ.get("HEADSWEEP_SCRATCH")) as scratch:
+        cfg, init_from = prepare(Path(scratch))
+        logger = TrialLogger(
+            setup.wandb_mode, sweep.schema.wandb.project, sweep.wandb_group,
+            run_id=f"{sweep.name}-{ctx.get_trial_id()}", name=ctx.get_trial_name(),
+            directory=setup.wandb_dir or ctx.get_trial_dir(), entity=sweep.schema.wandb.entity,
+            tags=sweep.schema.wandb.tags, job_type=stage if stage == "pretrain" else method,
+            init_timeout=sweep.schema.wandb.init_timeout, upload_timeout=sweep.schema.wandb.upload_timeout,
+            config={**params, "stage": stage, "method": method, "base": base_key, "config": cfg.to_dict(),
+                    **setup.provenance},
+            log=_trial_log,
+        )
+        constant = {"stage": stage, "method": method, "base": base_key, "seed": cfg.train.seed, **setup.provenance}
+
+        def report(metrics: dict[str, Any], folder: Path | None) -> None:
+            record = {**{o.metric: math.nan for o in sweep.objectives}, **metrics, **constant}  # NaN: Optuna FAIL
+            if folder is None:
+                tune.report(record)
+            else:
+                tune.report(record, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+                gates, samples = last_record(folder / "gates.jsonl"), last_record(folder / "samples.jsonl")
+                logger.log(metrics, step=int(metrics[M.STEP]), gates=(gates or {}).get("gates"),
+                           samples=(samples or {}).get("samples"))
+
+        try:
             run_dir = Path(scratch) / "run"
             if restore is not None:
                 with restore.as_directory() as folder:
                     run_trial(cfg, run_dir, report, restore_from=folder, log=_trial_log)
             else:
-                run_trial(cfg, run_dir, report, init_from=_base_file(base, Path(scratch)), log=_trial_log)
-    except BaseException:
-        logger.finish(exit_code=1)
-        raise
+                run_trial(cfg, run_dir, report, init_from=init_from, log=_trial_log)
+        except BaseException:
+            logger.finish(exit_code=1)
+            raise
     logger.finish()
 
 
@@ -131,7 +138,7 @@ def pretrain_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     cfg = sweep.base_config(params)
     r = sweep.pretrain_resources
     cfg.train.threads, cfg.train.device, cfg.train.progress = max(1, int(r.cpus)), "cuda" if r.gpus else "cpu", False
-    _run(setup, cfg, "pretrain", base_hash(cfg), None, params)
+    _run(setup, "pretrain", base_hash(cfg), params, lambda scratch: (cfg, None))
 
 
 def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
@@ -139,7 +146,30 @@ def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     sweep = setup.sweep
     cfg = sweep.trial_config(params)
     key = base_hash(sweep.base_config(params)) if sweep.pretraining else ""
-    _run(setup, cfg, "prune", key, setup.bases[key] if sweep.pretraining else None, params)
+    base = setup.bases[key] if sweep.pretraining else None
+    _run(setup, "prune", key, params, lambda scratch: (cfg, _base_file(base, scratch)))
+
+
+def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
+    """importance/random: the base model pruned to ``baseline.budget`` heads, evaluated or fine-tuned."""
+    sweep = setup.sweep
+    key = base_hash(sweep.base_config())
+
+    def prepare(scratch: Path):
+        start = scratch / "pruned_start.pt"
+        cfg = pruned_start(_base_file(setup.bases[key], scratch), sweep.baseline_config(run.finetune_steps, params),
+                           run.method, int(params[BUDGET]), int(params.get(LAYOUT_SEED, 0)),
+                           sweep.schema.baselines.importance_batches, start, log=_trial_log)
+        return cfg, str(start)
+
+    _run(setup, "prune", key, params, prepare, method=run.method)
+
+
+def scratch_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
+    """scratch: a gate trial's head layout trained from random initialisation with the base model's recipe."""
+    sweep = setup.sweep
+    cfg = sweep.scratch_config(parse_layout_name(params[LAYOUT]))
+    _run(setup, "prune", base_hash(sweep.base_config()), params, lambda scratch: (cfg, None), method="scratch")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,15 +230,16 @@ def _resources(res) -> dict[str, float]:
     return {"cpu": res.cpus, "gpu": res.gpus}
 
 
-def _run_config(sweep: Sweep, name: str, storage: str, keep: int):
+def _run_config(sweep: Sweep, name: str, storage: str, keep: int, params: list[str] | None = None):
     from ray import tune
 
     columns = [o.metric for o in sweep.objectives] + [M.STEP]
+    params = [d.key for d in sweep.space] if params is None else params
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=1,
         failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
-        progress_reporter=tune.CLIReporter(metric_columns=columns, parameter_columns=[d.key for d in sweep.space],
+        progress_reporter=tune.CLIReporter(metric_columns=columns, parameter_columns=params,
                                            max_report_frequency=30),
     )
 
@@ -279,6 +310,54 @@ def prune_stage(sweep: Sweep, setup: TrialSetup, resume: bool):
     return _fit(new_tuner, trainable, sweep.experiment_dir, resume)
 
 
+def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
+    """The layouts ``scratch`` trains: those of the gate trials (Pareto-optimal or all completed ones), and the
+    full model's, smallest first."""
+    from analysis.pareto import pareto_front
+    from model.config import config_from_dict
+
+    done = gate_trials[(gate_trials["stage"] == "prune") & (gate_trials["status"] == "completed")]
+    if sweep.schema.baselines.scratch_layouts == "pareto" and not done.empty:
+        done = pareto_front(done, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])
+    cfg = config_from_dict(sweep.prune_data())
+    kinds = list(cfg.gates.attention)
+    full = {k: [cfg.model.n_heads] * (cfg.model.encoder_layers if k == "enc_self" else cfg.model.decoder_layers)
+            for k in kinds}
+    layouts = {layout_name(layout_heads(row, cfg, kinds)): None for row in done.to_dict("records")}
+    layouts[layout_name(full)] = None
+    return sorted(layouts, key=lambda name: (sum(sum(v) for v in parse_layout_name(name).values()), name))
+
+
+def baseline_stage(sweep: Sweep, setup: TrialSetup, run: MethodRun, resume: bool, gate_trials=None):
+    """One baseline method's experiment: a grid over budgets (and seeds), or over the gate trials' layouts."""
+    from ray import tune
+
+    if run.method == "scratch":
+        space = {LAYOUT: tune.grid_search(scratch_layouts(sweep, gate_trials))}
+        trainable = tune.with_resources(tune.with_parameters(scratch_trainable, setup=setup),
+                                        _resources(sweep.pretrain_resources))
+    else:
+        space = {BUDGET: tune.grid_search(sweep.budgets())}
+        if run.method == "random":
+            space[LAYOUT_SEED] = tune.grid_search(list(range(sweep.schema.baselines.seeds)))
+        trainable = tune.with_resources(tune.with_parameters(layout_trainable, setup=setup, run=run),
+                                        _resources(sweep.resources))
+    experiment = join_storage(sweep.storage, run.name)
+    exists = tune.Tuner.can_restore(experiment)
+    if exists and not resume:
+        raise SweepError(f"{experiment} already holds the {run.label} trials of a sweep: pass --resume to continue "
+                         f"it, or choose another name (--set name=...) or --results folder")
+    print(f"method {run.label}: {experiment}", flush=True)
+
+    def new_tuner():
+        return tune.Tuner(trainable, param_space=space,
+                          tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.search.max_concurrent),
+                          run_config=_run_config(sweep, run.name, sweep.storage, keep=sweep.schema.keep_checkpoints,
+                                                 params=list(space)))
+
+    return _fit(new_tuner, trainable, experiment, resume=exists), list(space)
+
+
 # --------------------------------------------------------------------------------------------------
 # The trials table
 
@@ -311,15 +390,15 @@ def trial_row(result, stage: str, params: list[str]) -> dict[str, Any]:
     return row
 
 
-def write_trials_table(sweep: Sweep, grid, base_results: list[Any]):
-    """trials.csv in the sweep folder (the file ``analysis/`` reads); returns the DataFrame."""
+def write_trials_table(experiment_dir: str, params: list[str], grid, base_results: list[Any], method: str = "gates"):
+    """trials.csv in a sweep (or method) folder (the file ``analysis/`` reads); returns the DataFrame."""
     import pandas as pd
 
-    params = [d.key for d in sweep.space]
     rows = [trial_row(r, "pretrain", params) for r in base_results]
     rows += [trial_row(r, "prune", params) for r in grid]
     df = pd.DataFrame(rows).convert_dtypes()
-    write_text(join_storage(sweep.experiment_dir, TRIALS_FILE), df.to_csv(index=False))
+    df.insert(2, "method", ["base" if stage == "pretrain" else method for stage in df["stage"]])
+    write_text(join_storage(experiment_dir, TRIALS_FILE), df.to_csv(index=False))
     return df
 
 
@@ -339,11 +418,13 @@ def write_text(target: str, text: str) -> None:
     tmp.replace(path)
 
 
-def print_pareto(sweep: Sweep, df) -> None:
+def print_pareto(sweep: Sweep, df, label: str | None = None) -> None:
     import pandas as pd
 
     from analysis.pareto import pareto_front
 
+    if label:
+        print(f"\n== {label}")
     done = df[(df["stage"] == "prune") & (df["status"] == "completed")]
     objectives, directions = [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives]
     counts = df[df["stage"] == "prune"]["status"].value_counts().to_dict()
@@ -388,8 +469,36 @@ def start_ray(address: str | None, dashboard: bool) -> None:
         raise SweepError(f"--dashboard needs Ray's full install: pip install -e '.[cluster]' ({exc})") from exc
 
 
+def _sweep_record(sweep: Sweep, run: MethodRun) -> dict[str, Any]:
+    """sweep.json of one method folder: the resolved sweep, and which of its methods the folder holds."""
+    record = schema_dict(sweep)
+    if len(sweep.method_runs()) > 1:
+        record.update(label=run.label, run={"method": run.method, "finetune_steps": run.finetune_steps,
+                                            "name": run.name})
+    return record
+
+
+def _check_resume(sweep: Sweep, resume: bool) -> None:
+    """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep."""
+    folders = [Path(sweep.storage, run.name) for run in sweep.method_runs()]
+    exists = any((folder / "tuner.pkl").exists() for folder in folders)
+    if exists and not resume:
+        raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
+                         f"another name (--set name=...) or --results folder")
+    if resume and not exists:
+        raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
+    for folder in folders:
+        recorded = folder / SWEEP_FILE
+        if resume and recorded.exists():
+            old = {k: v for k, v in json.loads(recorded.read_text()).items() if k not in ("label", "run")}
+            changed = sweep_differences(old, schema_dict(sweep))
+            if changed:
+                raise SweepError(f"--resume: the sweep differs from the one in {recorded}: {'; '.join(changed)}. "
+                                 f"Resume it unchanged, or start a new sweep (--set name=...).")
+
+
 def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, dashboard: bool = False):
-    """Both stages and the table; returns the trials DataFrame."""
+    """The base models, then each method's trials and table; returns {method run: trials DataFrame}."""
     import ray
 
     mode = resolve_mode(sweep.schema.wandb.mode)
@@ -399,19 +508,8 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
         os.environ["WANDB_MODE"] = mode  # before Ray starts, so that workers inherit it
         if wandb_dir:
             os.environ["WANDB_DIR"] = wandb_dir
-    if "://" not in sweep.experiment_dir:  # refuse before anything starts (a cloud folder is checked by Tune)
-        exists = (Path(sweep.experiment_dir) / "tuner.pkl").exists()
-        if exists and not resume:
-            raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
-                             f"another name (--set name=...) or --results folder")
-        if resume and not exists:
-            raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
-        recorded = Path(sweep.experiment_dir) / SWEEP_FILE
-        if resume and recorded.exists():
-            changed = sweep_differences(json.loads(recorded.read_text()), schema_dict(sweep))
-            if changed:
-                raise SweepError(f"--resume: the sweep differs from the one in {recorded}: {'; '.join(changed)}. "
-                                 f"Resume it unchanged, or start a new sweep (--set name=...).")
+    if local_storage:  # a cloud folder is checked by Tune
+        _check_resume(sweep, resume)
     if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine's GPUs are all there is
         import torch
 
@@ -421,20 +519,59 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
     started = not ray.is_initialized()
     if started:
         start_ray(address, dashboard)
+    tables: dict[MethodRun, Any] = {}
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
         check_gpus(sweep.resources.gpus, gpus, sweep.resources.autoscale)
         check_gpus(sweep.pretrain_resources.gpus, gpus, sweep.pretrain_resources.autoscale, "pretrain.resources.gpus")
-        write_text(join_storage(sweep.experiment_dir, SWEEP_FILE), json.dumps(schema_dict(sweep), indent=2) + "\n")
+        runs = sweep.method_runs()
+        home = _sweep_record(sweep, runs[0]) if runs[0].method == "gates" else schema_dict(sweep)
+        write_text(join_storage(sweep.experiment_dir, SWEEP_FILE), json.dumps(home, indent=2) + "\n")
         provenance = {"git_commit": git_commit(), "versions": json.dumps(package_versions(), sort_keys=True)}
         setup = TrialSetup(sweep, {}, mode, wandb_dir, provenance)
         setup.bases, base_results = pretrain_stage(sweep, setup)
-        grid = prune_stage(sweep, setup, resume)
-        df = write_trials_table(sweep, grid, base_results)
+        for run in runs:
+            folder = join_storage(sweep.storage, run.name)
+            if run.method == "gates":
+                grid = prune_stage(sweep, setup, resume)
+                params = [d.key for d in sweep.space]
+            else:
+                write_text(join_storage(folder, SWEEP_FILE), json.dumps(_sweep_record(sweep, run), indent=2) + "\n")
+                grid, params = baseline_stage(sweep, setup, run, resume, tables.get(runs[0]))
+            tables[run] = write_trials_table(folder, params, grid, base_results, run.method)
     finally:
         if started:
             ray.shutdown()
-    return df
+    return tables
+
+
+def expected_trials(sweep: Sweep, run: MethodRun, df) -> int:
+    """How many trials a finished method folder holds."""
+    if run.method == "gates":
+        return sweep.search.num_samples
+    if run.method in ("importance", "random"):
+        return len(sweep.budgets()) * (sweep.schema.baselines.seeds if run.method == "random" else 1)
+    return int((df["stage"] == "prune").sum())  # scratch: one per layout, known once the gate trials finished
+
+
+def write_reports(sweep: Sweep, tables: dict[MethodRun, Any]) -> None:
+    """The gate sweep's report, and with several methods their fronts and hypervolumes compared."""
+    from analysis.load import load_sweep as load_results
+    from analysis.load import load_sweeps
+    from analysis.report import compare_report, sweep_report
+
+    try:
+        for run in tables:
+            if run.method == "gates":
+                print(f"\nreport: {sweep_report(load_results(sweep.experiment_dir))}")
+        if len(tables) > 1:
+            folders = [Path(sweep.storage, run.name) for run in tables]
+            methods = compare_report(load_sweeps(folders, [run.label for run in tables]),
+                                     Path(sweep.experiment_dir, "report"), stem="methods")
+            print(f"methods compared: {methods}")
+    except Exception as exc:
+        print(f"\nthe report failed ({type(exc).__name__}: {exc}); the results are intact: "
+              f"python -m analysis.report {sweep.experiment_dir}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,30 +589,28 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         sweep = load_sweep(args.sweep, args.overrides, smoke_test=args.smoke_test, storage=args.results)
-        df = run_sweep(sweep, resume=args.resume, address=args.address, dashboard=args.dashboard)
+        tables = run_sweep(sweep, resume=args.resume, address=args.address, dashboard=args.dashboard)
     except (ConfigError, SweepError, TrainingError, CheckpointError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print_pareto(sweep, df)
+    for run, df in tables.items():
+        print_pareto(sweep, df, run.label if len(tables) > 1 else None)
     if "://" not in sweep.experiment_dir:
-        from analysis.load import load_sweep as load_results
-        from analysis.report import sweep_report
-
-        try:
-            print(f"\nreport: {sweep_report(load_results(sweep.experiment_dir))}")
-        except Exception as exc:
-            print(f"\nthe report failed ({type(exc).__name__}: {exc}); the results are intact: "
-                  f"python -m analysis.report {sweep.experiment_dir}", file=sys.stderr)
-    print(f"\nsweep {sweep.name} took {time.perf_counter() - start:.0f} s; results: {sweep.experiment_dir}"
-          f" (table: {join_storage(sweep.experiment_dir, TRIALS_FILE)})")
-    prune = df[df["stage"] == "prune"]
-    unfinished = int((~prune["status"].isin(["completed", "diverged"])).sum())
-    missing = sweep.search.num_samples - len(prune)
-    if unfinished or missing > 0:
+        write_reports(sweep, tables)
+    print(f"\nsweep {sweep.name} took {time.perf_counter() - start:.0f} s; results: "
+          + ", ".join(join_storage(sweep.storage, run.name) for run in tables)
+          + f" (table: {TRIALS_FILE} in each)")
+    short = []
+    for run, df in tables.items():
+        prune = df[df["stage"] == "prune"]
+        unfinished = int((~prune["status"].isin(["completed", "diverged"])).sum())
+        missing = max(expected_trials(sweep, run, df) - len(prune), 0)
+        if unfinished or missing:
+            short.append(f"{unfinished + missing} of {expected_trials(sweep, run, df)} {run.label} trials")
+    if short:
         command = list(sys.argv[1:] if argv is None else argv)
         command += [] if "--resume" in command else ["--resume"]
-        print(f"{unfinished + max(missing, 0)} of {sweep.search.num_samples} trials did not finish; continue the sweep "
-              f"with: python trainable.py {' '.join(command)}")
+        print(f"{', '.join(short)} did not finish; continue the sweep with: python trainable.py {' '.join(command)}")
         return 1
     return 0
 

@@ -73,7 +73,7 @@ def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
         trials = _from_ray(path)
     else:
         raise ResultsError(f"{path} holds neither {TRIALS_FILE} nor Ray trial folders (*/result.json)")
-    label = label or config.get("name") or path.name
+    label = label or config.get("label") or config.get("name") or path.name
     trials.insert(0, LABEL, label)
     return SweepResults(label, path, trials, config)
 

@@ -62,6 +62,13 @@ class GateConfig:
     init_log_alpha: float = 2.0  # initial log_alpha of every head (2.0: eval gate 0.96, P(open) 0.94)
     noise: Literal["per_example", "per_batch"] = "per_example"  # one gate sample per sentence or per batch
     lr_scale: float = 1.0  # learning rate of log_alpha = this x the model's learning rate at every step
+    # head budget: end with exactly this many gated heads open (null: lambda is fixed and decides). Until
+    # target_fix_at x max_steps, lambda (starting at `penalty`) is multiplied after every step by
+    # exp(target_gain * (expected open heads - target) / gated heads); then the target_open heads with the highest
+    # log_alpha are kept, the others closed for good, lambda set to 0, and the rest of the run adapts to them
+    target_open: int | None = None
+    target_gain: float = 0.05  # how fast lambda follows the expected open-head count
+    target_fix_at: float = 0.75  # fraction of train.max_steps after which the kept heads are fixed
 
 
 @dataclass
@@ -278,6 +285,14 @@ def validate(cfg: Config) -> Config:
     _require(g.penalty == 0.0 or g.mode == "learned", "gates.penalty", g.penalty,
              "0 unless gates.mode is 'learned' (there is nothing to penalise)")
     _require(g.lr_scale > 0.0, "gates.lr_scale", g.lr_scale, "a number > 0")
+    if g.target_open is not None:
+        gated = sum(m.n_heads * (m.encoder_layers if kind == "enc_self" else m.decoder_layers) for kind in g.attention)
+        _require(g.mode == "learned", "gates.target_open", g.target_open, "null unless gates.mode is 'learned'")
+        _require(0 <= g.target_open <= gated, "gates.target_open", g.target_open,
+                 f"an integer in [0, {gated}] (the heads of {', '.join(g.attention)}) or null")
+        _require(g.penalty > 0.0, "gates.penalty", g.penalty, "a number > 0 (the starting lambda) with gates.target_open")
+    _require(g.target_gain > 0.0, "gates.target_gain", g.target_gain, "a number > 0")
+    _require(0.0 <= g.target_fix_at <= 1.0, "gates.target_fix_at", g.target_fix_at, "a number in [0, 1]")
     _require(g.temperature > 0.0, "gates.temperature", g.temperature, "a number > 0")
     _require(g.gamma < 0.0, "gates.gamma", g.gamma, "a number < 0")
     _require(g.zeta > 1.0, "gates.zeta", g.zeta, "a number > 1")
@@ -327,7 +342,7 @@ def validate(cfg: Config) -> Config:
     if t.grad_clip is not None:
         _require(t.grad_clip > 0.0, "train.grad_clip", t.grad_clip, "a number > 0 or null")
     _require(t.accumulation >= 1, "train.accumulation", t.accumulation, "an integer >= 1")
-    _require(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
+    _require(t.max_steps >= 0, "train.max_steps", t.max_steps, "an integer >= 0 (0: evaluate the starting model)")
     if t.max_epochs is not None:
         _require(t.max_epochs >= 1, "train.max_epochs", t.max_epochs, "an integer >= 1 or null")
     if t.max_minutes is not None:

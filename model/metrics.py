@@ -11,6 +11,7 @@ LOSS = "loss"  # mean label-smoothed cross-entropy per target token since the pr
 NLL = "nll"  # the same without label smoothing
 VALID_NLL = "valid_nll"  # teacher-forced NLL per token on the held-out split
 L0 = "l0"  # expected number of open gated heads, sum of P(gate != 0)
+LAMBDA = "lambda"  # the L0 penalty's weight now (moves only under gates.target_open)
 PENALTY = "l0_penalty"  # the L0 term lambda multiplies (per-block mean, see Transformer.penalty_l0)
 LR = "lr"
 BLEU = "bleu"

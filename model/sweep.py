@@ -26,6 +26,7 @@ from . import metrics as M
 from .config import ATTENTION_TYPES, Config, ConfigError, config_from_dict, flatten, from_dict, read_yaml, set_key
 
 SPACE_KINDS = ("loguniform", "uniform", "choice", "randint")
+METHODS = ("gates", "importance", "random", "scratch")  # model/baselines.py describes the last three
 DEFAULT_STORAGE = "results"
 # Metrics every trial reports at every evaluation, and the direction that makes sense for each.
 OBJECTIVE_METRICS: dict[str, str] = {
@@ -74,6 +75,34 @@ def auto_freeze(gated: list[str]) -> list[str]:
 
 
 @dataclass
+class BaselinesConfig:
+    """Settings of the methods other than ``gates`` (see :mod:`model.baselines`)."""
+
+    # heads kept among prune.set's gates.attention types (importance, random); [] = 1/8, 1/4, 3/8, 1/2, 3/4 and
+    # all of them
+    budgets: list[int] = field(default_factory=list)
+    seeds: int = 3  # random: layouts per budget
+    finetune_steps: list[int] = field(default_factory=lambda: [0])  # 0: prune and evaluate; N: fine-tune N steps
+    importance_batches: int = 16  # importance: training batches the head importance is summed over
+    set: dict[str, Any] = field(default_factory=dict)  # overrides of the prune config for fine-tuning pruned models
+    scratch_layouts: Literal["pareto", "all"] = "pareto"  # which gate trials' layouts `scratch` trains
+    scratch_set: dict[str, Any] = field(default_factory=dict)  # overrides of the base recipe for `scratch` models
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One experiment folder of a sweep: a method (with its fine-tuning steps, for importance/random)."""
+
+    method: str
+    finetune_steps: int
+    name: str  # folder name under the results root
+
+    @property
+    def label(self) -> str:
+        return self.method + (f" + {self.finetune_steps} steps" if self.finetune_steps else "")
+
+
+@dataclass
 class ObjectiveConfig:
     metric: str = M.BLEU
     mode: Literal["max", "min"] = "max"
@@ -108,11 +137,14 @@ def _default_objectives() -> list[ObjectiveConfig]:
 @dataclass
 class SweepSchema:
     name: str | None = None  # folder name under storage; default: the file's stem
+    # gates | importance | random | scratch, or a list of them (run in that order; scratch needs gates)
+    method: Any = "gates"
     base: Any = None  # a run config: a path (relative to the sweep file) or an inline mapping
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     space: dict[str, Any] = field(default_factory=dict)  # dotted config key -> {loguniform|uniform|choice|randint}
     objectives: list[ObjectiveConfig] = field(default_factory=_default_objectives)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     storage: str = DEFAULT_STORAGE  # results root (relative to the working directory) or a URI (s3://...)
@@ -278,16 +310,74 @@ class Sweep:
         if self.search.trial_seeds == "per_trial" and "train.seed" not in params:
             seed = config_from_dict(copy.deepcopy(data)).train.seed
             set_key(data, "train.seed", trial_seed(seed, params))
-        r = self.resources
-        set_key(data, "train.threads", max(1, int(r.cpus)))
-        set_key(data, "train.device", "cuda" if r.gpus > 0 else "cpu")
-        set_key(data, "train.progress", False)
-        return config_from_dict(data)
+        return self._placed(data, self.resources)
 
     def base_variants(self) -> list[dict[str, Any]]:
         """One params dict per distinct base model: the product of the searched base keys' choices."""
         dims = [d for d in self.space if is_base_key(d.key)] if self.pretraining else []
         return [dict(zip([d.key for d in dims], combo)) for combo in itertools.product(*[d.args for d in dims])]
+
+    # -- methods --------------------------------------------------------------------------------------
+
+    @property
+    def methods(self) -> list[str]:
+        m = self.schema.method
+        chosen = [m] if isinstance(m, str) else list(m)
+        return [x for x in METHODS if x in chosen]
+
+    def method_runs(self) -> list[MethodRun]:
+        """The experiment folders of this sweep, in the order they run: gates keeps the sweep's own name."""
+        runs = []
+        for method in self.methods:
+            steps = self.schema.baselines.finetune_steps if method in ("importance", "random") else [0]
+            for n in steps:
+                suffix = "" if method == "gates" else f"-{method}" + (f"-ft{n}" if n else "")
+                runs.append(MethodRun(method, n, self.name + suffix))
+        return runs
+
+    def gated_heads(self) -> int:
+        """Heads of the gated attention types (prune.set's gates.attention) in the base model."""
+        cfg = config_from_dict(self.prune_data())
+        layers = {"enc_self": cfg.model.encoder_layers, "dec_self": cfg.model.decoder_layers,
+                  "dec_cross": cfg.model.decoder_layers}
+        return sum(cfg.model.n_heads * layers[k] for k in cfg.gates.attention)
+
+    def budgets(self) -> list[int]:
+        """Head budgets of the importance and random methods."""
+        total = self.gated_heads()
+        if self.schema.baselines.budgets:
+            return sorted(set(self.schema.baselines.budgets))
+        if self.smoke_test:
+            return sorted({max(1, total // 4), total // 2})
+        return sorted({max(1, round(total * f)) for f in (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1)})
+
+    def baseline_config(self, finetune_steps: int, params: dict[str, Any]) -> Config:
+        """The config of an importance/random trial, before pruning sets ``model.heads``: the prune recipe with
+        gates off, ``finetune_steps`` steps and ``baselines.set``."""
+        data = self.prune_data()
+        for key, value in {"gates.mode": "none", "gates.penalty": 0.0, "gates.target_open": None,
+                           "train.max_steps": finetune_steps, **self.schema.baselines.set}.items():
+            set_key(data, key, copy.deepcopy(value))
+        if self.search.trial_seeds == "per_trial":
+            set_key(data, "train.seed", trial_seed(config_from_dict(copy.deepcopy(data)).train.seed, params))
+        return self._placed(data, self.resources)
+
+    def scratch_config(self, heads: dict[str, list[int]]) -> Config:
+        """A ``scratch`` trial: the base recipe (``pretrain.set``), the prune stage's evaluation settings,
+        ``baselines.scratch_set`` and the layout ``heads``, from random initialisation."""
+        data = _with(self.base, self.schema.pretrain.set)
+        evaluation = {k: v for k, v in flatten(self.schema.prune.set).items() if k.startswith("eval.")}
+        data = _with(data, {**evaluation, **self.schema.baselines.scratch_set})
+        set_key(data, "model.heads", copy.deepcopy(heads))
+        set_key(data, "gates.mode", "none")
+        return self._placed(data, self.pretrain_resources)
+
+    @staticmethod
+    def _placed(data: dict[str, Any], r: ResourcesConfig) -> Config:
+        set_key(data, "train.threads", max(1, int(r.cpus)))
+        set_key(data, "train.device", "cuda" if r.gpus > 0 else "cpu")
+        set_key(data, "train.progress", False)
+        return config_from_dict(data)
 
     def points_to_evaluate(self) -> list[dict[str, Any]]:
         """The configured first points, completed with the prune config's own values for unnamed keys."""
@@ -332,6 +422,17 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
         if isinstance(section, dict) and stage == "pretrain":
             section.pop("resources", None)
             section.pop("checkpoint", None)
+    baselines = raw.get("baselines")
+    if isinstance(baselines, dict):
+        baselines.pop("budgets", None)  # the smoke test's own two budgets (Sweep.budgets)
+        if isinstance(baselines.get("seeds"), int):
+            baselines["seeds"] = min(baselines["seeds"], 2)
+        steps = baselines.get("finetune_steps")
+        if isinstance(steps, list) and all(isinstance(n, int) for n in steps):
+            baselines["finetune_steps"] = sorted({min(n, 2 * SMOKE_EVAL_EVERY) for n in steps})
+        for key in ("set", "scratch_set"):
+            if isinstance(baselines.get(key), dict):
+                baselines[key] = {k: v for k, v in flatten(baselines[key]).items() if k not in tiny}
     search = raw.setdefault("search", {}) or {}
     raw["search"] = search
     if isinstance(search, dict):
@@ -417,10 +518,10 @@ def sweep_from_dict(
     base = _read_base(raw.get("base"), base_dir)
     if smoke_test:
         raw, base = smoke_shrink(raw, base)
-    for stage in ("pretrain", "prune"):  # `set` may be written nested or with dotted keys
-        section = raw.get(stage)
-        if isinstance(section, dict) and isinstance(section.get("set"), dict):
-            section["set"] = flatten(section["set"])
+    for stage, key in (("pretrain", "set"), ("prune", "set"), ("baselines", "set"), ("baselines", "scratch_set")):
+        section = raw.get(stage)  # `set` may be written nested or with dotted keys
+        if isinstance(section, dict) and isinstance(section.get(key), dict):
+            section[key] = flatten(section[key])
     schema: SweepSchema = from_dict(SweepSchema, raw)
     name = schema.name or "sweep"
     _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, "name", name,
@@ -505,6 +606,7 @@ def sweep_from_dict(
 
     sweep = Sweep(name=name, path=path, schema=schema, base=base, space=space,
                   storage=resolve_storage(storage or schema.storage), smoke_test=smoke_test)
+    _check_methods(sweep)
     keys = {d.key for d in space}
     for i, point in enumerate(s.points_to_evaluate):
         unknown = sorted(set(point) - keys)
@@ -515,6 +617,43 @@ def sweep_from_dict(
             _check(dim.contains(point[dim.key]), f"search.points_to_evaluate[{i}].{dim.key}", point[dim.key],
                    dim.describe() + (" (named in the point or taken from the prune config)"))
     return sweep
+
+
+def _check_methods(sweep: Sweep) -> None:
+    m, b = sweep.schema.method, sweep.schema.baselines
+    chosen = [m] if isinstance(m, str) else m
+    _check(isinstance(chosen, list) and bool(chosen) and all(isinstance(x, str) and x in METHODS for x in chosen)
+           and len(set(chosen)) == len(chosen), "method", m,
+           f"one of {', '.join(METHODS)}, or a list of them without repeats")
+    methods = sweep.methods
+    _check("scratch" not in methods or "gates" in methods, "method", m,
+           "a list with gates when it has scratch (scratch trains the layouts the gate trials found)")
+    baselines = [x for x in methods if x != "gates"]
+    if not baselines:
+        return
+    _check(sweep.pretraining, "method", m, "gates alone when pretrain.enabled is false (the baselines prune or "
+           "retrain a base model)")
+    _check(not any(is_base_key(d.key) for d in sweep.space), "method", m,
+           "gates alone when the space searches model or corpus keys (the baselines compare against one base model)")
+    total = sweep.gated_heads()
+    _check(all(isinstance(n, int) and 0 <= n <= total for n in b.budgets) and len(set(b.budgets)) == len(b.budgets),
+           "baselines.budgets", b.budgets, f"distinct integers in [0, {total}] (the heads of prune.set's "
+           f"gates.attention), or [] for 1/8, 1/4, 3/8, 1/2, 3/4 and all of them")
+    _check(b.seeds >= 1, "baselines.seeds", b.seeds, "an integer >= 1")
+    _check(bool(b.finetune_steps) and all(n >= 0 for n in b.finetune_steps)
+           and len(set(b.finetune_steps)) == len(b.finetune_steps), "baselines.finetune_steps", b.finetune_steps,
+           "a non-empty list of distinct integers >= 0 (0: prune and evaluate)")
+    _check(b.importance_batches >= 1, "baselines.importance_batches", b.importance_batches, "an integer >= 1")
+    for where, keys in (("baselines.set", b.set), ("baselines.scratch_set", b.scratch_set)):
+        bad = sorted(k for k in keys if k.startswith(("model.", "gates.")) or is_base_key(k) or k == "train.freeze")
+        _check(not bad, where, {k: keys[k] for k in bad}, "no model.*, gates.*, corpus/vocabulary keys or "
+               "train.freeze (the baselines keep the base model's architecture and the prune stage's freezing)")
+    try:
+        for n in b.finetune_steps:
+            sweep.baseline_config(n, {})
+        sweep.scratch_config({})
+    except ConfigError as exc:
+        raise ConfigError(f"method {m}: {exc}") from None
 
 
 def resolve_storage(storage: str) -> str:

@@ -44,6 +44,9 @@ from .transformer import Transformer
 ReportFn = Callable[[dict[str, Any], Path | None], None]
 STATUS_FILE, METRICS_FILE, SAMPLES_FILE, GATES_FILE = "status.json", "metrics.jsonl", "samples.jsonl", "gates.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+PENALTY_RANGE = (1e-6, 1e4)  # where the head-budget controller keeps lambda
+CLOSED_LOG_ALPHA = -20.0  # a head closed by the head budget: its gate is 0 in training and evaluation
+OPEN_LOG_ALPHA = -2.0  # a head kept by the head budget starts at least here (evaluation gate 0.04, open)
 DATA_STATS_FILE = "data_stats.json"  # per split: lines repaired (bom, crlf) and pairs dropped or cut, with reasons
 
 # Keys that may differ between a checkpoint's config and the config it is resumed with: they change how long
@@ -166,6 +169,7 @@ class Trainer:
         self.wall_seconds = 0.0  # training + evaluation, over all sessions of the run
         self.best_bleu: float | None = None
         self.best_checkpoint: Path | None = None
+        self.penalty = cfg.gates.penalty  # lambda; moves only under gates.target_open
         if resume_payload is not None:
             self._restore(resume_payload)
             save_config(cfg, self.out_dir / "config.yaml")  # it may extend max_steps or change eval_every
@@ -212,6 +216,7 @@ class Trainer:
         self.wall_seconds = c["wall_seconds"]
         self.best_bleu = c["best_bleu"]
         self.best_checkpoint = Path(c["best_checkpoint"]) if c["best_checkpoint"] else None
+        self.penalty = c.get("penalty", self.cfg.gates.penalty)
         torch.set_rng_state(p["rng"]["torch"])
         if torch.cuda.is_available() and p["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(p["rng"]["cuda"])
@@ -251,14 +256,42 @@ class Trainer:
             nll_total += float(out.nll_sum)
         if not math.isfinite(ce_total):
             return ce_total, nll_total, n_tokens
-        if self.cfg.gates.penalty > 0.0:
-            self.scaler.scale(self.cfg.gates.penalty * self.model.penalty_l0()).backward()
+        if self.penalty > 0.0:
+            self.scaler.scale(self.penalty * self.model.penalty_l0()).backward()
         if t.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._steer_penalty()
         return ce_total, nll_total, n_tokens
+
+    def _steer_penalty(self) -> None:
+        """Head budget (gates.target_open), after each step: steer lambda, or hold the kept heads fixed."""
+        g = self.cfg.gates
+        if g.target_open is None:
+            return
+        gates = [gate for _, _, gate in self.model.gates()]
+        fix_step = int(g.target_fix_at * self.cfg.train.max_steps)
+        with torch.no_grad():
+            if self.step + 1 < fix_step:  # self.step counts the steps before this one
+                expected = float(self.model.expected_l0())
+                factor = math.exp(g.target_gain * (expected - g.target_open) / sum(x.log_alpha.numel() for x in gates))
+                self.penalty = min(max(self.penalty * factor, PENALTY_RANGE[0]), PENALTY_RANGE[1])
+                return
+            alphas = torch.cat([x.log_alpha for x in gates])
+            closed = alphas == CLOSED_LOG_ALPHA
+            if int((~closed).sum()) > g.target_open:  # the step the budget is fixed (or a resume before it)
+                order = torch.argsort(alphas, descending=True, stable=True)
+                closed = torch.ones_like(closed)
+                closed[order[: g.target_open]] = False
+                alphas = torch.where(closed, torch.full_like(alphas, CLOSED_LOG_ALPHA),
+                                     alphas.clamp_min(OPEN_LOG_ALPHA))
+                self.penalty = 0.0
+            else:  # Adam's momentum must not reopen a closed head
+                alphas = torch.where(closed, torch.full_like(alphas, CLOSED_LOG_ALPHA), alphas)
+            for gate, values in zip(gates, alphas.split([x.log_alpha.numel() for x in gates]), strict=True):
+                gate.log_alpha.copy_(values)
 
     # -- evaluation and checkpoints -----------------------------------------------------------------
 
@@ -277,10 +310,13 @@ class Trainer:
             **{M.open_heads_key(k): heads[k] for k in ATTENTION_TYPES},
             **{M.open_heads_layer_key(kind, layer): int(n)
                for kind, entry in self.model.gate_report().items() for layer, n in enumerate(entry["open"])},
+            **{M.open_heads_layer_key(kind, layer): int(n)  # a physically pruned model: the heads it kept
+               for kind, counts in (self.cfg.model.heads or {}).items() for layer, n in enumerate(counts)},
         }
         with torch.no_grad():
             metrics[M.L0] = float(self.model.expected_l0())
             metrics[M.PENALTY] = float(self.model.penalty_l0())
+        metrics[M.LAMBDA] = self.penalty
         samples = [{"source": split.src_text[i], "reference": refs[i], "hypothesis": hyps[i]}
                    for i in range(min(e.samples, len(hyps)))]
         details = {"samples": samples, "bleu_signature": s.bleu_signature, "chrf_signature": s.chrf_signature,
@@ -299,6 +335,7 @@ class Trainer:
             "counters": {
                 "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
                 "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds, "best_bleu": self.best_bleu,
+                "penalty": self.penalty,
                 "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
             },
             "rng": rng,

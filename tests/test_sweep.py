@@ -185,6 +185,22 @@ BAD = [
     ({"keep_checkpoints": 0}, r"`keep_checkpoints`: 0"),
     ({"wandb": {"mode": "cloud"}}, r"`wandb.mode`: 'cloud'.*'auto', 'online', 'offline', 'disabled'"),
     ({"search": {"num_samples": "many"}}, r"`search.num_samples`: 'many'.*an integer"),
+    ({"method": "magnitude"}, r"`method`: 'magnitude'.*gates, importance, random, scratch"),
+    ({"method": ["gates", "gates"]}, r"`method`.*without repeats"),
+    ({"method": []}, r"`method`: \[\]"),
+    ({"method": ["scratch"]}, r"`method`.*with gates when it has scratch"),
+    ({"method": ["gates", "random"], "pretrain": {"enabled": False}}, r"`method`.*pretrain.enabled is false"),
+    ({"method": "random", "space": {**GOOD["space"], "model.encoder_layers": {"choice": [1, 2]}}},
+     r"`method`.*searches model or corpus keys"),
+    ({"method": "importance", "baselines": {"budgets": [2, 9]}}, r"`baselines.budgets`.*\[0, 8\]"),
+    ({"method": "random", "baselines": {"seeds": 0}}, r"`baselines.seeds`: 0"),
+    ({"method": "random", "baselines": {"finetune_steps": [-1]}}, r"`baselines.finetune_steps`.*>= 0"),
+    ({"method": "random", "baselines": {"importance_batches": 0}}, r"`baselines.importance_batches`: 0"),
+    ({"method": "random", "baselines": {"set": {"model.d_model": 8}}}, r"`baselines.set`.*no model"),
+    ({"method": ["gates", "scratch"], "baselines": {"scratch_set": {"gates.mode": "learned"}}},
+     r"`baselines.scratch_set`.*no model"),
+    ({"method": "random", "baselines": {"set": {"train.lr": -1.0}}}, r"method random: .*`train.lr`"),
+    ({"method": "random", "baselines": {"scratch_layouts": "best"}}, r"`baselines.scratch_layouts`.*'pareto', 'all'"),
 ]
 
 
@@ -216,3 +232,38 @@ def test_base_path_is_relative_to_the_sweep_file_and_overrides_apply(tmp_path: P
     assert sweep.search.num_samples == 5 and sweep.base["model"]["d_model"] == TINY["model"]["d_model"]
     assert sweep.trial_config({"gates.penalty": 0.01, "train.lr": 1e-3, "data.max_tokens": 256}).train.max_steps == 9
     assert sweep.experiment_dir == str(tmp_path / "out" / "t")
+
+
+def test_methods_run_in_a_fixed_order_each_in_its_own_folder():
+    sweep = make({"method": ["scratch", "random", "gates", "importance"], "baselines": {"finetune_steps": [0, 5]}})
+    runs = sweep.method_runs()
+    assert [(r.method, r.finetune_steps, r.name) for r in runs] == [
+        ("gates", 0, "t"), ("importance", 0, "t-importance"), ("importance", 5, "t-importance-ft5"),
+        ("random", 0, "t-random"), ("random", 5, "t-random-ft5"), ("scratch", 0, "t-scratch")]
+    assert [r.label for r in runs][1:3] == ["importance", "importance + 5 steps"]
+    assert sweep.gated_heads() == 8  # TINY: 2 encoder layers x 4 heads, enc_self gated
+    assert sweep.budgets() == [1, 2, 3, 4, 6, 8]
+    assert make({"method": "random", "baselines": {"budgets": [6, 2]}}).budgets() == [2, 6]
+
+
+def test_baseline_configs_keep_the_prune_recipe_without_gates_and_scratch_keeps_the_base_recipe():
+    sweep = make({"method": ["gates", "importance", "scratch"],
+                  "pretrain": {"set": {"train.max_steps": 50, "train.lr": 5e-3}},
+                  "prune": {"set": {"gates.mode": "learned", "train.max_steps": 6, "eval.max_sentences": 4}},
+                  "baselines": {"finetune_steps": [0, 3], "set": {"train.lr": 1e-4},
+                                "scratch_set": {"train.max_steps": 40}}})
+    tuned = sweep.baseline_config(3, {"baseline.budget": 2})
+    assert (tuned.gates.mode, tuned.gates.penalty, tuned.train.max_steps, tuned.train.lr) == ("none", 0.0, 3, 1e-4)
+    assert tuned.train.freeze == ["decoder"] and tuned.eval.max_sentences == 4
+    assert sweep.baseline_config(0, {}).train.max_steps == 0
+    scratch = sweep.scratch_config({"enc_self": [1, 3]})
+    assert scratch.model.heads == {"enc_self": [1, 3]} and scratch.gates.mode == "none"
+    assert (scratch.train.max_steps, scratch.train.lr, scratch.eval.max_sentences) == (40, 5e-3, 4)
+    assert scratch.train.freeze == []
+
+
+def test_smoke_test_shrinks_the_baselines_too():
+    sweep = make({"method": ["gates", "random"], "baselines": {"budgets": [1, 2, 3], "seeds": 5,
+                                                               "finetune_steps": [0, 500]}}, smoke_test=True)
+    assert sweep.budgets() == [2, 4] and sweep.schema.baselines.seeds == 2
+    assert sweep.schema.baselines.finetune_steps == [0, 10]

@@ -228,3 +228,28 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     result = train(tiny_config("train.precision=bf16", "gates.mode=learned", "gates.penalty=0.1",
                                "train.max_steps=2", "train.eval_every=2"), tmp_path, **QUIET)
     assert result.status == "completed" and math.isfinite(result.metrics[M.VALID_NLL])
+
+
+@pytest.mark.parametrize("stop_at", [4, 8])
+def test_head_budget_ends_with_exactly_the_target_and_resumes_exactly(tmp_path, stop_at):
+    """gates.target_open: lambda is steered while the gates learn, then exactly the target heads stay open (the
+    highest log_alpha), lambda is 0, and they stay fixed; killed before or after that point, a resumed run ends
+    bitwise where the unbroken one does."""
+    cfg = tiny_config("gates.mode=learned", "gates.penalty=0.05", "gates.target_open=3", "gates.target_gain=0.5",
+                      "gates.target_fix_at=0.5", "gates.lr_scale=20", "train.max_steps=12", "train.eval_every=4")
+    full = train(cfg, tmp_path / "full", **QUIET)
+    lambdas = [m[M.LAMBDA] for m in full.history]
+    assert lambdas[0] != 0.05 and lambdas[0] > 0  # steered: more than 3 heads were open at step 4
+    assert lambdas[1:] == [0.0, 0.0]
+    assert [m[M.open_heads_key("enc_self")] for m in full.history[1:]] == [3, 3]
+    gates = [json.loads(line)["gates"]["enc_self"] for line in (tmp_path / "full" / "gates.jsonl").read_text().splitlines()]
+    before = sorted(a for layer in gates[0]["log_alpha"] for a in layer)
+    kept = sorted(a for layer in gates[1]["log_alpha"] for a in layer if a != -20.0)
+    assert len(kept) == 3 and sum(layer.count(-20.0) for layer in gates[2]["log_alpha"]) == 5
+    assert min(kept) > before[-4] - 1.0  # the kept heads were among the most open before the budget was fixed
+
+    resumed = _interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == stop_at)
+    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [m[M.LAMBDA] for m in resumed.history] == lambdas[stop_at // 4:]

@@ -279,3 +279,45 @@ def test_cluster_launcher_config_passes_rays_own_validation():
     broken["head_node_type"] = "no_such_type"
     with pytest.raises(ValueError, match="head_node_type"):
         validate_config(prepare_config(broken))
+
+
+def test_one_sweep_runs_every_method_and_compares_their_fronts(tmp_path: Path):
+    """method: [gates, importance, random, scratch]: each method in its own folder with its own table, the
+    baselines on the gate trials' base model, scratch on the gate front's layouts, and one comparison page."""
+    sweep = write_sweep(tmp_path / "s.yaml", method=["gates", "importance", "random", "scratch"],
+                        baselines={"budgets": [2, 8], "seeds": 2, "finetune_steps": [0, 3], "importance_batches": 2})
+    proc = run_cli(str(sweep), "--results", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = tmp_path / "r"
+    gates = check_table(root / "t", trials=2)
+    for name, trials, evaluations in (("t-importance", 2, 1), ("t-importance-ft3", 2, 1), ("t-random", 4, 1),
+                                      ("t-random-ft3", 4, 1)):
+        df = check_table(root / name, trials=trials, evaluations=evaluations)
+        prune = df[df["stage"] == "prune"]
+        assert (prune["method"] == name.split("-")[1]).all()
+        assert sorted(prune[M.open_heads_key("enc_self")]) == sorted(prune["param.baseline.budget"])
+        assert set(prune["base"]) == set(gates[gates["stage"] == "pretrain"]["base"])
+        assert (prune[M.STEP] == (3 if name.endswith("ft3") else 0)).all()
+    random = pd.read_csv(root / "t-random" / "trials.csv")
+    assert sorted(zip(random["param.baseline.budget"].dropna(), random["param.baseline.seed"].dropna())) == [
+        (2, 0), (2, 1), (8, 0), (8, 1)]
+    # a layout of 8 heads is the unpruned base model: importance and random agree on it exactly
+    full = [pd.read_csv(root / n / "trials.csv").query("`param.baseline.budget` == 8")[M.BLEU].iloc[0]
+            for n in ("t-importance", "t-random")]
+    assert full[0] == full[1]
+    scratch = pd.read_csv(root / "t-scratch" / "trials.csv")
+    scratch = scratch[scratch["stage"] == "prune"]
+    assert "enc_self=4,4" in set(scratch["param.baseline.layout"])  # the full model, trained the same way
+    front = gates[(gates["stage"] == "prune")]
+    layouts = {f"enc_self={int(r['open_heads/enc_self/0'])},{int(r['open_heads/enc_self/1'])}"
+               for _, r in front.iterrows()}
+    assert set(scratch["param.baseline.layout"]) <= layouts | {"enc_self=4,4"}
+    assert (scratch["status"] == "completed").all() and (scratch[M.STEP] == 6).all()
+    page = (root / "t" / "report" / "methods.html").read_text()
+    for label in ("gates", "importance + 3 steps", "random", "scratch", "per seed (mean"):
+        assert label in page
+    assert "methods compared:" in proc.stdout
+    # resuming the finished sweep reruns nothing
+    again = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert len(pd.read_csv(root / "t-random" / "trials.csv").query("stage == 'prune'")) == 4

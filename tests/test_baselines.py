@@ -1,0 +1,96 @@
+"""The baseline methods' trials without Ray: a base model pruned to a budget, evaluated or fine-tuned; layouts
+read back from a trials table for the from-scratch method."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import metrics as M
+from model.baselines import (
+    importance_batches,
+    layout_heads,
+    layout_name,
+    parse_layout_name,
+    pruned_start,
+)
+from model.checkpoint import checkpoint_config, checkpoint_tokenizers, load_checkpoint
+from model.prune import head_importance
+from model.train import train
+from model.translate import load_for_inference
+from conftest import tiny_config
+
+QUIET = dict(log=lambda _: None)
+PLAIN = ("gates.mode=none", "train.max_steps=12", "train.eval_every=12", "model.encoder_layers=3")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A small plain model (3 encoder layers x 4 heads) and the config its baseline trials use."""
+    run = train(tiny_config(*PLAIN), tmp_path_factory.mktemp("base"), **QUIET)
+    trial = tiny_config(*PLAIN, "train.max_steps=0", "train.freeze=[decoder]")
+    return run.checkpoint, trial
+
+
+def test_importance_keeps_the_budget_of_most_important_heads_and_the_run_reports_them(base, tmp_path):
+    ckpt, cfg = base
+    start = tmp_path / "start.pt"
+    trial = pruned_start(ckpt, cfg, "importance", 5, 0, 4, start, **QUIET)
+    assert sum(trial.model.heads["enc_self"]) == 5 and trial.gates.mode == "none"
+    assert trial.model.heads["dec_self"] == [4, 4] and trial.model.heads["dec_cross"] == [4, 4]
+    payload = load_checkpoint(ckpt)
+    model, _ = load_for_inference(str(ckpt))
+    scores = head_importance(model, importance_batches(cfg, checkpoint_tokenizers(payload), 4, **QUIET))
+    ranked = sorted(((float(v), layer, h) for (kind, layer), values in scores.items() if kind == "enc_self"
+                     for h, v in enumerate(values)), reverse=True)
+    kept = load_checkpoint(start)["layout"]
+    assert sorted((layer, h) for _, layer, h in ranked[:5]) == sorted(
+        (int(key.split("/")[1]), h) for key, heads in kept.items() for h in heads)
+    assert checkpoint_config(load_checkpoint(start)).model == trial.model
+
+    run = train(trial, tmp_path / "run", init_from=start, **QUIET)  # 0 steps: the pruned model, evaluated
+    assert run.step == 0 and len(run.history) == 1
+    m = run.metrics
+    assert m[M.open_heads_key("enc_self")] == 5
+    assert [m[M.open_heads_layer_key("enc_self", i)] for i in range(3)] == trial.model.heads["enc_self"]
+
+
+def test_random_layouts_follow_the_seed_and_fine_tuning_trains_the_pruned_model(base, tmp_path):
+    ckpt, cfg = base
+    layouts = [load_checkpoint(_start(ckpt, cfg, tmp_path / f"{seed}-{i}.pt", seed))["layout"]
+               for seed, i in ((0, 0), (0, 1), (1, 0), (2, 0))]
+    assert layouts[0] == layouts[1]
+    assert any(layout != layouts[0] for layout in layouts[2:])
+    tuned_cfg = tiny_config(*PLAIN, "train.max_steps=3", "train.eval_every=3", "train.freeze=[decoder]")
+    trial = pruned_start(ckpt, tuned_cfg, "random", 2, 0, 1, tmp_path / "s.pt", **QUIET)
+    before = load_checkpoint(tmp_path / "s.pt")["model"]
+    run = train(trial, tmp_path / "run", init_from=tmp_path / "s.pt", **QUIET)
+    after = load_checkpoint(run.checkpoint)["model"]
+    assert run.step == 3 and run.metrics[M.open_heads_key("enc_self")] == 2
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert any(not torch.equal(before[k], after[k]) for k in encoder)
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert decoder and all(torch.equal(before[k], after[k]) for k in decoder)  # frozen, as the gate trials
+
+
+def _start(ckpt, cfg, out, seed):
+    pruned_start(ckpt, cfg, "random", 4, seed, 1, out, **QUIET)
+    return out
+
+
+def test_a_gated_checkpoint_is_refused_as_a_baseline_start(tmp_path):
+    gated = train(tiny_config("gates.mode=learned", "gates.penalty=0.1", "train.max_steps=3", "train.eval_every=3"),
+                  tmp_path / "gated", **QUIET)
+    with pytest.raises(ValueError, match="learned gates"):
+        pruned_start(gated.checkpoint, tiny_config("train.max_steps=0"), "random", 2, 0, 1, tmp_path / "s.pt", **QUIET)
+
+
+def test_layouts_from_a_trials_table_row_round_trip_through_their_names():
+    cfg = tiny_config("model.encoder_layers=3")
+    row = {"trial_id": "a", "open_heads/enc_self/0": 4, "open_heads/enc_self/1": 0, "open_heads/enc_self/2": 2.0}
+    heads = layout_heads(row, cfg, ["enc_self"])
+    assert heads == {"enc_self": [4, 0, 2]}
+    assert layout_name(heads) == "enc_self=4,0,2"
+    assert parse_layout_name(layout_name(heads)) == heads
+    with pytest.raises(ValueError, match=r"trial a: no open_heads/enc_self/2"):
+        layout_heads({**row, "open_heads/enc_self/2": float("nan")}, cfg, ["enc_self"])

@@ -6,6 +6,8 @@
 3. ``gate_evolution_gif``: those heatmaps for every evaluation of a trial, one GIF frame each.
 4. ``learning_curves``: loss, BLEU, lr, L0 and open heads against step, a line per trial.
 5. ``study_charts``: Optuna's parameter importances per objective and parallel coordinates.
+6. ``layer_chart``: open heads of each layer against all open heads, one point per trial: which layers lose
+   their heads first as lambda grows.
 """
 
 from __future__ import annotations
@@ -240,3 +242,46 @@ def study_charts(storage: str, study_name: str, objectives: Sequence[str]) -> di
             except (ValueError, RuntimeError, ZeroDivisionError, IndexError):
                 continue
     return charts
+
+
+def layer_columns(df: pd.DataFrame) -> dict[str, list[str]]:
+    """``open_heads/<type>/<layer>`` columns per attention type, in layer order."""
+    out: dict[str, list[str]] = {}
+    for kind in ATTENTION_TYPES:
+        prefix = M.open_heads_key(kind) + "/"
+        cols = [c for c in df.columns if c.startswith(prefix) and c[len(prefix):].isdigit()]
+        if cols:
+            out[kind] = sorted(cols, key=lambda c: int(c[len(prefix):]))
+    return out
+
+
+def layer_chart(s: SweepResults) -> tuple[plt.Figure, go.Figure] | None:
+    """Per gated attention type: each layer's open heads (y) against that type's open heads (x), one point per
+    completed trial, a line per layer; None when the table has no per-layer counts."""
+    done = s.completed
+    per_type = {kind: cols for kind, cols in layer_columns(done).items() if done[cols].notna().all(axis=None)}
+    if done.empty or not per_type:
+        return None
+    fig, axes = plt.subplots(1, len(per_type), figsize=(5.5 * len(per_type), 4), squeeze=False)
+    pfig = make_subplots(rows=1, cols=len(per_type), subplot_titles=list(per_type))
+    for j, (kind, cols) in enumerate(per_type.items()):
+        rows = done.assign(_total=done[cols].sum(axis=1)).sort_values("_total")
+        ax = axes[0][j]
+        for i, col in enumerate(cols):
+            color = PALETTE[i % len(PALETTE)]
+            layer = col.rsplit("/", 1)[1]
+            ax.plot(rows["_total"], rows[col], marker="o", color=color, label=f"layer {layer}")
+            pfig.add_trace(go.Scatter(x=rows["_total"], y=rows[col], mode="lines+markers", name=f"{kind} layer {layer}",
+                                      line={"color": color}, text=[str(t) for t in rows["trial_id"]],
+                                      hovertemplate="trial %{text}: %{y} open of %{x}<extra>layer " + layer + "</extra>"),
+                           row=1, col=j + 1)
+        ax.set_xlabel(f"open heads, all {kind} layers")
+        ax.set_ylabel("open heads in the layer")
+        ax.set_title(kind)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        pfig.update_xaxes(title_text=f"open heads, all {kind} layers", row=1, col=j + 1)
+    pfig.update_yaxes(title_text="open heads in the layer")
+    pfig.update_layout(title="Which layers lose heads first (one point per trial)")
+    fig.suptitle("Which layers lose heads first (one point per trial)")
+    return fig, pfig

@@ -116,6 +116,14 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Path:
         page.table(s.bases[[c for c in ("base", *s.objectives, "chrf", "step", "wall_seconds", "checkpoint")
                             if c in s.bases.columns]])
 
+    layers = charts.layer_chart(s)
+    if layers is not None:
+        page.h("Heads kept per layer", 3)
+        page.p("Each layer's open heads against all open heads of its attention type, one point per completed "
+               "trial: the layers whose line falls first lose their heads first as the penalty grows.")
+        page.plot(layers[1])
+        charts.save(layers, out, "layers")
+
     # 2) gates of the front's trials, their evolution, their translations
     page.h("Gates of the Pareto-optimal trials")
     for _, row in table.head(MAX_GATE_TRIALS).iterrows():

@@ -109,6 +109,22 @@ def test_learning_curves_draw_a_line_per_trial_and_metric(sweep_dir: Path):
     assert len(pfig.data) == 2 * len(charts.CURVE_METRICS)
 
 
+def test_layer_chart_has_a_line_per_gated_layer_with_a_point_per_trial(sweep_dir: Path):
+    s = load_sweep(sweep_dir)
+    _, pfig = charts.layer_chart(s)
+    gated = charts.layer_columns(s.completed)
+    assert list(gated) == ["enc_self", "dec_self", "dec_cross"]  # quickstart gates every attention type
+    columns = [(kind, col) for kind, cols in gated.items() for col in cols]
+    assert len(pfig.data) == len(columns) == 6  # smoke model: 2 layers of each
+    for trace, (kind, col) in zip(pfig.data, columns):
+        totals = s.completed[gated[kind]].sum(axis=1)
+        assert sorted(zip(trace.x, trace.y)) == sorted(zip(totals, s.completed[col]))
+    assert "layers.html" in {p.name for p in (sweep_dir / "report").iterdir()}
+    no_layers = load_sweep(sweep_dir)
+    no_layers.trials = no_layers.trials.drop(columns=[c for cols in gated.values() for c in cols])
+    assert charts.layer_chart(no_layers) is None
+
+
 def test_optuna_importance_and_parallel_coordinates_per_objective(sweep_dir: Path):
     charts_ = charts.study_charts(f"sqlite:///{sweep_dir / 'optuna.db'}", "quickstart-smoke", ["bleu", "open_heads"])
     assert set(charts_) == {"importance_bleu", "importance_open_heads", "parallel_bleu", "parallel_open_heads"}

@@ -1,0 +1,223 @@
+"""Does the search earn its keep? Samplers compared on a finished sweep used as a lookup table.
+
+    python -m analysis.sampler_study RESULTS_DIR [--trials N] [--seeds S] [--samplers tpe random ...] [--out DIR]
+
+Training a fresh trial for every point a sampler proposes would cost a sweep per sampler and seed. Instead the
+finished trials of one sweep stand in for the objective: a proposed point gets the objectives of the nearest
+finished trial (distance in the search space scaled to [0, 1] per key, on a log scale for loguniform keys; a
+``choice`` key must match). Each sampler then runs ``--seeds`` studies of ``--trials`` trials with the sweep's
+own objectives and directions, and after every trial the hypervolume of its front so far is recorded (against
+one reference point for all). The chart shows the mean and the spread (min to max) over seeds per sampler.
+
+What this measures: how fast a sampler finds the good regions *of this table*. It cannot find a point better
+than the best finished trial, and with few finished trials neighbouring proposals share objectives, so the curves
+flatten early; a large table (a random or grid sweep with many trials) makes it sharper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .load import ResultsError, SweepResults, load_sweep
+from .pareto import default_reference, hypervolume
+
+SAMPLERS = ("tpe", "random", "nsga2")
+
+
+class LookupObjective:
+    """The objectives of the nearest finished trial, for any point of the sweep's search space."""
+
+    def __init__(self, s: SweepResults) -> None:
+        self.space: dict[str, dict[str, Any]] = s.config.get("space") or {}
+        if not self.space:
+            raise ResultsError(f"{s.path}: sweep.json has no search space; the lookup needs one")
+        self.objectives, self.directions = s.objectives, s.directions
+        done = s.completed.dropna(subset=list(self.objectives))
+        missing = [k for k in self.space if f"param.{k}" not in done.columns]
+        if missing:
+            raise ResultsError(f"{s.path}: trials.csv lacks the params {', '.join(missing)}")
+        if len(done) < 2:
+            raise ResultsError(f"{s.path}: {len(done)} completed trials; the lookup needs at least 2")
+        self.table = done.reset_index(drop=True)
+        self.points = np.stack([self._scale(key, self.table[f"param.{key}"]) for key in self.space], axis=1)
+
+    def _scale(self, key: str, values) -> np.ndarray:
+        (kind, args), = self.space[key].items()
+        if kind == "choice":  # a categorical: position in the list, compared for equality only
+            index = {_choice_key(v): i for i, v in enumerate(args)}
+            return np.array([index.get(_choice_key(v), -1) for v in values], dtype=np.float64)
+        values = np.asarray(pd.to_numeric(pd.Series(values)), dtype=np.float64)
+        low, high = float(args[0]), float(args[1])
+        if kind == "loguniform":
+            return (np.log(values) - math.log(low)) / (math.log(high) - math.log(low))
+        return (values - low) / max(high - low, 1e-12)
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """The trial's params, drawn from the sweep's own space."""
+        params = {}
+        for key, spec in self.space.items():
+            (kind, args), = spec.items()
+            if kind == "choice":
+                params[key] = trial.suggest_categorical(key, list(args))
+            elif kind == "randint":
+                params[key] = trial.suggest_int(key, int(args[0]), int(args[1]))
+            else:
+                params[key] = trial.suggest_float(key, float(args[0]), float(args[1]), log=kind == "loguniform")
+        return params
+
+    def nearest(self, params: dict[str, Any]) -> pd.Series:
+        x = np.array([self._scale(key, [params[key]])[0] for key in self.space])
+        categorical = np.array([next(iter(spec)) == "choice" for spec in self.space.values()])
+        diff = np.abs(self.points - x)
+        diff[:, categorical] = np.where(diff[:, categorical] > 0, 1e6, 0.0)  # a choice must match
+        return self.table.iloc[int(np.argmin((diff ** 2).sum(axis=1)))]
+
+    def __call__(self, trial) -> list[float]:
+        row = self.nearest(self.suggest(trial))
+        return [float(row[o]) for o in self.objectives]
+
+
+def _choice_key(v) -> str:
+    """One spelling per choice value: a CSV column with a gap reads 512 back as 512.0."""
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return repr(float(v))
+    return repr(v)
+
+
+def _sampler(name: str, seed: int):
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ValueError(f"sampler {name!r}: allowed {', '.join(SAMPLERS)}")
+
+
+def study_curves(s: SweepResults, samplers: Sequence[str] = ("tpe", "random"), trials: int = 30,
+                 seeds: int = 5) -> pd.DataFrame:
+    """Hypervolume after each trial: columns sampler, seed, trials, hypervolume."""
+    import optuna
+
+    objective = LookupObjective(s)
+    reference = default_reference(objective.table, objective.objectives, objective.directions)
+    rows = []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in samplers:
+        for seed in range(seeds):
+            study = optuna.create_study(directions=["maximize" if d == "max" else "minimize"
+                                                    for d in objective.directions], sampler=_sampler(name, seed))
+            seen = []
+            for n in range(1, trials + 1):
+                trial = study.ask()
+                values = objective(trial)
+                study.tell(trial, values)
+                seen.append(dict(zip(objective.objectives, values)))
+                rows.append({"sampler": name, "seed": seed, "trials": n,
+                             "hypervolume": hypervolume(pd.DataFrame(seen), objective.objectives,
+                                                        objective.directions, reference)})
+    out = pd.DataFrame(rows)
+    out.attrs["table_hypervolume"] = hypervolume(objective.table, objective.objectives, objective.directions,
+                                                 reference)
+    out.attrs["reference"] = reference
+    return out
+
+
+def summary(curves: pd.DataFrame, fractions: Sequence[float] = (0.9, 0.95, 1.0)) -> pd.DataFrame:
+    """Per sampler: the mean final hypervolume and the trials each seed needed to reach a fraction of the table's
+    own hypervolume (mean over seeds; seeds that never reach it count as the study's length, and are counted)."""
+    full = curves.attrs["table_hypervolume"]
+    rows = []
+    for name, group in curves.groupby("sampler", sort=False):
+        last = group[group["trials"] == group["trials"].max()]["hypervolume"]
+        row: dict[str, Any] = {"sampler": name, "seeds": group["seed"].nunique(),
+                               "final hypervolume (mean)": last.mean(), "final (sd)": last.std(ddof=1)}
+        for f in fractions:
+            needed, missed = [], 0
+            for _, run in group.groupby("seed"):
+                reached = run[run["hypervolume"] >= f * full - 1e-9]["trials"]
+                needed.append(int(reached.min()) if len(reached) else int(run["trials"].max()))
+                missed += not len(reached)
+            row[f"trials to {f:.0%} (mean)"] = float(np.mean(needed))
+            row[f"seeds short of {f:.0%}"] = missed
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def curves_chart(curves: pd.DataFrame):
+    """Hypervolume against finished trials, mean line and min-max band per sampler (matplotlib, plotly)."""
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    from .charts import PALETTE
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    pfig = go.Figure()
+    for i, (name, group) in enumerate(curves.groupby("sampler", sort=False)):
+        stats = group.groupby("trials")["hypervolume"].agg(["mean", "min", "max"]).reset_index()
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(stats["trials"], stats["mean"], color=color, label=f"{name} (mean of {group['seed'].nunique()})")
+        ax.fill_between(stats["trials"], stats["min"], stats["max"], color=color, alpha=0.2)
+        pfig.add_trace(go.Scatter(x=list(stats["trials"]) + list(stats["trials"][::-1]),
+                                  y=list(stats["max"]) + list(stats["min"][::-1]), fill="toself", opacity=0.2,
+                                  line={"width": 0}, fillcolor=color, name=f"{name} min-max", hoverinfo="skip"))
+        pfig.add_trace(go.Scatter(x=stats["trials"], y=stats["mean"], mode="lines", line={"color": color},
+                                  name=f"{name} mean"))
+    full = curves.attrs.get("table_hypervolume")
+    if full:
+        ax.axhline(full, color="black", linestyle="--", linewidth=1, label="all finished trials")
+        pfig.add_hline(y=full, line_dash="dash", annotation_text="all finished trials")
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel("hypervolume of the front")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    pfig.update_layout(xaxis_title="finished trials", yaxis_title="hypervolume of the front",
+                       title="Hypervolume against trials (lookup table of a finished sweep)")
+    return fig, pfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.sampler_study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", help="a finished sweep's folder (trials.csv + sweep.json)")
+    parser.add_argument("--trials", type=int, default=30, help="trials per study (default 30)")
+    parser.add_argument("--seeds", type=int, default=5, help="studies per sampler (default 5)")
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=SAMPLERS)
+    parser.add_argument("--out", default=None, help="output folder (default RESULTS/report/sampler_study)")
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.seeds < 1:
+        parser.error("--trials and --seeds must be >= 1")
+    try:
+        s = load_sweep(args.results)
+        curves = study_curves(s, args.samplers, args.trials, args.seeds)
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from .charts import save
+
+    out = Path(args.out) if args.out else s.path / "report" / "sampler_study"
+    out.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(out / "curves.csv", index=False)
+    table = summary(curves)
+    table.to_csv(out / "summary.csv", index=False)
+    png, html = save(curves_chart(curves), out, "hypervolume_vs_trials")
+    print(f"lookup table: {len(LookupObjective(s).table)} finished trials of {s.path}; hypervolume of all of them "
+          f"{curves.attrs['table_hypervolume']:.4g} (reference {curves.attrs['reference']})")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"chart: {png} and {html}; curves: {out / 'curves.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The sampler study on a hand-made sweep folder: the lookup, the curves and the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.load import ResultsError, load_sweep
+from analysis.pareto import hypervolume
+from analysis.sampler_study import LookupObjective, main, study_curves, summary
+
+SPACE = {"gates.penalty": {"loguniform": [0.001, 1.0]}, "data.max_tokens": {"choice": [256, 512]}}
+OBJECTIVES = [{"metric": "bleu", "mode": "max"}, {"metric": "open_heads", "mode": "min"}]
+
+
+def sweep_folder(tmp_path: Path, n: int = 24) -> Path:
+    """Trials on a grid of lambda x batch size: more lambda closes more heads and costs BLEU."""
+    rows = []
+    for i, lam in enumerate(np.geomspace(0.001, 1.0, n // 2)):
+        for tokens in (256, 512):
+            heads = int(round(24 * (1 - i / (n // 2))))
+            bleu = 30.0 - 10.0 * (i / (n // 2)) ** 2 + (1.0 if tokens == 512 else 0.0)
+            rows.append({"trial_id": f"{i}-{tokens}", "stage": "prune", "status": "completed",
+                         "param.gates.penalty": lam, "param.data.max_tokens": tokens, "bleu": bleu,
+                         "open_heads": heads})
+    rows.append({"trial_id": "base", "stage": "pretrain", "status": "completed", "bleu": 31.0, "open_heads": 24})
+    folder = tmp_path / "s"
+    folder.mkdir()
+    pd.DataFrame(rows).to_csv(folder / "trials.csv", index=False)
+    (folder / "sweep.json").write_text(json.dumps({"name": "s", "space": SPACE, "objectives": OBJECTIVES}))
+    return folder
+
+
+def test_lookup_returns_the_nearest_finished_trial_with_a_matching_choice(tmp_path):
+    s = load_sweep(sweep_folder(tmp_path))
+    lookup = LookupObjective(s)
+    assert len(lookup.table) == 24  # the base model is not a trial
+    row = lookup.nearest({"gates.penalty": 0.0011, "data.max_tokens": 512})
+    assert row["trial_id"] == "0-512"
+    # nearest on a log scale: 0.03 lies between grid points; the choice must match even when another is closer
+    lams = sorted(set(lookup.table["param.gates.penalty"]))
+    target = math.exp((math.log(lams[5]) * 0.9 + math.log(lams[6]) * 0.1))
+    assert lookup.nearest({"gates.penalty": target, "data.max_tokens": 256})["trial_id"] == "5-256"
+
+
+def test_curves_never_fall_and_stay_below_the_tables_hypervolume(tmp_path):
+    s = load_sweep(sweep_folder(tmp_path))
+    curves = study_curves(s, ("tpe", "random"), trials=12, seeds=3)
+    assert len(curves) == 2 * 3 * 12
+    full = curves.attrs["table_hypervolume"]
+    assert full == pytest.approx(hypervolume(s.completed, ["bleu", "open_heads"], ["max", "min"],
+                                             curves.attrs["reference"]))
+    for _, run in curves.groupby(["sampler", "seed"]):
+        values = run.sort_values("trials")["hypervolume"].to_numpy()
+        assert (np.diff(values) >= -1e-12).all() and values[-1] <= full + 1e-9 and values[0] > 0
+    table = summary(curves)
+    assert list(table["sampler"]) == ["tpe", "random"] and (table["seeds"] == 3).all()
+    assert ((table["trials to 90% (mean)"] >= 1) & (table["trials to 90% (mean)"] <= 12)).all()
+
+
+def test_cli_writes_chart_curves_and_summary_and_refuses_a_folder_without_a_space(tmp_path, capsys):
+    folder = sweep_folder(tmp_path)
+    assert main([str(folder), "--trials", "5", "--seeds", "2", "--out", str(tmp_path / "out")]) == 0
+    for name in ("curves.csv", "summary.csv", "hypervolume_vs_trials.png", "hypervolume_vs_trials.html"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert "trials to 90%" in capsys.readouterr().out
+    (folder / "sweep.json").write_text(json.dumps({"name": "s", "objectives": OBJECTIVES}))
+    assert main([str(folder)]) == 2
+    assert "no search space" in capsys.readouterr().err
+    with pytest.raises(ResultsError, match="no search space"):
+        LookupObjective(load_sweep(folder))

@@ -323,9 +323,12 @@ def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
     kinds = list(cfg.gates.attention)
     full = {k: [cfg.model.n_heads] * (cfg.model.encoder_layers if k == "enc_self" else cfg.model.decoder_layers)
             for k in kinds}
-    layouts = {layout_name(layout_heads(row, cfg, kinds)): None for row in done.to_dict("records")}
-    layouts[layout_name(full)] = None
-    return sorted(layouts, key=lambda name: (sum(sum(v) for v in parse_layout_name(name).values()), name))
+    found = sorted({layout_name(layout_heads(row, cfg, kinds)) for row in done.to_dict("records")} - {layout_name(full)},
+                   key=lambda name: (sum(sum(v) for v in parse_layout_name(name).values()), name))
+    limit = sweep.schema.baselines.scratch_limit
+    if limit is not None and len(found) > limit:  # evenly spread from the smallest to the largest
+        found = [found[round(i * (len(found) - 1) / max(1, limit - 1))] for i in range(limit)] if limit > 1 else found[:1]
+    return found + [layout_name(full)]
 
 
 def baseline_stage(sweep: Sweep, setup: TrialSetup, run: MethodRun, resume: bool, gate_trials=None):
@@ -487,11 +490,14 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
                          f"another name (--set name=...) or --results folder")
     if resume and not exists:
         raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
-    for folder in folders:
+    for run, folder in zip(sweep.method_runs(), folders):
         recorded = folder / SWEEP_FILE
         if resume and recorded.exists():
-            old = {k: v for k, v in json.loads(recorded.read_text()).items() if k not in ("label", "run")}
-            changed = sweep_differences(old, schema_dict(sweep))
+            # methods may be added to a finished sweep; the gate trials do not depend on the baselines' settings
+            ignore = ("label", "run", "method") + (("baselines",) if run.method == "gates" else ())
+            old, new = ({k: v for k, v in record.items() if k not in ignore}
+                        for record in (json.loads(recorded.read_text()), schema_dict(sweep)))
+            changed = sweep_differences(old, new)
             if changed:
                 raise SweepError(f"--resume: the sweep differs from the one in {recorded}: {'; '.join(changed)}. "
                                  f"Resume it unchanged, or start a new sweep (--set name=...).")
@@ -525,18 +531,16 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
         check_gpus(sweep.resources.gpus, gpus, sweep.resources.autoscale)
         check_gpus(sweep.pretrain_resources.gpus, gpus, sweep.pretrain_resources.autoscale, "pretrain.resources.gpus")
         runs = sweep.method_runs()
-        home = _sweep_record(sweep, runs[0]) if runs[0].method == "gates" else schema_dict(sweep)
-        write_text(join_storage(sweep.experiment_dir, SWEEP_FILE), json.dumps(home, indent=2) + "\n")
         provenance = {"git_commit": git_commit(), "versions": json.dumps(package_versions(), sort_keys=True)}
         setup = TrialSetup(sweep, {}, mode, wandb_dir, provenance)
         setup.bases, base_results = pretrain_stage(sweep, setup)
         for run in runs:
             folder = join_storage(sweep.storage, run.name)
+            write_text(join_storage(folder, SWEEP_FILE), json.dumps(_sweep_record(sweep, run), indent=2) + "\n")
             if run.method == "gates":
                 grid = prune_stage(sweep, setup, resume)
                 params = [d.key for d in sweep.space]
             else:
-                write_text(join_storage(folder, SWEEP_FILE), json.dumps(_sweep_record(sweep, run), indent=2) + "\n")
                 grid, params = baseline_stage(sweep, setup, run, resume, tables.get(runs[0]))
             tables[run] = write_trials_table(folder, params, grid, base_results, run.method)
     finally:
@@ -566,8 +570,8 @@ def write_reports(sweep: Sweep, tables: dict[MethodRun, Any]) -> None:
                 print(f"\nreport: {sweep_report(load_results(sweep.experiment_dir))}")
         if len(tables) > 1:
             folders = [Path(sweep.storage, run.name) for run in tables]
-            methods = compare_report(load_sweeps(folders, [run.label for run in tables]),
-                                     Path(sweep.experiment_dir, "report"), stem="methods")
+            methods = compare_report(load_sweeps(folders, [run.label for run in tables]), folders[0] / "report",
+                                     stem="methods")
             print(f"methods compared: {methods}")
     except Exception as exc:
         print(f"\nthe report failed ({type(exc).__name__}: {exc}); the results are intact: "

@@ -86,6 +86,7 @@ class BaselinesConfig:
     importance_batches: int = 16  # importance: training batches the head importance is summed over
     set: dict[str, Any] = field(default_factory=dict)  # overrides of the prune config for fine-tuning pruned models
     scratch_layouts: Literal["pareto", "all"] = "pareto"  # which gate trials' layouts `scratch` trains
+    scratch_limit: int | None = None  # at most this many of them (spread over the head counts); null: all
     scratch_set: dict[str, Any] = field(default_factory=dict)  # overrides of the base recipe for `scratch` models
 
 
@@ -643,6 +644,8 @@ def _check_methods(sweep: Sweep) -> None:
     _check(bool(b.finetune_steps) and all(n >= 0 for n in b.finetune_steps)
            and len(set(b.finetune_steps)) == len(b.finetune_steps), "baselines.finetune_steps", b.finetune_steps,
            "a non-empty list of distinct integers >= 0 (0: prune and evaluate)")
+    _check(b.scratch_limit is None or b.scratch_limit >= 1, "baselines.scratch_limit", b.scratch_limit,
+           "an integer >= 1, or null for every layout")
     _check(b.importance_batches >= 1, "baselines.importance_batches", b.importance_batches, "an integer >= 1")
     for where, keys in (("baselines.set", b.set), ("baselines.scratch_set", b.scratch_set)):
         bad = sorted(k for k in keys if k.startswith(("model.", "gates.")) or is_base_key(k) or k == "train.freeze")

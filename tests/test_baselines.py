@@ -94,3 +94,24 @@ def test_layouts_from_a_trials_table_row_round_trip_through_their_names():
     assert parse_layout_name(layout_name(heads)) == heads
     with pytest.raises(ValueError, match=r"trial a: no open_heads/enc_self/2"):
         layout_heads({**row, "open_heads/enc_self/2": float("nan")}, cfg, ["enc_self"])
+
+
+def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_model():
+    import pandas as pd
+
+    from tests.test_sweep import make
+    from trainable import scratch_layouts
+
+    rows = [{"trial_id": str(i), "stage": "prune", "status": "completed", "bleu": bleu, "open_heads": a + b,
+             "open_heads/enc_self/0": a, "open_heads/enc_self/1": b}
+            for i, (a, b, bleu) in enumerate([(1, 0, 10.0), (2, 1, 20.0), (3, 2, 30.0), (4, 3, 40.0), (4, 4, 41.0),
+                                              (3, 3, 25.0)])]  # (3, 3) is dominated by (3, 2)
+    rows.append({**rows[0], "trial_id": "x", "status": "diverged", "bleu": 99.0})
+    table = pd.DataFrame(rows)
+    sweep = make({"method": ["gates", "scratch"]})
+    assert scratch_layouts(sweep, table) == ["enc_self=1,0", "enc_self=2,1", "enc_self=3,2", "enc_self=4,3",
+                                             "enc_self=4,4"]
+    every = make({"method": ["gates", "scratch"], "baselines": {"scratch_layouts": "all"}})
+    assert "enc_self=3,3" in scratch_layouts(every, table)
+    two = make({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2}})
+    assert scratch_layouts(two, table) == ["enc_self=1,0", "enc_self=4,3", "enc_self=4,4"]

@@ -201,6 +201,7 @@ BAD = [
      r"`baselines.scratch_set`.*no model"),
     ({"method": "random", "baselines": {"set": {"train.lr": -1.0}}}, r"method random: .*`train.lr`"),
     ({"method": "random", "baselines": {"scratch_layouts": "best"}}, r"`baselines.scratch_layouts`.*'pareto', 'all'"),
+    ({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 0}}, r"`baselines.scratch_limit`: 0"),
 ]
 
 

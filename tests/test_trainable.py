@@ -284,12 +284,18 @@ def test_cluster_launcher_config_passes_rays_own_validation():
 def test_one_sweep_runs_every_method_and_compares_their_fronts(tmp_path: Path):
     """method: [gates, importance, random, scratch]: each method in its own folder with its own table, the
     baselines on the gate trials' base model, scratch on the gate front's layouts, and one comparison page."""
-    sweep = write_sweep(tmp_path / "s.yaml", method=["gates", "importance", "random", "scratch"],
+    sweep = write_sweep(tmp_path / "s.yaml", method="gates",
                         baselines={"budgets": [2, 8], "seeds": 2, "finetune_steps": [0, 3], "importance_batches": 2})
-    proc = run_cli(str(sweep), "--results", str(tmp_path / "r"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first = run_cli(str(sweep), "--results", str(tmp_path / "r"))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     root = tmp_path / "r"
     gates = check_table(root / "t", trials=2)
+    # the baselines join the finished gate sweep: its trials are not rerun
+    proc = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume",
+                   "--set", "method=[gates, importance, random, scratch]")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = check_table(root / "t", trials=2)
+    assert list(again["trial_path"]) == list(gates["trial_path"]) and list(again[M.BLEU]) == list(gates[M.BLEU])
     for name, trials, evaluations in (("t-importance", 2, 1), ("t-importance-ft3", 2, 1), ("t-random", 4, 1),
                                       ("t-random-ft3", 4, 1)):
         df = check_table(root / name, trials=trials, evaluations=evaluations)

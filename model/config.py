@@ -63,7 +63,7 @@ class GateConfig:
     noise: Literal["per_example", "per_batch"] = "per_example"  # one gate sample per sentence or per batch
     lr_scale: float = 1.0  # learning rate of log_alpha = this x the model's learning rate at every step
     # head budget: end with exactly this many gated heads open (null: lambda is fixed and decides). Until
-    # target_fix_at x max_steps, lambda (starting at `penalty`) is multiplied after every step by
+    # target_fix_at x max_steps, lambda (starting at `penalty`, or 0.01 if that is 0) is multiplied after every step by
     # exp(target_gain * (expected open heads - target) / gated heads); then the target_open heads with the highest
     # log_alpha are kept, the others closed for good, lambda set to 0, and the rest of the run adapts to them
     target_open: int | None = None
@@ -290,7 +290,6 @@ def validate(cfg: Config) -> Config:
         _require(g.mode == "learned", "gates.target_open", g.target_open, "null unless gates.mode is 'learned'")
         _require(0 <= g.target_open <= gated, "gates.target_open", g.target_open,
                  f"an integer in [0, {gated}] (the heads of {', '.join(g.attention)}) or null")
-        _require(g.penalty > 0.0, "gates.penalty", g.penalty, "a number > 0 (the starting lambda) with gates.target_open")
     _require(g.target_gain > 0.0, "gates.target_gain", g.target_gain, "a number > 0")
     _require(0.0 <= g.target_fix_at <= 1.0, "gates.target_fix_at", g.target_fix_at, "a number in [0, 1]")
     _require(g.temperature > 0.0, "gates.temperature", g.temperature, "a number > 0")

@@ -45,6 +45,7 @@ ReportFn = Callable[[dict[str, Any], Path | None], None]
 STATUS_FILE, METRICS_FILE, SAMPLES_FILE, GATES_FILE = "status.json", "metrics.jsonl", "samples.jsonl", "gates.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 PENALTY_RANGE = (1e-6, 1e4)  # where the head-budget controller keeps lambda
+TARGET_START_PENALTY = 0.01  # lambda's start under gates.target_open when gates.penalty is 0
 CLOSED_LOG_ALPHA = -20.0  # a head closed by the head budget: its gate is 0 in training and evaluation
 OPEN_LOG_ALPHA = -2.0  # a head kept by the head budget starts at least here (evaluation gate 0.04, open)
 DATA_STATS_FILE = "data_stats.json"  # per split: lines repaired (bom, crlf) and pairs dropped or cut, with reasons
@@ -170,6 +171,8 @@ class Trainer:
         self.best_bleu: float | None = None
         self.best_checkpoint: Path | None = None
         self.penalty = cfg.gates.penalty  # lambda; moves only under gates.target_open
+        if cfg.gates.target_open is not None and self.penalty == 0.0:
+            self.penalty = TARGET_START_PENALTY
         if resume_payload is not None:
             self._restore(resume_payload)
             save_config(cfg, self.out_dir / "config.yaml")  # it may extend max_steps or change eval_every

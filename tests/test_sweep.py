@@ -268,3 +268,15 @@ def test_smoke_test_shrinks_the_baselines_too():
                                                                "finetune_steps": [0, 500]}}, smoke_test=True)
     assert sweep.budgets() == [2, 4] and sweep.schema.baselines.seeds == 2
     assert sweep.schema.baselines.finetune_steps == [0, 10]
+
+
+def test_the_readmes_head_budget_sweep_loads(monkeypatch):
+    """`--set prune.set.gates.target_open=12` over the Multi30k sweep: each trial ends with 12 encoder heads;
+    the space's lambda is where the controller starts; over the 24 encoder heads it is refused."""
+    monkeypatch.setenv("HEADSWEEP_DATA", "/nonexistent")
+    sets = ["name=enc12", "method=gates", "prune.set.gates.target_open=12", "objectives=[{metric: bleu, mode: max}]"]
+    sweep = load_sweep(REPO / "sweeps" / "multi30k_en_de.yaml", sets)
+    cfg = sweep.trial_config({"gates.penalty": 0.02, "train.lr": 1e-4, "data.max_tokens": 1024})
+    assert (cfg.gates.target_open, cfg.gates.penalty, sweep.methods) == (12, 0.02, ["gates"])
+    with pytest.raises(ConfigError, match=r"`gates.target_open`: 30.*\[0, 24\]"):
+        load_sweep(REPO / "sweeps" / "multi30k_en_de.yaml", ["prune.set.gates.target_open=30"])

@@ -23,17 +23,17 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from analysis.load import SWEEP_FILE, TRIALS_FILE
 from model import metrics as M
+from model.baselines import BUDGET, LAYOUT, LAYOUT_SEED, layout_heads, layout_name, parse_layout_name, pruned_start
 from model.checkpoint import CheckpointError, git_commit, package_versions
 from model.config import ConfigError, flatten
 from model.corpora import CorpusError
-from model.baselines import BUDGET, LAYOUT, LAYOUT_SEED, layout_heads, layout_name, parse_layout_name, pruned_start
 from model.sweep import MethodRun, Sweep, base_hash, check_gpus, join_storage, load_sweep, schema_dict
 from model.train import TrainingError
 from model.trial import checkpoint_file, last_record, run_trial
@@ -323,11 +323,11 @@ def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
     kinds = list(cfg.gates.attention)
     full = {k: [cfg.model.n_heads] * (cfg.model.encoder_layers if k == "enc_self" else cfg.model.decoder_layers)
             for k in kinds}
-    found = sorted({layout_name(layout_heads(row, cfg, kinds)) for row in done.to_dict("records")} - {layout_name(full)},
-                   key=lambda name: (sum(sum(v) for v in parse_layout_name(name).values()), name))
+    names = {layout_name(layout_heads(row, cfg, kinds)) for row in done.to_dict("records")} - {layout_name(full)}
+    found = sorted(names, key=lambda name: (sum(sum(v) for v in parse_layout_name(name).values()), name))
     limit = sweep.schema.baselines.scratch_limit
     if limit is not None and len(found) > limit:  # evenly spread from the smallest to the largest
-        found = [found[round(i * (len(found) - 1) / max(1, limit - 1))] for i in range(limit)] if limit > 1 else found[:1]
+        found = [found[round(i * (len(found) - 1) / max(1, limit - 1))] for i in range(limit)]
     return found + [layout_name(full)]
 
 

@@ -271,10 +271,10 @@ def layer_chart(s: SweepResults) -> tuple[plt.Figure, go.Figure] | None:
             color = PALETTE[i % len(PALETTE)]
             layer = col.rsplit("/", 1)[1]
             ax.plot(rows["_total"], rows[col], marker="o", color=color, label=f"layer {layer}")
+            hover = "trial %{text}: %{y} open of %{x}<extra>layer " + layer + "</extra>"
             pfig.add_trace(go.Scatter(x=rows["_total"], y=rows[col], mode="lines+markers", name=f"{kind} layer {layer}",
                                       line={"color": color}, text=[str(t) for t in rows["trial_id"]],
-                                      hovertemplate="trial %{text}: %{y} open of %{x}<extra>layer " + layer + "</extra>"),
-                           row=1, col=j + 1)
+                                      hovertemplate=hover), row=1, col=j + 1)
         ax.set_xlabel(f"open heads, all {kind} layers")
         ax.set_ylabel("open heads in the layer")
         ax.set_title(kind)

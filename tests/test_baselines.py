@@ -18,7 +18,7 @@ from model.checkpoint import checkpoint_config, checkpoint_tokenizers, load_chec
 from model.prune import head_importance
 from model.train import train
 from model.translate import load_for_inference
-from conftest import tiny_config
+from tests.conftest import tiny_config
 
 QUIET = dict(log=lambda _: None)
 PLAIN = ("gates.mode=none", "train.max_steps=12", "train.eval_every=12", "model.encoder_layers=3")

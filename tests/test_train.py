@@ -242,7 +242,8 @@ def test_head_budget_ends_with_exactly_the_target_and_resumes_exactly(tmp_path, 
     assert lambdas[0] != 0.05 and lambdas[0] > 0  # steered: more than 3 heads were open at step 4
     assert lambdas[1:] == [0.0, 0.0]
     assert [m[M.open_heads_key("enc_self")] for m in full.history[1:]] == [3, 3]
-    gates = [json.loads(line)["gates"]["enc_self"] for line in (tmp_path / "full" / "gates.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "full" / "gates.jsonl").read_text().splitlines()
+    gates = [json.loads(line)["gates"]["enc_self"] for line in lines]
     before = sorted(a for layer in gates[0]["log_alpha"] for a in layer)
     kept = sorted(a for layer in gates[1]["log_alpha"] for a in layer if a != -20.0)
     assert len(kept) == 3 and sum(layer.count(-20.0) for layer in gates[2]["log_alpha"]) == 5

@@ -542,9 +542,11 @@ def sweep_from_dict(
                "'none' or 'open' (the base model is trained without learned gates)")
     if p.checkpoint is not None:
         _check(p.enabled, "pretrain.checkpoint", p.checkpoint, "null when pretrain.enabled is false")
-        ckpt = Path(os.path.expandvars(os.path.expanduser(p.checkpoint)))
-        ckpt = ckpt if ckpt.is_absolute() else (base_dir / ckpt)
-        _check(ckpt.is_file(), "pretrain.checkpoint", p.checkpoint, f"an existing checkpoint file ({ckpt} is not)")
+        given = Path(os.path.expandvars(os.path.expanduser(p.checkpoint)))
+        tried = [given] if given.is_absolute() else [Path.cwd() / given, base_dir / given]  # results/... or ../
+        ckpt = next((c for c in tried if c.is_file()), tried[0])
+        _check(ckpt.is_file(), "pretrain.checkpoint", p.checkpoint,
+               f"an existing checkpoint file (tried {' and '.join(str(c) for c in tried)})")
         p.checkpoint = str(ckpt.resolve())
     _check(prune_cfg.gates.mode == "learned", "prune.set.gates.mode", prune_cfg.gates.mode,
            "'learned' (trials learn which heads to keep)")

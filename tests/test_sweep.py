@@ -280,3 +280,17 @@ def test_the_readmes_head_budget_sweep_loads(monkeypatch):
     assert (cfg.gates.target_open, cfg.gates.penalty, sweep.methods) == (12, 0.02, ["gates"])
     with pytest.raises(ConfigError, match=r"`gates.target_open`: 30.*\[0, 24\]"):
         load_sweep(REPO / "sweeps" / "multi30k_en_de.yaml", ["prune.set.gates.target_open=30"])
+
+
+def test_a_relative_base_checkpoint_is_found_from_the_working_folder_or_the_sweep_file(tmp_path, monkeypatch):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "base.pt").write_bytes(b"x")
+    (tmp_path / "sweeps").mkdir()
+    monkeypatch.chdir(tmp_path)
+    sweep = make({"pretrain": {"checkpoint": "results/base.pt"}}, base_dir=tmp_path / "sweeps")
+    assert sweep.schema.pretrain.checkpoint == str(tmp_path / "results" / "base.pt")
+    (tmp_path / "sweeps" / "beside.pt").write_bytes(b"x")
+    beside = make({"pretrain": {"checkpoint": "beside.pt"}}, base_dir=tmp_path / "sweeps")
+    assert beside.schema.pretrain.checkpoint == str(tmp_path / "sweeps" / "beside.pt")
+    with pytest.raises(ConfigError, match=r"`pretrain.checkpoint`.*tried .*missing.pt and .*missing.pt"):
+        make({"pretrain": {"checkpoint": "missing.pt"}}, base_dir=tmp_path / "sweeps")

@@ -427,7 +427,7 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
     if isinstance(baselines, dict):
         baselines.pop("budgets", None)  # the smoke test's own two budgets (Sweep.budgets)
         if isinstance(baselines.get("seeds"), int):
-            baselines["seeds"] = min(baselines["seeds"], 2)
+            baselines["seeds"] = 1
         steps = baselines.get("finetune_steps")
         if isinstance(steps, list) and all(isinstance(n, int) for n in steps):
             baselines["finetune_steps"] = sorted({min(n, 2 * SMOKE_EVAL_EVERY) for n in steps})

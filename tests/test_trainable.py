@@ -26,7 +26,8 @@ from model.trial import checkpoint_file
 from tests.conftest import REPO, TINY
 
 SHARED_DATA = REPO.parent / "shared" / "data"
-NEEDS_DATA = {"multi30k_en_de": SHARED_DATA / "multi30k", "wmt_en_ru": SHARED_DATA / "en-ru"}
+NEEDS_DATA = {"multi30k_en_de": SHARED_DATA / "multi30k", "wmt_en_ru": SHARED_DATA / "en-ru",
+              "en_ru_cpu": SHARED_DATA / "en-ru"}
 SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.name != "cluster.yaml")
 
 

@@ -119,17 +119,28 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
     study = optuna.load_study(study_name=f"{path.stem}-smoke", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len(study.directions) == 2  # multi-objective
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # the other methods of the sweep, each in its folder, on the same base model
+    methods = [m for m in (sweep.get("method") or ["gates"]) if m != "gates"]
+    baseline_trials = 0
+    for folder in sorted(tmp_path.glob(f"{path.stem}-smoke-*")):
+        table = pd.read_csv(folder / "trials.csv")
+        trials = table[table["stage"] == "prune"]
+        assert len(trials) and (trials["status"] == "completed").all() and set(trials["base"]) == set(bases["base"])
+        baseline_trials += len(trials)
+    assert {f.name.split("-smoke-")[1].split("-")[0] for f in tmp_path.glob(f"{path.stem}-smoke-*")} == set(methods)
     # W&B: one offline run per trial and base, with the metrics of every evaluation
     runs = sorted(Path(p) for p in glob.glob(str(experiment / "wandb" / "wandb" / "offline-run-*"))
                   if not p.endswith("-summary"))
-    assert len(runs) == 2 + expected_bases
+    assert len(runs) == 2 + expected_bases + baseline_trials
+    gate_trials = set(df[df["stage"] == "prune"]["trial_id"])
     with_gates = 0
     for run in runs:
         rows = wandb_history(run)
-        assert [r["step"] for r in rows] == [5, 10]
-        assert all(M.BLEU in r and M.OPEN_HEADS in r for r in rows)
-        with_gates += bool(list((run / "files" / "media" / "images").glob("gates_*.png")))
-    assert with_gates == 2  # a gate heatmap in each prune trial (base models have no gates)
+        assert rows and all(M.BLEU in r and M.OPEN_HEADS in r for r in rows)
+        if any(run.name.endswith(t) for t in gate_trials):
+            assert [r["step"] for r in rows] == [5, 10]
+            with_gates += bool(list((run / "files" / "media" / "images").glob("gates_*.png")))
+    assert with_gates == 2  # a gate heatmap in each gate trial (base models and baselines have no gates)
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):

@@ -7,7 +7,7 @@ finished trials of one sweep stand in for the objective: a proposed point gets t
 finished trial (distance in the search space scaled to [0, 1] per key, on a log scale for loguniform keys; a
 ``choice`` key must match). Each sampler then runs ``--seeds`` studies of ``--trials`` trials with the sweep's
 own objectives and directions, and after every trial the hypervolume of its front so far is recorded (against
-one reference point for all). The chart shows the mean and the spread (min to max) over seeds per sampler.
+one reference point for all: by default just beyond the table's worst value of each objective). The chart shows the mean and the spread (min to max) over seeds per sampler.
 
 What this measures: how fast a sampler finds the good regions *of this table*. It cannot find a point better
 than the best finished trial, and with few finished trials neighbouring proposals share objectives, so the curves
@@ -105,13 +105,26 @@ def _sampler(name: str, seed: int):
     raise ValueError(f"sampler {name!r}: allowed {', '.join(SAMPLERS)}")
 
 
+def nadir_reference(df: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str]) -> list[float]:
+    """Just beyond the worst value of each objective among the trials (1% of its range, at least 1e-6): the
+    hypervolume then measures the region the trials actually span, not the distance to BLEU 0."""
+    ref = []
+    for o, d in zip(objectives, directions):
+        values = pd.to_numeric(df[o], errors="coerce").dropna()
+        margin = max(0.01 * float(values.max() - values.min()), 1e-6)
+        ref.append(float(values.min()) - margin if d == "max" else float(values.max()) + margin)
+    return ref
+
+
 def study_curves(s: SweepResults, samplers: Sequence[str] = ("tpe", "random"), trials: int = 30,
-                 seeds: int = 5) -> pd.DataFrame:
-    """Hypervolume after each trial: columns sampler, seed, trials, hypervolume."""
+                 seeds: int = 5, reference: str = "nadir") -> pd.DataFrame:
+    """Hypervolume after each trial: columns sampler, seed, trials, hypervolume. ``reference``: ``nadir`` (just
+    beyond the table's worst values) or ``default`` (BLEU 0, one head more than any trial kept)."""
     import optuna
 
     objective = LookupObjective(s)
-    reference = default_reference(objective.table, objective.objectives, objective.directions)
+    pick = {"nadir": nadir_reference, "default": default_reference}[reference]
+    reference = pick(objective.table, objective.objectives, objective.directions)
     rows = []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in samplers:
@@ -193,13 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=30, help="trials per study (default 30)")
     parser.add_argument("--seeds", type=int, default=5, help="studies per sampler (default 5)")
     parser.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=SAMPLERS)
+    parser.add_argument("--reference", choices=("nadir", "default"), default="nadir",
+                        help="hypervolume reference: just beyond the table's worst values (default), or BLEU 0 and "
+                             "one head more than any trial kept (the report's)")
     parser.add_argument("--out", default=None, help="output folder (default RESULTS/report/sampler_study)")
     args = parser.parse_args(argv)
     if args.trials < 1 or args.seeds < 1:
         parser.error("--trials and --seeds must be >= 1")
     try:
         s = load_sweep(args.results)
-        curves = study_curves(s, args.samplers, args.trials, args.seeds)
+        curves = study_curves(s, args.samplers, args.trials, args.seeds, args.reference)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -51,6 +51,10 @@ def test_lookup_returns_the_nearest_finished_trial_with_a_matching_choice(tmp_pa
 def test_curves_never_fall_and_stay_below_the_tables_hypervolume(tmp_path):
     s = load_sweep(sweep_folder(tmp_path))
     curves = study_curves(s, ("tpe", "random"), trials=12, seeds=3)
+    bleu, heads = s.completed["bleu"], s.completed["open_heads"]
+    assert (bleu.min(), heads.max(), heads.min()) == (pytest.approx(30 - 10 * (11 / 12) ** 2), 24, 2)
+    assert curves.attrs["reference"] == pytest.approx(  # just beyond the worst trial: 1% of each range
+        [bleu.min() - 0.01 * (bleu.max() - bleu.min()), 24 + 0.01 * 22])
     assert len(curves) == 2 * 3 * 12
     full = curves.attrs["table_hypervolume"]
     assert full == pytest.approx(hypervolume(s.completed, ["bleu", "open_heads"], ["max", "min"],
@@ -65,7 +69,8 @@ def test_curves_never_fall_and_stay_below_the_tables_hypervolume(tmp_path):
 
 def test_cli_writes_chart_curves_and_summary_and_refuses_a_folder_without_a_space(tmp_path, capsys):
     folder = sweep_folder(tmp_path)
-    assert main([str(folder), "--trials", "5", "--seeds", "2", "--out", str(tmp_path / "out")]) == 0
+    assert main([str(folder), "--trials", "5", "--seeds", "2", "--out", str(tmp_path / "out"), "--reference",
+                 "default"]) == 0
     for name in ("curves.csv", "summary.csv", "hypervolume_vs_trials.png", "hypervolume_vs_trials.html"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert "trials to 90%" in capsys.readouterr().out

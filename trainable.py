@@ -481,6 +481,19 @@ def _sweep_record(sweep: Sweep, run: MethodRun) -> dict[str, Any]:
     return record
 
 
+# the baselines' settings each method's trials depend on (methods and fine-tuning variants may be added later)
+BASELINE_KEYS = {"gates": (), "importance": ("budgets", "importance_batches"), "random": ("budgets", "seeds"),
+                 "scratch": ("scratch_layouts", "scratch_limit", "scratch_set")}
+
+
+def _settings_of(run: MethodRun, record: dict[str, Any]) -> dict[str, Any]:
+    """The part of a recorded sweep that decides the trials of one method folder."""
+    keys = BASELINE_KEYS[run.method] + (("set",) if run.finetune_steps else ())
+    out = {k: v for k, v in record.items() if k not in ("label", "run", "method", "baselines")}
+    out["baselines"] = {k: v for k, v in (record.get("baselines") or {}).items() if k in keys}
+    return out
+
+
 def _check_resume(sweep: Sweep, resume: bool) -> None:
     """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep."""
     folders = [Path(sweep.storage, run.name) for run in sweep.method_runs()]
@@ -493,10 +506,7 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
     for run, folder in zip(sweep.method_runs(), folders):
         recorded = folder / SWEEP_FILE
         if resume and recorded.exists():
-            # methods may be added to a finished sweep; the gate trials do not depend on the baselines' settings
-            ignore = ("label", "run", "method") + (("baselines",) if run.method == "gates" else ())
-            old, new = ({k: v for k, v in record.items() if k not in ignore}
-                        for record in (json.loads(recorded.read_text()), schema_dict(sweep)))
+            old, new = (_settings_of(run, record) for record in (json.loads(recorded.read_text()), schema_dict(sweep)))
             changed = sweep_differences(old, new)
             if changed:
                 raise SweepError(f"--resume: the sweep differs from the one in {recorded}: {'; '.join(changed)}. "

@@ -115,3 +115,20 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
     assert "enc_self=3,3" in scratch_layouts(every, table)
     two = make({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2}})
     assert scratch_layouts(two, table) == ["enc_self=1,0", "enc_self=4,3", "enc_self=4,4"]
+
+
+def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on():
+    from model.sweep import MethodRun, schema_dict
+    from tests.test_sweep import make
+    from trainable import _settings_of, sweep_differences
+
+    a = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2}}))
+    b = schema_dict(make({"method": ["gates", "random", "importance"],
+                          "baselines": {"seeds": 2, "finetune_steps": [0, 5], "set": {"train.lr": 1e-4}}}))
+    c = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 3}}))
+    gates, random, tuned = MethodRun("gates", 0, "t"), MethodRun("random", 0, "t-random"), MethodRun("random", 5, "x")
+    assert sweep_differences(_settings_of(gates, a), _settings_of(gates, c)) == []
+    assert sweep_differences(_settings_of(random, a), _settings_of(random, b)) == []  # fine-tuning added later
+    assert sweep_differences(_settings_of(random, a), _settings_of(random, c)) == ["baselines.seeds: 2 -> 3"]
+    assert sweep_differences(_settings_of(tuned, a), _settings_of(tuned, b)) == [
+        "baselines.set.train.lr: None -> 0.0001"]

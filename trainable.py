@@ -553,6 +553,8 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
             else:
                 grid, params = baseline_stage(sweep, setup, run, resume, tables.get(runs[0]))
             tables[run] = write_trials_table(folder, params, grid, base_results, run.method)
+            if unfinished_trials(sweep, run, tables[run]):  # interrupted (Ctrl-C) or failed: later methods wait
+                break
     finally:
         if started:
             ray.shutdown()
@@ -566,6 +568,13 @@ def expected_trials(sweep: Sweep, run: MethodRun, df) -> int:
     if run.method in ("importance", "random"):
         return len(sweep.budgets()) * (sweep.schema.baselines.seeds if run.method == "random" else 1)
     return int((df["stage"] == "prune").sum())  # scratch: one per layout, known once the gate trials finished
+
+
+def unfinished_trials(sweep: Sweep, run: MethodRun, df) -> int:
+    """Trials of a method folder that did not finish (neither completed nor diverged), or never started."""
+    prune = df[df["stage"] == "prune"]
+    unfinished = int((~prune["status"].isin(["completed", "diverged"])).sum())
+    return unfinished + max(expected_trials(sweep, run, df) - len(prune), 0)
 
 
 def write_reports(sweep: Sweep, tables: dict[MethodRun, Any]) -> None:
@@ -614,13 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsweep {sweep.name} took {time.perf_counter() - start:.0f} s; results: "
           + ", ".join(join_storage(sweep.storage, run.name) for run in tables)
           + f" (table: {TRIALS_FILE} in each)")
-    short = []
-    for run, df in tables.items():
-        prune = df[df["stage"] == "prune"]
-        unfinished = int((~prune["status"].isin(["completed", "diverged"])).sum())
-        missing = max(expected_trials(sweep, run, df) - len(prune), 0)
-        if unfinished or missing:
-            short.append(f"{unfinished + missing} of {expected_trials(sweep, run, df)} {run.label} trials")
+    short = [f"{unfinished_trials(sweep, run, df)} of {expected_trials(sweep, run, df)} {run.label} trials"
+             for run, df in tables.items() if unfinished_trials(sweep, run, df)]
+    short += [f"the {run.label} trials" for run in sweep.method_runs() if run not in tables]
     if short:
         command = list(sys.argv[1:] if argv is None else argv)
         command += [] if "--resume" in command else ["--resume"]

@@ -145,7 +145,8 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
-                        prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
+                        prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}},
+                        method=["gates", "importance"], baselines={"budgets": [2, 8], "importance_batches": 1})
     proc = start_cli(str(sweep), "--results", str(tmp_path))
     experiment = tmp_path / "t"
     deadline = time.time() + 300
@@ -160,6 +161,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert not (experiment / "trials.csv").exists() or len(pd.read_csv(experiment / "trials.csv")) < 4, out[-2000:]
+    assert not (tmp_path / "t-importance").exists(), out[-2000:]  # a later method waits for the gate trials
+    assert "the importance trials did not finish" in out and "--resume" in out, out[-2000:]
     finished = {p.parent.name: p.stat().st_mtime_ns for p in experiment.glob("prune_trainable_*/checkpoint_000002")}
 
     again = run_cli(str(sweep), "--results", str(tmp_path))
@@ -178,6 +181,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
         assert steps == [100, 200, 300], (trial.name, steps)
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len(study.trials) >= 3
+    importance = pd.read_csv(tmp_path / "t-importance" / "trials.csv").query("stage == 'prune'")
+    assert sorted(importance["param.baseline.budget"]) == [2, 8] and (importance["status"] == "completed").all()
 
 
 def trial_workers() -> list[int]:

@@ -159,7 +159,8 @@ def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) 
         start = scratch / "pruned_start.pt"
         cfg = pruned_start(_base_file(setup.bases[key], scratch), sweep.baseline_config(run.finetune_steps, params),
                            run.method, int(params[BUDGET]), int(params.get(LAYOUT_SEED, 0)),
-                           sweep.schema.baselines.importance_batches, start, log=_trial_log)
+                           sweep.schema.baselines.importance_batches, start, log=_trial_log,
+                           sample_seed=sweep.sample_seed())
         return cfg, str(start)
 
     _run(setup, "prune", key, params, prepare, method=run.method)

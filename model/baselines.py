@@ -29,13 +29,14 @@ LAYOUT_METHODS = ("importance", "random")  # prune the converged model to a budg
 BUDGET, LAYOUT_SEED, LAYOUT = "baseline.budget", "baseline.seed", "baseline.layout"
 
 
-def importance_batches(cfg: Config, tokenizers, count: int, log: Callable[[str], None] = print) -> list:
-    """The first ``count`` training batches of epoch 0 (the order a run with ``cfg`` would see them in)."""
+def importance_batches(cfg: Config, tokenizers, count: int, log: Callable[[str], None] = print,
+                       seed: int | None = None) -> list:
+    """The first ``count`` training batches of epoch 0 in the order of ``seed`` (default: ``cfg.train.seed``)."""
     data = load_data(cfg.data, cfg.eval.split, log, tokenizers, max_positions=cfg.model.max_positions)
     train = data.splits["train"]
     d = cfg.data
     order = make_batches(train.src_lengths, train.tgt_lengths, d.max_tokens, d.batch_size, d.bucket_size,
-                         cfg.train.seed, 0)
+                         cfg.train.seed if seed is None else seed, 0)
     return [collate(train, index) for index in order[:count]]
 
 
@@ -49,8 +50,11 @@ def budget_layout(model: Transformer, method: str, kinds: list[str], budget: int
 
 
 def pruned_start(base_checkpoint: str | Path, cfg: Config, method: str, budget: int, seed: int, batches: int,
-                 out: str | Path, log: Callable[[str], None] = print) -> Config:
+                 out: str | Path, log: Callable[[str], None] = print, sample_seed: int | None = None) -> Config:
     """Prune the base model to ``budget`` heads of ``cfg.gates.attention`` and write it to ``out``.
+
+    ``seed`` picks a random layout; ``sample_seed`` the training batches importance is summed over (give every
+    trial of a sweep the same one, so that a budget has one importance layout, fine-tuned or not).
 
     ``cfg`` is the trial's config with the base model's architecture (gates off); the returned config is the same
     with ``model.heads`` set to the layout, ready for a run that starts from ``out``.
@@ -61,7 +65,7 @@ def pruned_start(base_checkpoint: str | Path, cfg: Config, method: str, budget: 
     load_model_state(model, payload["model"], source=str(base_checkpoint))
     if model.gate_mode == "learned":
         raise ValueError(f"{base_checkpoint}: a model with learned gates; the baselines start from a plain model")
-    sample = importance_batches(cfg, tokenizers, batches, log) if method == "importance" else []
+    sample = importance_batches(cfg, tokenizers, batches, log, sample_seed) if method == "importance" else []
     layout = budget_layout(model, method, list(cfg.gates.attention), budget, seed, sample)
     pruned = prune_model(model, layout)
     trial = copy.deepcopy(cfg)

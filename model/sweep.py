@@ -352,6 +352,11 @@ class Sweep:
             return sorted({max(1, total // 4), total // 2})
         return sorted({max(1, round(total * f)) for f in (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1)})
 
+    def sample_seed(self) -> int:
+        """The seed of the training batches head importance is measured on: the prune config's own train.seed,
+        the same for every trial (per-trial seeds only vary fine-tuning)."""
+        return config_from_dict(self.prune_data()).train.seed
+
     def baseline_config(self, finetune_steps: int, params: dict[str, Any]) -> Config:
         """The config of an importance/random trial, before pruning sets ``model.heads``: the prune recipe with
         gates off, ``finetune_steps`` steps and ``baselines.set``."""

@@ -321,6 +321,11 @@ def test_one_sweep_runs_every_method_and_compares_their_fronts(tmp_path: Path):
         assert sorted(prune[M.open_heads_key("enc_self")]) == sorted(prune["param.baseline.budget"])
         assert set(prune["base"]) == set(gates[gates["stage"] == "pretrain"]["base"])
         assert (prune[M.STEP] == (3 if name.endswith("ft3") else 0)).all()
+    # a budget has one importance layout, fine-tuned or not (the importance sample does not follow trial seeds)
+    layouts = [pd.read_csv(root / n / "trials.csv").query("stage == 'prune'").sort_values("param.baseline.budget")
+               [["open_heads/enc_self/0", "open_heads/enc_self/1"]].to_numpy().tolist()
+               for n in ("t-importance", "t-importance-ft3")]
+    assert layouts[0] == layouts[1]
     random = pd.read_csv(root / "t-random" / "trials.csv")
     assert sorted(zip(random["param.baseline.budget"].dropna(), random["param.baseline.seed"].dropna())) == [
         (2, 0), (2, 1), (8, 0), (8, 1)]

@@ -349,7 +349,7 @@ class Sweep:
         if self.schema.baselines.budgets:
             return sorted(set(self.schema.baselines.budgets))
         if self.smoke_test:
-            return sorted({max(1, total // 4), total // 2})
+            return [max(1, total // 4)]
         return sorted({max(1, round(total * f)) for f in (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1)})
 
     def sample_seed(self) -> int:
@@ -430,7 +430,8 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
             section.pop("checkpoint", None)
     baselines = raw.get("baselines")
     if isinstance(baselines, dict):
-        baselines.pop("budgets", None)  # the smoke test's own two budgets (Sweep.budgets)
+        baselines.pop("budgets", None)  # the smoke test's own budget (Sweep.budgets)
+        baselines["scratch_limit"] = 1
         if isinstance(baselines.get("seeds"), int):
             baselines["seeds"] = 1
         steps = baselines.get("finetune_steps")

@@ -266,8 +266,8 @@ def test_baseline_configs_keep_the_prune_recipe_without_gates_and_scratch_keeps_
 def test_smoke_test_shrinks_the_baselines_too():
     sweep = make({"method": ["gates", "random"], "baselines": {"budgets": [1, 2, 3], "seeds": 5,
                                                                "finetune_steps": [0, 500]}}, smoke_test=True)
-    assert sweep.budgets() == [2, 4] and sweep.schema.baselines.seeds == 1
-    assert sweep.schema.baselines.finetune_steps == [0, 10]
+    assert sweep.budgets() == [2] and sweep.schema.baselines.seeds == 1
+    assert sweep.schema.baselines.finetune_steps == [0, 10] and sweep.schema.baselines.scratch_limit == 1
 
 
 def test_the_readmes_head_budget_sweep_loads(monkeypatch):

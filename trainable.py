@@ -10,6 +10,9 @@
    each loads its base model, learns gates with the L0 penalty and reports every evaluation with a checkpoint.
 4. ``<results>/<sweep>/trials.csv``: one row per trial (params, final and best metrics, open heads per type and
    layer, status, checkpoint, wall time, git commit, versions); the Pareto-optimal trials are printed.
+5. With ``method: [gates, importance, random, scratch]`` the baselines follow, each a grid in its own folder
+   ``<results>/<sweep>-<method>[-ft<N>]`` with its own table (``model/baselines.py``); a method starts only when
+   the one before it has finished, and ``<sweep>/report/methods.html`` compares their fronts.
 
 This is the only module that imports Ray (``model/`` runs without it).
 """

@@ -38,9 +38,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def start_cli(*args: str) -> subprocess.Popen:
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """The sweep command in the background (to be interrupted), output captured."""
-    env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA)}
+    env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA), **(env or {})}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, str(REPO / "trainable.py"), *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -185,15 +185,17 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     assert sorted(importance["param.baseline.budget"]) == [2, 8] and (importance["status"] == "completed").all()
 
 
-def trial_workers() -> list[int]:
-    """PIDs of Ray worker processes running a trial."""
+def trial_workers(marker: str) -> list[int]:
+    """PIDs of the Ray worker processes running a trial of the sweep started with ``HEADSWEEP_TEST_RUN=marker``
+    (workers inherit the driver's environment; other Ray sessions on the machine are left alone)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             title = (proc / "cmdline").read_bytes().decode(errors="replace")
+            environ = (proc / "environ").read_bytes().split(b"\0") if title.startswith("ray::ImplicitFunc") else []
         except OSError:
             continue
-        if proc.name.isdigit() and title.startswith("ray::ImplicitFunc"):
+        if proc.name.isdigit() and f"HEADSWEEP_TEST_RUN={marker}".encode() in environ:
             pids.append(int(proc.name))
     return pids
 
@@ -201,11 +203,11 @@ def trial_workers() -> list[int]:
 def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1, "max_failures": 2},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
-    proc = start_cli(str(sweep), "--results", str(tmp_path))
+    proc = start_cli(str(sweep), "--results", str(tmp_path), env={"HEADSWEEP_TEST_RUN": str(tmp_path)})
     deadline, killed = time.time() + 300, False
     while time.time() < deadline and not killed:
         reported = list((tmp_path / "t").glob("prune_trainable_*/checkpoint_000000"))
-        workers = trial_workers()
+        workers = trial_workers(str(tmp_path))
         if reported and not list((tmp_path / "t").glob("prune_trainable_*/checkpoint_000002")) and workers:
             for pid in workers:
                 os.kill(pid, signal.SIGKILL)

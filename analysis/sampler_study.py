@@ -7,7 +7,9 @@ finished trials of one sweep stand in for the objective: a proposed point gets t
 finished trial (distance in the search space scaled to [0, 1] per key, on a log scale for loguniform keys; a
 ``choice`` key must match). Each sampler then runs ``--seeds`` studies of ``--trials`` trials with the sweep's
 own objectives and directions, and after every trial the hypervolume of its front so far is recorded (against
-one reference point for all: by default just beyond the table's worst value of each objective). The chart shows the mean and the spread (min to max) over seeds per sampler.
+one reference point for all: by default just beyond the table's worst value of each objective). The chart shows
+the mean and the spread (min to max) over seeds per sampler. Optuna's TPE draws its first 10 points at random
+(``n_startup_trials``), so its curve equals random search's until then.
 
 What this measures: how fast a sampler finds the good regions *of this table*. It cannot find a point better
 than the best finished trial, and with few finished trials neighbouring proposals share objectives, so the curves

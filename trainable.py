@@ -325,8 +325,7 @@ def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
         done = pareto_front(done, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])
     cfg = config_from_dict(sweep.prune_data())
     kinds = list(cfg.gates.attention)
-    full = {k: [cfg.model.n_heads] * (cfg.model.encoder_layers if k == "enc_self" else cfg.model.decoder_layers)
-            for k in kinds}
+    full = {k: [cfg.model.n_heads] * cfg.model.layers(k) for k in kinds}
     names = {layout_name(layout_heads(row, cfg, kinds)) for row in done.to_dict("records")} - {layout_name(full)}
     found = sorted(names, key=lambda name: (sum(sum(v) for v in parse_layout_name(name).values()), name))
     limit = sweep.schema.baselines.scratch_limit

@@ -83,13 +83,11 @@ def pruned_start(base_checkpoint: str | Path, cfg: Config, method: str, budget: 
 
 def layout_heads(row: dict[str, Any], cfg: Config, kinds: list[str]) -> dict[str, list[int]]:
     """Heads per layer of each type in ``kinds`` from a trials-table row's ``open_heads/<type>/<layer>`` columns."""
-    layers = {"enc_self": cfg.model.encoder_layers, "dec_self": cfg.model.decoder_layers,
-              "dec_cross": cfg.model.decoder_layers}
     out = {}
     for kind in kinds:
         if kind not in ATTENTION_TYPES:
             raise ValueError(f"unknown attention type {kind!r}")
-        keys = [f"open_heads/{kind}/{layer}" for layer in range(layers[kind])]
+        keys = [f"open_heads/{kind}/{layer}" for layer in range(cfg.model.layers(kind))]
         missing = [k for k in keys if row.get(k) is None or row.get(k) != row.get(k)]  # None or NaN
         if missing:
             raise ValueError(f"trial {row.get('trial_id')}: no {', '.join(missing)} in the trials table")

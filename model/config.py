@@ -48,6 +48,10 @@ class ModelConfig:
     # block; head width stays d_model / n_heads. null: n_heads everywhere
     heads: dict[str, list[int]] | None = None
 
+    def layers(self, attention_type: str) -> int:
+        """Blocks of one attention type: encoder layers for enc_self, decoder layers for dec_self and dec_cross."""
+        return self.encoder_layers if attention_type == "enc_self" else self.decoder_layers
+
 
 @dataclass
 class GateConfig:
@@ -286,7 +290,7 @@ def validate(cfg: Config) -> Config:
              "0 unless gates.mode is 'learned' (there is nothing to penalise)")
     _require(g.lr_scale > 0.0, "gates.lr_scale", g.lr_scale, "a number > 0")
     if g.target_open is not None:
-        gated = sum(m.n_heads * (m.encoder_layers if kind == "enc_self" else m.decoder_layers) for kind in g.attention)
+        gated = sum(m.n_heads * m.layers(kind) for kind in g.attention)
         _require(g.mode == "learned", "gates.target_open", g.target_open, "null unless gates.mode is 'learned'")
         _require(0 <= g.target_open <= gated, "gates.target_open", g.target_open,
                  f"an integer in [0, {gated}] (the heads of {', '.join(g.attention)}) or null")

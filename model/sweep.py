@@ -339,9 +339,7 @@ class Sweep:
     def gated_heads(self) -> int:
         """Heads of the gated attention types (prune.set's gates.attention) in the base model."""
         cfg = config_from_dict(self.prune_data())
-        layers = {"enc_self": cfg.model.encoder_layers, "dec_self": cfg.model.decoder_layers,
-                  "dec_cross": cfg.model.decoder_layers}
-        return sum(cfg.model.n_heads * layers[k] for k in cfg.gates.attention)
+        return sum(cfg.model.n_heads * cfg.model.layers(k) for k in cfg.gates.attention)
 
     def budgets(self) -> list[int]:
         """Head budgets of the importance and random methods."""

@@ -210,7 +210,10 @@ class Trainer:
 
     def _restore(self, p: dict[str, Any]) -> None:
         load_model_state(self.model, p["model"], source=str(self.resume_path))
-        self.optimizer.load_state_dict(p["optimizer"])
+        scales = [g["lr_scale"] for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(p["optimizer"])  # replaces each group's settings with the stored ones
+        for group, scale in zip(self.optimizer.param_groups, scales, strict=True):
+            group["lr_scale"] = scale  # absent from checkpoints of earlier versions; the config decides it
         if "scaler" in p:
             self.scaler.load_state_dict(p["scaler"])
         c = p["counters"]

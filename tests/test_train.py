@@ -145,6 +145,25 @@ def test_resume_refuses_what_would_silently_fail(tmp_path):
     assert longer.step == 9
 
 
+def test_resume_of_a_checkpoint_without_the_gate_learning_rate_scale(tmp_path):
+    """Checkpoints of earlier versions store optimizer groups without ``lr_scale``: resuming them takes the scale
+    from the config (the gates' group learns ``gates.lr_scale`` times faster), ending where an unbroken run ends."""
+    cfg = tiny_config("gates.mode=learned", "gates.penalty=0.05", "gates.lr_scale=10.0", "train.max_steps=6",
+                      "train.eval_every=3")
+    full = train(cfg, tmp_path / "full", **QUIET)
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "old", report=lambda m, c: (_ for _ in ()).throw(Interrupt()), **QUIET)
+    (path,) = (tmp_path / "old" / "checkpoints").glob("step_*.pt")
+    payload = torch.load(path, weights_only=True)
+    for group in payload["optimizer"]["param_groups"]:
+        del group["lr_scale"]
+    torch.save(payload, path)
+    resumed = train(cfg, tmp_path / "old", resume=True, **QUIET)
+    assert resumed.step == 6
+    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_max_epochs_stops_and_evaluates(tmp_path):
     cfg = tiny_config("data.batch_size=200", "data.max_tokens=null", "train.max_epochs=2", "train.max_steps=100",
                       "train.eval_every=100")

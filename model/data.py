@@ -32,6 +32,8 @@ from .synthetic import generate_splits
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPLITS = ("train", "valid", "test")
+IDS_FILES = ("src.npy", "src_offsets.npy", "tgt.npy", "tgt_offsets.npy", "stats.json")  # a token-id cache folder
+IDS_MANIFEST = "sha256.json"  # their checksums, written last
 
 
 class Corpus(Protocol):
@@ -173,20 +175,55 @@ def tokenizer_key(corpus: Corpus, cfg: DataConfig, side: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _cached_tokenizer(path: Path, log: Callable[[str], None]) -> Tokenizer | None:
+    """The cached sentencepiece model at ``path`` if its bytes match the checksum written beside it; a damaged or
+    unverifiable copy is reported and None returned (the caller trains the model again and overwrites it)."""
+    if not path.exists():
+        return None
+    try:
+        proto = path.read_bytes()
+        expected = _checksum_file(path).read_text().strip()
+    except OSError as exc:
+        log(f"cached sentencepiece model {path} has no readable checksum ({exc.strerror or exc}): rebuilding it")
+        return None
+    if _sha256(proto) != expected:
+        log(f"cached sentencepiece model {path} does not match its checksum (damaged): rebuilding it")
+        return None
+    try:
+        return Tokenizer(proto)
+    except (RuntimeError, ValueError) as exc:  # a checksummed file written by a foreign tool
+        log(f"cached sentencepiece model {path} cannot be loaded ({exc}): rebuilding it")
+        return None
+
+
 def build_tokenizers(corpus: Corpus, cfg: DataConfig, log: Callable[[str], None] = print) -> Tokenizers:
     """Load cached sentencepiece models for ``corpus``, training (and caching) any that are missing."""
     models = {}
     for side in ("joint",) if cfg.joint_vocab else ("src", "tgt"):
         path = cache_root(cfg) / "spm" / f"{corpus.name}-{side}-{tokenizer_key(corpus, cfg, side)}.model"
-        if path.exists():
-            models[side] = Tokenizer(path.read_bytes())
+        cached = _cached_tokenizer(path, log)
+        if cached is not None:
+            models[side] = cached
             continue
         src_train, tgt_train = corpus.split("train")
         lines = {"joint": src_train + tgt_train, "src": src_train, "tgt": tgt_train}[side]
         log(f"training sentencepiece ({side}, {cfg.vocab_size} pieces) -> {path}")
         proto = _train_sentencepiece(iter(lines), cfg)
-        atomic_write_bytes(path, proto)
         models[side] = Tokenizer(proto)
+        try:  # the model, then its checksum: a model without a matching checksum is never used
+            atomic_write_bytes(path, proto)
+            atomic_write_bytes(_checksum_file(path), (_sha256(proto) + "\n").encode())
+        except OSError as exc:
+            log(f"warning: could not cache the sentencepiece model in {path.parent} ({exc.strerror or exc}); "
+                "it is used from memory and trained again next time")
     if cfg.joint_vocab:
         return Tokenizers(models["joint"], models["joint"], joint=True)
     return Tokenizers(models["src"], models["tgt"], joint=False)
@@ -367,12 +404,12 @@ class Data:
 
 
 def _proto_hash(tok: Tokenizer) -> str:
-    return hashlib.sha256(tok.proto).hexdigest()[:16]
+    return _sha256(tok.proto)[:16]
 
 
 def _ids_cache_dir(corpus: Corpus, tok: Tokenizers, cfg: DataConfig) -> Path:
     settings = {"corpus": corpus.fingerprint(), "src": _proto_hash(tok.src), "tgt": _proto_hash(tok.tgt),
-                "max_len": cfg.max_len, "max_ratio": cfg.max_ratio, "format": 1}
+                "max_len": cfg.max_len, "max_ratio": cfg.max_ratio, "format": 2}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return cache_root(cfg) / "ids" / f"{corpus.name}-train-{key}"
 
@@ -387,6 +424,8 @@ def _save_ids(folder: Path, split: EncodedSplit) -> None:
             np.save(tmp / f"{side}.npy", np.concatenate(rows) if rows else np.zeros(0, np.int32))
             np.save(tmp / f"{side}_offsets.npy", np.cumsum([0] + [len(r) for r in rows], dtype=np.int64))
         (tmp / "stats.json").write_text(json.dumps(dict(split.stats)))
+        sums = {name: _sha256((tmp / name).read_bytes()) for name in IDS_FILES}
+        (tmp / IDS_MANIFEST).write_text(json.dumps(sums, sort_keys=True))  # written last: marks a complete folder
         try:
             os.replace(tmp, folder)
         except OSError:  # another process wrote it first; its copy is identical
@@ -395,8 +434,32 @@ def _save_ids(folder: Path, split: EncodedSplit) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_ids(folder: Path) -> EncodedSplit | None:
-    """A split from the token-id cache (memory-mapped), or None when absent or unreadable."""
+def _discard(folder: Path) -> None:
+    """Remove a damaged cache folder: renamed away first, so that no reader sees it half-deleted."""
+    aside = folder.with_name(f".{folder.name}.damaged.{os.getpid()}")
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return  # already gone (another process rebuilt it)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _load_ids(folder: Path, log: Callable[[str], None] = print) -> EncodedSplit | None:
+    """A split from the token-id cache (memory-mapped), or None when absent; a folder whose files do not match the
+    checksums written with them, or cannot be read, is reported and None returned (the caller rebuilds it)."""
+    if not folder.exists():
+        return None
+    try:
+        sums = json.loads((folder / IDS_MANIFEST).read_text())
+        damaged = [name for name in IDS_FILES if _sha256((folder / name).read_bytes()) != sums.get(name)]
+    except (OSError, ValueError, AttributeError) as exc:
+        log(f"token-id cache {folder} is incomplete or unreadable ({exc}): rebuilding it")
+        _discard(folder)
+        return None
+    if damaged:
+        log(f"token-id cache {folder}: {', '.join(damaged)} do not match their checksums (damaged): rebuilding it")
+        _discard(folder)
+        return None
     try:
         split = EncodedSplit([], [], stats=Counter(json.loads((folder / "stats.json").read_text())))
         for side in ("src", "tgt"):
@@ -420,12 +483,16 @@ def load_data(
     corpus = build_corpus(cfg, log)
     tok = tokenizers or build_tokenizers(corpus, cfg, log)
     cache = _ids_cache_dir(corpus, tok, cfg)
-    train = _load_ids(cache)
+    train = _load_ids(cache, log)
     if train is None:
         train = encode_split(tok, *corpus.split("train"), max_len=cfg.max_len, max_ratio=cfg.max_ratio,
                              drop_empty=True, keep_text=False)
         train.stats.update(getattr(corpus, "stats", {}).get("train", {}))
-        _save_ids(cache, train)
+        try:
+            _save_ids(cache, train)
+        except OSError as exc:  # e.g. a full disk: the cache is only a speed-up
+            log(f"warning: could not write the token-id cache {cache} ({exc.strerror or exc}); "
+                "the split is used from memory and encoded again next time")
     if len(train) == 0:
         raise CorpusError(f"corpus {corpus.name!r}: no training pair is left after filtering "
                          f"({describe_stats({'train': train.stats}) or 'the corpus is empty'})")

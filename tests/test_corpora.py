@@ -165,13 +165,49 @@ def test_training_ids_are_cached_and_reused(tmp_path, monkeypatch):
     assert [a.tolist() for a in first.splits["train"].tgt] == [a.tolist() for a in second.splits["train"].tgt]
 
 
-def test_a_damaged_id_cache_is_rebuilt(tmp_path):
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # a token id changes; the file still parses
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["offsets", "one token id", "no checksums"])
+def test_a_damaged_id_cache_is_detected_and_rebuilt(tmp_path, damage):
     cfg = files_config(tmp_path)
     first = load_data(cfg, "valid", log=lambda _: None)
     (cache,) = (Path(cfg.cache_dir) / "ids").iterdir()
-    np.save(cache / "src_offsets.npy", np.array([0, 5, 999], dtype=np.int64))
-    again = load_data(cfg, "valid", log=lambda _: None)
+    if damage == "offsets":
+        np.save(cache / "src_offsets.npy", np.array([0, 5, 999], dtype=np.int64))
+    elif damage == "one token id":
+        _flip_last_byte(cache / "tgt.npy")
+    else:
+        (cache / "sha256.json").unlink()
+    messages = []
+    again = load_data(cfg, "valid", log=messages.append)
+    assert any(str(cache) in m and "rebuilding" in m for m in messages), messages
     assert [a.tolist() for a in again.splits["train"].src] == [a.tolist() for a in first.splits["train"].src]
+    assert [a.tolist() for a in again.splits["train"].tgt] == [a.tolist() for a in first.splits["train"].tgt]
+    messages.clear()
+    load_data(cfg, "valid", log=messages.append)  # the rebuilt cache is whole again
+    assert not any("rebuilding" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("damage", ["one byte", "garbage", "no checksum"])
+def test_a_damaged_sentencepiece_model_is_detected_and_trained_again(tmp_path, damage):
+    cfg = files_config(tmp_path)
+    first = load_data(cfg, "valid", log=lambda _: None)
+    (model,) = (Path(cfg.cache_dir) / "spm").glob("*.model")
+    if damage == "one byte":
+        _flip_last_byte(model)
+    elif damage == "garbage":
+        model.write_bytes(b"not a sentencepiece model")
+    else:
+        model.with_name(model.name + ".sha256").unlink()
+    messages = []
+    again = load_data(cfg, "valid", log=messages.append)
+    assert any(str(model) in m and "rebuilding" in m for m in messages), messages
+    assert any("training sentencepiece" in m for m in messages)
+    assert again.tokenizers.src.proto == first.tokenizers.src.proto == model.read_bytes()  # deterministic retraining
 
 
 def test_changed_corpus_file_gets_new_tokenizer_and_ids(tmp_path):

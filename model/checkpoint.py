@@ -73,7 +73,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], cfg: Config,
     )
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    try:
+        atomic_write_bytes(Path(path), buffer.getvalue())
+    except OSError as exc:  # a full disk or quota, a file size limit, a vanished folder
+        raise CheckpointError(f"could not write checkpoint {path} ({len(buffer.getbuffer()) / 2**20:.1f} MiB): "
+                              f"{exc.strerror or exc}. Nothing was replaced: the checkpoints written before it "
+                              "are intact; free space and resume.") from exc
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

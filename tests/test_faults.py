@@ -1,0 +1,112 @@
+"""Faults injected into a single run (no Ray): a full disk while a checkpoint or a cache is written.
+
+A full disk is a real one where the test may mount a small tmpfs (root on Linux), and a file size limit
+(RLIMIT_FSIZE, enforced by the kernel) everywhere else; the sweep-level faults are in test_reliability.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model.checkpoint import CheckpointError, load_checkpoint
+from model.data import load_data
+from model.train import train
+from tests.conftest import REPO, tiny_config
+
+QUIET = dict(log=lambda _: None)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 4 MiB tmpfs at tmp_path/disk, or a skip with the reason where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({proc.stderr.strip() or 'mount failed'}); "
+                    "the file-size-limit variant covers the same code")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` until fewer than ``leave`` bytes are free; returns the filler file."""
+    stat = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+    return filler
+
+
+def checkpoint_names(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes(small_disk: Path):
+    cfg = tiny_config("train.max_steps=3", "train.eval_every=3", f"data.cache_dir={small_disk.parent / 'cache'}")
+    run = small_disk / "run"
+    first = train(cfg, run, **QUIET)
+    size = first.checkpoint.stat().st_size
+    filler = fill(small_disk, size // 2)
+    longer = tiny_config("train.max_steps=6", "train.eval_every=3", f"data.cache_dir={small_disk.parent / 'cache'}")
+    with pytest.raises(CheckpointError, match=r"step_00000006.pt.*No space left on device.*intact"):
+        train(longer, run, resume=True, **QUIET)
+    assert checkpoint_names(run) == ["step_00000003.pt"]  # no partial file, no temp file
+    assert load_checkpoint(run / "checkpoints" / "step_00000003.pt")["counters"]["step"] == 3
+    filler.unlink()  # space freed: the run goes on from step 3, and nothing was lost
+    done = train(longer, run, resume=True, **QUIET)
+    unbroken = train(longer, small_disk.parent / "unbroken", **QUIET)
+    assert done.step == 6 and done.metrics == {**unbroken.metrics, "train_seconds": done.metrics["train_seconds"],
+                                                "tokens_per_s": done.metrics["tokens_per_s"]}
+
+
+def test_a_full_disk_under_the_caches_is_reported_and_the_data_still_loads(small_disk: Path, tmp_path: Path):
+    cfg = tiny_config(f"data.cache_dir={small_disk / 'cache'}").data
+    fill(small_disk, 0)
+    messages: list[str] = []
+    data = load_data(cfg, "valid", log=messages.append)
+    reference = load_data(tiny_config(f"data.cache_dir={tmp_path / 'roomy'}").data, "valid", **QUIET)
+    warnings = [m for m in messages if m.startswith("warning: could not")]
+    assert len(warnings) == 2 and all("No space left on device" in m for m in warnings), messages
+    assert data.tokenizers.src.proto == reference.tokenizers.src.proto
+    assert [a.tolist() for a in data.splits["train"].src] == [a.tolist() for a in reference.splits["train"].src]
+    leftovers = [p for p in (small_disk / "cache").rglob("*") if p.is_file()]
+    assert leftovers == []  # no half-written model or id folder that a later run could pick up
+
+
+LIMITED_WRITE = """
+import resource, signal, sys
+from model.checkpoint import CheckpointError
+from model.train import train
+from tests.conftest import tiny_config
+
+run, limit = sys.argv[1], int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing the process
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+    train(tiny_config("train.max_steps=6", "train.eval_every=3"), run, resume=True, log=lambda _: None)
+except CheckpointError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_a_file_size_limit_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path):
+    run = tmp_path / "run"
+    first = train(tiny_config("train.max_steps=3", "train.eval_every=3"), run, **QUIET)
+    before = first.checkpoint.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", LIMITED_WRITE, str(run), str(len(before) // 2)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 3, proc.stdout + proc.stderr[-3000:]
+    assert "step_00000006.pt" in proc.stdout and "File too large" in proc.stdout and "intact" in proc.stdout
+    assert checkpoint_names(run) == ["step_00000003.pt"] and first.checkpoint.read_bytes() == before
+    status = json.loads((run / "status.json").read_text())
+    assert status["step"] == 3  # the run's record still points at what is on disk
+    assert train(tiny_config("train.max_steps=6", "train.eval_every=3"), run, resume=True, **QUIET).step == 6

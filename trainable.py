@@ -237,19 +237,25 @@ def _resources(res) -> dict[str, float]:
 def _run_config(sweep: Sweep, name: str, storage: str, keep: int, params: list[str] | None = None):
     from ray import tune
 
+    from model.retention import CheckpointRetention, state_period
+
     columns = [o.metric for o in sweep.objectives] + [M.STEP]
     params = [d.key for d in sweep.space] if params is None else params
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=1,
         failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+        # Tune keeps every checkpoint; CheckpointRetention deletes old ones only when no resume can need them
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        callbacks=[CheckpointRetention(keep, state_period())],
         progress_reporter=tune.CLIReporter(metric_columns=columns, parameter_columns=params,
                                            max_report_frequency=30),
     )
 
 
-def _fit(tuner_factory, trainable, experiment: str, resume: bool):
+def _fit(tuner_factory, trainable, experiment: str, resume: bool, keep: int):
     from ray import tune
+
+    from model.retention import prune_checkpoints
 
     if tune.Tuner.can_restore(experiment):
         if not resume:
@@ -257,11 +263,11 @@ def _fit(tuner_factory, trainable, experiment: str, resume: bool):
                              f"name (--set name=...) or --results folder")
         print(f"resuming {experiment}", flush=True)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
-    else:
-        if resume:
-            raise SweepError(f"--resume: there is no sweep in {experiment} to resume")
+    else:  # with --resume too: the sweep stopped before this stage began (the driver checked it exists)
         tuner = tuner_factory()
-    return tuner.fit()
+    grid = tuner.fit()
+    prune_checkpoints(grid, keep)  # the final state is saved: each trial's older checkpoints can go
+    return grid
 
 
 def pretrain_stage(sweep: Sweep, setup: TrialSetup) -> tuple[dict[str, str], list[Any]]:
@@ -287,7 +293,7 @@ def pretrain_stage(sweep: Sweep, setup: TrialSetup) -> tuple[dict[str, str], lis
             return tune.Tuner(trainable, param_space=dict(variant), tune_config=tune.TuneConfig(num_samples=1),
                               run_config=_run_config(sweep, name, root, keep=1))
 
-        grid = _fit(new_tuner, trainable, experiment, resume=not fresh)
+        grid = _fit(new_tuner, trainable, experiment, resume=not fresh, keep=1)
         result = grid[0]
         if result.error is not None or result.checkpoint is None or result.metrics.get(M.STATUS) != "completed":
             raise SweepError(f"base model {name} did not complete ({result.error or result.metrics.get(M.STATUS)}); "
@@ -311,7 +317,7 @@ def prune_stage(sweep: Sweep, setup: TrialSetup, resume: bool):
             run_config=_run_config(sweep, sweep.name, sweep.storage, keep=sweep.schema.keep_checkpoints),
         )
 
-    return _fit(new_tuner, trainable, sweep.experiment_dir, resume)
+    return _fit(new_tuner, trainable, sweep.experiment_dir, resume, sweep.schema.keep_checkpoints)
 
 
 def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
@@ -361,7 +367,7 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, run: MethodRun, resume: bool
                           run_config=_run_config(sweep, run.name, sweep.storage, keep=sweep.schema.keep_checkpoints,
                                                  params=list(space)))
 
-    return _fit(new_tuner, trainable, experiment, resume=exists), list(space)
+    return _fit(new_tuner, trainable, experiment, resume=exists, keep=sweep.schema.keep_checkpoints), list(space)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,16 +504,24 @@ def _settings_of(run: MethodRun, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_resume(sweep: Sweep, resume: bool) -> None:
-    """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep."""
-    folders = [Path(sweep.storage, run.name) for run in sweep.method_runs()]
-    exists = any((folder / "tuner.pkl").exists() for folder in folders)
+    """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep.
+
+    A sweep exists once one of its base models or method folders does (it may have stopped during pretraining)."""
+    from ray import tune
+
+    folders = [join_storage(sweep.storage, run.name) for run in sweep.method_runs()]
+    exists = any(tune.Tuner.can_restore(folder) for folder in folders)
     if exists and not resume:
         raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
                          f"another name (--set name=...) or --results folder")
-    if resume and not exists:
+    bases = [join_storage(sweep.storage, PRETRAINED_DIR, f"base-{base_hash(sweep.base_config(v))}")
+             for v in sweep.base_variants()] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
+    if resume and not exists and not any(tune.Tuner.can_restore(base) for base in bases):
         raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
+    if "://" in sweep.storage:
+        return  # the recorded sweeps below are compared on local storage
     for run, folder in zip(sweep.method_runs(), folders):
-        recorded = folder / SWEEP_FILE
+        recorded = Path(folder, SWEEP_FILE)
         if resume and recorded.exists():
             old, new = (_settings_of(run, record) for record in (json.loads(recorded.read_text()), schema_dict(sweep)))
             changed = sweep_differences(old, new)
@@ -527,8 +541,7 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
         os.environ["WANDB_MODE"] = mode  # before Ray starts, so that workers inherit it
         if wandb_dir:
             os.environ["WANDB_DIR"] = wandb_dir
-    if local_storage:  # a cloud folder is checked by Tune
-        _check_resume(sweep, resume)
+    _check_resume(sweep, resume)
     if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine's GPUs are all there is
         import torch
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,15 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
     from model.train import train
 
     return train(tiny_config(*LEARN), tmp_path_factory.mktemp("trained"), log=lambda _: None)
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest):
+    """``record(what, **figures)``: a row of docs/reliability.md's table, appended as JSON to the file named by
+    $HEADSWEEP_RELIABILITY_OUT (python -m bench.reliability sets it; otherwise nothing is written)."""
+    def write(what: str, **figures: Any) -> None:
+        out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
+        if out:
+            with open(out, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"test": request.node.nodeid, "what": what, **figures}) + "\n")
+    return write

@@ -110,3 +110,43 @@ def test_a_file_size_limit_while_writing_a_checkpoint_keeps_the_previous_one(tmp
     status = json.loads((run / "status.json").read_text())
     assert status["step"] == 3  # the run's record still points at what is on disk
     assert train(tiny_config("train.max_steps=6", "train.eval_every=3"), run, resume=True, **QUIET).step == 6
+
+
+class _Checkpoint:
+    """What CheckpointRetention needs of a Tune checkpoint: a folder on a pyarrow filesystem."""
+
+    def __init__(self, path: Path) -> None:
+        from pyarrow import fs
+
+        path.mkdir(parents=True)
+        self.path, self.filesystem = str(path), fs.LocalFileSystem()
+
+
+class _Trial:
+    trial_id = "t1"
+
+
+def test_checkpoint_retention_deletes_an_old_checkpoint_only_after_two_state_saves(tmp_path: Path, monkeypatch):
+    """Tune's state (saved every `period` s) may still point at the checkpoint before the newest: it is kept until a
+    newer one has been known for two periods, then the trial keeps its newest `keep`."""
+    from model import retention
+
+    clock = [0.0]
+    monkeypatch.setattr(retention.time, "monotonic", lambda: clock[0])
+    keeper = retention.CheckpointRetention(keep=1, period=10.0)
+    folders = []
+    for i in range(3):
+        folders.append(_Checkpoint(tmp_path / f"checkpoint_{i:06d}"))
+        keeper.on_checkpoint(i, [], _Trial(), folders[-1])
+        clock[0] += 1.0
+        keeper.on_step_end(i, [])
+    assert all(Path(c.path).exists() for c in folders)  # within two state periods of their successors
+    clock[0] = 1.0 + 25.5  # the second checkpoint has been known for 2 * 10 + 5 s: the first can go
+    keeper.on_step_end(9, [])
+    assert [Path(c.path).exists() for c in folders] == [False, True, True]
+    clock[0] = 2.0 + 25.5
+    keeper.on_step_end(10, [])
+    assert [Path(c.path).exists() for c in folders] == [False, False, True]
+    clock[0] = 1000.0
+    keeper.on_step_end(11, [])
+    assert Path(folders[-1].path).exists()  # the newest is never deleted

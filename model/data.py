@@ -26,8 +26,7 @@ import sentencepiece as spm
 import torch
 
 from .config import DataConfig
-from .corpora import (CorpusError, FilesCorpus, HuggingFaceCorpus, Multi30kCorpus, WmtEnRuCorpus,
-                      describe_stats)
+from .corpora import CorpusError, FilesCorpus, HuggingFaceCorpus, Multi30kCorpus, WmtEnRuCorpus, describe_stats
 from .synthetic import generate_splits
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import socket
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,18 @@ def has_api_key() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def unreachable_backend(timeout: float = 5.0) -> str | None:
+    """Why the W&B backend ($WANDB_BASE_URL, else api.wandb.ai) cannot be reached, or None when a TCP connection
+    to it opens within ``timeout`` seconds. Checked once by the sweep driver, so that trials do not each wait."""
+    url = urllib.parse.urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{url.scheme}://{url.hostname}:{port} cannot be reached ({exc.strerror or exc})"
 
 
 def resolve_mode(mode: str) -> str:

@@ -18,7 +18,7 @@ from ray.tune import ExperimentAnalysis
 from model import metrics as M
 from model.checkpoint import load_checkpoint
 from model.trial import checkpoint_file
-from tests.test_trainable import run_cli, start_cli, write_sweep
+from tests.test_trainable import check_table, run_cli, start_cli, write_sweep
 
 LONG_PRUNE = {"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}}
 LONG_PRETRAIN = {"set": {"train.max_steps": 300, "train.eval_every": 100}}
@@ -173,3 +173,76 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
            "last checkpoint; --resume each time", interruptions=len(interruptions), trials=len(prune),
            trials_lost=3 - int((prune["status"] == "completed").sum()), finished_trials_rerun=0,
            evaluations_redone=redone, evaluations=3 * len(prune), optuna_complete=len(complete))
+
+
+def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_another_node(tmp_path: Path, record,
+                                                                                            monkeypatch):
+    """A two-node cluster whose head has no CPUs for trials: the trial runs on worker A; once it has reported a
+    checkpoint, worker B joins and A is removed. Tune retries the trial on B from its last checkpoint."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        node_a = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        sweep = write_sweep(tmp_path / "s.yaml", pretrain={"enabled": False}, prune=LONG_PRUNE,
+                            search={"num_samples": 1, "max_concurrent": 1, "max_failures": 2})
+        proc = start_cli(str(sweep), "--address", cluster.address, "--results", str(tmp_path))
+        experiment = tmp_path / "t"
+        wait_for(proc, lambda: any(n == 1 for n in reports(experiment, "prune_trainable_*").values()),
+                 "the trial's first checkpoint")
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        cluster.remove_node(node_a)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    finally:
+        cluster.shutdown()
+    assert "Restored on" in out, out[-3000:]  # Tune restarted the trial from a checkpoint, on the node left
+    df = check_table(experiment, trials=1, evaluations=len(pd.read_csv(next(experiment.glob("prune_trainable_*"))
+                                                                      / "progress.csv")))
+    prune = df[df["stage"] == "prune"]
+    assert prune[M.STEP].tolist() == [300]
+    (trial,) = experiment.glob("prune_trainable_*")
+    progress = pd.read_csv(trial / "progress.csv")
+    assert set(progress[M.STEP]) == {100, 200, 300}
+    for _, same in progress.groupby(M.STEP):  # a repeated evaluation is the same evaluation
+        assert same[M.LOSS].nunique() == 1, same
+    record("worker node removed mid-trial (two-node local cluster); a new node joins", nodes_removed=1,
+           trials=1, trials_lost=0, evaluations_redone=len(progress) - 3, evaluations=3)
+
+
+FAKE_KEY = "5ec7e7f00d5ec7e7f00d5ec7e7f00d5ec7e7f00d"  # 40 hex characters, shaped like a W&B API key
+
+
+def test_wandb_with_a_key_but_no_reachable_backend_stays_offline_on_time_and_no_secret_is_written(tmp_path: Path,
+                                                                                                    record):
+    """The same sweep with W&B disabled, then online with a key and a backend that refuses connections (a closed
+    port on 127.0.0.1): it finishes, every run is kept offline, it takes about as long, and the key appears in no
+    file the sweep wrote."""
+    timings = {}
+    for mode in ("disabled", "online"):
+        sweep = write_sweep(tmp_path / f"{mode}.yaml", name=mode, search={"num_samples": 2, "max_concurrent": 2},
+                            pretrain={"enabled": False},
+                            wandb={"mode": mode, "project": "p", "init_timeout": 10, "upload_timeout": 5})
+        env = {"WANDB_API_KEY": FAKE_KEY, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_MODE": ""}
+        start = time.perf_counter()
+        proc = run_cli(str(sweep), "--results", str(tmp_path / "r"), env=env)
+        timings[mode] = time.perf_counter() - start
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert FAKE_KEY not in proc.stdout + proc.stderr
+        assert (mode == "disabled") != ("every run of this sweep is kept offline" in proc.stdout), proc.stdout[-2000:]
+    check_table(tmp_path / "r" / "online", trials=2)
+    runs = sorted(p.name for p in (tmp_path / "r" / "online" / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3 and runs[-1].endswith("-summary"), runs  # both trials and the sweep's summary run
+    assert timings["online"] < timings["disabled"] + 60, timings  # no half-hour wait on an unreachable backend
+    scanned = 0
+    for path in (tmp_path / "r").rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+            scanned += 1
+    assert scanned > 50
+    record("W&B online with a key, backend unreachable (connection refused); key grep over every output file",
+           seconds_disabled=round(timings["disabled"]), seconds_unreachable=round(timings["online"]),
+           runs_kept_offline=len(runs), files_scanned=scanned, files_with_key=0)

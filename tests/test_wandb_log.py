@@ -75,3 +75,19 @@ def test_metrics_are_logged_with_their_step_and_only_numbers(monkeypatch):
     assert step == 20 and record == {"bleu": 3.5, "open_heads": 7}
     logger.finish()
     assert run.finished
+
+
+def test_an_unreachable_backend_is_found_once_before_the_sweep(monkeypatch):
+    import socket
+
+    from model.wandb_log import unreachable_backend
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert unreachable_backend(timeout=2) is None
+        port = server.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")  # closed now
+    reason = unreachable_backend(timeout=2)
+    assert reason and f"127.0.0.1:{port}" in reason and "refused" in reason.lower()

@@ -424,12 +424,21 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"Config file {path} is not UTF-8 text: invalid byte at line {line}.") from exc
     try:
         data = parse_yaml(text, str(path))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"YAML syntax error in {path}{line}: {exc.problem}.") from exc
+    except yaml.reader.ReaderError as exc:  # a control character
+        line = text[: exc.position].count("\n") + 1
+        raise ConfigError(f"YAML syntax error in {path} at line {line}: character #x{exc.character:04x} "
+                          "is not allowed in YAML (control characters cannot appear in a config).") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML syntax error in {path}: {exc}.") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,0 +1,150 @@
+"""Property-based tests (hypothesis): whatever a user writes into a run config, a sweep file, an override or a
+corpus file, the loaders either accept it or raise the project's own error (ConfigError, CorpusError), never a
+bare KeyError, TypeError, AttributeError or a crash inside yaml, sentencepiece or the reader."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model.config import ConfigError, config_from_dict, load_config
+from model.corpora import CorpusError, read_parallel, read_text_lines, read_tsv
+from model.sweep import load_sweep
+from tests.conftest import TINY
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+# values a YAML file can hold, nested
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=12))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                      max_leaves=12)
+
+RUN_KEYS = sorted(f"{section}.{key}" for section, body in TINY.items() for key in body) + [
+    "model.norm", "gates.mode", "gates.penalty", "gates.attention", "train.schedule", "train.freeze",
+    "data.corpus", "data.files", "eval.split", "train.precision", "data.joint_vocab"]
+SWEEP_KEYS = ["name", "base", "method", "space", "objectives", "search", "prune", "pretrain", "resources",
+              "baselines", "storage", "keep_checkpoints", "wandb", "search.sampler", "search.num_samples",
+              "space.gates.penalty", "space.train.lr", "objectives.0", "prune.set", "resources.gpus"]
+
+
+def _put(data: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[last] = value
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(RUN_KEYS), values), min_size=1, max_size=4))
+def test_any_value_in_a_run_config_is_accepted_or_a_config_error(changes):
+    data = copy.deepcopy(TINY)
+    for key, value in changes:
+        _put(data, key, value)
+    try:
+        config_from_dict(data)
+    except ConfigError:
+        pass
+
+
+@SETTINGS
+@given(st.one_of(st.text(max_size=200).map(lambda t: t.encode("utf-8")), st.binary(max_size=200)))
+def test_any_bytes_as_a_config_file_are_accepted_or_a_config_error(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("cfg") / "run.yaml"
+    path.write_bytes(data)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        assert str(path) in str(exc)
+
+
+@SETTINGS
+@given(st.lists(st.text(max_size=30), max_size=3))
+def test_any_override_is_accepted_or_a_config_error(overrides):
+    try:
+        load_config(None, overrides)
+    except ConfigError:
+        pass
+
+
+GOOD_SWEEP = {"name": "p", "base": TINY, "prune": {"set": {"gates.mode": "learned"}},
+              "space": {"gates.penalty": {"loguniform": [0.01, 0.5]}}, "wandb": {"mode": "disabled"}}
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(SWEEP_KEYS), values), min_size=1, max_size=3))
+def test_any_value_in_a_sweep_is_accepted_or_a_config_error(tmp_path_factory, changes):
+    data = copy.deepcopy(GOOD_SWEEP)
+    for key, value in changes:
+        _put(data, key, value)
+    path = tmp_path_factory.mktemp("sweep") / "s.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    try:
+        load_sweep(path)
+    except ConfigError:
+        pass
+
+
+@SETTINGS
+@given(st.text(max_size=300))
+def test_any_text_as_a_sweep_file_is_accepted_or_a_config_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("sweep") / "s.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_sweep(path)
+    except ConfigError:
+        pass
+
+
+# bytes that stress the reader: UTF-8 text with BOMs, CRs, TABs, Unicode line separators, and invalid sequences
+corpus_bytes = st.lists(st.one_of(st.text(max_size=20).map(lambda s: s.encode("utf-8")),
+                                  st.sampled_from([b"\n", b"\r\n", b"\r", b"\t", b"\xef\xbb\xbf", b"\xe2\x80\xa8",
+                                                   b"\xff", b"\xc3", b"\x00"])),
+                        max_size=30).map(b"".join)
+
+
+@SETTINGS
+@given(corpus_bytes, corpus_bytes)
+def test_any_bytes_in_parallel_files_are_read_or_a_corpus_error(tmp_path_factory, src_bytes, tgt_bytes):
+    folder = tmp_path_factory.mktemp("corpus")
+    src, tgt = folder / "x.en", folder / "x.de"
+    src.write_bytes(src_bytes)
+    tgt.write_bytes(tgt_bytes)
+    stats: Counter = Counter()
+    try:
+        a, b = read_parallel(src, tgt, stats)
+    except CorpusError as exc:
+        assert "x.en" in str(exc) or "x.de" in str(exc)
+        return
+    # lines split at \n only (a lone CR or U+2028 is text), line N of one side beside line N of the other
+    assert len(a) == len(b) and all("\n" not in line for line in a + b)
+
+
+@SETTINGS
+@given(corpus_bytes, st.booleans())
+def test_any_bytes_in_a_tsv_are_read_or_a_corpus_error(tmp_path_factory, data, strict):
+    path = tmp_path_factory.mktemp("corpus") / "x.tsv"
+    path.write_bytes(data)
+    stats: Counter = Counter()
+    try:
+        a, b = read_tsv(path, stats, strict=strict)
+    except CorpusError as exc:
+        assert "x.tsv" in str(exc)
+        return
+    assert len(a) == len(b) and all("\t" not in line for line in a + b)
+
+
+@pytest.mark.parametrize("name", ["x.en"])
+def test_a_missing_corpus_file_is_a_corpus_error(tmp_path: Path, name: str):
+    with pytest.raises(CorpusError, match=name):
+        read_text_lines(tmp_path / name, Counter())

@@ -36,7 +36,7 @@ from model import metrics as M
 from model.baselines import BUDGET, LAYOUT, LAYOUT_SEED, layout_heads, layout_name, parse_layout_name, pruned_start
 from model.checkpoint import CheckpointError, git_commit, package_versions
 from model.config import ConfigError, flatten
-from model.corpora import CorpusError
+from model.corpora import CorpusError, FilesCorpus
 from model.sweep import MethodRun, Sweep, base_hash, check_gpus, join_storage, load_sweep, schema_dict
 from model.train import TrainingError
 from model.trial import checkpoint_file, last_record, run_trial
@@ -530,6 +530,20 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
                                  f"Resume it unchanged, or start a new sweep (--set name=...).")
 
 
+def check_corpus_files(sweep: Sweep) -> None:
+    """Local files named by the base config (data.corpus: files) exist, before Ray starts (on a cluster they are
+    looked up where the trials run)."""
+    for variant in sweep.base_variants():
+        cfg = sweep.base_config(variant)
+        if cfg.data.corpus != "files":
+            continue
+        for split in ("train", cfg.eval.split):
+            try:
+                FilesCorpus(cfg.data).paths(split)
+            except CorpusError as exc:
+                raise CorpusError(f"{sweep.path or 'the sweep'}: base config: {exc}") from None
+
+
 def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, dashboard: bool = False):
     """The base models, then each method's trials and table; returns {method run: trials DataFrame}."""
     import ray
@@ -552,6 +566,7 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
         local = float(torch.cuda.device_count())
         check_gpus(sweep.resources.gpus, local, False)
         check_gpus(sweep.pretrain_resources.gpus, local, False, "pretrain.resources.gpus")
+        check_corpus_files(sweep)
     started = not ray.is_initialized()
     if started:
         start_ray(address, dashboard)

@@ -294,3 +294,62 @@ def test_a_relative_base_checkpoint_is_found_from_the_working_folder_or_the_swee
     assert beside.schema.pretrain.checkpoint == str(tmp_path / "sweeps" / "beside.pt")
     with pytest.raises(ConfigError, match=r"`pretrain.checkpoint`.*tried .*missing.pt and .*missing.pt"):
         make({"pretrain": {"checkpoint": "missing.pt"}}, base_dir=tmp_path / "sweeps")
+
+
+# The issue list of malformed sweeps, through the command itself: refused with exit status 2, naming the key and
+# what is allowed, and Ray is never started (start_ray fails the test if it is called).
+CLI_BAD = [
+    ("unknown key", {"serach": {"num_samples": 2}}, r"Unknown key `serach`.*Did you mean `search`"),
+    ("wrong type", {"search": {"num_samples": "ten"}}, r"`search.num_samples`: 'ten'.*integer"),
+    ("negative lambda", {"space": {"gates.penalty": {"uniform": [-0.5, 0.5]}}}, r"`gates.penalty`.*>= 0"),
+    ("empty search space", {"space": {}}, r"`space`.*at least one searched key"),
+    ("lr <= 0", {"space": {"train.lr": {"choice": [0.0, 0.1]}}}, r"`train.lr`.*> 0"),
+    ("unknown sampler", {"search": {"sampler": "hyperband"}}, r"`search.sampler`: 'hyperband'.*'tpe'"),
+    ("objective no trial reports", {"objectives": [{"metric": "accuracy", "mode": "max"}]},
+     r"`objectives\[0\].metric`: 'accuracy'.*bleu"),
+    ("direction not min/max", {"objectives": [{"metric": "bleu", "mode": "maximize"}]},
+     r"`objectives\[0\].mode`: 'maximize'.*'max', 'min'"),
+    ("gpu with no GPUs", {"resources": {"cpus": 1, "gpus": 1}}, r"`resources.gpus`: 1.*0 GPUs"),
+    ("missing corpus files", {"base": {**TINY, "data": {"corpus": "files", "max_len": 64, "files": {
+        "train": "/no/such/train", "valid": "/no/such/valid"}}}},
+     r"base config: data.files.train: no such file /no/such/train.en"),
+    ("batch size 0", {"space": {"data.max_tokens": {"choice": [0, 512]}}}, r"`data.max_tokens`"),
+    ("base batch size 0", {"base": {**TINY, "data": {**TINY["data"], "max_tokens": 0}}}, r"data.max_tokens"),
+    ("negative max_failures", {"search": {"max_failures": -2}}, r"`search.max_failures`"),
+    ("unknown method", {"method": "pruning"}, r"`method`: 'pruning'"),
+]
+
+
+@pytest.mark.parametrize("patch, message", [c[1:] for c in CLI_BAD], ids=[c[0] for c in CLI_BAD])
+def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkeypatch, capsys, patch, message):
+    import yaml
+
+    import trainable
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a malformed sweep")
+
+    monkeypatch.setattr(trainable, "start_ray", no_ray)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    raw = {**copy.deepcopy(GOOD), **copy.deepcopy(patch), "wandb": {"mode": "disabled"}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert trainable.main([str(path), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: s\nsearch:\n  seed: 1\n  seed: 2\n", r"Duplicate key `seed` at line 4 \(first at line 3\)"),
+    ("name: s\nspace: {gates.penalty: [\n", r"YAML syntax error in .*bad.yaml at line 3"),
+    ("name: s\n\x07\n", r"bad.yaml at line 2.*#x0007"),
+], ids=["duplicate key", "YAML syntax error", "control character"])
+def test_the_command_refuses_unreadable_sweep_files_with_their_line(tmp_path, monkeypatch, capsys, text, message):
+    import trainable
+
+    monkeypatch.setattr(trainable, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert trainable.main([str(path), "--results", str(tmp_path / "r")]) == 2
+    assert re.search(message, capsys.readouterr().err)

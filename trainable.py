@@ -465,8 +465,9 @@ def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
-def start_ray(address: str | None, dashboard: bool) -> None:
-    """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray on loopback."""
+def start_ray(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> None:
+    """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray on loopback; its dashboard (with
+    --dashboard) listens on ``dashboard_host``, 127.0.0.1 unless the user names another address."""
     import ray
 
     if address or os.environ.get("RAY_ADDRESS"):
@@ -474,7 +475,7 @@ def start_ray(address: str | None, dashboard: bool) -> None:
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
     try:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host=dashboard_host)
     except Exception as exc:
         if not dashboard:
             raise
@@ -544,7 +545,8 @@ def check_corpus_files(sweep: Sweep) -> None:
                 raise CorpusError(f"{sweep.path or 'the sweep'}: base config: {exc}") from None
 
 
-def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, dashboard: bool = False):
+def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, dashboard: bool = False,
+              dashboard_host: str = "127.0.0.1"):
     """The base models, then each method's trials and table; returns {method run: trials DataFrame}."""
     import ray
 
@@ -569,7 +571,7 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
         check_corpus_files(sweep)
     started = not ray.is_initialized()
     if started:
-        start_ray(address, dashboard)
+        start_ray(address, dashboard, dashboard_host)
     tables: dict[MethodRun, Any] = {}
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
@@ -642,12 +644,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None, metavar="DIR", help="results root (default: the sweep's storage)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key, e.g. --set search.num_samples=20 (repeatable)")
-    parser.add_argument("--dashboard", action="store_true", help="local Ray: serve the dashboard on 127.0.0.1")
+    parser.add_argument("--dashboard", action="store_true", help="local Ray: serve the dashboard (on 127.0.0.1)")
+    parser.add_argument("--dashboard-host", default="127.0.0.1", metavar="ADDRESS",
+                        help="with --dashboard: the address it listens on (0.0.0.0: every network interface; "
+                             "anyone who reaches it can submit jobs)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         sweep = load_sweep(args.sweep, args.overrides, smoke_test=args.smoke_test, storage=args.results)
-        tables = run_sweep(sweep, resume=args.resume, address=args.address, dashboard=args.dashboard)
+        tables = run_sweep(sweep, resume=args.resume, address=args.address, dashboard=args.dashboard,
+                           dashboard_host=args.dashboard_host)
     except (ConfigError, SweepError, TrainingError, CheckpointError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

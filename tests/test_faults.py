@@ -150,3 +150,25 @@ def test_checkpoint_retention_deletes_an_old_checkpoint_only_after_two_state_sav
     clock[0] = 1000.0
     keeper.on_step_end(11, [])
     assert Path(folders[-1].path).exists()  # the newest is never deleted
+
+
+@pytest.mark.parametrize("argv, host", [([], "127.0.0.1"), (["--dashboard-host", "0.0.0.0"], "0.0.0.0")])
+def test_the_local_dashboard_listens_on_loopback_unless_asked_otherwise(tmp_path: Path, monkeypatch, argv, host):
+    import ray
+
+    import trainable
+
+    calls = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("base: {data: {synthetic: {train_size: 100}}}\nprune: {set: {gates.mode: learned}}\n"
+                     "space: {gates.penalty: {loguniform: [0.01, 0.5]}}\nwandb: {mode: disabled}\n")
+    assert trainable.main([str(sweep), "--results", str(tmp_path / "r"), "--dashboard", *argv]) == 2
+    assert calls[0]["include_dashboard"] is True and calls[0]["dashboard_host"] == host

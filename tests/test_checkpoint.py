@@ -20,16 +20,17 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+def test_pickle_payload_is_refused_and_never_runs(tmp_path, record):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"format_version": 1, "model": {}, "x": _Payload(marker)}, path)
     with pytest.raises(CheckpointError, match="cannot be read safely"):
         load_checkpoint(path)
     assert not marker.exists()
+    record("checkpoint whose pickle would run a shell command (torch.load weights_only=True)", refused=1, code_ran=0)
 
 
-def test_missing_and_foreign_files_are_refused(tmp_path):
+def test_missing_and_foreign_files_are_refused(tmp_path, record):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
@@ -38,9 +39,10 @@ def test_missing_and_foreign_files_are_refused(tmp_path):
     (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "truncated.pt")
+    record("missing, foreign and truncated checkpoint files", refused=3)
 
 
-def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch, record):
     path = tmp_path / "state.bin"
     atomic_write_bytes(path, b"old")
 
@@ -52,6 +54,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
         atomic_write_bytes(path, b"new" * 1000)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]  # no temp file left behind
+    record("crash (ENOSPC from fsync) in the middle of a checkpoint write", old_file_intact=1, temp_files_left=0)
 
 
 def _model(gates=None, **kw):

@@ -86,12 +86,13 @@ BAD = [
 
 
 @pytest.mark.parametrize("override,key", BAD, ids=[b[0] for b in BAD])
-def test_bad_value_is_refused_naming_key_and_allowed(override, key):
+def test_bad_value_is_refused_naming_key_and_allowed(override, key, record):
     with pytest.raises(ConfigError) as err:
         tiny_config(override)
     message = str(err.value)
     assert f"`{key}`" in message
     assert "Allowed" in message
+    record("bad value for each key of a run config", refused=1)
 
 
 def test_combinations_are_refused():
@@ -138,18 +139,20 @@ def test_scientific_notation_reads_as_float(tmp_path):
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.min_lr, float)
 
 
-def test_yaml_syntax_error_names_file_and_line(tmp_path):
+def test_yaml_syntax_error_names_file_and_line(tmp_path, record):
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  d_model: 16\n  n_heads: [4\ntrain:\n  lr: 1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml at line \d+, column \d+"):
         load_config(path)
+    record("run config with a YAML syntax error", refused_with_line=1)
 
 
-def test_duplicate_key_names_both_lines(tmp_path):
+def test_duplicate_key_names_both_lines(tmp_path, record):
     path = tmp_path / "dup.yaml"
     path.write_text("train:\n  lr: 0.1\n  max_steps: 3\n  lr: 0.2\n")
     with pytest.raises(ConfigError, match=r"Duplicate key `lr` at line 4 \(first at line 2\)"):
         read_yaml(path)
+    record("run config with a duplicate key", refused_with_line=1)
 
 
 def test_missing_file_and_non_mapping(tmp_path):

@@ -46,19 +46,21 @@ def files_config(tmp_path: Path, **raw) -> DataConfig:
 # -- reading ------------------------------------------------------------------------------------------
 
 
-def test_bom_and_crlf_are_repaired_and_counted(tmp_path):
+def test_bom_and_crlf_are_repaired_and_counted(tmp_path, record):
     path = tmp_path / "x.en"
     path.write_bytes(b"\xef\xbb\xbfFirst line\r\nSecond line\r\nThird\n")
     stats = Counter()
     assert read_text_lines(path, stats) == ["First line", "Second line", "Third"]
     assert stats == {"bom": 1, "crlf": 2}
+    record("corpus with a BOM and CRLF line ends", repaired_and_counted=3)
 
 
-def test_invalid_utf8_names_file_and_line(tmp_path):
+def test_invalid_utf8_names_file_and_line(tmp_path, record):
     path = tmp_path / "bad.de"
     path.write_bytes("ok\nstill ok\nkaputt: ".encode() + b"\xff\xfe" + b"\n")
     with pytest.raises(CorpusError, match=r"bad\.de:3: invalid UTF-8 at byte 9"):
         read_text_lines(path, Counter())
+    record("corpus with invalid UTF-8", refused_with_file_and_line=1)
 
 
 def test_unicode_line_separators_are_not_line_breaks(tmp_path):
@@ -67,17 +69,19 @@ def test_unicode_line_separators_are_not_line_breaks(tmp_path):
     assert len(read_text_lines(path, Counter())) == 2
 
 
-def test_mismatched_line_counts_name_both_files(tmp_path):
+def test_mismatched_line_counts_name_both_files(tmp_path, record):
     write_pair(tmp_path, "train", EN, DE[:-1])
     with pytest.raises(CorpusError, match=r"train\.en has 40 lines but .*train\.de has 39"):
         read_parallel(tmp_path / "train.en", tmp_path / "train.de", Counter())
+    record("parallel files with different line counts", refused=1)
 
 
-def test_tab_inside_a_tsv_field_names_the_line(tmp_path):
+def test_tab_inside_a_tsv_field_names_the_line(tmp_path, record):
     path = tmp_path / "train.tsv"
     path.write_text("a dog\tein Hund\nthe\tcat\tdie Katze\n", encoding="utf-8")
     with pytest.raises(CorpusError, match=r"train\.tsv:2: 3 tab-separated fields, expected 2"):
         read_tsv(path, Counter())
+    record("TAB inside a TSV field", refused_with_line=1)
 
 
 def test_tsv_corpus_trains(tmp_path):
@@ -89,7 +93,7 @@ def test_tsv_corpus_trains(tmp_path):
     assert len(data.splits["train"]) == 40 and data.splits["valid"].tgt_text[0] == DE[0]
 
 
-def test_empty_lines_and_extreme_ratios_are_dropped_from_training_and_counted(tmp_path):
+def test_empty_lines_and_extreme_ratios_are_dropped_from_training_and_counted(tmp_path, record):
     src, tgt = list(EN), list(DE)
     src[3], tgt[7] = "", "   "
     src[10] = "A " + "very " * 40 + "long source."  # ratio far above 3 against a short target
@@ -104,15 +108,17 @@ def test_empty_lines_and_extreme_ratios_are_dropped_from_training_and_counted(tm
     assert len(data.splits["train"]) == 37
     assert len(data.splits["valid"]) == 2  # held-out sentences are never dropped
     assert any("dropped_empty=2" in m and "dropped_ratio=1" in m for m in messages)
+    record("empty lines, over-long lines and extreme length ratios in training data", dropped_and_counted=1)
 
 
-def test_empty_corpus_after_filtering_is_an_error(tmp_path):
+def test_empty_corpus_after_filtering_is_an_error(tmp_path, record):
     train = write_pair(tmp_path, "train", ["", " "], ["x", "y"])
     valid = write_pair(tmp_path, "valid", EN[:2], DE[:2])
     cfg = DataConfig(corpus="files", files=FilesConfig(train=train, valid=valid), vocab_size=60,
                      cache_dir=str(tmp_path / "cache"))
     with pytest.raises(CorpusError, match="no training pair is left.*dropped_empty=2"):
         load_data(cfg, "valid", log=lambda _: None)
+    record("nothing left after filtering", refused=1)
 
 
 def test_missing_files_and_settings(tmp_path):
@@ -172,7 +178,7 @@ def _flip_last_byte(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["offsets", "one token id", "no checksums"])
-def test_a_damaged_id_cache_is_detected_and_rebuilt(tmp_path, damage):
+def test_a_damaged_id_cache_is_detected_and_rebuilt(tmp_path, damage, record):
     cfg = files_config(tmp_path)
     first = load_data(cfg, "valid", log=lambda _: None)
     (cache,) = (Path(cfg.cache_dir) / "ids").iterdir()
@@ -190,10 +196,11 @@ def test_a_damaged_id_cache_is_detected_and_rebuilt(tmp_path, damage):
     messages.clear()
     load_data(cfg, "valid", log=messages.append)  # the rebuilt cache is whole again
     assert not any("rebuilding" in m for m in messages), messages
+    record("damaged token-id cache (offsets, one token id, no checksums)", detected_and_rebuilt=1)
 
 
 @pytest.mark.parametrize("damage", ["one byte", "garbage", "no checksum"])
-def test_a_damaged_sentencepiece_model_is_detected_and_trained_again(tmp_path, damage):
+def test_a_damaged_sentencepiece_model_is_detected_and_trained_again(tmp_path, damage, record):
     cfg = files_config(tmp_path)
     first = load_data(cfg, "valid", log=lambda _: None)
     (model,) = (Path(cfg.cache_dir) / "spm").glob("*.model")
@@ -208,6 +215,7 @@ def test_a_damaged_sentencepiece_model_is_detected_and_trained_again(tmp_path, d
     assert any(str(model) in m and "rebuilding" in m for m in messages), messages
     assert any("training sentencepiece" in m for m in messages)
     assert again.tokenizers.src.proto == first.tokenizers.src.proto == model.read_bytes()  # deterministic retraining
+    record("damaged sentencepiece model (one byte, garbage, no checksum)", detected_and_rebuilt=1)
 
 
 def test_changed_corpus_file_gets_new_tokenizer_and_ids(tmp_path):
@@ -299,7 +307,7 @@ def test_concurrent_trials_download_once(tmp_path, multi30k_mirror):
 
 
 @needs_shared
-def test_checksum_mismatch_leaves_nothing_behind(tmp_path, multi30k_mirror):
+def test_checksum_mismatch_leaves_nothing_behind(tmp_path, multi30k_mirror, record):
     bad = tmp_path / "badmirror"
     bad.mkdir()
     with gzip.open(bad / "val.en.gz", "wt", encoding="utf-8") as f:
@@ -309,16 +317,18 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path, multi30k_mirror):
     with pytest.raises(CorpusError, match=r"does not match the expected 1f2a23d992769b5b"):
         fetch((bad / "val.en.gz").as_uri(), dest, Multi30kCorpus.SHA256["val.en"], gunzip=True, log=lambda _: None)
     assert [p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")] == []
+    record("download with a wrong checksum", refused=1, files_left=0)
 
 
 @needs_shared
-def test_a_corrupted_download_is_fetched_again(tmp_path, multi30k_mirror):
+def test_a_corrupted_download_is_fetched_again(tmp_path, multi30k_mirror, record):
     cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"), mirror=multi30k_mirror.as_uri())
     Multi30kCorpus(cfg, log=lambda _: None).split("valid")
     (tmp_path / "data" / "multi30k" / "val.de").write_text("damaged\n")
     messages = []
     src, tgt = Multi30kCorpus(cfg, log=messages.append).split("valid")
     assert len(tgt) == 1014 and any("fails its checksum" in m for m in messages)
+    record("corrupted downloaded file", detected_and_fetched_again=1)
 
 
 def test_unreachable_download_says_where_to_put_the_file(tmp_path):
@@ -333,7 +343,7 @@ def test_multi30k_has_only_english_and_german():
 
 
 @needs_shared
-def test_shared_multi30k_reads_as_published(tmp_path):
+def test_shared_multi30k_reads_as_published(tmp_path, record):
     """The read-only shared copy verifies; train.de line 7366 keeps its TAB (a plain file, not TSV)."""
     cfg = DataConfig(corpus="multi30k", data_dir=str(SHARED))
     corpus = Multi30kCorpus(cfg, log=lambda _: None)
@@ -342,6 +352,7 @@ def test_shared_multi30k_reads_as_published(tmp_path):
     assert "\t" in tgt[7365]
     assert sum(len(corpus.split(s)[0]) for s in ("valid", "test")) == 2014
     assert corpus.stats["train"] == Counter()
+    record("Multi30k as published (train.de line 7366 has a TAB)", read=1)
 
 
 # -- WMT news-commentary en-ru + sacrebleu test sets ------------------------------------------------
@@ -402,13 +413,14 @@ def test_file_paths_expand_environment_variables(tmp_path, monkeypatch):
         FilesCorpus(cfg).split("valid")
 
 
-def test_lenient_tsv_skips_and_counts(tmp_path):
+def test_lenient_tsv_skips_and_counts(tmp_path, record):
     path = tmp_path / "t.tsv"
     path.write_text("a\tb\nbroken line\nc\td\n", encoding="utf-8")
     cfg = DataConfig(corpus="files", files=FilesConfig(format="tsv", on_bad_line="skip", train=str(path),
                                                        valid=str(path)))
     corpus = FilesCorpus(cfg)
     assert corpus.split("train") == (["a", "c"], ["b", "d"]) and corpus.stats["train"]["skipped_fields"] == 1
+    record("bad TSV lines with on_bad_line: skip", skipped_and_counted=2)
 
 
 def test_hugging_face_source_maps_translation_rows(tmp_path, monkeypatch):

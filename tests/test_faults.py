@@ -49,7 +49,7 @@ def checkpoint_names(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").iterdir())
 
 
-def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes(small_disk: Path):
+def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes(small_disk: Path, record):
     cfg = tiny_config("train.max_steps=3", "train.eval_every=3", f"data.cache_dir={small_disk.parent / 'cache'}")
     run = small_disk / "run"
     first = train(cfg, run, **QUIET)
@@ -65,9 +65,10 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one_and_resumes
     unbroken = train(longer, small_disk.parent / "unbroken", **QUIET)
     assert done.step == 6 and done.metrics == {**unbroken.metrics, "train_seconds": done.metrics["train_seconds"],
                                                 "tokens_per_s": done.metrics["tokens_per_s"]}
+    record("disk full (a 4 MiB tmpfs filled up) while a checkpoint is written; space freed, then resumed", checkpoints_intact=1, partial_files_left=0, steps_lost=0, final_metrics_equal_unbroken=1)
 
 
-def test_a_full_disk_under_the_caches_is_reported_and_the_data_still_loads(small_disk: Path, tmp_path: Path):
+def test_a_full_disk_under_the_caches_is_reported_and_the_data_still_loads(small_disk: Path, tmp_path: Path, record):
     cfg = tiny_config(f"data.cache_dir={small_disk / 'cache'}").data
     fill(small_disk, 0)
     messages: list[str] = []
@@ -79,6 +80,7 @@ def test_a_full_disk_under_the_caches_is_reported_and_the_data_still_loads(small
     assert [a.tolist() for a in data.splits["train"].src] == [a.tolist() for a in reference.splits["train"].src]
     leftovers = [p for p in (small_disk / "cache").rglob("*") if p.is_file()]
     assert leftovers == []  # no half-written model or id folder that a later run could pick up
+    record("disk full under the sentencepiece and token-id caches", warnings=len(warnings), data_identical=1, partial_files_left=0)
 
 
 LIMITED_WRITE = """
@@ -98,7 +100,7 @@ except CheckpointError as exc:
 """
 
 
-def test_a_file_size_limit_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path):
+def test_a_file_size_limit_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path, record):
     run = tmp_path / "run"
     first = train(tiny_config("train.max_steps=3", "train.eval_every=3"), run, **QUIET)
     before = first.checkpoint.read_bytes()
@@ -110,6 +112,7 @@ def test_a_file_size_limit_while_writing_a_checkpoint_keeps_the_previous_one(tmp
     status = json.loads((run / "status.json").read_text())
     assert status["step"] == 3  # the run's record still points at what is on disk
     assert train(tiny_config("train.max_steps=6", "train.eval_every=3"), run, resume=True, **QUIET).step == 6
+    record("file size limit (RLIMIT_FSIZE: EFBIG) while a checkpoint is written, in a separate process", checkpoints_intact=1, steps_lost=0)
 
 
 class _Checkpoint:
@@ -126,7 +129,7 @@ class _Trial:
     trial_id = "t1"
 
 
-def test_checkpoint_retention_deletes_an_old_checkpoint_only_after_two_state_saves(tmp_path: Path, monkeypatch):
+def test_checkpoint_retention_deletes_an_old_checkpoint_only_after_two_state_saves(tmp_path: Path, monkeypatch, record):
     """Tune's state (saved every `period` s) may still point at the checkpoint before the newest: it is kept until a
     newer one has been known for two periods, then the trial keeps its newest `keep`."""
     from model import retention
@@ -150,10 +153,11 @@ def test_checkpoint_retention_deletes_an_old_checkpoint_only_after_two_state_sav
     clock[0] = 1000.0
     keeper.on_step_end(11, [])
     assert Path(folders[-1].path).exists()  # the newest is never deleted
+    record("old checkpoints deleted while Tune's saved state may still point at them (simulated clock)", deleted_too_early=0)
 
 
 @pytest.mark.parametrize("argv, host", [([], "127.0.0.1"), (["--dashboard-host", "0.0.0.0"], "0.0.0.0")])
-def test_the_local_dashboard_listens_on_loopback_unless_asked_otherwise(tmp_path: Path, monkeypatch, argv, host):
+def test_the_local_dashboard_listens_on_loopback_unless_asked_otherwise(tmp_path: Path, monkeypatch, argv, host, record):
     import ray
 
     import trainable
@@ -172,3 +176,4 @@ def test_the_local_dashboard_listens_on_loopback_unless_asked_otherwise(tmp_path
                      "space: {gates.penalty: {loguniform: [0.01, 0.5]}}\nwandb: {mode: disabled}\n")
     assert trainable.main([str(sweep), "--results", str(tmp_path / "r"), "--dashboard", *argv]) == 2
     assert calls[0]["include_dashboard"] is True and calls[0]["dashboard_host"] == host
+    record("local Ray dashboard: where it listens", address=host)

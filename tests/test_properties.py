@@ -47,34 +47,41 @@ def _put(data: dict, dotted: str, value) -> None:
 
 @SETTINGS
 @given(st.lists(st.tuples(st.sampled_from(RUN_KEYS), values), min_size=1, max_size=4))
-def test_any_value_in_a_run_config_is_accepted_or_a_config_error(changes):
+def test_any_value_in_a_run_config_is_accepted_or_a_config_error(record, changes):
     data = copy.deepcopy(TINY)
     for key, value in changes:
         _put(data, key, value)
     try:
         config_from_dict(data)
     except ConfigError:
-        pass
+        record("hypothesis: random values at run-config keys", examples=1, refused=1)
+        return
+    record("hypothesis: random values at run-config keys", examples=1, accepted=1)
 
 
 @SETTINGS
 @given(st.one_of(st.text(max_size=200).map(lambda t: t.encode("utf-8")), st.binary(max_size=200)))
-def test_any_bytes_as_a_config_file_are_accepted_or_a_config_error(tmp_path_factory, data):
+def test_any_bytes_as_a_config_file_are_accepted_or_a_config_error(record, tmp_path_factory, data):
     path = tmp_path_factory.mktemp("cfg") / "run.yaml"
     path.write_bytes(data)
     try:
         load_config(path)
     except ConfigError as exc:
         assert str(path) in str(exc)
+        record("hypothesis: random text and bytes as a run-config file", examples=1, refused=1)
+        return
+    record("hypothesis: random text and bytes as a run-config file", examples=1, accepted=1)
 
 
 @SETTINGS
 @given(st.lists(st.text(max_size=30), max_size=3))
-def test_any_override_is_accepted_or_a_config_error(overrides):
+def test_any_override_is_accepted_or_a_config_error(record, overrides):
     try:
         load_config(None, overrides)
     except ConfigError:
-        pass
+        record("hypothesis: random --set overrides", examples=1, refused=1)
+        return
+    record("hypothesis: random --set overrides", examples=1, accepted=1)
 
 
 GOOD_SWEEP = {"name": "p", "base": TINY, "prune": {"set": {"gates.mode": "learned"}},
@@ -83,7 +90,7 @@ GOOD_SWEEP = {"name": "p", "base": TINY, "prune": {"set": {"gates.mode": "learne
 
 @SETTINGS
 @given(st.lists(st.tuples(st.sampled_from(SWEEP_KEYS), values), min_size=1, max_size=3))
-def test_any_value_in_a_sweep_is_accepted_or_a_config_error(tmp_path_factory, changes):
+def test_any_value_in_a_sweep_is_accepted_or_a_config_error(record, tmp_path_factory, changes):
     data = copy.deepcopy(GOOD_SWEEP)
     for key, value in changes:
         _put(data, key, value)
@@ -92,18 +99,22 @@ def test_any_value_in_a_sweep_is_accepted_or_a_config_error(tmp_path_factory, ch
     try:
         load_sweep(path)
     except ConfigError:
-        pass
+        record("hypothesis: random values at sweep keys", examples=1, refused=1)
+        return
+    record("hypothesis: random values at sweep keys", examples=1, accepted=1)
 
 
 @SETTINGS
 @given(st.text(max_size=300))
-def test_any_text_as_a_sweep_file_is_accepted_or_a_config_error(tmp_path_factory, text):
+def test_any_text_as_a_sweep_file_is_accepted_or_a_config_error(record, tmp_path_factory, text):
     path = tmp_path_factory.mktemp("sweep") / "s.yaml"
     path.write_text(text, encoding="utf-8")
     try:
         load_sweep(path)
     except ConfigError:
-        pass
+        record("hypothesis: random text as a sweep file", examples=1, refused=1)
+        return
+    record("hypothesis: random text as a sweep file", examples=1, accepted=1)
 
 
 # bytes that stress the reader: UTF-8 text with BOMs, CRs, TABs, Unicode line separators, and invalid sequences
@@ -113,9 +124,12 @@ corpus_bytes = st.lists(st.one_of(st.text(max_size=20).map(lambda s: s.encode("u
                         max_size=30).map(b"".join)
 
 
+PARALLEL = "hypothesis: random bytes (BOM, CR, TAB, U+2028, invalid UTF-8, NUL) in parallel files"
+
+
 @SETTINGS
 @given(corpus_bytes, corpus_bytes)
-def test_any_bytes_in_parallel_files_are_read_or_a_corpus_error(tmp_path_factory, src_bytes, tgt_bytes):
+def test_any_bytes_in_parallel_files_are_read_or_a_corpus_error(record, tmp_path_factory, src_bytes, tgt_bytes):
     folder = tmp_path_factory.mktemp("corpus")
     src, tgt = folder / "x.en", folder / "x.de"
     src.write_bytes(src_bytes)
@@ -125,14 +139,16 @@ def test_any_bytes_in_parallel_files_are_read_or_a_corpus_error(tmp_path_factory
         a, b = read_parallel(src, tgt, stats)
     except CorpusError as exc:
         assert "x.en" in str(exc) or "x.de" in str(exc)
+        record(PARALLEL, examples=1, refused=1)
         return
     # lines split at \n only (a lone CR or U+2028 is text), line N of one side beside line N of the other
     assert len(a) == len(b) and all("\n" not in line for line in a + b)
+    record(PARALLEL, examples=1, accepted=1)
 
 
 @SETTINGS
 @given(corpus_bytes, st.booleans())
-def test_any_bytes_in_a_tsv_are_read_or_a_corpus_error(tmp_path_factory, data, strict):
+def test_any_bytes_in_a_tsv_are_read_or_a_corpus_error(record, tmp_path_factory, data, strict):
     path = tmp_path_factory.mktemp("corpus") / "x.tsv"
     path.write_bytes(data)
     stats: Counter = Counter()
@@ -140,8 +156,10 @@ def test_any_bytes_in_a_tsv_are_read_or_a_corpus_error(tmp_path_factory, data, s
         a, b = read_tsv(path, stats, strict=strict)
     except CorpusError as exc:
         assert "x.tsv" in str(exc)
+        record("hypothesis: random bytes in a TSV corpus", examples=1, refused=1)
         return
     assert len(a) == len(b) and all("\t" not in line for line in a + b)
+    record("hypothesis: random bytes in a TSV corpus", examples=1, accepted=1)
 
 
 @pytest.mark.parametrize("name", ["x.en"])

@@ -206,9 +206,10 @@ BAD = [
 
 
 @pytest.mark.parametrize("patch, message", BAD, ids=[m for _, m in BAD])
-def test_malformed_sweeps_are_refused_with_key_and_allowed_values(patch, message):
+def test_malformed_sweeps_are_refused_with_key_and_allowed_values(patch, message, record):
     with pytest.raises(ConfigError, match=message):
         make(patch)
+    record("malformed sweep (load_sweep): unknown keys, wrong types, bad ranges, samplers, objectives, methods, ...", refused=1)
 
 
 def test_yaml_errors_name_the_file_and_line(tmp_path: Path):
@@ -321,7 +322,7 @@ CLI_BAD = [
 
 
 @pytest.mark.parametrize("patch, message", [c[1:] for c in CLI_BAD], ids=[c[0] for c in CLI_BAD])
-def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkeypatch, capsys, patch, message):
+def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkeypatch, capsys, patch, message, record):
     import yaml
 
     import trainable
@@ -338,6 +339,7 @@ def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkey
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert not (tmp_path / "r").exists()  # nothing written
+    record("malformed sweep through `python trainable.py` (the issue's list, missing corpus files and no GPUs included)", refused_before_ray=1)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -345,7 +347,7 @@ def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkey
     ("name: s\nspace: {gates.penalty: [\n", r"YAML syntax error in .*bad.yaml at line 3"),
     ("name: s\n\x07\n", r"bad.yaml at line 2.*#x0007"),
 ], ids=["duplicate key", "YAML syntax error", "control character"])
-def test_the_command_refuses_unreadable_sweep_files_with_their_line(tmp_path, monkeypatch, capsys, text, message):
+def test_the_command_refuses_unreadable_sweep_files_with_their_line(tmp_path, monkeypatch, capsys, text, message, record):
     import trainable
 
     monkeypatch.setattr(trainable, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
@@ -353,3 +355,4 @@ def test_the_command_refuses_unreadable_sweep_files_with_their_line(tmp_path, mo
     path.write_text(text)
     assert trainable.main([str(path), "--results", str(tmp_path / "r")]) == 2
     assert re.search(message, capsys.readouterr().err)
+    record("sweep file with a duplicate key, a YAML syntax error, a control character", refused_with_line=1)

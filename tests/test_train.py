@@ -36,7 +36,7 @@ def _interrupt_then_resume(cfg, out, stop_when):
     return train(cfg, out, resume=True, **QUIET)
 
 
-def test_resume_equals_unbroken_run(tmp_path):
+def test_resume_equals_unbroken_run(tmp_path, record):
     """Killed after the step-3 checkpoint and resumed, a run ends bitwise where the unbroken run ends,
     across an epoch boundary, with dropout, gate noise, an L0 penalty and gradient accumulation."""
     cfg = tiny_config("gates.mode=learned", "gates.penalty=0.05", "gates.attention=[enc_self, dec_cross]",
@@ -56,6 +56,7 @@ def test_resume_equals_unbroken_run(tmp_path):
     # the metrics log of the resumed run has each evaluation once, as the unbroken one
     steps = [json.loads(line)[M.STEP] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 6, 8]
+    record("training interrupted after a checkpoint, then resumed (dropout, gate noise, accumulation)", bitwise_equal_to_unbroken=1)
 
 
 def test_report_receives_shared_metric_names_and_a_checkpoint(tmp_path):
@@ -91,7 +92,7 @@ def test_checkpoint_holds_everything_needed(tmp_path):
     assert payload["config"]["train"]["max_steps"] == 6
 
 
-def test_diverged_run_stops_cleanly(tmp_path, monkeypatch):
+def test_diverged_run_stops_cleanly(tmp_path, monkeypatch, record):
     real_loss = Transformer.loss
     calls = {"n": 0}
 
@@ -112,6 +113,7 @@ def test_diverged_run_stops_cleanly(tmp_path, monkeypatch):
     assert status["status"] == "diverged" and "non-finite" in status["reason"]
     last = load_checkpoint(status["last_checkpoint"])  # the last good checkpoint is intact
     assert all(torch.isfinite(v).all() for v in last["model"].values())
+    record("NaN loss in a single run", stopped_as_diverged=1)
 
 
 def test_freeze_decoder_while_gates_learn_from_a_plain_model(tmp_path):
@@ -132,7 +134,7 @@ def test_freeze_decoder_while_gates_learn_from_a_plain_model(tmp_path):
     assert alphas and all(not torch.all(a == cfg.gates.init_log_alpha) for a in alphas)
 
 
-def test_resume_refuses_what_would_silently_fail(tmp_path):
+def test_resume_refuses_what_would_silently_fail(tmp_path, record):
     cfg = tiny_config()
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(cfg, tmp_path / "empty", resume=True, **QUIET)
@@ -143,6 +145,7 @@ def test_resume_refuses_what_would_silently_fail(tmp_path):
         train(tiny_config("train.lr=0.01"), tmp_path / "run", resume=True, **QUIET)
     longer = train(tiny_config("train.max_steps=9"), tmp_path / "run", resume=True, **QUIET)
     assert longer.step == 9
+    record("resume with no checkpoint, over a finished run, with a changed config", refused=3)
 
 
 def test_resume_of_a_checkpoint_without_the_gate_learning_rate_scale(tmp_path):

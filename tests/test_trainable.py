@@ -143,7 +143,7 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
     assert with_gates == 2  # a gate heatmap in each gate trial (base models and baselines have no gates)
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path, record):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}},
                         method=["gates", "importance"], baselines={"budgets": [2, 8], "importance_batches": 1})
@@ -183,6 +183,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     assert len(study.trials) >= 3
     importance = pd.read_csv(tmp_path / "t-importance" / "trials.csv").query("stage == 'prune'")
     assert sorted(importance["param.baseline.budget"]) == [2, 8] and (importance["status"] == "completed").all()
+    record("SIGINT to the driver between trials (a second method waiting), then --resume", trials=3, trials_lost=0, finished_trials_rerun=0)
 
 
 def trial_workers(marker: str) -> list[int]:
@@ -200,7 +201,7 @@ def trial_workers(marker: str) -> list[int]:
     return pids
 
 
-def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path):
+def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path, record):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1, "max_failures": 2},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
     proc = start_cli(str(sweep), "--results", str(tmp_path), env={"HEADSWEEP_TEST_RUN": str(tmp_path)})
@@ -226,6 +227,13 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
     # the checkpoint before: the repeated evaluation must then be identical (exact resume), never a new trajectory.
     for _, same in progress.groupby(M.STEP):
         assert same[M.LOSS].nunique() == 1 and same[M.BLEU].nunique() == 1, same[[M.STEP, M.LOSS, M.BLEU]]
+    # the same sweep unbroken (same trial parameters and seed, same base model): the same final numbers
+    unbroken = run_cli(str(sweep), "--results", str(tmp_path), "--set", "name=u")
+    assert unbroken.returncode == 0, unbroken.stdout[-3000:] + unbroken.stderr[-3000:]
+    a, b = (pd.read_csv(tmp_path / name / "trials.csv").query("stage == 'prune'").iloc[0] for name in ("t", "u"))
+    for key in (M.STEP, M.LOSS, M.BLEU, M.CHRF, M.VALID_NLL, M.OPEN_HEADS, M.L0):
+        assert a[key] == b[key], (key, a[key], b[key])
+    record("kill -9 of the trial's Ray worker process mid-trial", workers_killed=1, trials_lost=0, evaluations_redone=len(progress) - 3, final_step=300)
 
 
 def test_resume_without_a_sweep_is_an_error(tmp_path: Path):
@@ -233,7 +241,7 @@ def test_resume_without_a_sweep_is_an_error(tmp_path: Path):
     assert proc.returncode == 2 and "--resume: there is no sweep in" in proc.stderr
 
 
-def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path):
+def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, record):
     sweep = write_sweep(
         tmp_path / "s.yaml", space={"train.lr": {"choice": [1.0e-3, 1.0e+30]}},
         prune={"set": {"gates.mode": "learned", "train.max_steps": 6, "train.eval_every": 3, "train.grad_clip": None,
@@ -249,6 +257,7 @@ def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path):
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't' / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "FAIL"]  # a diverged trial never enters the front
+    record("NaN/inf loss (lr 1e30) in one of two trials", trials=2, diverged=1, trials_completed=1)
 
 
 def test_gpu_trials_on_a_machine_without_gpus_are_refused(tmp_path: Path):

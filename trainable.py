@@ -384,6 +384,8 @@ def trial_row(result, stage: str, params: list[str]) -> dict[str, Any]:
         status = "error"
     row["status"] = status
     row["error"] = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
+    if status == "diverged":
+        row["error"] = m.get(M.REASON) or "diverged"
     row.update({k: m.get(k) for k in TABLE_METRICS})
     per_type = sorted(k for k in m if k.startswith(M.OPEN_HEADS + "/"))
     row.update({k: m[k] for k in per_type})

@@ -20,6 +20,7 @@ OPEN_HEADS = "open_heads"  # heads with eval gate > 0, all attention types
 TOKENS_PER_S = "tokens_per_s"  # target tokens trained per second since the previous evaluation
 TRAIN_SECONDS = "train_seconds"  # wall time spent training (evaluation excluded), cumulative
 STATUS = "status"  # "running", "completed" or "diverged"
+REASON = "reason"  # why a run ended as diverged (e.g. "non-finite loss at step 7")
 
 
 def open_heads_key(attention_type: str) -> str:

@@ -470,7 +470,8 @@ class Trainer:
         if status == "diverged":
             reason = f"non-finite loss at step {self.step + 1}"
             self.log(f"diverged: {reason}; the last good checkpoint is {last_ckpt}")
-            diverged = {M.STEP: self.step, M.EPOCH: self.epoch, M.STATUS: "diverged", M.LOSS: float("nan")}
+            diverged = {M.STEP: self.step, M.EPOCH: self.epoch, M.STATUS: "diverged", M.LOSS: float("nan"),
+                        M.REASON: reason}
             if self.report is not None:
                 self.report(diverged, None)
             self._write_status("diverged", {"reason": reason, "last_checkpoint": str(last_ckpt) if last_ckpt else None})

@@ -81,7 +81,7 @@ def reports(folder: Path, pattern: str) -> dict[str, int]:
 
 
 def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: Path, record):
-    """SIGINT during pretraining, SIGKILL inside a checkpoint write, SIGKILL and SIGINT between trials: each time
+    """SIGINT and SIGKILL during pretraining, SIGKILL inside a checkpoint write and between trials: each time
     --resume continues; no finished trial runs again, every checkpoint loads, and Ray's results, the trials table and
     the Optuna study agree at the end."""
     sweep = write_sweep(tmp_path / "s.yaml", pretrain=LONG_PRETRAIN, prune=LONG_PRUNE,
@@ -122,6 +122,11 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
              "the base model's first checkpoint")
     out = interrupt(proc, signal.SIGINT, "pretraining")
     assert "--resume" in out or "rerun the same command" in out, out[-3000:]
+    # ... and SIGKILL once it has gone on from there
+    proc = start_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)
+    wait_for(proc, lambda: any(n == 2 for n in reports(pretrained, "base-*/pretrain_trainable_*").values()),
+             "the base model's second checkpoint")
+    interrupt(proc, signal.SIGKILL, "pretraining")
 
     # 2) SIGKILL while a trial writes a checkpoint (each write is held open for 2 s)
     proc = start_cli(str(sweep), "--resume", "--results", str(tmp_path), env=slow)
@@ -139,7 +144,7 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
     resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)
     kill_all(marker)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert [p for p, _, _ in interruptions] == ["pretraining", "checkpoint write", "between trials"]
+    assert [p for p, _, _ in interruptions] == ["pretraining", "pretraining", "checkpoint write", "between trials"]
 
     # the sweep has its num_samples trials, each complete, with every evaluation's checkpoint readable
     df = pd.read_csv(experiment / "trials.csv")
@@ -169,8 +174,9 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
     for trial in complete:
         row = table[round(float(trial.params["gates.penalty"]), 12)]
         assert trial.values == [row[o] for o in objectives], (trial.params, trial.values)
-    record("driver interrupted: SIGINT in pretraining, SIGKILL inside a checkpoint write, SIGKILL after a trial's "
-           "last checkpoint; --resume each time", interruptions=len(interruptions), trials=len(prune),
+    record("sweep driver interrupted: SIGINT and SIGKILL while the base model trains, SIGKILL inside a trial's "
+           "checkpoint write, SIGKILL right after a trial's last checkpoint; --resume each time",
+           interruptions=len(interruptions), trials=len(prune),
            trials_lost=3 - int((prune["status"] == "completed").sum()), finished_trials_rerun=0,
            evaluations_redone=redone, evaluations=3 * len(prune), optuna_complete=len(complete))
 

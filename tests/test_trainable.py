@@ -253,6 +253,7 @@ def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, recor
     assert (df["stage"] == "prune").all()  # from scratch: no base model
     by_lr = {row["param.train.lr"]: row for _, row in df.iterrows()}
     assert by_lr[1e30]["status"] == "diverged" and by_lr[1e-3]["status"] == "completed"
+    assert by_lr[1e30]["error"].startswith("non-finite loss at step ")  # the table says why
     assert math.isnan(by_lr[1e30][M.BLEU])
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't' / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)

@@ -25,7 +25,8 @@ TESTS = ["tests/test_reliability.py", "tests/test_faults.py", "tests/test_traina
          "test_a_killed_trial_worker_is_retried_from_its_last_checkpoint", "tests/test_trainable.py::"
          "test_interrupted_sweep_resumes_without_rerunning_finished_trials", "tests/test_trainable.py::"
          "test_diverged_trial_ends_as_such_and_the_sweep_goes_on", "tests/test_checkpoint.py", "tests/test_sweep.py",
-         "tests/test_config.py", "tests/test_corpora.py", "tests/test_properties.py", "tests/test_train.py"]
+         "tests/test_config.py", "tests/test_corpora.py", "tests/test_properties.py", "tests/test_train.py",
+         "tests/test_wandb_log.py"]
 
 HEADER = """# Reliability: faults injected, bad inputs refused
 

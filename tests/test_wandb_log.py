@@ -20,7 +20,7 @@ def test_heatmap_has_a_band_per_attention_type_and_a_cell_per_head():
     assert cell(3, 0) == cell(3, 1) == cell(0, 0)
 
 
-def test_mode_auto_is_online_only_with_a_key(monkeypatch, tmp_path):
+def test_mode_auto_is_online_only_with_a_key(monkeypatch, tmp_path, record):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -30,6 +30,7 @@ def test_mode_auto_is_online_only_with_a_key(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert resolve_mode("online") == "offline"  # the environment says no network
     assert resolve_mode("disabled") == "disabled"
+    record("W&B with no key (mode auto): offline", offline_without_key=1)
 
 
 class FakeRun:
@@ -45,7 +46,7 @@ class FakeRun:
         self.finished = True
 
 
-def test_a_failing_online_start_falls_back_to_offline_and_a_failing_backend_never_stops_the_trial(monkeypatch):
+def test_a_failing_online_start_falls_back_to_offline_and_a_failing_backend_never_stops_the_trial(monkeypatch, record):
     wandb = pytest.importorskip("wandb")
     attempts, messages = [], []
     run = FakeRun(fail_log=True)
@@ -63,6 +64,7 @@ def test_a_failing_online_start_falls_back_to_offline_and_a_failing_backend_neve
     assert logger.run is None and run.finished and any("W&B is off" in m for m in messages)
     logger.log({"bleu": 2.0}, step=2)  # a no-op now
     logger.finish()
+    record("W&B online start failing, then a backend failing mid-trial", trials_stopped=0, fell_back_offline=1)
 
 
 def test_metrics_are_logged_with_their_step_and_only_numbers(monkeypatch):

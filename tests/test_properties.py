@@ -45,18 +45,26 @@ def _put(data: dict, dotted: str, value) -> None:
     node[last] = value
 
 
+def accepted_or_refused(record, what: str, load, error: type[Exception] = ConfigError, names: str | None = None):
+    """``load()``'s result, or None when it raised ``error`` (whose message must then contain ``names``); any other
+    exception fails the test. Each example is counted for docs/reliability.md."""
+    try:
+        result = load()
+    except error as exc:
+        assert names is None or names in str(exc), (names, str(exc))
+        record(what, examples=1, refused=1)
+        return None
+    record(what, examples=1, accepted=1)
+    return result
+
+
 @SETTINGS
 @given(st.lists(st.tuples(st.sampled_from(RUN_KEYS), values), min_size=1, max_size=4))
 def test_any_value_in_a_run_config_is_accepted_or_a_config_error(record, changes):
     data = copy.deepcopy(TINY)
     for key, value in changes:
         _put(data, key, value)
-    try:
-        config_from_dict(data)
-    except ConfigError:
-        record("hypothesis: random values at run-config keys", examples=1, refused=1)
-        return
-    record("hypothesis: random values at run-config keys", examples=1, accepted=1)
+    accepted_or_refused(record, "hypothesis: random values at run-config keys", lambda: config_from_dict(data))
 
 
 @SETTINGS
@@ -64,24 +72,14 @@ def test_any_value_in_a_run_config_is_accepted_or_a_config_error(record, changes
 def test_any_bytes_as_a_config_file_are_accepted_or_a_config_error(record, tmp_path_factory, data):
     path = tmp_path_factory.mktemp("cfg") / "run.yaml"
     path.write_bytes(data)
-    try:
-        load_config(path)
-    except ConfigError as exc:
-        assert str(path) in str(exc)
-        record("hypothesis: random text and bytes as a run-config file", examples=1, refused=1)
-        return
-    record("hypothesis: random text and bytes as a run-config file", examples=1, accepted=1)
+    accepted_or_refused(record, "hypothesis: random text and bytes as a run-config file", lambda: load_config(path),
+                        names=str(path))
 
 
 @SETTINGS
 @given(st.lists(st.text(max_size=30), max_size=3))
 def test_any_override_is_accepted_or_a_config_error(record, overrides):
-    try:
-        load_config(None, overrides)
-    except ConfigError:
-        record("hypothesis: random --set overrides", examples=1, refused=1)
-        return
-    record("hypothesis: random --set overrides", examples=1, accepted=1)
+    accepted_or_refused(record, "hypothesis: random --set overrides", lambda: load_config(None, overrides))
 
 
 GOOD_SWEEP = {"name": "p", "base": TINY, "prune": {"set": {"gates.mode": "learned"}},
@@ -96,12 +94,7 @@ def test_any_value_in_a_sweep_is_accepted_or_a_config_error(record, tmp_path_fac
         _put(data, key, value)
     path = tmp_path_factory.mktemp("sweep") / "s.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    try:
-        load_sweep(path)
-    except ConfigError:
-        record("hypothesis: random values at sweep keys", examples=1, refused=1)
-        return
-    record("hypothesis: random values at sweep keys", examples=1, accepted=1)
+    accepted_or_refused(record, "hypothesis: random values at sweep keys", lambda: load_sweep(path))
 
 
 @SETTINGS
@@ -109,12 +102,7 @@ def test_any_value_in_a_sweep_is_accepted_or_a_config_error(record, tmp_path_fac
 def test_any_text_as_a_sweep_file_is_accepted_or_a_config_error(record, tmp_path_factory, text):
     path = tmp_path_factory.mktemp("sweep") / "s.yaml"
     path.write_text(text, encoding="utf-8")
-    try:
-        load_sweep(path)
-    except ConfigError:
-        record("hypothesis: random text as a sweep file", examples=1, refused=1)
-        return
-    record("hypothesis: random text as a sweep file", examples=1, accepted=1)
+    accepted_or_refused(record, "hypothesis: random text as a sweep file", lambda: load_sweep(path))
 
 
 # bytes that stress the reader: UTF-8 text with BOMs, CRs, TABs, Unicode line separators, and invalid sequences
@@ -134,16 +122,10 @@ def test_any_bytes_in_parallel_files_are_read_or_a_corpus_error(record, tmp_path
     src, tgt = folder / "x.en", folder / "x.de"
     src.write_bytes(src_bytes)
     tgt.write_bytes(tgt_bytes)
-    stats: Counter = Counter()
-    try:
-        a, b = read_parallel(src, tgt, stats)
-    except CorpusError as exc:
-        assert "x.en" in str(exc) or "x.de" in str(exc)
-        record(PARALLEL, examples=1, refused=1)
-        return
-    # lines split at \n only (a lone CR or U+2028 is text), line N of one side beside line N of the other
-    assert len(a) == len(b) and all("\n" not in line for line in a + b)
-    record(PARALLEL, examples=1, accepted=1)
+    read = accepted_or_refused(record, PARALLEL, lambda: read_parallel(src, tgt, Counter()), CorpusError, "x.")
+    if read is not None:  # lines split at \n only (a lone CR or U+2028 is text), line N beside line N
+        a, b = read
+        assert len(a) == len(b) and all("\n" not in line for line in a + b)
 
 
 @SETTINGS
@@ -151,18 +133,13 @@ def test_any_bytes_in_parallel_files_are_read_or_a_corpus_error(record, tmp_path
 def test_any_bytes_in_a_tsv_are_read_or_a_corpus_error(record, tmp_path_factory, data, strict):
     path = tmp_path_factory.mktemp("corpus") / "x.tsv"
     path.write_bytes(data)
-    stats: Counter = Counter()
-    try:
-        a, b = read_tsv(path, stats, strict=strict)
-    except CorpusError as exc:
-        assert "x.tsv" in str(exc)
-        record("hypothesis: random bytes in a TSV corpus", examples=1, refused=1)
-        return
-    assert len(a) == len(b) and all("\t" not in line for line in a + b)
-    record("hypothesis: random bytes in a TSV corpus", examples=1, accepted=1)
+    read = accepted_or_refused(record, "hypothesis: random bytes in a TSV corpus",
+                               lambda: read_tsv(path, Counter(), strict=strict), CorpusError, "x.tsv")
+    if read is not None:
+        a, b = read
+        assert len(a) == len(b) and all("\t" not in line for line in a + b)
 
 
-@pytest.mark.parametrize("name", ["x.en"])
-def test_a_missing_corpus_file_is_a_corpus_error(tmp_path: Path, name: str):
-    with pytest.raises(CorpusError, match=name):
-        read_text_lines(tmp_path / name, Counter())
+def test_a_missing_corpus_file_is_a_corpus_error(tmp_path: Path):
+    with pytest.raises(CorpusError, match="x.en"):
+        read_text_lines(tmp_path / "x.en", Counter())

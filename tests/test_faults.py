@@ -176,4 +176,19 @@ def test_the_local_dashboard_listens_on_loopback_unless_asked_otherwise(tmp_path
                      "space: {gates.penalty: {loguniform: [0.01, 0.5]}}\nwandb: {mode: disabled}\n")
     assert trainable.main([str(sweep), "--results", str(tmp_path / "r"), "--dashboard", *argv]) == 2
     assert calls[0]["include_dashboard"] is True and calls[0]["dashboard_host"] == host
-    record("local Ray dashboard: where it listens", address=host)
+    record("local Ray dashboard: 127.0.0.1 unless --dashboard-host names another address", listens_where_asked=1)
+
+
+def test_the_reliability_table_sums_the_cases_of_a_test_and_counts_lost_trials():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reliability", REPO / "bench" / "reliability.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"test": "tests/a.py::test_x[one]", "what": "bad input", "refused": 1},
+            {"test": "tests/a.py::test_x[two]", "what": "bad input", "refused": 1},
+            {"test": "tests/b.py::test_y", "what": "kill", "trials_lost": 2, "final_step": 300}]
+    text = bench.render(rows, 90.0)
+    assert "| `a.py::test_x` | bad input | 2 | refused = 2 |" in text
+    assert "| `b.py::test_y` | kill | 1 | trials lost = 2, final step = 300 |" in text
+    assert "Trials lost across all rows: **2**" in text

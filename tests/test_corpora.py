@@ -97,18 +97,19 @@ def test_empty_lines_and_extreme_ratios_are_dropped_from_training_and_counted(tm
     src, tgt = list(EN), list(DE)
     src[3], tgt[7] = "", "   "
     src[10] = "A " + "very " * 40 + "long source."  # ratio far above 3 against a short target
+    src[12], tgt[12] = "a b c d " * 40, "e f g h " * 40  # over max_len pieces on both sides (ratio fine)
     train = write_pair(tmp_path, "train", src, tgt)
     valid = write_pair(tmp_path, "valid", ["", "A dog runs."], ["", "Ein Hund rennt."])
     cfg = DataConfig(corpus="files", files=FilesConfig(train=train, valid=valid), vocab_size=60,
-                     cache_dir=str(tmp_path / "cache"), max_len=200, max_ratio=3.0)
+                     cache_dir=str(tmp_path / "cache"), max_len=150, max_ratio=3.0)
     messages = []
     data = load_data(cfg, "valid", log=messages.append)
     stats = data.stats["train"]
-    assert stats["dropped_empty"] == 2 and stats["dropped_ratio"] == 1
-    assert len(data.splits["train"]) == 37
+    assert stats["dropped_empty"] == 2 and stats["dropped_ratio"] == 1 and stats["dropped_long"] == 1, stats
+    assert len(data.splits["train"]) == 36
     assert len(data.splits["valid"]) == 2  # held-out sentences are never dropped
-    assert any("dropped_empty=2" in m and "dropped_ratio=1" in m for m in messages)
-    record("empty lines, over-long lines and extreme length ratios in training data", dropped_and_counted=1)
+    assert any("dropped_empty=2" in m and "dropped_ratio=1" in m and "dropped_long=1" in m for m in messages)
+    record("empty lines, over-long lines and extreme length ratios in training data", dropped_and_counted=4)
 
 
 def test_empty_corpus_after_filtering_is_an_error(tmp_path, record):

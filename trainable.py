@@ -552,6 +552,14 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
     """The base models, then each method's trials and table; returns {method run: trials DataFrame}."""
     import ray
 
+    _check_resume(sweep, resume)
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine's GPUs are all there is
+        import torch
+
+        local = float(torch.cuda.device_count())
+        check_gpus(sweep.resources.gpus, local, False)
+        check_gpus(sweep.pretrain_resources.gpus, local, False, "pretrain.resources.gpus")
+        check_corpus_files(sweep)
     mode = resolve_mode(sweep.schema.wandb.mode)
     if mode == "online" and (reason := unreachable_backend()):
         print(f"W&B backend {reason}: every run of this sweep is kept offline (upload later with `wandb sync`)",
@@ -563,14 +571,6 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None, da
         os.environ["WANDB_MODE"] = mode  # before Ray starts, so that workers inherit it
         if wandb_dir:
             os.environ["WANDB_DIR"] = wandb_dir
-    _check_resume(sweep, resume)
-    if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine's GPUs are all there is
-        import torch
-
-        local = float(torch.cuda.device_count())
-        check_gpus(sweep.resources.gpus, local, False)
-        check_gpus(sweep.pretrain_resources.gpus, local, False, "pretrain.resources.gpus")
-        check_corpus_files(sweep)
     started = not ray.is_initialized()
     if started:
         start_ray(address, dashboard, dashboard_host)

@@ -255,8 +255,9 @@ def _run_config(sweep: Sweep, name: str, storage: str, keep: int, params: list[s
 def _fit(tuner_factory, trainable, experiment: str, resume: bool, keep: int):
     from ray import tune
 
-    from model.retention import prune_checkpoints
+    from model.retention import prune_checkpoints, state_period
 
+    state_period()  # before Tune starts, also for a restored sweep (its callbacks come from the stored tuner)
     if tune.Tuner.can_restore(experiment):
         if not resume:
             raise SweepError(f"{experiment} already holds a sweep: pass --resume to continue it, or choose another "
@@ -270,6 +271,12 @@ def _fit(tuner_factory, trainable, experiment: str, resume: bool, keep: int):
     return grid
 
 
+def base_experiments(sweep: Sweep) -> list[tuple[dict[str, Any], str, str]]:
+    """(variant, hash, name) of every base model the sweep trains; its experiment is <storage>/pretrained/<name>."""
+    keys = [(variant, base_hash(sweep.base_config(variant))) for variant in sweep.base_variants()]
+    return [(variant, key, f"base-{key}") for variant, key in keys]
+
+
 def pretrain_stage(sweep: Sweep, setup: TrialSetup) -> tuple[dict[str, str], list[Any]]:
     """Train (or find) every base model; returns {hash: checkpoint} and their Tune results."""
     from ray import tune
@@ -280,9 +287,7 @@ def pretrain_stage(sweep: Sweep, setup: TrialSetup) -> tuple[dict[str, str], lis
         return {base_hash(sweep.base_config()): sweep.schema.pretrain.checkpoint}, []
     bases, results = {}, []
     root = join_storage(sweep.storage, PRETRAINED_DIR)
-    for variant in sweep.base_variants():
-        key = base_hash(sweep.base_config(variant))
-        name = f"base-{key}"
+    for variant, key, name in base_experiments(sweep):
         experiment = join_storage(root, name)
         trainable = tune.with_resources(tune.with_parameters(pretrain_trainable, setup=setup),
                                         _resources(sweep.pretrain_resources))
@@ -517,8 +522,8 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
     if exists and not resume:
         raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
                          f"another name (--set name=...) or --results folder")
-    bases = [join_storage(sweep.storage, PRETRAINED_DIR, f"base-{base_hash(sweep.base_config(v))}")
-             for v in sweep.base_variants()] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
+    bases = [join_storage(sweep.storage, PRETRAINED_DIR, name) for _, _, name in base_experiments(sweep)
+             ] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
     if resume and not exists and not any(tune.Tuner.can_restore(base) for base in bases):
         raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
     if "://" in sweep.storage:

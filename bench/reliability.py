@@ -57,8 +57,8 @@ FOOTER = """
 - A control character or a non-UTF-8 byte in a config escaped as yaml's own `ReaderError` (found by the
   property tests); it is a `ConfigError` with the line now.
 - Not covered here: a real multi-machine cluster (the two-node cluster runs on one machine, on loopback), cloud
-  storage (`s3://`: checkpoint pruning after `fit` is local-only there; in-run deletion uses the storage's
-  filesystem), GPUs, and an HTTP-level W&B failure at sweep scale (the unit test covers a failing backend inside
+  storage (`s3://`: checkpoints are listed and deleted through the storage's own filesystem, but only the local
+  one is exercised here), GPUs, and an HTTP-level W&B failure at sweep scale (the unit test covers a failing backend inside
   a trial; the sweep test covers a refused connection).
 """
 

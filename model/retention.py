@@ -6,17 +6,17 @@ while the experiment state that ``Tuner.restore`` reads is saved every few secon
 resumed. :class:`CheckpointRetention` keeps all checkpoints in Tune and deletes an older one itself, only once a
 newer checkpoint of the same trial has been known for longer than two state-saving periods (so the state on disk
 already points past it); :func:`prune_checkpoints` trims each trial to its newest K up to the one Tune recorded,
-once a sweep's ``fit`` has returned and its final state is written.
+once a sweep's ``fit`` has returned and its final state is written (local or cloud storage).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
+from pyarrow import fs
 from ray import tune
 
 # Seconds between saves of Tune's experiment state; set before the Tuner runs (Tune's "auto" may stretch it).
@@ -33,9 +33,9 @@ def state_period() -> float:
         return 600.0
 
 
-def _delete(checkpoint: Any) -> None:
+def _delete(filesystem: Any, path: str) -> None:
     try:
-        checkpoint.filesystem.delete_dir(checkpoint.path)
+        filesystem.delete_dir(path)
     except (OSError, FileNotFoundError):
         pass  # already gone
 
@@ -56,24 +56,27 @@ class CheckpointRetention(tune.Callback):
         for items in self.seen.values():
             # the oldest goes when more than `keep` remain and its successor is older than two state saves
             while len(items) > self.keep and now - items[1][0] > self.delay:
-                _delete(items.pop(0)[1])
+                checkpoint = items.pop(0)[1]
+                _delete(checkpoint.filesystem, checkpoint.path)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune stores callbacks with the experiment; checkpoints stay out
         return {"keep": self.keep, "delay": self.delay, "seen": {}}
 
 
 def prune_checkpoints(grid: Any, keep: int) -> int:
-    """Delete, for each trial of a local experiment whose ``fit`` has returned, the checkpoint folders older than the
-    newest ``keep`` up to the one Tune recorded last. The saved state points at that one; folders after it (written
-    by a worker whose report the driver never processed, e.g. when interrupted) are left alone: a resume writes them
-    again. Returns the number deleted."""
+    """Delete, for each trial of an experiment whose ``fit`` has returned, the checkpoint folders older than the
+    newest ``keep`` up to the one Tune recorded last, on whatever storage the results live (local or cloud). The
+    saved state points at that one; folders after it (written by a worker whose report the driver never processed,
+    e.g. when interrupted) are left alone: a resume writes them again. Returns the number deleted."""
     deleted = 0
     for result in grid:
-        if result.checkpoint is None or "://" in str(result.path):
+        if result.checkpoint is None:
             continue
-        latest = Path(result.checkpoint.path)
-        older = sorted(p for p in Path(result.path).glob("checkpoint_*") if p.name < latest.name)
-        for folder in older[: max(0, len(older) - (keep - 1))]:
-            shutil.rmtree(folder, ignore_errors=True)
+        latest = PurePosixPath(result.checkpoint.path).name
+        found = result.filesystem.get_file_info(fs.FileSelector(result.path))
+        older = sorted(info.path for info in found if info.type == fs.FileType.Directory
+                       and info.base_name.startswith("checkpoint_") and info.base_name < latest)
+        for path in older[: max(0, len(older) - (keep - 1))]:
+            _delete(result.filesystem, path)
             deleted += 1
     return deleted

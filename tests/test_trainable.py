@@ -186,19 +186,28 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     record("SIGINT to the driver between trials (a second method waiting), then --resume", trials=3, trials_lost=0, finished_trials_rerun=0)
 
 
-def trial_workers(marker: str) -> list[int]:
-    """PIDs of the Ray worker processes running a trial of the sweep started with ``HEADSWEEP_TEST_RUN=marker``
-    (workers inherit the driver's environment; other Ray sessions on the machine are left alone)."""
+def marked_processes(marker: str, title: str = "") -> list[int]:
+    """PIDs of the processes started with ``HEADSWEEP_TEST_RUN=marker`` whose command line begins with ``title``
+    (a sweep's driver, Ray's own processes and its workers inherit the driver's environment; other Ray sessions on
+    the machine are left alone)."""
     pids = []
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
         try:
-            title = (proc / "cmdline").read_bytes().decode(errors="replace")
-            environ = (proc / "environ").read_bytes().split(b"\0") if title.startswith("ray::ImplicitFunc") else []
+            if not (proc / "cmdline").read_bytes().decode(errors="replace").startswith(title):
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if proc.name.isdigit() and f"HEADSWEEP_TEST_RUN={marker}".encode() in environ:
+        if f"HEADSWEEP_TEST_RUN={marker}".encode() in environ:
             pids.append(int(proc.name))
     return pids
+
+
+def trial_workers(marker: str) -> list[int]:
+    """PIDs of the Ray worker processes running a trial of the sweep marked ``marker``."""
+    return marked_processes(marker, "ray::ImplicitFunc")
 
 
 def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path, record):

@@ -10,14 +10,14 @@ Each trial on the front (``trials.csv``, the sweep's objectives) has its last ch
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from model.cli import add_out, command_parser
 from model.prune import head_counts, prune_checkpoint
-from model.trial import checkpoint_file
+from sweeps.results import checkpoint_file
 
 from .load import ResultsError, SweepResults, load_sweep
 from .pareto import pareto_front
@@ -37,10 +37,13 @@ def export_front(s: SweepResults, out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.export", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m analysis.export") -> int:
+    parser = command_parser(prog, __doc__.split("\n\n")[0], [
+        f"{prog} results/quickstart",
+        f"{prog} results/multi30k_en_de --out results/front-models",
+    ])
     parser.add_argument("folder", help="a sweep's results folder, e.g. results/quickstart")
-    parser.add_argument("--out", default=None, help="where the pruned models go (default: <sweep>/pruned)")
+    add_out(parser, "one pruned model <trial>.pt per Pareto-optimal trial (default: <sweep>/pruned)")
     args = parser.parse_args(argv)
     try:
         s = load_sweep(args.folder)

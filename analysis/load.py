@@ -1,7 +1,7 @@
 """Reading sweep results: the trials table, the sweep's config, and each trial's history and gates.
 
 A sweep folder (``<results>/<sweep>``) holds ``trials.csv`` (one row per trial and base model, written by
-``trainable.py``), ``sweep.json`` (the resolved sweep) and Ray's trial folders, whose checkpoints carry the trial's
+``sweeps.results``, which owns the format's names), ``sweep.json`` (the resolved sweep) and Ray's trial folders, whose checkpoints carry the trial's
 ``metrics.jsonl``, ``gates.jsonl`` and ``samples.jsonl``. Without a table, Ray's own results are read instead.
 """
 
@@ -15,12 +15,23 @@ from typing import Any
 
 import pandas as pd
 
-from model.trial import last_record
+from model import metrics as M
+from model.train import GATES_FILE, METRICS_FILE, SAMPLES_FILE
+from sweeps.results import (
+    CHECKPOINT,
+    PARAM_PREFIX,
+    STAGE,
+    STATUS,
+    SWEEP_FILE,
+    TRIAL_ID,
+    TRIAL_PATH,
+    TRIALS_FILE,
+    WALL_SECONDS,
+    last_record,
+)
 
-TRIALS_FILE = "trials.csv"
-SWEEP_FILE = "sweep.json"
 LABEL = "sweep"  # column naming the sweep (or method) a row came from
-DEFAULT_OBJECTIVES = (("bleu", "max"), ("open_heads", "min"))
+DEFAULT_OBJECTIVES = ((M.BLEU, "max"), (M.OPEN_HEADS, "min"))
 
 
 class ResultsError(ValueError):
@@ -46,19 +57,19 @@ class SweepResults:
 
     @property
     def params(self) -> list[str]:
-        return [c for c in self.trials.columns if c.startswith("param.")]
+        return [c for c in self.trials.columns if c.startswith(PARAM_PREFIX)]
 
     @property
     def prune(self) -> pd.DataFrame:
-        return self.trials[self.trials["stage"] == "prune"]
+        return self.trials[self.trials[STAGE] == "prune"]
 
     @property
     def completed(self) -> pd.DataFrame:
-        return self.prune[self.prune["status"] == "completed"]
+        return self.prune[self.prune[STATUS] == "completed"]
 
     @property
     def bases(self) -> pd.DataFrame:
-        return self.trials[self.trials["stage"] == "pretrain"]
+        return self.trials[self.trials[STAGE] == "pretrain"]
 
 
 def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
@@ -100,11 +111,11 @@ def _from_ray(path: Path) -> pd.DataFrame:
         last = json.loads(lines[-1])
         params = json.loads((result_file.parent / "params.json").read_text())
         checkpoints = sorted(result_file.parent.glob("checkpoint_*"))
-        rows.append({"trial_id": last.get("trial_id"), "stage": last.get("stage", "prune"),
-                     **{f"param.{k}": v for k, v in params.items()},
+        rows.append({TRIAL_ID: last.get("trial_id"), STAGE: last.get("stage", "prune"),
+                     **{f"{PARAM_PREFIX}{k}": v for k, v in params.items()},
                      **{k: v for k, v in last.items() if not isinstance(v, dict)},
-                     "evaluations": len(lines), "checkpoint": str(checkpoints[-1]) if checkpoints else "",
-                     "trial_path": str(result_file.parent), "wall_seconds": last.get("time_total_s")})
+                     "evaluations": len(lines), CHECKPOINT: str(checkpoints[-1]) if checkpoints else "",
+                     TRIAL_PATH: str(result_file.parent), WALL_SECONDS: last.get("time_total_s")})
     return pd.DataFrame(rows)
 
 
@@ -114,24 +125,24 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 def trial_history(row: pd.Series) -> pd.DataFrame:
     """Every evaluation of one trial (from its last checkpoint's metrics.jsonl, else Ray's progress.csv)."""
-    ckpt = Path(str(row.get("checkpoint") or ""))
-    if ckpt.is_dir() and (ckpt / "metrics.jsonl").exists():
-        return pd.DataFrame(_jsonl(ckpt / "metrics.jsonl"))
-    progress = Path(str(row.get("trial_path") or "")) / "progress.csv"
+    ckpt = Path(str(row.get(CHECKPOINT) or ""))
+    if ckpt.is_dir() and (ckpt / METRICS_FILE).exists():
+        return pd.DataFrame(_jsonl(ckpt / METRICS_FILE))
+    progress = Path(str(row.get(TRIAL_PATH) or "")) / "progress.csv"
     if progress.exists():
         return pd.read_csv(progress)
-    raise ResultsError(f"trial {row.get('trial_id')}: no metrics.jsonl in {ckpt} and no {progress}")
+    raise ResultsError(f"trial {row.get(TRIAL_ID)}: no metrics.jsonl in {ckpt} and no {progress}")
 
 
 def trial_gates(row: pd.Series) -> list[dict[str, Any]]:
     """The gate report of every evaluation of one trial: [{step, gates: {type: {gate, p_open, ...}}}]."""
-    ckpt = Path(str(row.get("checkpoint") or ""))
-    if not (ckpt / "gates.jsonl").exists():
-        raise ResultsError(f"trial {row.get('trial_id')}: no gates.jsonl in its checkpoint {ckpt}")
-    return _jsonl(ckpt / "gates.jsonl")
+    ckpt = Path(str(row.get(CHECKPOINT) or ""))
+    if not (ckpt / GATES_FILE).exists():
+        raise ResultsError(f"trial {row.get(TRIAL_ID)}: no gates.jsonl in its checkpoint {ckpt}")
+    return _jsonl(ckpt / GATES_FILE)
 
 
 def trial_samples(row: pd.Series) -> list[dict[str, str]]:
     """The translation samples of the trial's last evaluation."""
-    last = last_record(Path(str(row.get("checkpoint") or "")) / "samples.jsonl")
+    last = last_record(Path(str(row.get(CHECKPOINT) or "")) / SAMPLES_FILE)
     return last.get("samples", []) if last else []

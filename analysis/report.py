@@ -10,18 +10,19 @@ several folders a comparison (their Pareto fronts overlaid, with hypervolumes) g
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from model.baselines import LAYOUT_SEED
-from model.trial import checkpoint_file
+from model.cli import add_out, command_parser
+from model.files import atomic_write
+from sweeps.results import LAYOUT_SEED, OPTUNA_FILE, checkpoint_file
 
 from . import charts
 from .attention import attention_chart, attention_maps
@@ -69,10 +70,7 @@ class Page:
         doc = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}"
                f"</title><style>{style}</style></head><body>\n<h1>{html.escape(self.title)}</h1>\n"
                + "\n".join(self.parts) + "\n</body></html>\n")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(doc, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, doc)
         return path
 
 
@@ -92,8 +90,18 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def sweep_report(s: SweepResults, out: Path | None = None) -> Path:
-    """Write the sweep's report folder; returns the path of report.html."""
+@dataclass
+class Report:
+    """A written sweep report: its HTML file, the folder of its charts, the front's table and summary values."""
+
+    html: Path
+    folder: Path
+    front: pd.DataFrame
+    values: dict[str, float]
+
+
+def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
+    """Write the sweep's report folder (``report.html``, ``report.md`` and every chart as PNG and HTML)."""
     out = out or s.path / REPORT_DIR
     page = Page(f"headsweep report: {s.label}")
     counts = s.prune["status"].value_counts().to_dict()
@@ -164,7 +172,7 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Path:
         charts.save(figs, out, "curves")
 
     # 4) Optuna's view of the search
-    db = s.path / "optuna.db"
+    db = s.path / OPTUNA_FILE
     if db.exists():
         page.h("Hyperparameter importance and parallel coordinates")
         study = charts.study_charts(f"sqlite:///{db}", s.config.get("name", s.label), s.objectives)
@@ -182,28 +190,9 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Path:
     md = [f"# headsweep report: {s.label}", "", summary, "",
           markdown_table(table.drop(columns=["checkpoint"], errors="ignore")), "",
           f"Charts: {out}; full report: {report}", ""]
-    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-    log_summary(s, out, table, {"hypervolume": hv, "pareto_trials": len(table), "completed_trials": len(s.completed)})
-    return report
-
-
-def log_summary(s: SweepResults, out: Path, table: pd.DataFrame, values: dict[str, float]) -> None:
-    """The report's charts and Pareto table as one W&B run of the sweep (as configured; offline without a key)."""
-    from model.wandb_log import TrialLogger, resolve_mode
-
-    settings = s.config.get("wandb") or {}
-    mode = resolve_mode(settings.get("mode", "disabled"))
-    if mode == "disabled":
-        return
-    name = s.config.get("name", s.label)
-    logger = TrialLogger(mode, settings.get("project", "headsweep"), settings.get("group") or name,
-                         run_id=f"{name}-summary", name=f"{name}-summary", config=s.config,
-                         directory=s.path / "wandb", entity=settings.get("entity"), tags=settings.get("tags"),
-                         job_type="summary", init_timeout=settings.get("init_timeout", 30.0),
-                         upload_timeout=settings.get("upload_timeout", 60.0))
-    images = {p.stem: p for p in sorted(out.glob("*.png"))}
-    logger.log_report(images, {"pareto_front": table.astype(str)}, values)
-    logger.finish()
+    atomic_write(out / "report.md", "\n".join(md))
+    return Report(report, out, table, {"hypervolume": hv, "pareto_trials": len(table),
+                                       "completed_trials": len(s.completed)})
 
 
 def seed_hypervolumes(s: SweepResults, ref: Sequence[float]) -> str:
@@ -236,16 +225,21 @@ def compare_report(sweeps: Sequence[SweepResults], out: Path, stem: str = "compa
     return page.write(out / f"{stem}.html")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m analysis.report") -> int:
+    parser = command_parser(prog, __doc__.split("\n\n")[0], [
+        f"{prog} results/quickstart",
+        f"{prog} results/a results/b --labels tpe random --out results/compare",
+    ])
     parser.add_argument("folders", nargs="+", help="sweep results folders, e.g. results/quickstart")
     parser.add_argument("--labels", nargs="+", default=None, help="one label per folder (default: sweep names)")
-    parser.add_argument("--out", default=None, help="folder of the comparison (several sweeps)")
+    add_out(parser, "one sweep: its report (default <sweep>/report); several: their comparison, compare.html "
+                    "(default: the first sweep's report folder; each sweep's own report stays in <sweep>/report)")
     args = parser.parse_args(argv)
     try:
         sweeps = load_sweeps(args.folders, args.labels)
         for s in sweeps:
-            print(f"report: {sweep_report(s)}")
+            own = Path(args.out) if args.out and len(sweeps) == 1 else None
+            print(f"report: {sweep_report(s, own).html}")
         if len(sweeps) > 1:
             out = Path(args.out) if args.out else sweeps[0].path / REPORT_DIR
             print(f"comparison: {compare_report(sweeps, out)}")

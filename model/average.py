@@ -7,13 +7,15 @@ inference checkpoint (weights, config, tokenizers; no optimizer state) that ``mo
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint, save_checkpoint
+from .cli import add_out, command_parser, out_file
+
+AVERAGED_FILE = "averaged.pt"  # what --out DIR receives
 
 
 def average_checkpoints(paths: list[str | Path]) -> dict:
@@ -60,18 +62,21 @@ def last_checkpoints(run_dir: str | Path, n: int) -> list[Path]:
     return found[-n:]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.average", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m model.average") -> int:
+    parser = command_parser(prog, __doc__.splitlines()[0], [
+        f"{prog} --last 5 results/runs/multi30k_base --out results/runs/multi30k_base",
+        f"{prog} run/checkpoints/step_00004000.pt run/checkpoints/step_00005000.pt --out run",
+    ])
     parser.add_argument("checkpoints", nargs="*", help="checkpoint files")
     parser.add_argument("--last", nargs=2, metavar=("N", "RUN_DIR"), help="the newest N checkpoints of a run")
-    parser.add_argument("--out", required=True)
+    add_out(parser, f"writes {AVERAGED_FILE} into it", required=True)
     args = parser.parse_args(argv)
     try:
         paths = list(args.checkpoints)
         if args.last:
             paths += last_checkpoints(args.last[1], int(args.last[0]))
-        out = write_average(paths, args.out)
-    except (CheckpointError, ValueError) as exc:
+        out = write_average(paths, out_file(args.out, AVERAGED_FILE))
+    except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"averaged {len(paths)} checkpoints -> {out}")

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from .config import Config, ConfigError, config_from_dict
-from .data import Tokenizer, Tokenizers, atomic_write_bytes
+from .data import Tokenizer, Tokenizers
+from .files import atomic_write
 from .transformer import Transformer
 
 FORMAT_VERSION = 1
@@ -74,7 +75,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], cfg: Config,
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     try:
-        atomic_write_bytes(Path(path), buffer.getvalue())
+        atomic_write(Path(path), buffer.getvalue())
     except OSError as exc:  # a full disk or quota, a file size limit, a vanished folder
         raise CheckpointError(f"could not write checkpoint {path} ({len(buffer.getbuffer()) / 2**20:.1f} MiB): "
                               f"{exc.strerror or exc}. Nothing was replaced: the checkpoints written before it "

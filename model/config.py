@@ -20,6 +20,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from .files import atomic_write
+
 AttentionType = Literal["enc_self", "dec_self", "dec_cross"]
 ATTENTION_TYPES: tuple[str, ...] = get_args(AttentionType)
 Freezable = Literal["encoder", "decoder", "embeddings"]
@@ -256,7 +258,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
 # Validation of ranges and combinations
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {allowed}.")
 
@@ -265,111 +267,111 @@ def validate(cfg: Config) -> Config:
     """Check ranges and combinations; return ``cfg`` unchanged or raise :class:`ConfigError`."""
     m, g, d, t, e = cfg.model, cfg.gates, cfg.data, cfg.train, cfg.eval
     for key in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "max_positions"):
-        _require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "an integer >= 1")
-    _require(m.d_model % m.n_heads == 0, "model.n_heads", m.n_heads, f"a divisor of model.d_model={m.d_model}")
+        require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "an integer >= 1")
+    require(m.d_model % m.n_heads == 0, "model.n_heads", m.n_heads, f"a divisor of model.d_model={m.d_model}")
     if m.heads is not None:
         layers = {"enc_self": m.encoder_layers, "dec_self": m.decoder_layers, "dec_cross": m.decoder_layers}
         for kind, counts in m.heads.items():
-            _require(kind in layers, f"model.heads.{kind}", counts, f"keys among {', '.join(layers)}")
-            _require(len(counts) == layers[kind] and all(0 <= c <= m.n_heads for c in counts),
+            require(kind in layers, f"model.heads.{kind}", counts, f"keys among {', '.join(layers)}")
+            require(len(counts) == layers[kind] and all(0 <= c <= m.n_heads for c in counts),
                      f"model.heads.{kind}", counts, f"{layers[kind]} integers in [0, model.n_heads={m.n_heads}]")
-        _require(g.mode == "none", "gates.mode", g.mode, "'none' for a physically pruned model (model.heads set)")
+        require(g.mode == "none", "gates.mode", g.mode, "'none' for a physically pruned model (model.heads set)")
     for key in ("dropout", "attention_dropout", "activation_dropout"):
-        _require(0.0 <= getattr(m, key) < 1.0, f"model.{key}", getattr(m, key), "a number in [0, 1)")
-    _require(
+        require(0.0 <= getattr(m, key) < 1.0, f"model.{key}", getattr(m, key), "a number in [0, 1)")
+    require(
         not m.share_embeddings or d.joint_vocab,
         "model.share_embeddings",
         m.share_embeddings,
         "false unless data.joint_vocab is true (separate vocabularies cannot share one table)",
     )
 
-    _require(len(g.attention) > 0, "gates.attention", g.attention, f"a non-empty list of {ATTENTION_TYPES}")
-    _require(len(set(g.attention)) == len(g.attention), "gates.attention", g.attention, "no repeated entries")
-    _require(g.penalty >= 0.0, "gates.penalty", g.penalty, "a number >= 0")
-    _require(g.penalty == 0.0 or g.mode == "learned", "gates.penalty", g.penalty,
+    require(len(g.attention) > 0, "gates.attention", g.attention, f"a non-empty list of {ATTENTION_TYPES}")
+    require(len(set(g.attention)) == len(g.attention), "gates.attention", g.attention, "no repeated entries")
+    require(g.penalty >= 0.0, "gates.penalty", g.penalty, "a number >= 0")
+    require(g.penalty == 0.0 or g.mode == "learned", "gates.penalty", g.penalty,
              "0 unless gates.mode is 'learned' (there is nothing to penalise)")
-    _require(g.lr_scale > 0.0, "gates.lr_scale", g.lr_scale, "a number > 0")
+    require(g.lr_scale > 0.0, "gates.lr_scale", g.lr_scale, "a number > 0")
     if g.target_open is not None:
         gated = sum(m.n_heads * m.layers(kind) for kind in g.attention)
-        _require(g.mode == "learned", "gates.target_open", g.target_open, "null unless gates.mode is 'learned'")
-        _require(0 <= g.target_open <= gated, "gates.target_open", g.target_open,
+        require(g.mode == "learned", "gates.target_open", g.target_open, "null unless gates.mode is 'learned'")
+        require(0 <= g.target_open <= gated, "gates.target_open", g.target_open,
                  f"an integer in [0, {gated}] (the heads of {', '.join(g.attention)}) or null")
-    _require(g.target_gain > 0.0, "gates.target_gain", g.target_gain, "a number > 0")
-    _require(0.0 <= g.target_fix_at <= 1.0, "gates.target_fix_at", g.target_fix_at, "a number in [0, 1]")
-    _require(g.temperature > 0.0, "gates.temperature", g.temperature, "a number > 0")
-    _require(g.gamma < 0.0, "gates.gamma", g.gamma, "a number < 0")
-    _require(g.zeta > 1.0, "gates.zeta", g.zeta, "a number > 1")
+    require(g.target_gain > 0.0, "gates.target_gain", g.target_gain, "a number > 0")
+    require(0.0 <= g.target_fix_at <= 1.0, "gates.target_fix_at", g.target_fix_at, "a number in [0, 1]")
+    require(g.temperature > 0.0, "gates.temperature", g.temperature, "a number > 0")
+    require(g.gamma < 0.0, "gates.gamma", g.gamma, "a number < 0")
+    require(g.zeta > 1.0, "gates.zeta", g.zeta, "a number > 1")
 
     s = d.synthetic
     for key in ("train_size", "valid_size", "test_size"):
-        _require(getattr(s, key) >= 1, f"data.synthetic.{key}", getattr(s, key), "an integer >= 1")
-    _require(s.max_modifiers >= 0, "data.synthetic.max_modifiers", s.max_modifiers, "an integer >= 0")
-    _require(0.0 <= s.relative_clause_prob <= 1.0, "data.synthetic.relative_clause_prob",
+        require(getattr(s, key) >= 1, f"data.synthetic.{key}", getattr(s, key), "an integer >= 1")
+    require(s.max_modifiers >= 0, "data.synthetic.max_modifiers", s.max_modifiers, "an integer >= 0")
+    require(0.0 <= s.relative_clause_prob <= 1.0, "data.synthetic.relative_clause_prob",
              s.relative_clause_prob, "a number in [0, 1]")
     if d.corpus == "files":
         for split in ("train", e.split):
-            _require(getattr(d.files, split) is not None, f"data.files.{split}", None,
+            require(getattr(d.files, split) is not None, f"data.files.{split}", None,
                      "a path (a file prefix for format 'parallel', a .tsv file for 'tsv')")
-    _require(d.src_lang != d.tgt_lang, "data.tgt_lang", d.tgt_lang, "a language other than data.src_lang")
-    _require(bool(d.src_lang) and bool(d.tgt_lang), "data.src_lang", d.src_lang, "a non-empty language code")
+    require(d.src_lang != d.tgt_lang, "data.tgt_lang", d.tgt_lang, "a language other than data.src_lang")
+    require(bool(d.src_lang) and bool(d.tgt_lang), "data.src_lang", d.src_lang, "a non-empty language code")
     if d.max_ratio is not None:
-        _require(d.max_ratio >= 1.0, "data.max_ratio", d.max_ratio, "a number >= 1 or null")
-    _require(d.vocab_size >= 16, "data.vocab_size", d.vocab_size, "an integer >= 16")
-    _require(0.0 < d.character_coverage <= 1.0, "data.character_coverage", d.character_coverage,
+        require(d.max_ratio >= 1.0, "data.max_ratio", d.max_ratio, "a number >= 1 or null")
+    require(d.vocab_size >= 16, "data.vocab_size", d.vocab_size, "an integer >= 16")
+    require(0.0 < d.character_coverage <= 1.0, "data.character_coverage", d.character_coverage,
              "a number in (0, 1]")
-    _require(d.max_tokens is not None or d.batch_size is not None, "data.max_tokens", d.max_tokens,
+    require(d.max_tokens is not None or d.batch_size is not None, "data.max_tokens", d.max_tokens,
              "an integer >= 1 when data.batch_size is null")
     if d.batch_size is not None:
-        _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1 or null")
+        require(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1 or null")
     if d.max_tokens is not None:
-        _require(d.max_tokens >= 1, "data.max_tokens", d.max_tokens, "an integer >= 1 or null")
-    _require(d.max_len >= 2, "data.max_len", d.max_len, "an integer >= 2")
-    _require(d.max_len + 1 <= m.max_positions, "data.max_len", d.max_len,
+        require(d.max_tokens >= 1, "data.max_tokens", d.max_tokens, "an integer >= 1 or null")
+    require(d.max_len >= 2, "data.max_len", d.max_len, "an integer >= 2")
+    require(d.max_len + 1 <= m.max_positions, "data.max_len", d.max_len,
              f"at most model.max_positions - 1 = {m.max_positions - 1}")
     if d.max_tokens is not None and d.batch_size is None:
-        _require(d.max_tokens >= d.max_len + 1, "data.max_tokens", d.max_tokens,
+        require(d.max_tokens >= d.max_len + 1, "data.max_tokens", d.max_tokens,
                  f"at least data.max_len + 1 = {d.max_len + 1}, so that the longest pair fits a batch")
-    _require(d.bucket_size >= 1, "data.bucket_size", d.bucket_size, "an integer >= 1")
+    require(d.bucket_size >= 1, "data.bucket_size", d.bucket_size, "an integer >= 1")
 
-    _require(t.lr > 0.0, "train.lr", t.lr, "a number > 0")
-    _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
-    _require(t.warmup_steps >= 1 or t.schedule not in ("noam", "inverse_sqrt"), "train.warmup_steps",
+    require(t.lr > 0.0, "train.lr", t.lr, "a number > 0")
+    require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
+    require(t.warmup_steps >= 1 or t.schedule not in ("noam", "inverse_sqrt"), "train.warmup_steps",
              t.warmup_steps, f"an integer >= 1 for schedule {t.schedule!r}")
-    _require(0.0 <= t.min_lr < t.lr if t.schedule == "cosine" else t.min_lr >= 0.0, "train.min_lr", t.min_lr,
+    require(0.0 <= t.min_lr < t.lr if t.schedule == "cosine" else t.min_lr >= 0.0, "train.min_lr", t.min_lr,
              "a number in [0, train.lr)")
-    _require(len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas), "train.adam_betas",
+    require(len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas), "train.adam_betas",
              t.adam_betas, "two numbers in [0, 1)")
-    _require(t.adam_eps > 0.0, "train.adam_eps", t.adam_eps, "a number > 0")
-    _require(t.weight_decay >= 0.0, "train.weight_decay", t.weight_decay, "a number >= 0")
-    _require(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
+    require(t.adam_eps > 0.0, "train.adam_eps", t.adam_eps, "a number > 0")
+    require(t.weight_decay >= 0.0, "train.weight_decay", t.weight_decay, "a number >= 0")
+    require(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
     if t.grad_clip is not None:
-        _require(t.grad_clip > 0.0, "train.grad_clip", t.grad_clip, "a number > 0 or null")
-    _require(t.accumulation >= 1, "train.accumulation", t.accumulation, "an integer >= 1")
-    _require(t.max_steps >= 0, "train.max_steps", t.max_steps, "an integer >= 0 (0: evaluate the starting model)")
+        require(t.grad_clip > 0.0, "train.grad_clip", t.grad_clip, "a number > 0 or null")
+    require(t.accumulation >= 1, "train.accumulation", t.accumulation, "an integer >= 1")
+    require(t.max_steps >= 0, "train.max_steps", t.max_steps, "an integer >= 0 (0: evaluate the starting model)")
     if t.max_epochs is not None:
-        _require(t.max_epochs >= 1, "train.max_epochs", t.max_epochs, "an integer >= 1 or null")
+        require(t.max_epochs >= 1, "train.max_epochs", t.max_epochs, "an integer >= 1 or null")
     if t.max_minutes is not None:
-        _require(t.max_minutes > 0, "train.max_minutes", t.max_minutes, "a number > 0 or null")
-    _require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
-    _require(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
-    _require(len(set(t.freeze)) == len(t.freeze), "train.freeze", t.freeze, "no repeated entries")
-    _require(
+        require(t.max_minutes > 0, "train.max_minutes", t.max_minutes, "a number > 0 or null")
+    require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
+    require(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
+    require(len(set(t.freeze)) == len(t.freeze), "train.freeze", t.freeze, "no repeated entries")
+    require(
         not (set(t.freeze) >= {"encoder", "decoder", "embeddings"} and g.mode != "learned"),
         "train.freeze", t.freeze, "a list that leaves something to train (freeze all three only with learned gates)",
     )
     if t.threads is not None:
-        _require(t.threads >= 1, "train.threads", t.threads, "an integer >= 1 or null")
-    _require(t.precision != "fp16" or t.device != "cpu", "train.precision", t.precision,
+        require(t.threads >= 1, "train.threads", t.threads, "an integer >= 1 or null")
+    require(t.precision != "fp16" or t.device != "cpu", "train.precision", t.precision,
              "'fp32' or 'bf16' on device 'cpu' (fp16 autocast needs a GPU)")
 
-    _require(e.beam_size >= 1, "eval.beam_size", e.beam_size, "an integer >= 1")
-    _require(e.length_penalty >= 0.0, "eval.length_penalty", e.length_penalty, "a number >= 0")
-    _require(e.max_len_a >= 0.0, "eval.max_len_a", e.max_len_a, "a number >= 0")
-    _require(e.max_len_b >= 1, "eval.max_len_b", e.max_len_b, "an integer >= 1")
-    _require(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer >= 1")
+    require(e.beam_size >= 1, "eval.beam_size", e.beam_size, "an integer >= 1")
+    require(e.length_penalty >= 0.0, "eval.length_penalty", e.length_penalty, "a number >= 0")
+    require(e.max_len_a >= 0.0, "eval.max_len_a", e.max_len_a, "a number >= 0")
+    require(e.max_len_b >= 1, "eval.max_len_b", e.max_len_b, "an integer >= 1")
+    require(e.batch_size >= 1, "eval.batch_size", e.batch_size, "an integer >= 1")
     if e.max_sentences is not None:
-        _require(e.max_sentences >= 1, "eval.max_sentences", e.max_sentences, "an integer >= 1 or null")
-    _require(e.samples >= 0, "eval.samples", e.samples, "an integer >= 0")
+        require(e.max_sentences >= 1, "eval.max_sentences", e.max_sentences, "an integer >= 1 or null")
+    require(e.samples >= 0, "eval.samples", e.samples, "an integer >= 0")
     return cfg
 
 
@@ -500,4 +502,4 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -14,7 +14,6 @@ start at once), and are not fetched again once present and verified, so a filled
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import json
@@ -25,9 +24,10 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .config import DataConfig
+from .files import atomic_write, file_lock
 
 BOM = b"\xef\xbb\xbf"
 
@@ -178,24 +178,6 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(root).expanduser().resolve()
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    from .data import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if needed), held for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def fetch(url: str, dest: Path, sha256_prefix: str | None, gunzip: bool, log: Callable[[str], None] = print) -> Path:
     """Download ``url`` to ``dest`` (gunzipped if asked) unless ``dest`` already holds the verified file.
 
@@ -211,7 +193,7 @@ def fetch(url: str, dest: Path, sha256_prefix: str | None, gunzip: bool, log: Ca
         if dest.is_file():
             got = sha256_file(dest)
             if sha256_prefix is None:  # placed by hand, no record yet: trust it from now on
-                atomic_write_text(record, got + "\n")
+                atomic_write(record, got + "\n")
                 return dest
             if got.startswith(sha256_prefix):
                 return dest
@@ -233,7 +215,7 @@ def fetch(url: str, dest: Path, sha256_prefix: str | None, gunzip: bool, log: Ca
                 os.fsync(out.fileno())
             got = sha256_file(tmp)
             if sha256_prefix is None:
-                atomic_write_text(record, got + "\n")
+                atomic_write(record, got + "\n")
             elif not got.startswith(sha256_prefix):
                 raise CorpusError(f"{url}: sha256 {got[:16]}… does not match the expected {sha256_prefix}…; "
                                   f"the upstream file changed or the download is corrupt")

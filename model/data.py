@@ -27,6 +27,7 @@ import torch
 
 from .config import DataConfig
 from .corpora import CorpusError, FilesCorpus, HuggingFaceCorpus, Multi30kCorpus, WmtEnRuCorpus, describe_stats
+from .files import atomic_write
 from .synthetic import generate_splits
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -91,28 +92,6 @@ def cache_root(cfg: DataConfig) -> Path:
     """Where tokenizers are cached: ``data.cache_dir``, else ``$HEADSWEEP_CACHE``, else ~/.cache/headsweep."""
     root = cfg.cache_dir or os.environ.get("HEADSWEEP_CACHE") or Path.home() / ".cache" / "headsweep"
     return Path(root).expanduser().resolve()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -218,8 +197,8 @@ def build_tokenizers(corpus: Corpus, cfg: DataConfig, log: Callable[[str], None]
         proto = _train_sentencepiece(iter(lines), cfg)
         models[side] = Tokenizer(proto)
         try:  # the model, then its checksum: a model without a matching checksum is never used
-            atomic_write_bytes(path, proto)
-            atomic_write_bytes(_checksum_file(path), (_sha256(proto) + "\n").encode())
+            atomic_write(path, proto)
+            atomic_write(_checksum_file(path), (_sha256(proto) + "\n").encode())
         except OSError as exc:
             log(f"warning: could not cache the sentencepiece model in {path.parent} ({exc.strerror or exc}); "
                 "it is used from memory and trained again next time")

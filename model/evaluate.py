@@ -9,7 +9,7 @@ from sacrebleu.metrics import BLEU as BLEUMetric
 from sacrebleu.metrics import CHRF as CHRFMetric
 
 from .config import EvalConfig
-from .data import EncodedSplit, Tokenizers, pad_rows, collate, eval_batches
+from .data import EncodedSplit, Tokenizers, collate, eval_batches, pad_rows
 from .decoding import translate_ids
 from .transformer import Transformer
 
@@ -70,14 +70,18 @@ def teacher_forced_nll(model: Transformer, split: EncodedSplit, batch_size: int,
 
 
 def evaluate_checkpoint(path: str, split: str, eval_cfg: EvalConfig, device: str = "cpu",
-                        log=print) -> tuple[Scores, list[str], list[str], list[str]]:
-    """Score a checkpoint on ``split`` of the corpus its config names: (scores, sources, references, hypotheses)."""
+                        log=print, data_dir: str | None = None) -> tuple[Scores, list[str], list[str], list[str]]:
+    """Score a checkpoint on ``split`` of the corpus its config names: (scores, sources, references, hypotheses).
+
+    ``data_dir``: where that corpus's downloads lie, when not where the checkpoint's config says."""
+    from .checkpoint import checkpoint_config, load_checkpoint
     from .data import build_corpus, encode_split
     from .translate import load_for_inference
-    from .checkpoint import checkpoint_config, load_checkpoint
 
     payload = load_checkpoint(path, map_location=device)
     cfg = checkpoint_config(payload)
+    if data_dir is not None:
+        cfg.data.data_dir = data_dir
     model, tok = load_for_inference(path, device, payload)
     corpus = build_corpus(cfg.data, log)
     encoded = encode_split(tok, *corpus.split(split), truncate=cfg.model.max_positions)
@@ -86,44 +90,51 @@ def evaluate_checkpoint(path: str, split: str, eval_cfg: EvalConfig, device: str
     return score(hyps, encoded.tgt_text[:n]), encoded.src_text[:n], encoded.tgt_text[:n], hyps
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m model.evaluate CKPT [--split test] [--beam 5] [--out FILE.json]``: BLEU and chrF of a checkpoint."""
-    import argparse
+def main(argv: list[str] | None = None, prog: str = "python -m model.evaluate") -> int:
+    """BLEU and chrF (sacrebleu, with their signatures) of a checkpoint on a held-out split of its corpus."""
     import json
     import sys
     import time
 
     from .checkpoint import CheckpointError
+    from .cli import add_data_dir, add_out, command_parser, data_dir, out_file
     from .corpora import CorpusError
 
-    parser = argparse.ArgumentParser(prog="python -m model.evaluate", description=main.__doc__)
+    parser = command_parser(prog, main.__doc__, [
+        f"{prog} results/runs/multi30k_base/averaged.pt --split test --beam 5 --data-dir ../shared/data",
+        f"{prog} pruned.pt --split valid --beam 1 --out results/eval",
+    ])
     parser.add_argument("checkpoint")
     parser.add_argument("--split", default="test", choices=["valid", "test"])
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--length-penalty", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=None, help="write scores, signatures and translations here as JSON")
+    add_out(parser, "writes evaluation-<split>.json (scores, signatures and every translation) into it")
+    add_data_dir(parser)
     args = parser.parse_args(argv)
     eval_cfg = EvalConfig(split=args.split, beam_size=args.beam, length_penalty=args.length_penalty,
                           batch_size=args.batch_size)
     start = time.perf_counter()
     try:
+        target = out_file(args.out, f"evaluation-{args.split}.json") if args.out else None
         s, src, refs, hyps = evaluate_checkpoint(args.checkpoint, args.split, eval_cfg, args.device,
-                                                 log=lambda m: print(m, file=sys.stderr))
-    except (CheckpointError, CorpusError) as exc:
+                                                 log=lambda m: print(m, file=sys.stderr), data_dir=data_dir(args))
+    except (CheckpointError, CorpusError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
     print(f"{args.split}: BLEU {s.bleu:.2f} chrF {s.chrf:.2f} ({len(hyps)} sentences, beam {args.beam}, "
           f"{seconds:.0f} s)\n  {s.bleu_signature}\n  {s.chrf_signature}")
-    if args.out:
+    if target is not None:
+        from .files import atomic_write
+
         record = {"checkpoint": args.checkpoint, "split": args.split, "beam": args.beam,
                   "length_penalty": args.length_penalty, "bleu": s.bleu, "chrf": s.chrf,
                   "bleu_signature": s.bleu_signature, "chrf_signature": s.chrf_signature, "seconds": seconds,
                   "translations": [{"source": a, "reference": b, "hypothesis": c} for a, b, c in zip(src, refs, hyps)]}
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(record, f, ensure_ascii=False, indent=1)
+        atomic_write(target, json.dumps(record, ensure_ascii=False, indent=1))
+        print(f"written to {target}")
     return 0
 
 

@@ -11,7 +11,6 @@ plain model (``gates.mode: none``) with ``model.heads`` recording the heads kept
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 from pathlib import Path
@@ -19,9 +18,12 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, checkpoint_config, load_checkpoint, save_checkpoint
+from .cli import add_out, command_parser, out_file
 from .config import ATTENTION_TYPES, GateConfig
 from .transformer import MultiHeadAttention, Transformer
 from .translate import load_for_inference
+
+PRUNED_FILE = "pruned.pt"  # what --out DIR receives
 
 
 def _kept(attn: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,14 +161,17 @@ def prune_checkpoint(path: str | Path, out: str | Path) -> tuple[Transformer, Tr
     return model, pruned
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.prune", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m model.prune") -> int:
+    parser = command_parser(prog, __doc__.split("\n\n")[0], [
+        f"{prog} results/quickstart/prune_trainable_.../checkpoint_000002/step_00000300.pt --out results/pruned",
+    ])
     parser.add_argument("checkpoint", help="a checkpoint of a model with learned gates")
-    parser.add_argument("--out", required=True, help="where to write the pruned model's checkpoint")
+    add_out(parser, f"writes the pruned model's checkpoint, {PRUNED_FILE}, into it", required=True)
     args = parser.parse_args(argv)
     try:
-        gated, pruned = prune_checkpoint(args.checkpoint, args.out)
-    except CheckpointError as exc:
+        target = out_file(args.out, PRUNED_FILE)
+        gated, pruned = prune_checkpoint(args.checkpoint, target)
+    except (CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     before, after = head_counts(gated), head_counts(pruned)
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"heads: {before['total']} -> {after['total']} ("
           + ", ".join(f"{k} {before[k]} -> {after[k]}" for k in ATTENTION_TYPES) + ")")
     print(f"kept per layer: {pruned.cfg.heads}")
-    print(f"parameters: {params[0]:,} -> {params[1]:,}; written to {args.out}")
+    print(f"parameters: {params[0]:,} -> {params[1]:,}; written to {target}")
     return 0
 
 

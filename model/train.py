@@ -13,7 +13,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -35,10 +34,12 @@ from .checkpoint import (
     load_model_state,
     save_checkpoint,
 )
+from .cli import add_data_dir, add_out, add_set, command_parser, data_dir
 from .config import ATTENTION_TYPES, Config, ConfigError, TrainConfig, flatten, load_config, save_config
 from .corpora import CorpusError, stats_json
 from .data import Batch, Data, collate, load_data, make_batches
 from .evaluate import score, teacher_forced_nll, translate_split
+from .files import atomic_write
 from .transformer import Transformer
 
 ReportFn = Callable[[dict[str, Any], Path | None], None]
@@ -310,7 +311,7 @@ class Trainer:
         s = score(hyps, refs)
         heads = self.model.open_heads()
         metrics = {
-            M.BLEU: s.bleu, M.CHRF: s.chrf,
+            M.BLEU: s.bleu, M.CHRF: s.chrf, M.BLEU_SIGNATURE: s.bleu_signature, M.CHRF_SIGNATURE: s.chrf_signature,
             M.VALID_NLL: teacher_forced_nll(self.model, split, e.batch_size, self.device, e.max_sentences),
             M.OPEN_HEADS: heads["total"],
             **{M.open_heads_key(k): heads[k] for k in ATTENTION_TYPES},
@@ -366,9 +367,7 @@ class Trainer:
 
     def _write_status(self, status: str, extra: dict[str, Any] | None = None) -> None:
         record = {M.STATUS: status, M.STEP: self.step, M.EPOCH: self.epoch, **(extra or {})}
-        tmp = self.out_dir / (STATUS_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(self.out_dir / STATUS_FILE)
+        atomic_write(self.out_dir / STATUS_FILE, json.dumps(record, indent=2) + "\n")
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -499,17 +498,18 @@ def train(
     return Trainer(cfg, out_dir, report=report, resume=resume, init_from=init_from, log=log).run()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.train", description="Train one model (no Ray).")
+def main(argv: list[str] | None = None, prog: str = "python -m model.train") -> int:
+    parser = command_parser(prog, "Train one model (plain PyTorch, no Ray).", [
+        f"{prog} sweeps/runs/quickstart.yaml --set train.max_steps=2000 --out results/runs/my-run",
+        f"{prog} --out results/runs/my-run --resume",
+        f"{prog} sweeps/runs/multi30k_base.yaml --data-dir ../shared/data --out results/runs/multi30k_base",
+    ])
     parser.add_argument("config", nargs="?", default=None,
                         help="YAML config (see sweeps/runs/quickstart.yaml); with --resume, default: the run's own")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.max_steps=500 (repeatable)")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default: a new results/runs/<config name>/<date-time>)")
+    add_set(parser)
+    add_out(parser, "the run's config, logs and checkpoints (default: a new results/runs/<config name>/<date-time>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="folder of downloaded corpora (same as --set data.data_dir=DIR; default $HEADSWEEP_DATA)")
+    add_data_dir(parser)
     parser.add_argument("--init-from", default=None, metavar="CKPT",
                         help="start from this checkpoint's weights (e.g. a converged plain model, to prune)")
     args = parser.parse_args(argv)
@@ -518,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is None and not args.resume:
         parser.error("a config file is needed (or --resume --out DIR to continue a run with its own config)")
     config_path = args.config or Path(args.out) / "config.yaml"
-    if args.data_dir is not None:
-        args.overrides.append(f"data.data_dir={Path(args.data_dir).resolve()}")
+    if data_dir(args) is not None:
+        args.overrides.append(f"data.data_dir={data_dir(args)}")
     try:
         cfg = load_config(config_path, args.overrides)
         out = Path(args.out or Path("results") / "runs" / Path(config_path).stem / time.strftime("%Y%m%d-%H%M%S"))

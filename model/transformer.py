@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ATTENTION_TYPES, GateConfig, ModelConfig
+from .data import PAD_ID
 from .gates import HardConcreteGate
-
-PAD_ID = 0
 
 # A decoder cache: one dict per decoder layer, holding "self_k", "self_v" [B, H, t, Dh] and "cross_k",
 # "cross_v" [B, H, S, Dh].

@@ -6,14 +6,13 @@ The checkpoint carries its config and tokenizers, so nothing else is needed. Gat
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Iterable, Iterator
 
 import torch
 
-from .checkpoint import (CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint,
-                         load_model_state)
+from .checkpoint import CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint, load_model_state
+from .cli import command_parser
 from .data import EOS_ID, Tokenizers, pad_rows
 from .decoding import translate_ids
 from .transformer import Transformer
@@ -56,8 +55,11 @@ def translate_lines(
         yield from flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.translate", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m model.translate") -> int:
+    parser = command_parser(prog, __doc__.splitlines()[0], [
+        f'echo "The big dog sees a small cat." | {prog} results/pruned/pruned.pt --beam 5',
+        f"{prog} model.pt --beam 1 < sources.txt > hypotheses.txt",
+    ])
     parser.add_argument("checkpoint")
     parser.add_argument("--beam", type=int, default=5, help="beam size (1 = greedy)")
     parser.add_argument("--length-penalty", type=float, default=1.0)

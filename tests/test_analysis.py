@@ -83,7 +83,7 @@ def test_gate_heatmap_and_every_evaluation_in_the_gif(sweep_dir: Path, tmp_path:
 
 def test_attention_maps_of_the_remaining_heads(sweep_dir: Path):
     from analysis.attention import attention_chart, attention_maps
-    from model.trial import checkpoint_file
+    from sweeps.results import checkpoint_file
 
     s = load_sweep(sweep_dir)
     row = s.completed.iloc[0]
@@ -192,8 +192,8 @@ def test_the_front_exports_as_pruned_models_that_translate_like_their_trials(swe
     import torch
 
     from analysis.export import main as export_main
-    from model.trial import checkpoint_file
     from model.translate import load_for_inference
+    from sweeps.results import checkpoint_file
 
     assert export_main([str(sweep_dir), "--out", str(tmp_path)]) == 0
     s = load_sweep(sweep_dir)

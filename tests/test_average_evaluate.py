@@ -2,12 +2,13 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_config
 
-from model.average import average_checkpoints, last_checkpoints, main as average_main
+from model.average import average_checkpoints, last_checkpoints
+from model.average import main as average_main
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.evaluate import main as evaluate_main
 from model.train import train
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,11 @@ def test_average_refuses_other_architectures(run_dir, tmp_path):
 
 
 def test_average_and_evaluate_commands(run_dir, tmp_path, capsys):
+    assert average_main(["--last", "3", str(run_dir), "--out", str(tmp_path)]) == 0  # --out: a folder
     out = tmp_path / "averaged.pt"
-    assert average_main(["--last", "3", str(run_dir), "--out", str(out)]) == 0
-    report = tmp_path / "test.json"
-    assert evaluate_main([str(out), "--split", "test", "--beam", "2", "--out", str(report)]) == 0
+    assert out.is_file()
+    assert evaluate_main([str(out), "--split", "test", "--beam", "2", "--out", str(tmp_path / "eval")]) == 0
+    report = tmp_path / "eval" / "evaluation-test.json"
     printed = capsys.readouterr().out
     assert "test: BLEU" in printed and "nrefs:1" in printed
     record = json.loads(report.read_text())

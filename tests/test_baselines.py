@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import metrics as M
-from model.baselines import (
+from sweeps.baselines import (
     importance_batches,
     layout_heads,
     layout_name,
@@ -100,7 +100,7 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
     import pandas as pd
 
     from tests.test_sweep import make
-    from trainable import scratch_layouts
+    from sweeps.tuner import scratch_layouts
 
     rows = [{"trial_id": str(i), "stage": "prune", "status": "completed", "bleu": bleu, "open_heads": a + b,
              "open_heads/enc_self/0": a, "open_heads/enc_self/1": b}
@@ -118,9 +118,10 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
 
 
 def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on():
-    from model.sweep import MethodRun, schema_dict
+    from sweeps.schema import MethodRun
+    from sweeps.sweep import schema_dict
     from tests.test_sweep import make
-    from trainable import _settings_of, sweep_differences
+    from sweeps.tuner import _settings_of, sweep_differences
 
     a = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2}}))
     b = schema_dict(make({"method": ["gates", "random", "importance"],

@@ -6,7 +6,7 @@ import torch
 from model import checkpoint as ckpt
 from model.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from model.config import GateConfig, ModelConfig
-from model.data import atomic_write_bytes
+from model.files import atomic_write
 from model.transformer import Transformer
 
 
@@ -44,14 +44,14 @@ def test_missing_and_foreign_files_are_refused(tmp_path, record):
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch, record):
     path = tmp_path / "state.bin"
-    atomic_write_bytes(path, b"old")
+    atomic_write(path, b"old")
 
     def crash(fd):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError):
-        atomic_write_bytes(path, b"new" * 1000)
+        atomic_write(path, b"new" * 1000)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]  # no temp file left behind
     record("crash (ENOSPC from fsync) in the middle of a checkpoint write", old_file_intact=1, temp_files_left=0)
@@ -95,7 +95,7 @@ def test_every_torch_load_in_the_project_is_weights_only(record):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
-    sources = [p for d in ("model", "analysis", "bench") for p in (repo / d).rglob("*.py")] + [repo / "trainable.py"]
+    sources = [p for d in ("model", "sweeps", "analysis", "bench") for p in (repo / d).rglob("*.py")] + [repo / "trainable.py"]
     calls = []
     for path in sources:
         text = path.read_text()

@@ -2,8 +2,18 @@ import numpy as np
 import pytest
 
 from model.config import DataConfig, SyntheticConfig
-from model.data import (BOS_ID, EOS_ID, PAD_ID, SyntheticCorpus, build_tokenizers, collate, encode_split,
-                        eval_batches, load_data, make_batches)
+from model.data import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SyntheticCorpus,
+    build_tokenizers,
+    collate,
+    encode_split,
+    eval_batches,
+    load_data,
+    make_batches,
+)
 from model.synthetic import generate_splits, make_lexicon
 
 

@@ -132,7 +132,7 @@ class _Trial:
 def test_checkpoint_retention_deletes_an_old_checkpoint_only_after_two_state_saves(tmp_path: Path, monkeypatch, record):
     """Tune's state (saved every `period` s) may still point at the checkpoint before the newest: it is kept until a
     newer one has been known for two periods, then the trial keeps its newest `keep`."""
-    from model import retention
+    from sweeps import retention
 
     clock = [0.0]
     monkeypatch.setattr(retention.time, "monotonic", lambda: clock[0])

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from model.config import GateConfig, ModelConfig
+from model.data import PAD_ID
 from model.decoding import translate_ids
 from model.prune import head_counts, main, prune_model
-from model.transformer import PAD_ID, Transformer
+from model.transformer import Transformer
 
 CFG = ModelConfig(d_model=32, n_heads=4, encoder_layers=3, decoder_layers=2, d_ff=48, dropout=0.1, max_positions=64,
                   share_embeddings=True)
@@ -85,9 +86,11 @@ def test_pruning_a_checkpoint_writes_a_loadable_smaller_model(tmp_path, capsys):
         for _, _, g in model.gates():
             g.log_alpha.copy_(torch.tensor([5.0, -5.0, 5.0, -5.0]))
     save_checkpoint(tmp_path / "gated.pt", {"model": model.state_dict()}, cfg, data.tokenizers)
-    assert main([str(tmp_path / "gated.pt"), "--out", str(tmp_path / "pruned.pt")]) == 0
-    assert "heads: 24 -> 16" in capsys.readouterr().out  # half of enc_self and dec_cross (8 + 8 of 16) pruned
-    pruned, _ = load_for_inference(str(tmp_path / "pruned.pt"))
+    assert main([str(tmp_path / "gated.pt"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "heads: 24 -> 16" in out  # half of enc_self and dec_cross (8 + 8 of 16) pruned
+    assert f"written to {tmp_path / 'out' / 'pruned.pt'}" in out  # --out is a folder, as in every command
+    pruned, _ = load_for_inference(str(tmp_path / "out" / "pruned.pt"))
     assert pruned.cfg.heads == {"enc_self": [2, 2], "dec_self": [4, 4], "dec_cross": [2, 2]}
 
 

@@ -17,7 +17,7 @@ from ray.tune import ExperimentAnalysis
 
 from model import metrics as M
 from model.checkpoint import load_checkpoint
-from model.trial import checkpoint_file
+from sweeps.results import checkpoint_file
 from tests.test_trainable import check_table, marked_processes, run_cli, start_cli, write_sweep
 
 LONG_PRUNE = {"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}}

@@ -10,16 +10,9 @@ from typing import Any
 import pytest
 
 from model.config import ConfigError
-from model.sweep import (
-    Dimension,
-    auto_freeze,
-    base_hash,
-    check_gpus,
-    is_base_key,
-    load_sweep,
-    sweep_from_dict,
-    trial_seed,
-)
+from sweeps.schema import Dimension, auto_freeze, is_base_key
+from sweeps.sweep import base_hash, trial_seed
+from sweeps.validate import check_gpus, load_sweep, sweep_from_dict
 from tests.conftest import REPO, TINY
 
 SHIPPED = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -326,11 +319,12 @@ def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkey
     import yaml
 
     import trainable
+    from sweeps import tuner
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for a malformed sweep")
 
-    monkeypatch.setattr(trainable, "start_ray", no_ray)
+    monkeypatch.setattr(tuner, "start_ray", no_ray)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     raw = {**copy.deepcopy(GOOD), **copy.deepcopy(patch), "wandb": {"mode": "disabled"}}
     path = tmp_path / "bad.yaml"
@@ -349,8 +343,9 @@ def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkey
 ], ids=["duplicate key", "YAML syntax error", "control character"])
 def test_the_command_refuses_unreadable_sweep_files_with_their_line(tmp_path, monkeypatch, capsys, text, message, record):
     import trainable
+    from sweeps import tuner
 
-    monkeypatch.setattr(trainable, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    monkeypatch.setattr(tuner, "start_ray", lambda *a, **k: pytest.fail("Ray was started"))
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     assert trainable.main([str(path), "--results", str(tmp_path / "r")]) == 2

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import LEARN, tiny_config
 
 from model import metrics as M
 from model.checkpoint import load_checkpoint
@@ -11,7 +12,6 @@ from model.data import SyntheticCorpus
 from model.evaluate import score
 from model.train import STATUS_FILE, TrainingError, learning_rate, main, train
 from model.transformer import Transformer
-from conftest import LEARN, tiny_config
 
 QUIET = dict(log=lambda _: None)
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from model import metrics as M
-from model.trial import checkpoint_file
+from sweeps.results import checkpoint_file
 from tests.conftest import REPO, TINY
 
 SHARED_DATA = REPO.parent / "shared" / "data"

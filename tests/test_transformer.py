@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from model.config import GateConfig, ModelConfig
-from model.transformer import PAD_ID, Transformer
+from model.data import PAD_ID
+from model.transformer import Transformer
 
 V = 50
 

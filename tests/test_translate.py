@@ -1,8 +1,9 @@
 import subprocess
 import sys
 
-from model.translate import load_for_inference, translate_lines
 from conftest import REPO
+
+from model.translate import load_for_inference, translate_lines
 
 
 def test_translate_lines_keeps_order_and_empty_lines(trained_run):

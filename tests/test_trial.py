@@ -12,7 +12,8 @@ import torch
 
 from model import metrics as M
 from model.checkpoint import load_checkpoint
-from model.trial import RUN_FILES, checkpoint_file, last_record, run_trial
+from sweeps.results import RUN_FILES, checkpoint_file, last_record
+from sweeps.trial import run_trial
 from tests.conftest import tiny_config
 
 GATED = ("gates.mode=learned", "gates.penalty=0.05", "gates.attention=[enc_self, dec_cross]", "train.max_steps=9",

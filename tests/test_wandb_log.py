@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import wandb_log
-from model.wandb_log import CELL, TrialLogger, gate_heatmap, resolve_mode
+from sweeps import wandb_log
+from sweeps.wandb_log import CELL, TrialLogger, gate_image, resolve_mode
 
 
 def test_heatmap_has_a_band_per_attention_type_and_a_cell_per_head():
     gates = {"enc_self": {"gate": [[1.0, 0.0, 0.5], [0.0, 0.0, 1.0]]}, "dec_cross": {"gate": [[1.0, 1.0]]}}
-    img = gate_heatmap(gates)
+    img = gate_image(gates)
     assert img.dtype == np.uint8 and img.shape == ((2 + 1 + 1) * CELL, 3 * CELL, 3)  # 2 layers, gap, 1 layer
     cell = lambda r, c: tuple(img[r * CELL + CELL // 2, c * CELL + CELL // 2])
     assert cell(0, 0) == tuple(wandb_log.OPEN_RGB.astype(int)) and cell(0, 1) == tuple(wandb_log.CLOSED_RGB.astype(int))
@@ -82,7 +82,7 @@ def test_metrics_are_logged_with_their_step_and_only_numbers(monkeypatch):
 def test_an_unreachable_backend_is_found_once_before_the_sweep(monkeypatch):
     import socket
 
-    from model.wandb_log import unreachable_backend
+    from sweeps.wandb_log import unreachable_backend
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -1,8 +1,10 @@
-"""One Weights & Biases run per trial: metrics at every evaluation, a gate heatmap image, translation samples.
+"""Weights & Biases: one run per trial (metrics at every evaluation, a gate heatmap image, translation samples) and
+one summary run per sweep (the report's charts, the Pareto table, the hypervolume).
 
 Offline unless a key is configured (``wandb sync DIR`` uploads later). Logging never stops or slows a trial: a
-failing W&B call is reported once and logging is switched off for that trial. No Ray here; ``wandb`` is imported
-only when a run is started.
+failing W&B call is reported once and logging is switched off for that trial. Each run is finished, and W&B's
+service shut down, in the process that started it, so that no W&B teardown is left for the process's exit (where
+it would fail loudly once Ray has stopped the worker). No Ray here; ``wandb`` is imported only when a run starts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ATTENTION_TYPES
+from model.config import ATTENTION_TYPES
 
 CELL = 12  # pixels per head in the heatmap
 OPEN_RGB = np.array([46, 160, 67], dtype=np.float64)  # eval gate 1
@@ -56,7 +58,7 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
-def gate_heatmap(gates: dict[str, dict[str, list]], value: str = "gate") -> np.ndarray:
+def gate_image(gates: dict[str, dict[str, list]], value: str = "gate") -> np.ndarray:
     """RGB image (uint8) of one evaluation's gates: a band per attention type, rows = layers, columns = heads.
 
     ``gates`` is one entry of ``gates.jsonl`` (``Transformer.gate_report()``); green = open (1), grey = closed (0).
@@ -77,6 +79,14 @@ def gate_heatmap(gates: dict[str, dict[str, list]], value: str = "gate") -> np.n
     rgb = grid[..., None] * OPEN_RGB + (1.0 - grid[..., None]) * CLOSED_RGB
     rgb[np.isnan(grid)] = 255.0
     return np.kron(rgb, np.ones((CELL, CELL, 1))).round().astype(np.uint8)
+
+
+def _run_path(run: Any, mode: str) -> str:
+    """``entity/project/id`` of an online run, the folder of an offline one."""
+    if mode == "offline":
+        settings = getattr(run, "settings", None)
+        return str(getattr(settings, "sync_dir", "") or getattr(run, "dir", "") or "")
+    return str(getattr(run, "path", "") or "")
 
 
 class TrialLogger:
@@ -100,6 +110,7 @@ class TrialLogger:
     ) -> None:
         self.run = None
         self._log = log
+        self._path = ""
         if mode == "disabled":
             return
         try:
@@ -117,6 +128,7 @@ class TrialLogger:
                 settings = wandb.Settings(init_timeout=init_timeout, finish_timeout=upload_timeout, silent=True,
                                           console="off")
                 self.run = wandb.init(mode=attempt, settings=settings, **kwargs)
+                self._path = _run_path(self.run, attempt)
                 break
             except Exception as exc:  # noqa: BLE001 - any W&B failure: try offline, then give up on W&B only
                 log(f"W&B {attempt} init failed ({type(exc).__name__}: {exc}); "
@@ -131,7 +143,7 @@ class TrialLogger:
             record: dict[str, Any] = {k: v for k, v in metrics.items()
                                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if gates:
-                record["gates"] = wandb.Image(gate_heatmap(gates),
+                record["gates"] = wandb.Image(gate_image(gates),
                                               caption="rows: layers, columns: heads; bands: "
                                               + ", ".join(t for t in ATTENTION_TYPES if t in gates)
                                               + "; green = open")
@@ -158,10 +170,40 @@ class TrialLogger:
         except Exception as exc:  # noqa: BLE001 - the report on disk is what counts
             self._log(f"W&B summary failed ({type(exc).__name__}: {exc})")
 
+    @property
+    def path(self) -> str:
+        """Where this run is: ``entity/project/run_id`` online, the offline run's folder offline, '' without W&B."""
+        return self._path
+
     def finish(self, exit_code: int = 0) -> None:
+        """Finish the run and shut W&B's service down in this process (safe to call twice)."""
         run, self.run = self.run, None
-        if run is not None:
-            try:
-                run.finish(exit_code=exit_code)
-            except Exception as exc:  # noqa: BLE001
-                self._log(f"W&B finish failed ({type(exc).__name__}: {exc})")
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001
+            self._log(f"W&B finish failed ({type(exc).__name__}: {exc})")
+        try:
+            self._wandb.teardown(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001
+            self._log(f"W&B teardown failed ({type(exc).__name__}: {exc})")
+
+
+def log_sweep_summary(sweep: Any, folder: Path, front: Any, values: dict[str, float]) -> None:
+    """A sweep's report as one W&B run of its group (``<sweep>-summary``): every chart PNG in ``folder``, the
+    Pareto table ``front`` and the summary ``values``; as the sweep's W&B settings say (offline without a key)."""
+    w = sweep.schema.wandb
+    mode = resolve_mode(w.mode)
+    if mode == "disabled":
+        return
+    from .results import WANDB_DIR, join_storage
+    from .sweep import schema_dict
+
+    logger = TrialLogger(mode, w.project, sweep.wandb_group, run_id=f"{sweep.name}-summary",
+                         name=f"{sweep.name}-summary", config=schema_dict(sweep),
+                         directory=join_storage(sweep.experiment_dir, WANDB_DIR), entity=w.entity, tags=w.tags,
+                         job_type="summary", init_timeout=w.init_timeout, upload_timeout=w.upload_timeout)
+    images = {p.stem: p for p in sorted(Path(folder).glob("*.png"))}
+    logger.log_report(images, {"pareto_front": front.astype(str)}, values)
+    logger.finish()

@@ -18,15 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import checkpoint_config, checkpoint_tokenizers, load_checkpoint, load_model_state, save_checkpoint
-from .config import ATTENTION_TYPES, Config, GateConfig
-from .data import collate, load_data, make_batches
-from .prune import Layout, head_importance, importance_layout, prune_model, random_layout
-from .transformer import Transformer
+from model.checkpoint import (
+    checkpoint_config,
+    checkpoint_tokenizers,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
+from model.config import ATTENTION_TYPES, Config, GateConfig
+from model.data import collate, load_data, make_batches
+from model.prune import Layout, head_importance, importance_layout, prune_model, random_layout
+from model.transformer import Transformer
 
 LAYOUT_METHODS = ("importance", "random")  # prune the converged model to a budget
-# the params of baseline trials (trials.csv prefixes them with "param.")
-BUDGET, LAYOUT_SEED, LAYOUT = "baseline.budget", "baseline.seed", "baseline.layout"
 
 
 def importance_batches(cfg: Config, tokenizers, count: int, log: Callable[[str], None] = print,

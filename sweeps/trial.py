@@ -8,7 +8,6 @@ continues exactly where it stopped, on any machine: the same steps, the same dat
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -16,38 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError
-from .config import Config
-from .train import (
-    CHECKPOINT_DIR,
-    DATA_STATS_FILE,
-    GATES_FILE,
-    METRICS_FILE,
-    SAMPLES_FILE,
-    STATUS_FILE,
-    RunResult,
-    train,
-)
+from model.config import Config
+from model.train import CHECKPOINT_DIR, RunResult, train
 
-RUN_FILES = ("config.yaml", METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE, DATA_STATS_FILE)
+from .results import RUN_FILES, checkpoint_file
+
 TrialReport = Callable[[dict[str, Any], Path | None], None]
-
-
-def checkpoint_file(folder: str | os.PathLike) -> Path:
-    """The training checkpoint (``step_*.pt``) inside a reported checkpoint folder."""
-    found = sorted(Path(folder).glob("step_*.pt"))
-    if len(found) != 1:
-        raise CheckpointError(f"{folder}: expected one step_*.pt checkpoint, found {len(found)}")
-    return found[0]
-
-
-def last_record(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The last JSON line of a ``*.jsonl`` log, or None."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else None
 
 
 def pack_checkpoint(run_dir: Path, ckpt: Path, dest: Path) -> None:

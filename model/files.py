@@ -1,0 +1,57 @@
+"""Writing files safely: atomic replacement and an inter-process lock (one helper each, used everywhere)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock
+
+LOCK_TIMEOUT_S = 3600.0  # a download of the largest corpus on a slow link fits well inside
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (text is UTF-8) to ``path`` through a temporary file in the same folder, fsync and a rename:
+    readers see the old file or the new one, never half of one; a failed write leaves no temporary file."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if needed) across processes, held for the ``with`` block.
+
+    Raises ``TimeoutError`` naming the lock file when another process holds it for longer than ``timeout`` s."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=timeout)
+    except Exception as exc:  # filelock.Timeout
+        raise TimeoutError(f"{path}: another process has held this lock for over {timeout:.0f} s; if none is "
+                           f"running, delete the lock file") from exc
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,86 @@
+"""``headsweep sweep SWEEP.yaml --dry-run``: the resolved plan of a sweep, printed without starting (or importing)
+Ray: the space, the objectives, the trials, the stages and their folders, the base models and whether they are
+already trained."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .results import PRETRAINED_DIR, join_storage
+from .sweep import Sweep, base_hash
+from .wandb_log import resolve_mode
+
+TUNER_FILE = "tuner.pkl"  # what Ray Tune writes into an experiment folder it can restore
+
+
+def _exists(uri: str) -> bool:
+    """A file in the results storage (a local path or a URI) exists."""
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri) if "://" in uri else (pyarrow.fs.LocalFileSystem(), uri)
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    except Exception:  # noqa: BLE001 - unreachable storage: say "not found" rather than fail a dry run
+        return False
+
+
+def _restorable(folder: str) -> bool:
+    return _exists(join_storage(folder, TUNER_FILE))
+
+
+def _dimension(d: Any) -> str:
+    return f"{d.kind} {list(d.args)}"
+
+
+def base_models(sweep: Sweep) -> list[dict[str, Any]]:
+    """The base models a sweep needs: variant, hash, experiment folder, and whether it exists already."""
+    if not sweep.pretraining:
+        return []
+    if sweep.schema.pretrain.checkpoint is not None:
+        return [{"variant": {}, "hash": base_hash(sweep.base_config()), "folder": sweep.schema.pretrain.checkpoint,
+                 "cached": True, "given": True}]
+    out = []
+    for variant in sweep.base_variants():
+        key = base_hash(sweep.base_config(variant))
+        folder = join_storage(sweep.storage, PRETRAINED_DIR, f"base-{key}")
+        out.append({"variant": variant, "hash": key, "folder": folder, "cached": _restorable(folder), "given": False})
+    return out
+
+
+def describe_plan(sweep: Sweep) -> str:
+    """The plan as text: what a run of this sweep would do, in order."""
+    s, trial = sweep.search, sweep.trial_config({})
+    lines = [f"sweep {sweep.name}" + (" (smoke test)" if sweep.smoke_test else "")
+             + (f" from {sweep.path}" if sweep.path else ""), f"storage: {sweep.storage}"]
+    lines.append("objectives: " + ", ".join(f"{o.metric} {o.mode}" for o in sweep.objectives))
+    lines.append("space:")
+    lines += [f"  {d.key}: {_dimension(d)}" for d in sweep.space]
+    lines.append(f"search: {s.sampler} (seed {s.seed}), {s.num_samples} trials, {s.max_concurrent} at once, "
+                 f"{s.max_failures} retries each, {len(s.points_to_evaluate)} given first points, "
+                 f"trial seeds {s.trial_seeds}")
+    r, p = sweep.resources, sweep.pretrain_resources
+    lines.append(f"resources per trial: {r.cpus:g} CPUs, {r.gpus:g} GPUs; per base model: {p.cpus:g} CPUs, "
+                 f"{p.gpus:g} GPUs" + (" (autoscaled)" if r.autoscale else ""))
+    lines.append(f"W&B: {resolve_mode(sweep.schema.wandb.mode)} (project {sweep.schema.wandb.project}, "
+                 f"group {sweep.wandb_group})")
+    lines.append("stage pretrain:")
+    bases = base_models(sweep)
+    if not bases:
+        lines.append("  none: each trial trains a gated model from random initialisation")
+    for b in bases:
+        what = ", ".join(f"{k}={v}" for k, v in b["variant"].items()) or "the base config"
+        state = "given checkpoint" if b["given"] else ("found: reused (or finished)" if b["cached"] else "to train")
+        lines.append(f"  base-{b['hash']} ({what}): {state}; {b['folder']}")
+    lines.append(f"stage prune: gates on {', '.join(trial.gates.attention)} ({sweep.gated_heads()} heads), "
+                 f"train.freeze {list(trial.train.freeze)}, {trial.train.max_steps} steps, evaluation every "
+                 f"{trial.train.eval_every} {trial.train.eval_unit} on {trial.eval.split}")
+    lines.append("methods, in order:")
+    for run in sweep.method_runs():
+        folder = join_storage(sweep.storage, run.name)
+        count = {"gates": f"{s.num_samples} trials",
+                 "importance": f"{len(sweep.budgets())} budgets {sweep.budgets()}",
+                 "random": f"{len(sweep.budgets())} budgets x {sweep.schema.baselines.seeds} seeds",
+                 "scratch": "the gate front's layouts + the full model"}[run.method]
+        state = " (holds a sweep: needs --resume)" if _restorable(folder) else ""
+        lines.append(f"  {run.label}: {count}; {folder}{state}")
+    return "\n".join(lines)

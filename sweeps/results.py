@@ -1,0 +1,123 @@
+"""The results format of a sweep: where things lie in ``<storage>/<sweep>/`` and what the trials table holds.
+
+This module writes them and owns their names; ``analysis/`` reads them through the names defined here. No Ray here
+(a trial's Tune result is read through its attributes only).
+
+``<storage>/<sweep>/``
+    ``trials.csv`` (:data:`TRIALS_FILE`): one row per trial and base model (:func:`trial_row`);
+    ``sweep.json`` (:data:`SWEEP_FILE`): the resolved sweep; ``optuna.db`` (:data:`OPTUNA_FILE`, local storage);
+    Ray's trial folders, whose ``checkpoint_*`` folders each hold one ``step_*.pt`` and the run's logs
+    (:data:`RUN_FILES`: ``metrics.jsonl``, ``samples.jsonl``, ``gates.jsonl``, ...).
+``<storage>/pretrained/base-<hash>/``: the base models, shared by every sweep in the same storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from model import metrics as M
+from model.checkpoint import CheckpointError
+from model.files import atomic_write
+from model.train import DATA_STATS_FILE, GATES_FILE, METRICS_FILE, SAMPLES_FILE, STATUS_FILE
+
+TRIALS_FILE = "trials.csv"
+SWEEP_FILE = "sweep.json"
+OPTUNA_FILE = "optuna.db"
+PRETRAINED_DIR = "pretrained"
+WANDB_DIR = "wandb"  # offline W&B runs of a sweep on local storage
+RUN_FILES = ("config.yaml", METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE, DATA_STATS_FILE)
+
+# Columns of trials.csv besides param.<key> and open_heads/<type>[/<layer>], in this order.
+TABLE_METRICS = (M.BLEU, M.CHRF, M.OPEN_HEADS, M.L0, M.PENALTY, M.VALID_NLL, M.LOSS, M.LR, M.STEP, M.EPOCH)
+TRIAL_ID, STAGE, METHOD, STATUS, ERROR = "trial_id", "stage", "method", M.STATUS, "error"
+BEST_BLEU, BEST_BLEU_STEP, EVALUATIONS, SEED, BASE = "best_bleu", "best_bleu_step", "evaluations", "seed", "base"
+WALL_SECONDS, CHECKPOINT, TRIAL_PATH = "wall_seconds", "checkpoint", "trial_path"
+WANDB_RUN = "wandb_run"  # entity/project/run id, or the offline run's folder
+PROVENANCE = ("git_commit", "versions")
+SIGNATURES = (M.BLEU_SIGNATURE, M.CHRF_SIGNATURE)
+PARAM_PREFIX = "param."
+STAGES = ("pretrain", "prune")  # rows of base models and of trials
+# the params of the baselines' trials (trials.csv prefixes them with "param.")
+BUDGET, LAYOUT_SEED, LAYOUT = "baseline.budget", "baseline.seed", "baseline.layout"
+
+
+def join_storage(root: str, *parts: str) -> str:
+    """A path in the results storage: a local folder or a URI (s3://bucket/prefix)."""
+    return "/".join([root.rstrip("/"), *parts]) if "://" in root else str(Path(root, *parts))
+
+
+def write_text(target: str, text: str) -> None:
+    """Write a file in the storage: atomically on a local disk, through pyarrow for a URI (s3://, gs://)."""
+    if "://" in target:
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(target)
+        with fs.open_output_stream(path) as f:
+            f.write(text.encode("utf-8"))
+        return
+    atomic_write(target, text)
+
+
+def checkpoint_file(folder: str | os.PathLike) -> Path:
+    """The training checkpoint (``step_*.pt``) inside a reported checkpoint folder."""
+    found = sorted(Path(folder).glob("step_*.pt"))
+    if len(found) != 1:
+        raise CheckpointError(f"{folder}: expected one step_*.pt checkpoint, found {len(found)}")
+    return found[0]
+
+
+def last_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The last JSON line of a ``*.jsonl`` log, or None."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
+def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
+    """One row of trials.csv from a Tune result: params, final and best metrics, status, paths, provenance."""
+    m = dict(result.metrics or {})
+    row: dict[str, Any] = {TRIAL_ID: m.get("trial_id"), STAGE: stage}
+    row.update({PARAM_PREFIX + k: (result.config or {}).get(k) for k in params})
+    status = m.get(M.STATUS, "not started")
+    if result.error is not None:
+        status = "error"
+    row[STATUS] = status
+    row[ERROR] = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
+    if status == "diverged":
+        row[ERROR] = m.get(M.REASON) or "diverged"
+    row.update({k: m.get(k) for k in TABLE_METRICS})
+    per_type = sorted(k for k in m if k.startswith(M.OPEN_HEADS + "/"))
+    row.update({k: m[k] for k in per_type})
+    history = result.metrics_dataframe
+    if history is not None and M.BLEU in history.columns and history[M.BLEU].notna().any():
+        best = history.loc[history[M.BLEU].idxmax()]
+        row[BEST_BLEU], row[BEST_BLEU_STEP] = float(best[M.BLEU]), int(best[M.STEP])
+    else:
+        row[BEST_BLEU], row[BEST_BLEU_STEP] = None, None
+    row[EVALUATIONS] = 0 if history is None else len(history)
+    row[SEED], row[BASE] = m.get(SEED), m.get(BASE)
+    row[WALL_SECONDS] = m.get("time_total_s")
+    row[CHECKPOINT] = result.checkpoint.path if result.checkpoint is not None else ""
+    row[TRIAL_PATH] = result.path
+    row[WANDB_RUN] = m.get(WANDB_RUN) or ""
+    row.update({k: m.get(k) or "" for k in SIGNATURES})
+    row.update({k: m.get(k) for k in PROVENANCE})
+    return row
+
+
+def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_results: list[Any],
+                       method: str = "gates"):
+    """trials.csv in a sweep (or method) folder (the file ``analysis/`` reads); returns the DataFrame."""
+    import pandas as pd
+
+    rows = [trial_row(r, "pretrain", params) for r in base_results]
+    rows += [trial_row(r, "prune", params) for r in grid]
+    df = pd.DataFrame(rows).convert_dtypes()
+    df.insert(2, METHOD, ["base" if stage == "pretrain" else method for stage in df[STAGE]])
+    write_text(join_storage(experiment_dir, TRIALS_FILE), df.to_csv(index=False))
+    return df

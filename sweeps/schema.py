@@ -1,0 +1,218 @@
+"""The sweep YAML's schema (``sweeps/*.yaml``): its sections as dataclasses, with every default, and the search
+space's dimensions. No Ray here.
+
+A sweep names a base run config, the overrides of its two stages (``pretrain``: the plain base model, trained once
+per distinct base config; ``prune``: each Optuna trial fine-tunes it with learned gates and the L0 penalty), the
+search space over any config key, the objectives, the sampler, resources per trial, the storage folder and W&B.
+:func:`sweeps.validate.load_sweep` reads and checks a file against this schema; every problem is a
+:class:`~model.config.ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from model import metrics as M
+from model.config import ATTENTION_TYPES, ConfigError
+
+SPACE_KINDS = ("loguniform", "uniform", "choice", "randint")
+METHODS = ("gates", "importance", "random", "scratch")  # sweeps/baselines.py describes the last three
+DEFAULT_STORAGE = "results"
+# Metrics every trial reports at every evaluation, and the direction that makes sense for each.
+OBJECTIVE_METRICS: dict[str, str] = {
+    M.BLEU: "max", M.CHRF: "max", M.OPEN_HEADS: "min", M.L0: "min", M.VALID_NLL: "min", M.LOSS: "min",
+    M.NLL: "min", **{M.open_heads_key(t): "min" for t in ATTENTION_TYPES},
+}
+# Data keys that decide the vocabulary and the corpus: a base model is defined by them and by model.*.
+BASE_DATA_KEYS = ("data.corpus", "data.hf_name", "data.src_lang", "data.tgt_lang", "data.synthetic", "data.files",
+                  "data.joint_vocab", "data.vocab_size", "data.spm_model_type", "data.character_coverage")
+# Keys that say where or how fast a run goes, not what it learns: left out of the base model's hash.
+RUN_LOCATION_KEYS = ("data.cache_dir", "data.data_dir", "data.mirror", "train.threads", "train.device",
+                     "train.progress")
+
+
+# --------------------------------------------------------------------------------------------------
+# The schema: what a sweep YAML may contain (defaults live here and nowhere else)
+
+
+@dataclass
+class ResourcesConfig:
+    cpus: float = 1.0  # CPU cores per trial; torch uses max(1, int(cpus)) threads
+    gpus: float = 0.0  # GPUs per trial; fractions share a GPU between trials
+    autoscale: bool = False  # true: GPU nodes are added on demand (cluster launcher), so none need exist yet
+
+
+@dataclass
+class PretrainConfig:
+    enabled: bool = True  # false: each trial trains a gated model from scratch (no base model)
+    checkpoint: str | None = None  # use this converged checkpoint as the base instead of training one
+    set: dict[str, Any] = field(default_factory=dict)  # overrides of the base config for the base model
+    resources: ResourcesConfig | None = None  # default: the sweep's resources
+
+
+@dataclass
+class PruneConfig:
+    set: dict[str, Any] = field(default_factory=dict)  # overrides of the base config for every trial
+    # train.freeze of every trial: "auto" freezes the side (encoder/decoder) whose attention carries no gates,
+    # so pruning encoder heads never retrains the decoder; or an explicit list (e.g. [] or [decoder, embeddings])
+    freeze: Any = "auto"
+
+
+def auto_freeze(gated: list[str]) -> list[str]:
+    """The parts a prune trial keeps fixed under ``prune.freeze: auto``: each side without gated attention."""
+    parts = [] if "enc_self" in gated else ["encoder"]
+    return parts + ([] if {"dec_self", "dec_cross"} & set(gated) else ["decoder"])
+
+
+@dataclass
+class BaselinesConfig:
+    """Settings of the methods other than ``gates`` (see :mod:`sweeps.baselines`)."""
+
+    # heads kept among prune.set's gates.attention types (importance, random); [] = 1/8, 1/4, 3/8, 1/2, 3/4 and
+    # all of them
+    budgets: list[int] = field(default_factory=list)
+    seeds: int = 3  # random: layouts per budget
+    finetune_steps: list[int] = field(default_factory=lambda: [0])  # 0: prune and evaluate; N: fine-tune N steps
+    importance_batches: int = 16  # importance: training batches the head importance is summed over
+    set: dict[str, Any] = field(default_factory=dict)  # overrides of the prune config for fine-tuning pruned models
+    scratch_layouts: Literal["pareto", "all"] = "pareto"  # which gate trials' layouts `scratch` trains
+    scratch_limit: int | None = None  # at most this many of them (spread over the head counts); null: all
+    scratch_set: dict[str, Any] = field(default_factory=dict)  # overrides of the base recipe for `scratch` models
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One experiment folder of a sweep: a method (with its fine-tuning steps, for importance/random)."""
+
+    method: str
+    finetune_steps: int
+    name: str  # folder name under the results root
+
+    @property
+    def label(self) -> str:
+        return self.method + (f" + {self.finetune_steps} steps" if self.finetune_steps else "")
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = M.BLEU
+    mode: Literal["max", "min"] = "max"
+
+
+@dataclass
+class SearchConfig:
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
+    seed: int = 0  # seed of the sampler
+    num_samples: int = 8  # trials in all (grid: at most the size of the grid)
+    max_concurrent: int = 2  # trials running at once
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)  # first trials, completed from prune
+    max_failures: int = 2  # a crashed trial is retried from its last checkpoint this many times
+    trial_seeds: Literal["per_trial", "fixed"] = "per_trial"  # per_trial: train.seed + a hash of the trial's params
+
+
+@dataclass
+class WandbConfig:
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online with a key, else offline
+    project: str = "headsweep"
+    entity: str | None = None
+    group: str | None = None  # default: the sweep's name
+    tags: list[str] = field(default_factory=list)
+    init_timeout: float = 30.0  # seconds to wait for the W&B service before falling back to offline
+    upload_timeout: float = 60.0  # seconds a finished trial waits for its upload; the rest stays on disk for `wandb sync`
+
+
+def _default_objectives() -> list[ObjectiveConfig]:
+    return [ObjectiveConfig(M.BLEU, "max"), ObjectiveConfig(M.OPEN_HEADS, "min")]
+
+
+@dataclass
+class SweepSchema:
+    name: str | None = None  # folder name under storage; default: the file's stem
+    # gates | importance | random | scratch, or a list of them (run in that order; scratch needs gates)
+    method: Any = "gates"
+    base: Any = None  # a run config: a path (relative to the sweep file) or an inline mapping
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    space: dict[str, Any] = field(default_factory=dict)  # dotted config key -> {loguniform|uniform|choice|randint}
+    objectives: list[ObjectiveConfig] = field(default_factory=_default_objectives)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    storage: str = DEFAULT_STORAGE  # results root (relative to the working directory) or a URI (s3://...)
+    keep_checkpoints: int = 2  # checkpoints Ray keeps per trial (the newest)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Search space
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched key: ``kind`` in SPACE_KINDS; ``args`` = [low, high] (randint: inclusive) or the choices."""
+
+    key: str
+    kind: str
+    args: tuple
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.args
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "randint" and (not isinstance(value, int)):
+            return False
+        return self.args[0] <= value <= self.args[1]
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(v) for v in self.args)
+        return f"a {self.kind} value in [{self.args[0]}, {self.args[1]}]"
+
+    def extremes(self) -> list[Any]:
+        return list(self.args) if self.kind == "choice" else [self.args[0], self.args[1]]
+
+    def grid(self) -> list[Any]:
+        if self.kind == "choice":
+            return list(self.args)
+        if self.kind == "randint":
+            return list(range(self.args[0], self.args[1] + 1))
+        raise ConfigError(f"Invalid setting for `space.{self.key}`: {self.kind}. Allowed with search.sampler "
+                          f"'grid': choice or randint (a grid needs finitely many values).")
+
+
+def parse_dimension(key: str, spec: Any) -> Dimension:
+    where = f"space.{key}"
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
+        raise ConfigError(f"Invalid setting for `{where}`: {spec!r}. Allowed: a mapping with one of "
+                          f"{', '.join(SPACE_KINDS)}, e.g. {{loguniform: [1.0e-4, 1.0e-2]}} or {{choice: [1, 2]}}.")
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"Invalid setting for `{where}.choice`: {args!r}. Allowed: a non-empty list of values.")
+        if any(a is not None and not isinstance(a, (str, int, float, bool)) for a in args):
+            raise ConfigError(f"Invalid setting for `{where}.choice`: {args!r}. Allowed: scalar values (string, "
+                              f"number, true/false, null), as Optuna's categorical distributions hold.")
+        if len({json.dumps(a, sort_keys=True) for a in args}) != len(args):
+            raise ConfigError(f"Invalid setting for `{where}.choice`: {args!r}. Allowed: values without repeats.")
+        return Dimension(key, kind, tuple(args))
+    number = (int,) if kind == "randint" else (int, float)
+    if (not isinstance(args, list) or len(args) != 2
+            or any(isinstance(a, bool) or not isinstance(a, number) or not math.isfinite(a) for a in args)):
+        what = "two integers [low, high], both included" if kind == "randint" else "two finite numbers [low, high]"
+        raise ConfigError(f"Invalid setting for `{where}.{kind}`: {args!r}. Allowed: {what}.")
+    low, high = args
+    if kind == "loguniform" and not 0 < low < high:
+        raise ConfigError(f"Invalid setting for `{where}.loguniform`: {args!r}. Allowed: 0 < low < high "
+                          f"(a log scale cannot reach 0; the base model is the unpenalised reference).")
+    if kind != "loguniform" and not (low < high or (kind == "randint" and low == high)):
+        raise ConfigError(f"Invalid setting for `{where}.{kind}`: {args!r}. Allowed: low < high.")
+    return Dimension(key, kind, (float(low), float(high)) if kind != "randint" else (low, high))
+
+
+def is_base_key(key: str) -> bool:
+    """True for keys that define the base model (model.* and the corpus/vocabulary keys)."""
+    return key.startswith("model.") or any(key == k or key.startswith(k + ".") for k in BASE_DATA_KEYS)

@@ -1,0 +1,441 @@
+"""Ray Tune and Optuna for a sweep: the search, the two stages, the methods' grids, resume checks, the driver.
+
+:func:`run_sweep` runs a validated :class:`~sweeps.sweep.Sweep` with the trainables it is given (``trainable.py``
+defines them), so calls go from the entry point down: ``trainable.main`` -> ``run_sweep`` -> Tune -> a trainable ->
+:func:`sweeps.trial.run_trial` -> ``model.train``. Ray and Optuna are imported where they are used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model import metrics as M
+from model.checkpoint import git_commit, package_versions
+from model.config import flatten
+from model.corpora import CorpusError, FilesCorpus
+
+from .baselines import layout_heads, layout_name, parse_layout_name
+from .results import (
+    BUDGET,
+    LAYOUT,
+    LAYOUT_SEED,
+    OPTUNA_FILE,
+    PRETRAINED_DIR,
+    SWEEP_FILE,
+    WANDB_DIR,
+    WANDB_RUN,
+    join_storage,
+    write_text,
+    write_trials_table,
+)
+from .schema import MethodRun
+from .sweep import Sweep, base_hash, schema_dict
+from .validate import check_gpus
+from .wandb_log import resolve_mode, unreachable_backend
+
+# Optuna trial user attributes that tie a study's trial to its Ray trial and its W&B run
+RAY_TRIAL_ATTR, WANDB_RUN_ATTR = "ray_trial_id", WANDB_RUN
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start or continue (nothing to resume, a folder in use, a failed base model)."""
+
+
+@dataclass
+class TrialSetup:
+    """What every trial of a sweep needs besides its params (shipped to workers once, by Ray)."""
+
+    sweep: Sweep
+    bases: dict[str, str]  # base hash -> base checkpoint (a Tune checkpoint folder/URI, or a .pt file)
+    wandb_mode: str  # resolved: online | offline | disabled
+    wandb_dir: str | None  # None: the trial's own folder
+    provenance: dict[str, Any]  # git commit and package versions of the driver
+
+
+@dataclass(frozen=True)
+class Trainables:
+    """The function trainables of a sweep's stages (``trainable.py``), each ``f(params, setup[, run])``."""
+
+    pretrain: Callable[..., None]
+    prune: Callable[..., None]
+    layout: Callable[..., None]
+    scratch: Callable[..., None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray objects from the sweep
+
+
+def tune_space(sweep: Sweep) -> dict[str, Any]:
+    """The YAML search space as Tune domains (the one place this translation happens)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for d in sweep.space:
+        if d.kind == "loguniform":
+            out[d.key] = tune.loguniform(*d.args)
+        elif d.kind == "uniform":
+            out[d.key] = tune.uniform(*d.args)
+        elif d.kind == "randint":
+            out[d.key] = tune.randint(d.args[0], d.args[1] + 1)  # Tune's upper bound is exclusive
+        else:
+            out[d.key] = tune.choice(list(d.args))
+    return out
+
+
+def make_searcher(sweep: Sweep):
+    """OptunaSearch with the objective lists (never metric/mode in TuneConfig: that makes it single-objective)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class HeadsweepSearch(OptunaSearch):
+        """OptunaSearch that names the study's objectives, ties each Optuna trial to its Ray trial and W&B run
+        (user attributes), and tells a trial whose final objectives are not finite (it diverged) to Optuna as
+        FAIL, not left RUNNING (Optuna refuses NaN values for a COMPLETE trial)."""
+
+        def _setup_study(self, mode):
+            super()._setup_study(mode)
+            self._ot_study.set_metric_names(list(self.metric))
+
+        def suggest(self, trial_id: str) -> dict | None:
+            params = super().suggest(trial_id)
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+            return params
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if result and result.get(WANDB_RUN) and trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr(WANDB_RUN_ATTR, result[WANDB_RUN])
+            values = [(result or {}).get(m) for m in self.metric] if isinstance(self.metric, list) else []
+            if result and any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+                result, error = None, True
+            super().on_trial_complete(trial_id, result, error)
+
+    s = sweep.search
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=s.seed),
+        "grid": lambda: optuna.samplers.GridSampler({d.key: d.grid() for d in sweep.space}, seed=s.seed),
+    }
+    storage = None
+    if "://" not in sweep.experiment_dir:
+        Path(sweep.experiment_dir).mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{Path(sweep.experiment_dir) / OPTUNA_FILE}")
+    return HeadsweepSearch(
+        metric=[o.metric for o in sweep.objectives], mode=[o.mode for o in sweep.objectives],
+        sampler=samplers[s.sampler](), study_name=sweep.name, storage=storage,
+        points_to_evaluate=sweep.points_to_evaluate() or None,
+    )
+
+
+def _resources(res) -> dict[str, float]:
+    return {"cpu": res.cpus, "gpu": res.gpus}
+
+
+def _run_config(sweep: Sweep, name: str, storage: str, keep: int, params: list[str] | None = None):
+    from ray import tune
+
+    from .retention import CheckpointRetention, state_period
+
+    columns = [o.metric for o in sweep.objectives] + [M.STEP]
+    params = [d.key for d in sweep.space] if params is None else params
+    return tune.RunConfig(
+        name=name, storage_path=storage, verbose=1,
+        failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
+        # Tune keeps every checkpoint; CheckpointRetention deletes old ones only when no resume can need them
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        callbacks=[CheckpointRetention(keep, state_period())],
+        progress_reporter=tune.CLIReporter(metric_columns=columns, parameter_columns=params,
+                                           max_report_frequency=30),
+    )
+
+
+def _fit(tuner_factory, trainable, experiment: str, resume: bool, keep: int):
+    from ray import tune
+
+    from .retention import prune_checkpoints, state_period
+
+    state_period()  # before Tune starts, also for a restored sweep (its callbacks come from the stored tuner)
+    if tune.Tuner.can_restore(experiment):
+        if not resume:
+            raise SweepError(f"{experiment} already holds a sweep: pass --resume to continue it, or choose another "
+                             f"name (--set name=...) or --results folder")
+        print(f"resuming {experiment}", flush=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+    else:  # with --resume too: the sweep stopped before this stage began (the driver checked it exists)
+        tuner = tuner_factory()
+    grid = tuner.fit()
+    prune_checkpoints(grid, keep)  # the final state is saved: each trial's older checkpoints can go
+    return grid
+
+
+def base_experiments(sweep: Sweep) -> list[tuple[dict[str, Any], str, str]]:
+    """(variant, hash, name) of every base model the sweep trains; its experiment is <storage>/pretrained/<name>."""
+    keys = [(variant, base_hash(sweep.base_config(variant))) for variant in sweep.base_variants()]
+    return [(variant, key, f"base-{key}") for variant, key in keys]
+
+
+def pretrain_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables) -> tuple[dict[str, str], list[Any]]:
+    """Train (or find) every base model; returns {hash: checkpoint} and their Tune results."""
+    from ray import tune
+
+    if not sweep.pretraining:
+        return {}, []
+    if sweep.schema.pretrain.checkpoint is not None:
+        return {base_hash(sweep.base_config()): sweep.schema.pretrain.checkpoint}, []
+    bases, results = {}, []
+    root = join_storage(sweep.storage, PRETRAINED_DIR)
+    for variant, key, name in base_experiments(sweep):
+        experiment = join_storage(root, name)
+        trainable = tune.with_resources(tune.with_parameters(trainables.pretrain, setup=setup),
+                                        _resources(sweep.pretrain_resources))
+        fresh = not tune.Tuner.can_restore(experiment)
+        print(f"base model {name} ({variant or 'the base config'}): "
+              + ("training" if fresh else "found, reusing or finishing it"), flush=True)
+        def new_tuner(trainable=trainable, variant=variant, name=name):
+            return tune.Tuner(trainable, param_space=dict(variant), tune_config=tune.TuneConfig(num_samples=1),
+                              run_config=_run_config(sweep, name, root, keep=1))
+
+        grid = _fit(new_tuner, trainable, experiment, resume=not fresh, keep=1)
+        result = grid[0]
+        if result.error is not None or result.checkpoint is None or result.metrics.get(M.STATUS) != "completed":
+            raise SweepError(f"base model {name} did not complete ({result.error or result.metrics.get(M.STATUS)}); "
+                             f"see {result.path}. Fix the cause, then rerun the same command to finish it.")
+        path = result.checkpoint.path
+        bases[key] = path if "://" not in root else f"{root.split('://', 1)[0]}://{path.lstrip('/')}"
+        results.append(result)
+    return bases, results
+
+
+def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume: bool):
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(trainables.prune, setup=setup), _resources(sweep.resources))
+
+    def new_tuner():
+        return tune.Tuner(
+            trainable, param_space=tune_space(sweep),
+            tune_config=tune.TuneConfig(search_alg=make_searcher(sweep), num_samples=sweep.search.num_samples,
+                                        max_concurrent_trials=sweep.search.max_concurrent),
+            run_config=_run_config(sweep, sweep.name, sweep.storage, keep=sweep.schema.keep_checkpoints),
+        )
+
+    return _fit(new_tuner, trainable, sweep.experiment_dir, resume, sweep.schema.keep_checkpoints)
+
+
+def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
+    """The layouts ``scratch`` trains: those of the gate trials (Pareto-optimal or all completed ones), and the
+    full model's, smallest first."""
+    from analysis.pareto import pareto_front
+
+    done = gate_trials[(gate_trials["stage"] == "prune") & (gate_trials["status"] == "completed")]
+    if sweep.schema.baselines.scratch_layouts == "pareto" and not done.empty:
+        done = pareto_front(done, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])
+    cfg = sweep.trial_config({})
+    kinds = list(cfg.gates.attention)
+    full = {k: [cfg.model.n_heads] * cfg.model.layers(k) for k in kinds}
+    names = {layout_name(layout_heads(row, cfg, kinds)) for row in done.to_dict("records")} - {layout_name(full)}
+    found = sorted(names, key=lambda name: (sum(sum(v) for v in parse_layout_name(name).values()), name))
+    limit = sweep.schema.baselines.scratch_limit
+    if limit is not None and len(found) > limit:  # evenly spread from the smallest to the largest
+        found = [found[round(i * (len(found) - 1) / max(1, limit - 1))] for i in range(limit)]
+    return found + [layout_name(full)]
+
+
+def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run: MethodRun, resume: bool,
+                   gate_trials=None):
+    """One baseline method's experiment: a grid over budgets (and seeds), or over the gate trials' layouts."""
+    from ray import tune
+
+    if run.method == "scratch":
+        space = {LAYOUT: tune.grid_search(scratch_layouts(sweep, gate_trials))}
+        trainable = tune.with_resources(tune.with_parameters(trainables.scratch, setup=setup),
+                                        _resources(sweep.pretrain_resources))
+    else:
+        space = {BUDGET: tune.grid_search(sweep.budgets())}
+        if run.method == "random":
+            space[LAYOUT_SEED] = tune.grid_search(list(range(sweep.schema.baselines.seeds)))
+        trainable = tune.with_resources(tune.with_parameters(trainables.layout, setup=setup, run=run),
+                                        _resources(sweep.resources))
+    experiment = join_storage(sweep.storage, run.name)
+    exists = tune.Tuner.can_restore(experiment)
+    if exists and not resume:
+        raise SweepError(f"{experiment} already holds the {run.label} trials of a sweep: pass --resume to continue "
+                         f"it, or choose another name (--set name=...) or --results folder")
+    print(f"method {run.label}: {experiment}", flush=True)
+
+    def new_tuner():
+        return tune.Tuner(trainable, param_space=space,
+                          tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.search.max_concurrent),
+                          run_config=_run_config(sweep, run.name, sweep.storage, keep=sweep.schema.keep_checkpoints,
+                                                 params=list(space)))
+
+    return _fit(new_tuner, trainable, experiment, resume=exists, keep=sweep.schema.keep_checkpoints), list(space)
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+
+
+def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys (dotted) whose values differ between two resolved sweeps, W&B settings aside (they may change)."""
+    a, b = flatten(old), flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if not k.startswith("wandb.") and a.get(k) != b.get(k))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+
+
+def start_ray(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> None:
+    """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray on loopback; its dashboard (with
+    --dashboard) listens on ``dashboard_host``, 127.0.0.1 unless the user names another address."""
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, include_dashboard=None)
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
+    try:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host=dashboard_host)
+    except Exception as exc:
+        if not dashboard:
+            raise
+        raise SweepError(f"--dashboard needs Ray's full install: pip install -e '.[cluster]' ({exc})") from exc
+
+
+def _sweep_record(sweep: Sweep, run: MethodRun) -> dict[str, Any]:
+    """sweep.json of one method folder: the resolved sweep, and which of its methods the folder holds."""
+    record = schema_dict(sweep)
+    if len(sweep.method_runs()) > 1:
+        record.update(label=run.label, run={"method": run.method, "finetune_steps": run.finetune_steps,
+                                            "name": run.name})
+    return record
+
+
+# the baselines' settings each method's trials depend on (methods and fine-tuning variants may be added later)
+BASELINE_KEYS = {"gates": (), "importance": ("budgets", "importance_batches"), "random": ("budgets", "seeds"),
+                 "scratch": ("scratch_layouts", "scratch_limit", "scratch_set")}
+
+
+def _settings_of(run: MethodRun, record: dict[str, Any]) -> dict[str, Any]:
+    """The part of a recorded sweep that decides the trials of one method folder."""
+    keys = BASELINE_KEYS[run.method] + (("set",) if run.finetune_steps else ())
+    out = {k: v for k, v in record.items() if k not in ("label", "run", "method", "baselines")}
+    out["baselines"] = {k: v for k, v in (record.get("baselines") or {}).items() if k in keys}
+    return out
+
+
+def _check_resume(sweep: Sweep, resume: bool) -> None:
+    """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep.
+
+    A sweep exists once one of its base models or method folders does (it may have stopped during pretraining)."""
+    from ray import tune
+
+    folders = [join_storage(sweep.storage, run.name) for run in sweep.method_runs()]
+    exists = any(tune.Tuner.can_restore(folder) for folder in folders)
+    if exists and not resume:
+        raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
+                         f"another name (--set name=...) or --results folder")
+    bases = [join_storage(sweep.storage, PRETRAINED_DIR, name) for _, _, name in base_experiments(sweep)
+             ] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
+    if resume and not exists and not any(tune.Tuner.can_restore(base) for base in bases):
+        raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
+    if "://" in sweep.storage:
+        return  # the recorded sweeps below are compared on local storage
+    for run, folder in zip(sweep.method_runs(), folders):
+        recorded = Path(folder, SWEEP_FILE)
+        if resume and recorded.exists():
+            old, new = (_settings_of(run, record) for record in (json.loads(recorded.read_text()), schema_dict(sweep)))
+            changed = sweep_differences(old, new)
+            if changed:
+                raise SweepError(f"--resume: the sweep differs from the one in {recorded}: {'; '.join(changed)}. "
+                                 f"Resume it unchanged, or start a new sweep (--set name=...).")
+
+
+def check_corpus_files(sweep: Sweep) -> None:
+    """Local files named by the base config (data.corpus: files) exist, before Ray starts (on a cluster they are
+    looked up where the trials run)."""
+    for variant in sweep.base_variants():
+        cfg = sweep.base_config(variant)
+        if cfg.data.corpus != "files":
+            continue
+        for split in ("train", cfg.eval.split):
+            try:
+                FilesCorpus(cfg.data).paths(split)
+            except CorpusError as exc:
+                raise CorpusError(f"{sweep.path or 'the sweep'}: base config: {exc}") from None
+
+
+def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, address: str | None = None,
+              dashboard: bool = False, dashboard_host: str = "127.0.0.1"):
+    """The base models, then each method's trials and table; returns {method run: trials DataFrame}."""
+    import ray
+
+    _check_resume(sweep, resume)
+    if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine's GPUs are all there is
+        import torch
+
+        local = float(torch.cuda.device_count())
+        check_gpus(sweep.resources.gpus, local, False)
+        check_gpus(sweep.pretrain_resources.gpus, local, False, "pretrain.resources.gpus")
+        check_corpus_files(sweep)
+    mode = resolve_mode(sweep.schema.wandb.mode)
+    if mode == "online" and (reason := unreachable_backend()):
+        print(f"W&B backend {reason}: every run of this sweep is kept offline (upload later with `wandb sync`)",
+              flush=True)
+        mode = "offline"
+    local_storage = "://" not in sweep.storage
+    wandb_dir = str(Path(sweep.experiment_dir) / WANDB_DIR) if local_storage else None
+    if mode != "disabled":
+        os.environ["WANDB_MODE"] = mode  # before Ray starts, so that workers inherit it
+        if wandb_dir:
+            os.environ["WANDB_DIR"] = wandb_dir
+    started = not ray.is_initialized()
+    if started:
+        start_ray(address, dashboard, dashboard_host)
+    tables: dict[MethodRun, Any] = {}
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        check_gpus(sweep.resources.gpus, gpus, sweep.resources.autoscale)
+        check_gpus(sweep.pretrain_resources.gpus, gpus, sweep.pretrain_resources.autoscale, "pretrain.resources.gpus")
+        runs = sweep.method_runs()
+        provenance = {"git_commit": git_commit(), "versions": json.dumps(package_versions(), sort_keys=True)}
+        setup = TrialSetup(sweep, {}, mode, wandb_dir, provenance)
+        setup.bases, base_results = pretrain_stage(sweep, setup, trainables)
+        for run in runs:
+            folder = join_storage(sweep.storage, run.name)
+            write_text(join_storage(folder, SWEEP_FILE), json.dumps(_sweep_record(sweep, run), indent=2) + "\n")
+            if run.method == "gates":
+                grid = prune_stage(sweep, setup, trainables, resume)
+                params = [d.key for d in sweep.space]
+            else:
+                grid, params = baseline_stage(sweep, setup, trainables, run, resume, tables.get(runs[0]))
+            tables[run] = write_trials_table(folder, params, grid, base_results, run.method)
+            if unfinished_trials(sweep, run, tables[run]):  # interrupted (Ctrl-C) or failed: later methods wait
+                break
+    finally:
+        if started:
+            ray.shutdown()
+    return tables
+
+
+def expected_trials(sweep: Sweep, run: MethodRun, df) -> int:
+    """How many trials a finished method folder holds."""
+    if run.method == "gates":
+        return sweep.search.num_samples
+    if run.method in ("importance", "random"):
+        return len(sweep.budgets()) * (sweep.schema.baselines.seeds if run.method == "random" else 1)
+    return int((df["stage"] == "prune").sum())  # scratch: one per layout, known once the gate trials finished
+
+
+def unfinished_trials(sweep: Sweep, run: MethodRun, df) -> int:
+    """Trials of a method folder that did not finish (neither completed nor diverged), or never started."""
+    prune = df[df["stage"] == "prune"]
+    unfinished = int((~prune["status"].isin(["completed", "diverged"])).sum())
+    return unfinished + max(expected_trials(sweep, run, df) - len(prune), 0)
+
+

@@ -1,0 +1,293 @@
+"""Loading a sweep YAML: read, (for ``--smoke-test``) shrink, and validate completely before Ray starts. No Ray here.
+
+:func:`load_sweep` returns a :class:`~sweeps.sweep.Sweep`; every problem is a :class:`~model.config.ConfigError`
+naming the file, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from model.config import Config, ConfigError, apply_overrides, config_from_dict, flatten, from_dict, read_yaml, require
+
+from .schema import METHODS, OBJECTIVE_METRICS, SweepSchema, is_base_key, parse_dimension
+from .sweep import Sweep, _with, resolve_storage
+
+# --------------------------------------------------------------------------------------------------
+# Smoke test: the same sweep, tiny
+
+
+SMOKE_EVAL_EVERY = 5
+
+
+def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Shrink a sweep to 2 trials x 2 evaluations of a tiny model on little data, on the CPU."""
+    raw, base = copy.deepcopy(raw), copy.deepcopy(base)
+    tiny = {
+        "model.d_model": 32, "model.d_ff": 64, "model.encoder_layers": 2, "model.decoder_layers": 2,
+        "model.n_heads": 4, "model.max_positions": 256,
+        "data.synthetic.train_size": 400, "data.synthetic.valid_size": 16, "data.synthetic.test_size": 16,
+        "data.max_len": 64, "data.vocab_size": min(int(flatten(base).get("data.vocab_size", 1000)), 1000),
+        "train.max_steps": 2 * SMOKE_EVAL_EVERY, "train.eval_every": SMOKE_EVAL_EVERY, "train.eval_unit": "steps",
+        "train.warmup_steps": 2, "train.max_epochs": None, "train.max_minutes": None, "train.precision": "fp32",
+        "train.compile": False, "eval.max_sentences": 16, "eval.beam_size": 1, "eval.samples": 1,
+    }
+    if flatten(base).get("data.corpus", "synthetic") == "synthetic":
+        tiny["data.vocab_size"] = 200
+    base = _with(base, tiny)
+    for stage in ("pretrain", "prune"):
+        section = raw.setdefault(stage, {}) or {}
+        raw[stage] = section
+        if isinstance(section, dict) and isinstance(section.get("set"), dict):
+            section["set"] = {k: v for k, v in flatten(section["set"]).items() if k not in tiny and
+                              not k.startswith(("model.", "data.synthetic."))}
+        if isinstance(section, dict) and stage == "pretrain":
+            section.pop("resources", None)
+            section.pop("checkpoint", None)
+    baselines = raw.get("baselines")
+    if isinstance(baselines, dict):
+        baselines.pop("budgets", None)  # the smoke test's own budget (Sweep.budgets)
+        baselines["scratch_limit"] = 1
+        if isinstance(baselines.get("seeds"), int):
+            baselines["seeds"] = 1
+        steps = baselines.get("finetune_steps")
+        if isinstance(steps, list) and all(isinstance(n, int) for n in steps):
+            baselines["finetune_steps"] = sorted({min(n, 2 * SMOKE_EVAL_EVERY) for n in steps})
+        for key in ("set", "scratch_set"):
+            if isinstance(baselines.get(key), dict):
+                baselines[key] = {k: v for k, v in flatten(baselines[key]).items() if k not in tiny}
+    search = raw.setdefault("search", {}) or {}
+    raw["search"] = search
+    if isinstance(search, dict):
+        search["num_samples"] = 2
+        search["max_concurrent"] = 2
+        search["max_failures"] = 0
+        points = search.get("points_to_evaluate")
+        if isinstance(points, list):
+            search["points_to_evaluate"] = points[:2]
+    if isinstance(raw.get("space"), dict):  # tiny models: searched model sizes keep their first choice
+        for key in list(raw["space"]):
+            if key.startswith("model.") and key not in ("model.encoder_layers", "model.decoder_layers"):
+                raw["space"].pop(key)
+    raw["resources"] = {"cpus": 1, "gpus": 0}
+    wandb = raw.get("wandb") if isinstance(raw.get("wandb"), dict) else {}
+    if wandb.get("mode", "auto") != "disabled":
+        wandb["mode"] = "offline"
+    raw["wandb"] = wandb
+    raw["name"] = f"{raw.get('name') or 'sweep'}-smoke"
+    raw["keep_checkpoints"] = 1
+    return raw, base
+
+
+def _stage_config(where: str, data: dict[str, Any]) -> Config:
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_sweep(
+    path: str | os.PathLike,
+    overrides: list[str] | None = None,
+    smoke_test: bool = False,
+    storage: str | None = None,
+    data_dir: str | None = None,
+) -> Sweep:
+    """Read, (optionally) shrink and validate a sweep YAML; raise :class:`ConfigError` on any problem.
+
+    ``storage`` replaces the sweep's results root; ``data_dir`` (an absolute folder) sets ``data.data_dir`` of the
+    base config, and so of every stage (it is no part of a base model's hash)."""
+    path = Path(path)
+    try:
+        raw = apply_overrides(read_yaml(path), list(overrides or []))
+        raw.setdefault("name", path.stem)
+        return sweep_from_dict(raw, base_dir=path.parent, path=path, smoke_test=smoke_test, storage=storage,
+                               data_dir=data_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _read_base(raw_base: Any, base_dir: Path) -> dict[str, Any]:
+    if raw_base is None:
+        return {}
+    if isinstance(raw_base, str):
+        base_path = (base_dir / os.path.expandvars(os.path.expanduser(raw_base))).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"Invalid setting for `base`: {raw_base!r}. Allowed: a run config file "
+                              f"(relative to {base_dir}) or an inline mapping; {base_path} does not exist.")
+        try:
+            return read_yaml(base_path)
+        except ConfigError as exc:
+            raise ConfigError(f"base {base_path}: {exc}") from None
+    if isinstance(raw_base, dict):
+        return copy.deepcopy(raw_base)
+    raise ConfigError(f"Invalid setting for `base`: {raw_base!r}. Allowed: a path to a run config or a mapping.")
+
+
+def sweep_from_dict(
+    raw: dict[str, Any],
+    base_dir: Path = Path("."),
+    path: Path | None = None,
+    smoke_test: bool = False,
+    storage: str | None = None,
+    data_dir: str | None = None,
+) -> Sweep:
+    raw = copy.deepcopy(raw)
+    base = _read_base(raw.get("base"), base_dir)
+    if data_dir is not None:
+        base = _with(base, {"data.data_dir": data_dir})
+    if smoke_test:
+        raw, base = smoke_shrink(raw, base)
+    for stage, key in (("pretrain", "set"), ("prune", "set"), ("baselines", "set"), ("baselines", "scratch_set")):
+        section = raw.get(stage)  # `set` may be written nested or with dotted keys
+        if isinstance(section, dict) and isinstance(section.get(key), dict):
+            section[key] = flatten(section[key])
+    schema: SweepSchema = from_dict(SweepSchema, raw)
+    name = schema.name or "sweep"
+    require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, "name", name,
+           "letters, digits, '.', '_' and '-' (it names a folder)")
+
+    # 1) the two stages' configs
+    base_cfg = _stage_config("base + pretrain.set", _with(base, schema.pretrain.set))
+    prune_cfg = _stage_config("base + prune.set", _with(base, schema.prune.set))
+    f = schema.prune.freeze
+    require(f == "auto" or (isinstance(f, list) and all(x in ("encoder", "decoder", "embeddings") for x in f)),
+           "prune.freeze", f, "'auto' (freeze the side without gates) or a list of encoder, decoder, embeddings")
+    require("train.freeze" not in schema.prune.set, "prune.set.train.freeze", schema.prune.set.get("train.freeze"),
+           "nothing: set prune.freeze instead")
+    p = schema.pretrain
+    if p.enabled and p.checkpoint is None:
+        require(base_cfg.gates.mode in ("none", "open"), "pretrain.set.gates.mode", base_cfg.gates.mode,
+               "'none' or 'open' (the base model is trained without learned gates)")
+    if p.checkpoint is not None:
+        require(p.enabled, "pretrain.checkpoint", p.checkpoint, "null when pretrain.enabled is false")
+        given = Path(os.path.expandvars(os.path.expanduser(p.checkpoint)))
+        tried = [given] if given.is_absolute() else [Path.cwd() / given, base_dir / given]  # results/... or ../
+        ckpt = next((c for c in tried if c.is_file()), tried[0])
+        require(ckpt.is_file(), "pretrain.checkpoint", p.checkpoint,
+               f"an existing checkpoint file (tried {' and '.join(str(c) for c in tried)})")
+        p.checkpoint = str(ckpt.resolve())
+    require(prune_cfg.gates.mode == "learned", "prune.set.gates.mode", prune_cfg.gates.mode,
+           "'learned' (trials learn which heads to keep)")
+    if p.enabled:
+        changed = sorted(k for k in set(flatten(schema.prune.set)) | set(flatten(schema.pretrain.set))
+                         if is_base_key(k) and flatten(base_cfg.to_dict()).get(k) != flatten(prune_cfg.to_dict()).get(k))
+        require(not changed, "prune.set", {k: flatten(schema.prune.set).get(k) for k in changed},
+               "no change to model.* or the corpus/vocabulary keys (trials start from the base model's weights; "
+               "set them in `base`, or search them with `choice`)")
+
+    # 2) the search space: each key valid at its extremes in the prune config (and the base config)
+    require(bool(schema.space), "space", schema.space, "at least one searched key, e.g. gates.penalty")
+    space = [parse_dimension(k, v) for k, v in schema.space.items()]
+    draft = Sweep(name=name, path=path, schema=schema, base=base, space=[], storage="")
+    for dim in space:
+        if dim.key in ("gates.mode", "train.freeze"):
+            raise ConfigError(f"Invalid setting for `space.{dim.key}`. Allowed: any key but gates.mode "
+                              "and train.freeze (trials always learn gates; prune.freeze sets the freezing).")
+        if p.enabled and is_base_key(dim.key) and dim.kind != "choice":
+            raise ConfigError(f"Invalid setting for `space.{dim.key}`: {dim.kind}. Allowed: choice (a searched "
+                              f"base-model key trains one base model per value), or pretrain.enabled: false.")
+        if p.checkpoint is not None and is_base_key(dim.key):
+            raise ConfigError(f"Invalid setting for `space.{dim.key}`. Allowed: no model or corpus key when "
+                              f"pretrain.checkpoint fixes the base model.")
+        for value in dim.extremes():
+            try:
+                draft.trial_config({dim.key: value})
+                if p.enabled and is_base_key(dim.key):
+                    draft.base_config({dim.key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"space.{dim.key} = {value!r} makes an invalid trial: {exc}") from None
+
+    # 3) objectives, search, resources
+    require(bool(schema.objectives), "objectives", [], "at least one {metric, mode}")
+    names = [o.metric for o in schema.objectives]
+    for i, o in enumerate(schema.objectives):
+        require(o.metric in OBJECTIVE_METRICS, f"objectives[{i}].metric", o.metric,
+               "a metric every trial reports: " + ", ".join(OBJECTIVE_METRICS))
+    require(len(set(names)) == len(names), "objectives", names, "each metric once")
+    s = schema.search
+    require(s.num_samples >= 1, "search.num_samples", s.num_samples, "an integer >= 1")
+    require(s.max_concurrent >= 1, "search.max_concurrent", s.max_concurrent, "an integer >= 1")
+    require(s.max_failures >= 0, "search.max_failures", s.max_failures, "an integer >= 0")
+    if s.sampler == "grid":
+        size = math.prod(len(d.grid()) for d in space)
+        require(s.num_samples <= size, "search.num_samples", s.num_samples,
+               f"at most the grid's {size} points with sampler 'grid'")
+    r = schema.resources
+    for where, res in (("resources", r), ("pretrain.resources", p.resources)):
+        if res is not None:
+            require(res.cpus > 0, f"{where}.cpus", res.cpus, "a number > 0")
+            require(res.gpus >= 0, f"{where}.gpus", res.gpus, "a number >= 0")
+            require(res.gpus <= 1 or float(res.gpus).is_integer(), f"{where}.gpus", res.gpus,
+                   "a fraction of one GPU or a whole number")
+    require(schema.keep_checkpoints >= 1, "keep_checkpoints", schema.keep_checkpoints, "an integer >= 1")
+    require(schema.wandb.init_timeout > 0, "wandb.init_timeout", schema.wandb.init_timeout, "a number > 0")
+    require(schema.wandb.upload_timeout > 0, "wandb.upload_timeout", schema.wandb.upload_timeout, "a number > 0")
+    require(bool(schema.wandb.project), "wandb.project", schema.wandb.project, "a non-empty project name")
+
+    sweep = Sweep(name=name, path=path, schema=schema, base=base, space=space,
+                  storage=resolve_storage(storage or schema.storage), smoke_test=smoke_test)
+    _check_methods(sweep)
+    keys = {d.key for d in space}
+    for i, point in enumerate(s.points_to_evaluate):
+        unknown = sorted(set(point) - keys)
+        require(not unknown, f"search.points_to_evaluate[{i}]", point,
+               f"keys of the search space only ({', '.join(sorted(keys))})")
+    for i, point in enumerate(sweep.points_to_evaluate()):
+        for dim in space:
+            require(dim.contains(point[dim.key]), f"search.points_to_evaluate[{i}].{dim.key}", point[dim.key],
+                   dim.describe() + (" (named in the point or taken from the prune config)"))
+    return sweep
+
+
+def _check_methods(sweep: Sweep) -> None:
+    m, b = sweep.schema.method, sweep.schema.baselines
+    chosen = [m] if isinstance(m, str) else m
+    require(isinstance(chosen, list) and bool(chosen) and all(isinstance(x, str) and x in METHODS for x in chosen)
+           and len(set(chosen)) == len(chosen), "method", m,
+           f"one of {', '.join(METHODS)}, or a list of them without repeats")
+    methods = sweep.methods
+    require("scratch" not in methods or "gates" in methods, "method", m,
+           "a list with gates when it has scratch (scratch trains the layouts the gate trials found)")
+    baselines = [x for x in methods if x != "gates"]
+    if not baselines:
+        return
+    require(sweep.pretraining, "method", m, "gates alone when pretrain.enabled is false (the baselines prune or "
+           "retrain a base model)")
+    require(not any(is_base_key(d.key) for d in sweep.space), "method", m,
+           "gates alone when the space searches model or corpus keys (the baselines compare against one base model)")
+    total = sweep.gated_heads()
+    require(all(isinstance(n, int) and 0 <= n <= total for n in b.budgets) and len(set(b.budgets)) == len(b.budgets),
+           "baselines.budgets", b.budgets, f"distinct integers in [0, {total}] (the heads of prune.set's "
+           f"gates.attention), or [] for 1/8, 1/4, 3/8, 1/2, 3/4 and all of them")
+    require(b.seeds >= 1, "baselines.seeds", b.seeds, "an integer >= 1")
+    require(bool(b.finetune_steps) and all(n >= 0 for n in b.finetune_steps)
+           and len(set(b.finetune_steps)) == len(b.finetune_steps), "baselines.finetune_steps", b.finetune_steps,
+           "a non-empty list of distinct integers >= 0 (0: prune and evaluate)")
+    require(b.scratch_limit is None or b.scratch_limit >= 1, "baselines.scratch_limit", b.scratch_limit,
+           "an integer >= 1, or null for every layout")
+    require(b.importance_batches >= 1, "baselines.importance_batches", b.importance_batches, "an integer >= 1")
+    for where, keys in (("baselines.set", b.set), ("baselines.scratch_set", b.scratch_set)):
+        bad = sorted(k for k in keys if k.startswith(("model.", "gates.")) or is_base_key(k) or k == "train.freeze")
+        require(not bad, where, {k: keys[k] for k in bad}, "no model.*, gates.*, corpus/vocabulary keys or "
+               "train.freeze (the baselines keep the base model's architecture and the prune stage's freezing)")
+    try:
+        for n in b.finetune_steps:
+            sweep.baseline_config(n, {})
+        sweep.scratch_config({})
+    except ConfigError as exc:
+        raise ConfigError(f"method {m}: {exc}") from None
+
+
+def check_gpus(requested: float, available: float, autoscale: bool, where: str = "resources.gpus") -> None:
+    """Refuse GPU trials on a cluster without GPUs: Ray would leave them PENDING forever."""
+    if requested > 0 and available < requested and not autoscale:
+        raise ConfigError(
+            f"Invalid setting for `{where}`: {requested!r}. Allowed: 0 on this Ray cluster, which has "
+            f"{available:g} GPUs (set resources.autoscale: true if the cluster adds GPU nodes on demand)."
+        )

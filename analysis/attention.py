@@ -10,16 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
 from model.config import ATTENTION_TYPES
 from model.data import BOS_ID, EOS_ID
 from model.decoding import translate_ids
 from model.translate import load_for_inference
+
+from .charts import figure_axes
 
 
 @dataclass
@@ -55,12 +57,12 @@ def attention_maps(checkpoint: str | Path, sentence: str) -> AttentionMaps:
     return AttentionMaps([piece(i) for i in ids], ["<s>", *[tok.tgt.sp.id_to_piece(i) for i in hyp]], weights, gates)
 
 
-def attention_chart(maps: AttentionMaps, max_heads: int = 64) -> tuple[plt.Figure, go.Figure]:
+def attention_chart(maps: AttentionMaps, max_heads: int = 64) -> tuple[Figure, go.Figure]:
     """A panel per remaining head: rows = attention type and layer, columns = heads; closed heads are left out."""
     rows = [key for t in ATTENTION_TYPES for key in sorted(maps.weights) if key[0] == t]
     rows = [key for key in rows if (maps.gates[key] > 0).any()]
     cols = max(int((maps.gates[key] > 0).sum()) for key in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.2 * len(rows)), squeeze=False)
+    fig, axes = figure_axes(len(rows), cols, figsize=(2.2 * cols, 2.2 * len(rows)), squeeze=False)
     pfig = make_subplots(rows=len(rows), cols=cols, horizontal_spacing=0.02, vertical_spacing=0.06)
     shown = 0
     for r, key in enumerate(rows):

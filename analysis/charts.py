@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
 from model import metrics as M
@@ -38,14 +37,22 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
            "#bcbd22", "#aec7e8", "#ffbb78")
 
 
-def save(figures: tuple[plt.Figure, go.Figure], folder: str | Path, stem: str) -> tuple[Path, Path]:
+def figure_axes(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None,
+                squeeze: bool = True):
+    """A matplotlib figure and its axes, outside pyplot: no backend is chosen or changed, no window opens, and
+    nothing is left for a notebook to draw twice (the user's session keeps its own backend)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def save(figures: tuple[Figure, go.Figure], folder: str | Path, stem: str) -> tuple[Path, Path]:
     """Write ``stem.png`` and ``stem.html`` (with plotly.min.js beside it: opens offline); returns both paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fig, pfig = figures
     png, html = folder / f"{stem}.png", folder / f"{stem}.html"
     fig.savefig(png, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    plt.close(fig)  # Optuna's charts are pyplot figures; ours are not, and closing them is a no-op
     pfig.write_html(html, include_plotlyjs="directory", full_html=True)  # plotly.min.js once, beside: offline
     return png, html
 
@@ -58,7 +65,7 @@ def _hover(row: pd.Series, params: Sequence[str], objectives: Sequence[str]) -> 
     return "<br>".join(parts)
 
 
-def pareto_chart(sweeps: Sequence[SweepResults]) -> tuple[plt.Figure, go.Figure]:
+def pareto_chart(sweeps: Sequence[SweepResults]) -> tuple[Figure, go.Figure]:
     """Open heads (x) against BLEU (y) for all completed trials of one or more sweeps, with their fronts."""
     first = sweeps[0]
     objectives, directions = first.objectives, first.directions
@@ -66,7 +73,7 @@ def pareto_chart(sweeps: Sequence[SweepResults]) -> tuple[plt.Figure, go.Figure]
         raise ValueError(f"a Pareto chart needs two objectives; the sweep has {objectives}")
     # x: the objective to minimise (heads), y: the one to maximise (BLEU), whatever their order in the sweep
     (y, ydir), (x, xdir) = sorted(zip(objectives, directions), key=lambda od: od[1] != "max")
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = figure_axes(figsize=(7.5, 4.8))
     pfig = go.Figure()
     single = len(sweeps) == 1
     for i, s in enumerate(sweeps):
@@ -124,12 +131,12 @@ def _draw_gates(axes, record: dict[str, Any], value: str) -> None:
                xticks=range(grid.shape[1]), yticks=range(grid.shape[0]))
 
 
-def gate_heatmap(record: dict[str, Any], value: str = "gate", title: str = "") -> tuple[plt.Figure, go.Figure]:
+def gate_heatmap(record: dict[str, Any], value: str = "gate", title: str = "") -> tuple[Figure, go.Figure]:
     """One evaluation's gates (a ``gates.jsonl`` record); ``value``: "gate" (eval gate) or "p_open"."""
     kinds = _gate_types(record)
     if not kinds:
         raise ValueError("this record has no gates (a model without learned gates)")
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 2.8), squeeze=False)
+    fig, axes = figure_axes(1, len(kinds), figsize=(3.2 * len(kinds), 2.8), squeeze=False)
     _draw_gates(axes[0], record, value)
     title = title or f"{value} at step {record.get('step')}"
     fig.suptitle(title)
@@ -156,13 +163,12 @@ def gate_evolution_gif(records: Sequence[dict[str, Any]], path: str | Path, valu
     kinds = _gate_types(records[0])
     frames = []
     for i, record in enumerate(records, 1):
-        fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 2.8), squeeze=False)
+        fig, axes = figure_axes(1, len(kinds), figsize=(3.2 * len(kinds), 2.8), squeeze=False)
         _draw_gates(axes[0], record, value)
         # the counter also keeps Pillow from merging frames that look alike (and dropping evaluations)
         fig.suptitle(f"{value} at step {record.get('step')} (evaluation {i} of {len(records)})")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
-        plt.close(fig)
         buf.seek(0)
         frames.append(Image.open(buf).convert("RGB"))
     size = frames[0].size
@@ -176,12 +182,12 @@ def gate_evolution_gif(records: Sequence[dict[str, Any]], path: str | Path, valu
 
 
 def learning_curves(histories: dict[str, pd.DataFrame], metrics: Sequence[str] = CURVE_METRICS
-                    ) -> tuple[plt.Figure, go.Figure]:
+                    ) -> tuple[Figure, go.Figure]:
     """Each metric against step, one line per trial (``histories``: trial label -> its evaluations)."""
     metrics = [m for m in metrics if any(m in h for h in histories.values())]
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = figure_axes(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
     pfig = make_subplots(rows=rows, cols=cols, subplot_titles=metrics)
     for k, metric in enumerate(metrics):
         ax = axes[k // cols][k % cols]
@@ -255,14 +261,14 @@ def layer_columns(df: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def layer_chart(s: SweepResults) -> tuple[plt.Figure, go.Figure] | None:
+def layer_chart(s: SweepResults) -> tuple[Figure, go.Figure] | None:
     """Per gated attention type: each layer's open heads (y) against that type's open heads (x), one point per
     completed trial, a line per layer; None when the table has no per-layer counts."""
     done = s.completed
     per_type = {kind: cols for kind, cols in layer_columns(done).items() if done[cols].notna().all(axis=None)}
     if done.empty or not per_type:
         return None
-    fig, axes = plt.subplots(1, len(per_type), figsize=(5.5 * len(per_type), 4), squeeze=False)
+    fig, axes = figure_axes(1, len(per_type), figsize=(5.5 * len(per_type), 4), squeeze=False)
     pfig = make_subplots(rows=1, cols=len(per_type), subplot_titles=list(per_type))
     for j, (kind, cols) in enumerate(per_type.items()):
         rows = done.assign(_total=done[cols].sum(axis=1)).sort_values("_total")

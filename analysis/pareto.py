@@ -46,10 +46,10 @@ def hypervolume(df: pd.DataFrame, objectives: Sequence[str], directions: Sequenc
     """Hypervolume of the front of ``df`` against ``reference`` (a point every useful trial beats).
 
     The volume of objective space that the front dominates and that dominates ``reference``; larger is better.
-    Computed by Optuna's implementation after turning every objective into one to minimise. Rows that do not
-    beat the reference in every objective add nothing.
+    Computed by moocore (exact algorithms for any number of objectives) after turning every objective into one to
+    minimise. Rows that do not beat the reference in every objective add nothing.
     """
-    from optuna._hypervolume import compute_hypervolume  # Optuna's maintained routine (WFG / box decomposition)
+    import moocore
 
     if len(reference) != len(objectives):
         raise ValueError(f"reference {list(reference)} needs one value per objective {list(objectives)}")
@@ -60,7 +60,7 @@ def hypervolume(df: pd.DataFrame, objectives: Sequence[str], directions: Sequenc
     points = points[(points < ref).all(axis=1)]
     if len(points) == 0:
         return 0.0
-    return float(compute_hypervolume(points, ref))
+    return float(moocore.hypervolume(points, ref=ref))
 
 
 def default_reference(df: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str]) -> list[float]:

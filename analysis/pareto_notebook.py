@@ -11,24 +11,44 @@
 # %% [markdown]
 # # How many heads does the model need?
 #
-# This notebook reads one or more sweep results folders (written by `python trainable.py SWEEP.yaml`), draws the
+# This notebook reads one or more sweep results folders (written by `headsweep sweep SWEEP.yaml`), draws the
 # Pareto front of open heads against BLEU, and compares sweeps by their fronts and hypervolumes.
-# Open it with `jupytext --to ipynb analysis/pareto_notebook.py` (or Jupyter's jupytext extension); the tests run
-# it from this file. Set `HEADSWEEP_RESULTS` (comma-separated folders) or edit the list below.
+# Open it with `jupytext --to ipynb analysis/pareto_notebook.py` (or Jupyter's jupytext extension), from the
+# repository root or from `analysis/`; its packages come with `pip install -e '.[notebook]'`. Set
+# `HEADSWEEP_RESULTS` (comma-separated folders; relative ones are read from the repository root) or edit the
+# list below.
 
 # %%
+# %matplotlib inline
 import os
+import sys
+from pathlib import Path
 
 import pandas as pd
+from IPython.display import display
 
-from analysis import charts
-from analysis.load import load_sweeps, trial_gates
-from analysis.pareto import default_reference, hypervolume, pareto_front
 
-folders = os.environ.get("HEADSWEEP_RESULTS", "results/quickstart").split(",")
+def repository_root(start: Path) -> Path:
+    """The folder holding headsweep's pyproject.toml, from wherever Jupyter was started inside the repository."""
+    for folder in [start, *start.parents]:
+        if (folder / "pyproject.toml").is_file() and (folder / "analysis").is_dir():
+            return folder
+    return start
+
+
+ROOT = repository_root(Path.cwd().resolve())
+if str(ROOT) not in sys.path:  # without an installed project, the packages are found beside the notebook
+    sys.path.insert(0, str(ROOT))
+
+from analysis import charts  # noqa: E402
+from analysis.load import load_sweeps, trial_gates  # noqa: E402
+from analysis.pareto import default_reference, hypervolume, pareto_front  # noqa: E402
+
+folders = [ROOT / f if not Path(f).is_absolute() else Path(f)
+           for f in os.environ.get("HEADSWEEP_RESULTS", "results/quickstart").split(",")]
 sweeps = load_sweeps(folders)
-for s in sweeps:
-    print(f"{s.label}: {len(s.completed)} completed trials, objectives {list(zip(s.objectives, s.directions))}")
+pd.DataFrame([{"sweep": s.label, "completed trials": len(s.completed), "folder": str(s.path),
+               "objectives": ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions))} for s in sweeps])
 
 # %% [markdown]
 # ## The Pareto-optimal trials of each sweep
@@ -36,9 +56,8 @@ for s in sweeps:
 # %%
 for s in sweeps:
     front = pareto_front(s.completed, s.objectives, s.directions)
-    display_cols = ["trial_id", *s.objectives, *s.params]
     print(s.label)
-    print(front[display_cols].to_string(index=False))
+    display(front[["trial_id", *s.objectives, *s.params]])
 
 # %% [markdown]
 # ## Open heads against BLEU
@@ -46,7 +65,7 @@ for s in sweeps:
 
 # %%
 fig, pfig = charts.pareto_chart(sweeps)
-pfig.show()
+pfig
 
 # %% [markdown]
 # ## Comparing sweeps: hypervolume against one reference point
@@ -66,4 +85,4 @@ pd.DataFrame([{"sweep": s.label, "hypervolume": hypervolume(s.completed, first.o
 best = pareto_front(first.completed, first.objectives, first.directions).iloc[0]
 records = trial_gates(best)
 fig, pfig = charts.gate_heatmap(records[-1], title=f"trial {best['trial_id']}")
-pfig.show()
+fig

@@ -22,7 +22,7 @@ import pandas as pd
 
 from model.cli import add_out, command_parser
 from model.files import atomic_write
-from sweeps.results import LAYOUT_SEED, OPTUNA_FILE, checkpoint_file
+from sweeps.results import LAYOUT_SEED, OPTUNA_FILE, SIGNATURES, checkpoint_file
 
 from . import charts
 from .attention import attention_chart, attention_maps
@@ -81,6 +81,15 @@ def front_table(s: SweepResults) -> pd.DataFrame:
     return front[[c for c in cols if c in front.columns]]
 
 
+def score_signatures(s: SweepResults) -> str:
+    """The sacrebleu signatures of the scores in the table (one per metric when all rows agree)."""
+    found = []
+    for column in SIGNATURES:
+        values = sorted({str(v) for v in s.trials.get(column, pd.Series(dtype=str)).dropna() if str(v)})
+        found += [f"{column.split('_')[0].replace('bleu', 'BLEU').replace('chrf', 'chrF')} {v}" for v in values]
+    return "; ".join(found) if found else "no sacrebleu signature recorded (a table from before they were)"
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     def cell(v) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -119,6 +128,8 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
     page.p(f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
            f"against the reference point {dict(zip(s.objectives, ref))}.")
     page.table(table)
+    signatures = score_signatures(s)
+    page.p(f"Scores: {signatures}.")
     if len(s.bases):
         page.h("Base models", 3)
         page.table(s.bases[[c for c in ("base", *s.objectives, "chrf", "step", "wall_seconds", "checkpoint")
@@ -187,7 +198,7 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
     report = page.write(out / "report.html")
     summary = (f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
                f"(reference {dict(zip(s.objectives, ref))}).")
-    md = [f"# headsweep report: {s.label}", "", summary, "",
+    md = [f"# headsweep report: {s.label}", "", summary, "", f"Scores: {signatures}.", "",
           markdown_table(table.drop(columns=["checkpoint"], errors="ignore")), "",
           f"Charts: {out}; full report: {report}", ""]
     atomic_write(out / "report.md", "\n".join(md))

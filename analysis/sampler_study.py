@@ -172,12 +172,11 @@ def summary(curves: pd.DataFrame, fractions: Sequence[float] = (0.9, 0.95, 1.0))
 
 def curves_chart(curves: pd.DataFrame):
     """Hypervolume against finished trials, mean line and min-max band per sampler (matplotlib, plotly)."""
-    import matplotlib.pyplot as plt
     import plotly.graph_objects as go
 
-    from .charts import PALETTE
+    from .charts import PALETTE, figure_axes
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = figure_axes(figsize=(7, 4.2))
     pfig = go.Figure()
     for i, (name, group) in enumerate(curves.groupby("sampler", sort=False)):
         stats = group.groupby("trials")["hypervolume"].agg(["mean", "min", "max"]).reset_index()

@@ -331,7 +331,7 @@ class HuggingFaceCorpus:
         try:
             import datasets  # noqa: F401
         except ImportError as exc:
-            raise CorpusError("data.corpus hf needs the `datasets` package: pip install datasets") from exc
+            raise CorpusError("data.corpus hf needs the `datasets` package: pip install -e '.[hf]'") from exc
         self.cfg, self.log = cfg, log
         self.name = "hf-" + cfg.hf_name.replace("/", "-") + f"-{cfg.src_lang}-{cfg.tgt_lang}"
         self.stats: dict[str, Counter] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,9 @@ def make_searcher(sweep: Sweep):
 
         def _setup_study(self, mode):
             super()._setup_study(mode)
-            self._ot_study.set_metric_names(list(self.metric))
+            with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what the dashboard shows
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(list(self.metric))
 
         def suggest(self, trial_id: str) -> dict | None:
             params = super().suggest(trial_id)

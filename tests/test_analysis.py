@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -172,20 +173,46 @@ def test_report_command_compares_sweeps(sweep_dir: Path, tmp_path: Path):
     assert report_main([str(tmp_path / "nothing")]) == 2
 
 
-def test_the_notebook_runs_on_a_sweep(sweep_dir: Path, monkeypatch):
+@pytest.mark.parametrize("start", ["", "analysis"], ids=["from the repository root", "from analysis/"])
+def test_the_notebook_runs_on_a_sweep(sweep_dir: Path, monkeypatch, start: str):
+    """Executed as Jupyter would, started in the repository root or in analysis/, on a relative results path:
+    tables come out as HTML tables, charts as figures, and nothing fails."""
     import jupytext
     from nbclient import NotebookClient
 
     from tests.conftest import REPO
 
-    monkeypatch.setenv("HEADSWEEP_RESULTS", str(sweep_dir))
-    notebook = jupytext.read(REPO / "analysis" / "pareto_notebook.py")
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    link = REPO / "results" / f"notebook-test-{os.getpid()}"  # a relative path, as a user writes it
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(sweep_dir, target_is_directory=True)
+    try:
+        monkeypatch.setenv("HEADSWEEP_RESULTS", str(link.relative_to(REPO)))
+        notebook = jupytext.read(REPO / "analysis" / "pareto_notebook.py")
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO / start)}}).execute()
+    finally:
+        link.unlink()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    text = "".join(o.get("text", "") for o in outputs)
-    assert "quickstart-smoke: 2 completed trials" in text
-    assert any("hypervolume" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert not [o for o in outputs if o.get("output_type") == "error"], outputs
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {}) and "<table" in
+              o["data"]["text/html"]]
+    assert len(tables) >= 3 and "2</td>" in tables[0]  # the sweeps, the front, the hypervolumes: as tables
+    assert any("hypervolume" in t for t in tables)
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the gate heatmap drawn inline
+    assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)  # the Pareto chart
+
+
+def test_the_charts_leave_the_users_matplotlib_backend_alone():
+    import subprocess
+    import sys
+
+    code = ("import matplotlib\nmatplotlib.use('svg')\nimport matplotlib.pyplot as plt\n"
+            "import analysis.charts, analysis.report, analysis.attention\n"
+            "fig, _ = analysis.charts.figure_axes(1, 2)\n"
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+            "assert plt.get_fignums() == [], plt.get_fignums()\nprint('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
 
 
 def test_the_front_exports_as_pruned_models_that_translate_like_their_trials(sweep_dir: Path, tmp_path: Path):

@@ -7,6 +7,10 @@ import pytest
 import torch
 
 from model import metrics as M
+from model.checkpoint import checkpoint_config, checkpoint_tokenizers, load_checkpoint
+from model.prune import head_importance
+from model.train import train
+from model.translate import load_for_inference
 from sweeps.baselines import (
     importance_batches,
     layout_heads,
@@ -14,10 +18,6 @@ from sweeps.baselines import (
     parse_layout_name,
     pruned_start,
 )
-from model.checkpoint import checkpoint_config, checkpoint_tokenizers, load_checkpoint
-from model.prune import head_importance
-from model.train import train
-from model.translate import load_for_inference
 from tests.conftest import tiny_config
 
 QUIET = dict(log=lambda _: None)
@@ -99,8 +99,8 @@ def test_layouts_from_a_trials_table_row_round_trip_through_their_names():
 def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_model():
     import pandas as pd
 
-    from tests.test_sweep import make
     from sweeps.tuner import scratch_layouts
+    from tests.test_sweep import make
 
     rows = [{"trial_id": str(i), "stage": "prune", "status": "completed", "bleu": bleu, "open_heads": a + b,
              "open_heads/enc_self/0": a, "open_heads/enc_self/1": b}
@@ -120,8 +120,8 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
 def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on():
     from sweeps.schema import MethodRun
     from sweeps.sweep import schema_dict
-    from tests.test_sweep import make
     from sweeps.tuner import _settings_of, sweep_differences
+    from tests.test_sweep import make
 
     a = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2}}))
     b = schema_dict(make({"method": ["gates", "random", "importance"],

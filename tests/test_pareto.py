@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.pareto import pareto_front, pareto_mask
+from analysis.pareto import hypervolume, pareto_front, pareto_mask
 
 OBJ, DIR = ["bleu", "open_heads"], ["max", "min"]
 
@@ -49,7 +49,7 @@ def test_single_objective_and_bad_arguments():
 
 
 def test_hypervolume_of_a_hand_made_front():
-    from analysis.pareto import default_reference, hypervolume
+    from analysis.pareto import default_reference
 
     df = pd.DataFrame({"bleu": [30.0, 29.0, 25.0, 30.0], "open_heads": [10, 6, 6, 10]})
     # rectangles from the reference (BLEU 0, 24 heads): 30 x 14 and 29 x 18 overlap in 29 x 14
@@ -61,3 +61,19 @@ def test_hypervolume_of_a_hand_made_front():
     assert hypervolume(worse, OBJ, DIR, [0.0, 24.0]) < hypervolume(df, OBJ, DIR, [0.0, 24.0])
     with pytest.raises(ValueError, match="one value per objective"):
         hypervolume(df, OBJ, DIR, [0.0])
+
+
+def test_hypervolume_of_three_objectives_equals_a_count_of_unit_cells():
+    """Integer points: the dominated volume is the number of unit cells some point dominates (brute force)."""
+    import itertools
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pts = rng.integers(0, 6, size=(7, 3))
+    df = pd.DataFrame(pts, columns=["a", "b", "c"])
+    ref = [6, 6, 6]
+    cells = sum(any((p <= np.array(cell)).all() for p in pts) for cell in itertools.product(range(6), repeat=3))
+    assert hypervolume(df, ["a", "b", "c"], ["min", "min", "min"], ref) == pytest.approx(cells)
+    flipped = df.assign(b=-df["b"])  # a maximised objective: the same volume
+    assert hypervolume(flipped, ["a", "b", "c"], ["min", "max", "min"], [6, -6, 6]) == pytest.approx(cells)

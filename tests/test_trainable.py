@@ -109,6 +109,9 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
     proc = run_cli(str(path), "--smoke-test", "--results", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Pareto-optimal trials" in proc.stdout
+    # a clean first run: W&B (offline) closed in every worker, no traceback anywhere in a successful sweep
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output[max(0, output.find("Traceback") - 2000):][:6000]
     experiment = tmp_path / f"{path.stem}-smoke"
     df = check_table(experiment, trials=2)
     bases = df[df["stage"] == "pretrain"]
@@ -119,6 +122,18 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
     study = optuna.load_study(study_name=f"{path.stem}-smoke", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len(study.directions) == 2  # multi-objective
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # traceability: the study names its objectives; each Optuna trial names its Ray trial and W&B run
+    objectives = [o.get("metric", "bleu") for o in sweep.get("objectives", [{"metric": "bleu"}, {"metric": "open_heads"}])]
+    assert study.metric_names == objectives
+    prune_rows = df[df["stage"] == "prune"].set_index("trial_id")
+    assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials) == sorted(prune_rows.index)
+    for t in study.trials:
+        row = prune_rows.loc[t.user_attrs["ray_trial_id"]]
+        assert t.user_attrs["wandb_run"] == row["wandb_run"] and Path(row["wandb_run"]).is_dir()
+        assert list(t.values) == [row[o] for o in objectives]
+    # the scores' sacrebleu signatures travel with them, into the table and the report
+    assert df["bleu_signature"].str.startswith("nrefs:1|").all() and df["chrf_signature"].str.contains("nc:6").all()
+    assert df["bleu_signature"].iloc[0] in (experiment / "report" / "report.md").read_text()
     # the other methods of the sweep, each in its folder, on the same base model
     methods = [m for m in (sweep.get("method") or ["gates"]) if m != "gates"]
     baseline_trials = 0

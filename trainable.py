@@ -65,6 +65,23 @@ def _trial_log(msg: str) -> None:
         print(msg.split("\n", 1)[0], flush=True)
 
 
+def _quiet_termination() -> None:
+    """Ray stops a finished trial's worker with SIGTERM, and its handler raises SystemExit wherever the main thread
+    is; when that is a weakref callback or a ``__del__``, Python reports the exit as "Exception ignored ...
+    Traceback ... SystemExit: 1" and goes on until Ray kills the process. That report is noise in a successful
+    sweep: this worker's unraisable hook drops a SystemExit (any other unraisable error is reported as before)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "headsweep", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    hook.headsweep = True
+    sys.unraisablehook = hook
+
+
 def _scratch_dir():
     """The run's own folder lies outside the trial folder (Ray copies the trial folder to the storage): everything
     worth keeping leaves with the reports, so the scratch folder goes when the trial ends."""
@@ -80,6 +97,7 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
     initialisation), report every evaluation to Tune (with its checkpoint folder) and W&B."""
     from ray import tune
 
+    _quiet_termination()
     ctx = tune.get_context()
     sweep = setup.sweep
     restore = tune.get_checkpoint()

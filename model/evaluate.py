@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from sacrebleu.metrics import BLEU as BLEUMetric
 from sacrebleu.metrics import CHRF as CHRFMetric
 
-from .config import EvalConfig
-from .data import EncodedSplit, Tokenizers, collate, eval_batches, pad_rows
+from . import metrics as M
+from .config import ATTENTION_TYPES, Config, EvalConfig
+from .data import Data, EncodedSplit, Tokenizers, collate, eval_batches, pad_rows
 from .decoding import translate_ids
 from .transformer import Transformer
 
@@ -67,6 +69,37 @@ def teacher_forced_nll(model: Transformer, split: EncodedSplit, batch_size: int,
         tokens += out.n_tokens
     model.train(was_training)
     return total / max(1, tokens)
+
+
+def evaluate_model(model: Transformer, data: Data, cfg: Config,
+                   device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, details) of ``model`` on the held-out split ``cfg.eval.split`` of ``data`` (never training data):
+    sacrebleu BLEU and chrF with their signatures, teacher-forced NLL, open heads in all, per type and per layer,
+    expected L0; details hold translation samples and the signatures."""
+    e = cfg.eval
+    split = data.splits[e.split]
+    hyps = translate_split(model, split, data.tokenizers, e, device)
+    refs = split.tgt_text[: len(hyps)]
+    s = score(hyps, refs)
+    heads = model.open_heads()
+    metrics = {
+        M.BLEU: s.bleu, M.CHRF: s.chrf, M.BLEU_SIGNATURE: s.bleu_signature, M.CHRF_SIGNATURE: s.chrf_signature,
+        M.VALID_NLL: teacher_forced_nll(model, split, e.batch_size, device, e.max_sentences),
+        M.OPEN_HEADS: heads["total"],
+        **{M.open_heads_key(k): heads[k] for k in ATTENTION_TYPES},
+        **{M.open_heads_layer_key(kind, layer): int(n)
+           for kind, entry in model.gate_report().items() for layer, n in enumerate(entry["open"])},
+        **{M.open_heads_layer_key(kind, layer): int(n)  # a physically pruned model: the heads it kept
+           for kind, counts in (cfg.model.heads or {}).items() for layer, n in enumerate(counts)},
+    }
+    with torch.no_grad():
+        metrics[M.L0] = float(model.expected_l0())
+        metrics[M.PENALTY] = float(model.penalty_l0())
+    samples = [{"source": split.src_text[i], "reference": refs[i], "hypothesis": hyps[i]}
+               for i in range(min(e.samples, len(hyps)))]
+    details = {"samples": samples, "bleu_signature": s.bleu_signature, "chrf_signature": s.chrf_signature,
+               "sentences": len(hyps)}
+    return metrics, details
 
 
 def evaluate_checkpoint(path: str, split: str, eval_cfg: EvalConfig, device: str = "cpu",

@@ -35,20 +35,17 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .cli import add_data_dir, add_out, add_set, command_parser, data_dir
-from .config import ATTENTION_TYPES, Config, ConfigError, TrainConfig, flatten, load_config, save_config
+from .config import Config, ConfigError, TrainConfig, flatten, load_config, save_config
 from .corpora import CorpusError, stats_json
 from .data import Batch, Data, collate, load_data, make_batches
-from .evaluate import score, teacher_forced_nll, translate_split
+from .evaluate import evaluate_model
 from .files import atomic_write
+from .schedule import TARGET_START_PENALTY, learning_rate, steer_penalty
 from .transformer import Transformer
 
 ReportFn = Callable[[dict[str, Any], Path | None], None]
 STATUS_FILE, METRICS_FILE, SAMPLES_FILE, GATES_FILE = "status.json", "metrics.jsonl", "samples.jsonl", "gates.jsonl"
 CHECKPOINT_DIR = "checkpoints"
-PENALTY_RANGE = (1e-6, 1e4)  # where the head-budget controller keeps lambda
-TARGET_START_PENALTY = 0.01  # lambda's start under gates.target_open when gates.penalty is 0
-CLOSED_LOG_ALPHA = -20.0  # a head closed by the head budget: its gate is 0 in training and evaluation
-OPEN_LOG_ALPHA = -2.0  # a head kept by the head budget starts at least here (evaluation gate 0.04, open)
 DATA_STATS_FILE = "data_stats.json"  # per split: lines repaired (bom, crlf) and pairs dropped or cut, with reasons
 
 # Keys that may differ between a checkpoint's config and the config it is resumed with: they change how long
@@ -61,25 +58,6 @@ RESUMABLE_CHANGES = {
 
 class TrainingError(RuntimeError):
     """A run cannot start or continue (bad output folder, nothing to resume, mismatched checkpoint)."""
-
-
-def learning_rate(step: int, cfg: TrainConfig, d_model: int) -> float:
-    """Learning rate of optimizer step ``step`` (1-based).
-
-    noam (Vaswani et al. 2017, eq. 3): ``lr * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)``, where
-    ``lr`` is the step factor; inverse_sqrt: linear warm-up to ``lr``, then ``lr * sqrt(warmup / step)``;
-    constant: linear warm-up to ``lr``; cosine: linear warm-up, then cosine decay to ``min_lr`` at max_steps.
-    """
-    s, w = max(step, 1), cfg.warmup_steps
-    warm = min(1.0, s / w) if w > 0 else 1.0
-    if cfg.schedule == "noam":
-        return cfg.lr * d_model**-0.5 * min(s**-0.5, s * w**-1.5)
-    if cfg.schedule == "inverse_sqrt":
-        return cfg.lr * min(s / w, math.sqrt(w / s))
-    if cfg.schedule == "constant":
-        return cfg.lr * warm
-    progress = min(1.0, max(0.0, (s - w) / max(1, cfg.max_steps - w)))
-    return warm * (cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress)))
 
 
 def config_differences(old: Config, new: Config) -> list[str]:
@@ -106,6 +84,28 @@ class RunResult:
     checkpoint: Path | None  # the last checkpoint written
     out_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class LossWindow:
+    """Training loss since the previous evaluation: summed CE and NLL, target tokens, seconds."""
+
+    ce: float = 0.0
+    nll: float = 0.0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, ce: float, nll: float, tokens: int, seconds: float) -> None:
+        self.ce, self.nll, self.tokens, self.seconds = (self.ce + ce, self.nll + nll, self.tokens + tokens,
+                                                        self.seconds + seconds)
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+    def metrics(self) -> dict[str, float]:
+        per_token = max(1, self.tokens)
+        return {M.LOSS: self.ce / per_token if self.tokens else float("nan"),
+                M.NLL: self.nll / per_token if self.tokens else float("nan"), M.TOKENS_PER_S: self.tokens_per_s()}
 
 
 class Trainer:
@@ -141,26 +141,11 @@ class Trainer:
         source = resume_payload or init_payload
         tokenizers = checkpoint_tokenizers(source) if source is not None else None
         self.data: Data = load_data(cfg.data, cfg.eval.split, log, tokenizers, max_positions=cfg.model.max_positions)
-        tok = self.data.tokenizers
 
-        # 2) model, gates, freezing
-        self.model = Transformer(cfg.model, len(tok.src), len(tok.tgt), cfg.gates)
-        if init_payload is not None:
-            base_cfg = checkpoint_config(init_payload)
-            if base_cfg.model != cfg.model:
-                diffs = [d for d in config_differences(base_cfg, cfg) if d.startswith("model.")]
-                raise CheckpointError(f"--init-from {init_from}: model settings differ: {'; '.join(diffs)}")
-            load_model_state(self.model, init_payload["model"], source=f"--init-from {init_from}")
-        self.model.freeze(t.freeze)
-        self.model.to(self.device)
+        # 2) model, gates, freezing; optimizer with the gates' own learning-rate scale
+        self.model = self._build_model(init_payload, init_from)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        gate_ids = {id(g.log_alpha) for _, _, g in self.model.gates()}
-        groups = [{"params": [p for p in self.params if id(p) not in gate_ids], "lr_scale": 1.0},
-                  {"params": [p for p in self.params if id(p) in gate_ids], "lr_scale": cfg.gates.lr_scale}]
-        self.optimizer = torch.optim.Adam(
-            [g for g in groups if g["params"]], lr=learning_rate(1, t, cfg.model.d_model), betas=tuple(t.adam_betas),
-            eps=t.adam_eps, weight_decay=t.weight_decay,
-        )
+        self.optimizer = self._build_optimizer()
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
         self.loss_fn = torch.compile(self.model.loss, dynamic=True) if t.compile else self.model.loss
@@ -183,6 +168,28 @@ class Trainer:
                 (self.out_dir / name).unlink(missing_ok=True)  # left by a run that died before its first checkpoint
             save_config(cfg, self.out_dir / "config.yaml")
         (self.out_dir / DATA_STATS_FILE).write_text(stats_json(self.data.stats) + "\n")
+
+    def _build_model(self, init_payload: dict[str, Any] | None, init_from: str | Path | None) -> Transformer:
+        """The model of ``cfg`` (weights from ``init_payload`` when given), frozen as asked, on the device."""
+        cfg, tok = self.cfg, self.data.tokenizers
+        model = Transformer(cfg.model, len(tok.src), len(tok.tgt), cfg.gates)
+        if init_payload is not None:
+            base_cfg = checkpoint_config(init_payload)
+            if base_cfg.model != cfg.model:
+                diffs = [d for d in config_differences(base_cfg, cfg) if d.startswith("model.")]
+                raise CheckpointError(f"--init-from {init_from}: model settings differ: {'; '.join(diffs)}")
+            load_model_state(model, init_payload["model"], source=f"--init-from {init_from}")
+        model.freeze(cfg.train.freeze)
+        return model.to(self.device)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the trainable parameters; the gates' ``log_alpha`` in a group of their own (``lr_scale``)."""
+        t = self.cfg.train
+        gate_ids = {id(g.log_alpha) for _, _, g in self.model.gates()}
+        groups = [{"params": [p for p in self.params if id(p) not in gate_ids], "lr_scale": 1.0},
+                  {"params": [p for p in self.params if id(p) in gate_ids], "lr_scale": self.cfg.gates.lr_scale}]
+        return torch.optim.Adam([g for g in groups if g["params"]], lr=learning_rate(1, t, self.cfg.model.d_model),
+                                betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
 
     # -- resume -----------------------------------------------------------------------------------
 
@@ -275,59 +282,14 @@ class Trainer:
 
     def _steer_penalty(self) -> None:
         """Head budget (gates.target_open), after each step: steer lambda, or hold the kept heads fixed."""
-        g = self.cfg.gates
-        if g.target_open is None:
-            return
-        gates = [gate for _, _, gate in self.model.gates()]
-        fix_step = int(g.target_fix_at * self.cfg.train.max_steps)
-        with torch.no_grad():
-            if self.step + 1 < fix_step:  # self.step counts the steps before this one
-                expected = float(self.model.expected_l0())
-                factor = math.exp(g.target_gain * (expected - g.target_open) / sum(x.log_alpha.numel() for x in gates))
-                self.penalty = min(max(self.penalty * factor, PENALTY_RANGE[0]), PENALTY_RANGE[1])
-                return
-            alphas = torch.cat([x.log_alpha for x in gates])
-            closed = alphas == CLOSED_LOG_ALPHA
-            if int((~closed).sum()) > g.target_open:  # the step the budget is fixed (or a resume before it)
-                order = torch.argsort(alphas, descending=True, stable=True)
-                closed = torch.ones_like(closed)
-                closed[order[: g.target_open]] = False
-                alphas = torch.where(closed, torch.full_like(alphas, CLOSED_LOG_ALPHA),
-                                     alphas.clamp_min(OPEN_LOG_ALPHA))
-                self.penalty = 0.0
-            else:  # Adam's momentum must not reopen a closed head
-                alphas = torch.where(closed, torch.full_like(alphas, CLOSED_LOG_ALPHA), alphas)
-            for gate, values in zip(gates, alphas.split([x.log_alpha.numel() for x in gates]), strict=True):
-                gate.log_alpha.copy_(values)
+        self.penalty = steer_penalty(self.model, self.cfg.gates, self.cfg.train.max_steps, self.step, self.penalty)
 
     # -- evaluation and checkpoints -----------------------------------------------------------------
 
     def evaluate(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(metrics, details) of the current model on the held-out split; details hold samples and signatures."""
-        e = self.cfg.eval
-        split = self.data.splits[e.split]
-        hyps = translate_split(self.model, split, self.data.tokenizers, e, self.device)
-        refs = split.tgt_text[: len(hyps)]
-        s = score(hyps, refs)
-        heads = self.model.open_heads()
-        metrics = {
-            M.BLEU: s.bleu, M.CHRF: s.chrf, M.BLEU_SIGNATURE: s.bleu_signature, M.CHRF_SIGNATURE: s.chrf_signature,
-            M.VALID_NLL: teacher_forced_nll(self.model, split, e.batch_size, self.device, e.max_sentences),
-            M.OPEN_HEADS: heads["total"],
-            **{M.open_heads_key(k): heads[k] for k in ATTENTION_TYPES},
-            **{M.open_heads_layer_key(kind, layer): int(n)
-               for kind, entry in self.model.gate_report().items() for layer, n in enumerate(entry["open"])},
-            **{M.open_heads_layer_key(kind, layer): int(n)  # a physically pruned model: the heads it kept
-               for kind, counts in (self.cfg.model.heads or {}).items() for layer, n in enumerate(counts)},
-        }
-        with torch.no_grad():
-            metrics[M.L0] = float(self.model.expected_l0())
-            metrics[M.PENALTY] = float(self.model.penalty_l0())
+        metrics, details = evaluate_model(self.model, self.data, self.cfg, self.device)
         metrics[M.LAMBDA] = self.penalty
-        samples = [{"source": split.src_text[i], "reference": refs[i], "hypothesis": hyps[i]}
-                   for i in range(min(e.samples, len(hyps)))]
-        details = {"samples": samples, "bleu_signature": s.bleu_signature, "chrf_signature": s.chrf_signature,
-                   "sentences": len(hyps)}
         return metrics, details
 
     def save(self) -> Path:
@@ -371,119 +333,126 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
 
-    def run(self) -> RunResult:
+    def _out_of_time(self) -> bool:
+        """Brings ``wall_seconds`` up to date; True once ``train.max_minutes`` is spent."""
+        self.wall_seconds = self._wall_base + time.perf_counter() - self._wall_start
+        t = self.cfg.train
+        return t.max_minutes is not None and self.wall_seconds >= 60.0 * t.max_minutes
+
+    def _checkpoint_and_report(self, status_now: str) -> None:
+        """1) score the held-out split, 2) write the checkpoint and the logs, 3) hand both to ``report``."""
+        metrics, details = self.evaluate()
+        metrics.update({
+            M.STEP: self.step, M.EPOCH: self.epoch,
+            M.LR: learning_rate(max(1, self.step), self.cfg.train, self.cfg.model.d_model),
+            **self.window.metrics(), M.TRAIN_SECONDS: self.train_seconds, M.STATUS: status_now,
+        })
+        if self.best_bleu is None or metrics[M.BLEU] > self.best_bleu:
+            self.best_bleu = metrics[M.BLEU]
+            self.best_checkpoint = self.ckpt_dir / f"step_{self.step:08d}.pt"
+        self._out_of_time()  # brings wall_seconds up to date for the checkpoint
+        path = self.save()
+        self._prune_checkpoints()
+        self._append(METRICS_FILE, metrics)
+        self._append(SAMPLES_FILE, {M.STEP: self.step, **details})
+        self._append(GATES_FILE, {M.STEP: self.step, "gates": self.model.gate_report()})
+        self.window = LossWindow()
+        self.log(f"step {self.step}: BLEU {metrics[M.BLEU]:.2f} chrF {metrics[M.CHRF]:.2f} "
+                 f"valid_nll {metrics[M.VALID_NLL]:.3f} open heads {metrics[M.OPEN_HEADS]}")
+        for sample in details["samples"]:
+            self.log(f"  src: {sample['source']}\n  ref: {sample['reference']}\n  hyp: {sample['hypothesis']}")
+        if self.report is not None:
+            self.report(dict(metrics), path)
+        self.last_metrics, self.last_checkpoint = metrics, path
+        self.history.append(metrics)
+        self.evaluated_at = self.step
+
+    def _progress_bar(self):
+        if not self.cfg.train.progress:
+            return None
+        from tqdm import tqdm
+
+        if self.log is print:
+            self.log = tqdm.write  # messages above the bar, not through it
+        return tqdm(total=self.cfg.train.max_steps, initial=self.step, unit="step", file=sys.stderr,
+                    dynamic_ncols=True)
+
+    def _run_epoch(self, progress) -> tuple[str | None, bool]:
+        """Steps through the rest of the current epoch's batches (their order is a function of the seed and the
+        epoch, so a resumed run continues it exactly). Returns why it stopped early ("diverged", "timed_out" or
+        None) and whether the epoch's batches are used up."""
         t, d = self.cfg.train, self.cfg.data
         train = self.data.splits["train"]
-        src_len, tgt_len = train.src_lengths, train.tgt_lengths
+        batches = make_batches(train.src_lengths, train.tgt_lengths, d.max_tokens, d.batch_size, d.bucket_size,
+                               t.seed, self.epoch)
+        while self.batch_pos < len(batches) and self.step < t.max_steps:
+            group = batches[self.batch_pos : self.batch_pos + t.accumulation]
+            start = time.perf_counter()
+            ce, nll, n_tok = self._train_step([collate(train, idx) for idx in group])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            if not math.isfinite(ce):
+                return "diverged", False
+            self.batch_pos += len(group)
+            self.step += 1
+            self.train_seconds += elapsed
+            self.window.add(ce, nll, n_tok, elapsed)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{ce / max(1, n_tok):.3f}", epoch=self.epoch,
+                                     tok_s=f"{self.window.tokens_per_s():.0f}")
+            if (t.eval_unit == "steps" and self.step % t.eval_every == 0) or self.step == t.max_steps:
+                self._checkpoint_and_report("running" if self.step < t.max_steps else "completed")
+            if self._out_of_time():
+                return "timed_out", self.batch_pos >= len(batches)
+        return None, self.batch_pos >= len(batches)
+
+    def _end_epoch(self) -> None:
+        t = self.cfg.train
+        self.epoch, self.batch_pos = self.epoch + 1, 0
+        last_epoch = t.max_epochs is not None and self.epoch >= t.max_epochs
+        if t.eval_unit == "epochs" and self.epoch % t.eval_every == 0 and self.evaluated_at != self.step:
+            self._checkpoint_and_report("completed" if last_epoch else "running")
+
+    def _diverged(self) -> RunResult:
+        """A non-finite loss: the parameters are those of the last good step; the last checkpoint stays."""
+        reason = f"non-finite loss at step {self.step + 1}"
+        self.log(f"diverged: {reason}; the last good checkpoint is {self.last_checkpoint}")
+        record = {M.STEP: self.step, M.EPOCH: self.epoch, M.STATUS: "diverged", M.LOSS: float("nan"), M.REASON: reason}
+        if self.report is not None:
+            self.report(record, None)
+        self._write_status("diverged", {"reason": reason, "last_checkpoint":
+                                        str(self.last_checkpoint) if self.last_checkpoint else None})
+        return RunResult("diverged", self.step, record, self.last_checkpoint, self.out_dir, self.history)
+
+    def run(self) -> RunResult:
+        """Train until ``max_steps``, ``max_epochs`` or ``max_minutes``, evaluating and checkpointing on the way."""
+        t = self.cfg.train
         self.model.train()
-        progress = None
-        if t.progress:
-            from tqdm import tqdm
-
-            progress = tqdm(total=t.max_steps, initial=self.step, unit="step", file=sys.stderr, dynamic_ncols=True)
-            if self.log is print:
-                self.log = tqdm.write  # messages above the bar, not through it
-        history: list[dict[str, Any]] = []
-        last_metrics: dict[str, Any] = {}
-        last_ckpt: Path | None = None
-        window = {"ce": 0.0, "nll": 0.0, "tokens": 0, "seconds": 0.0}
-        status = "completed"
+        self.history, self.last_metrics, self.last_checkpoint = [], {}, None
+        self.window, self.evaluated_at = LossWindow(), self.step
+        self._wall_start, self._wall_base = time.perf_counter(), self.wall_seconds
         self._write_status("running")
-        wall_start, wall_base = time.perf_counter(), self.wall_seconds
-
-        def out_of_time() -> bool:
-            self.wall_seconds = wall_base + time.perf_counter() - wall_start
-            return t.max_minutes is not None and self.wall_seconds >= 60.0 * t.max_minutes
-
-        def checkpoint_and_report(status_now: str) -> None:
-            nonlocal last_metrics, last_ckpt
-            metrics, details = self.evaluate()
-            tokens = max(1, window["tokens"])
-            metrics.update({
-                M.STEP: self.step, M.EPOCH: self.epoch, M.LR: learning_rate(max(1, self.step), t, self.cfg.model.d_model),
-                M.LOSS: window["ce"] / tokens if window["tokens"] else float("nan"),
-                M.NLL: window["nll"] / tokens if window["tokens"] else float("nan"),
-                M.TOKENS_PER_S: window["tokens"] / max(window["seconds"], 1e-9),
-                M.TRAIN_SECONDS: self.train_seconds, M.STATUS: status_now,
-            })
-            if self.best_bleu is None or metrics[M.BLEU] > self.best_bleu:
-                self.best_bleu = metrics[M.BLEU]
-                self.best_checkpoint = self.ckpt_dir / f"step_{self.step:08d}.pt"
-            out_of_time()  # brings wall_seconds up to date for the checkpoint
-            path = self.save()
-            self._prune_checkpoints()
-            self._append(METRICS_FILE, metrics)
-            self._append(SAMPLES_FILE, {M.STEP: self.step, **details})
-            self._append(GATES_FILE, {M.STEP: self.step, "gates": self.model.gate_report()})
-            window.update(ce=0.0, nll=0.0, tokens=0, seconds=0.0)
-            self.log(f"step {self.step}: BLEU {metrics[M.BLEU]:.2f} chrF {metrics[M.CHRF]:.2f} "
-                     f"valid_nll {metrics[M.VALID_NLL]:.3f} open heads {metrics[M.OPEN_HEADS]}")
-            for sample in details["samples"]:
-                self.log(f"  src: {sample['source']}\n  ref: {sample['reference']}\n  hyp: {sample['hypothesis']}")
-            if self.report is not None:
-                self.report(dict(metrics), path)
-            last_metrics, last_ckpt = metrics, path
-            history.append(metrics)
-
-        evaluated_at = self.step
-        timed_out = False
-        while self.step < t.max_steps and (t.max_epochs is None or self.epoch < t.max_epochs) and not timed_out:
-            batches = make_batches(src_len, tgt_len, d.max_tokens, d.batch_size, d.bucket_size, t.seed, self.epoch)
-            while self.batch_pos < len(batches) and self.step < t.max_steps and not timed_out:
-                group = batches[self.batch_pos : self.batch_pos + t.accumulation]
-                start = time.perf_counter()
-                ce, nll, n_tok = self._train_step([collate(train, idx) for idx in group])
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed = time.perf_counter() - start
-                if not math.isfinite(ce):
-                    status = "diverged"
-                    break
-                self.batch_pos += len(group)
-                self.step += 1
-                self.train_seconds += elapsed
-                window["ce"] += ce
-                window["nll"] += nll
-                window["tokens"] += n_tok
-                window["seconds"] += elapsed
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{ce / max(1, n_tok):.3f}", epoch=self.epoch,
-                                         tok_s=f"{window['tokens'] / max(window['seconds'], 1e-9):.0f}")
-                by_steps = t.eval_unit == "steps" and self.step % t.eval_every == 0
-                if by_steps or self.step == t.max_steps:
-                    checkpoint_and_report("running" if self.step < t.max_steps else "completed")
-                    evaluated_at = self.step
-                timed_out = out_of_time()
-            if status == "diverged":
-                break
-            if self.batch_pos >= len(batches):
-                self.epoch, self.batch_pos = self.epoch + 1, 0
-                last_epoch = t.max_epochs is not None and self.epoch >= t.max_epochs
-                if t.eval_unit == "epochs" and self.epoch % t.eval_every == 0 and evaluated_at != self.step:
-                    checkpoint_and_report("completed" if last_epoch else "running")
-                    evaluated_at = self.step
+        progress = self._progress_bar()
+        ended = None
+        while ended is None and self.step < t.max_steps and (t.max_epochs is None or self.epoch < t.max_epochs):
+            ended, epoch_done = self._run_epoch(progress)
+            if ended != "diverged" and epoch_done:
+                self._end_epoch()
         if progress is not None:
             progress.close()
-
-        if status == "diverged":
-            reason = f"non-finite loss at step {self.step + 1}"
-            self.log(f"diverged: {reason}; the last good checkpoint is {last_ckpt}")
-            diverged = {M.STEP: self.step, M.EPOCH: self.epoch, M.STATUS: "diverged", M.LOSS: float("nan"),
-                        M.REASON: reason}
-            if self.report is not None:
-                self.report(diverged, None)
-            self._write_status("diverged", {"reason": reason, "last_checkpoint": str(last_ckpt) if last_ckpt else None})
-            return RunResult("diverged", self.step, diverged, last_ckpt, self.out_dir, history)
-        if timed_out:
+        if ended == "diverged":
+            return self._diverged()
+        if ended == "timed_out":
             self.log(f"train.max_minutes={t.max_minutes} reached at step {self.step}")
-        if evaluated_at != self.step or not last_metrics:
-            checkpoint_and_report("completed")  # stopped by max_epochs or max_minutes, or resumed at the end
+        if self.evaluated_at != self.step or not self.last_metrics:
+            self._checkpoint_and_report("completed")  # stopped by max_epochs or max_minutes, or resumed at the end
         self._write_status("completed", {
-            "last_checkpoint": str(last_ckpt), "best_checkpoint": str(self.best_checkpoint),
-            "best_bleu": self.best_bleu, "metrics": last_metrics,
+            "last_checkpoint": str(self.last_checkpoint), "best_checkpoint": str(self.best_checkpoint),
+            "best_bleu": self.best_bleu, "metrics": self.last_metrics,
         })
-        return RunResult("completed", self.step, last_metrics, last_ckpt, self.out_dir, history)
+        return RunResult("completed", self.step, self.last_metrics, self.last_checkpoint, self.out_dir, self.history)
 
 
 def train(

@@ -385,3 +385,15 @@ def test_one_sweep_runs_every_method_and_compares_their_fronts(tmp_path: Path):
     again = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert len(pd.read_csv(root / "t-random" / "trials.csv").query("stage == 'prune'")) == 4
+
+
+def test_a_sigterm_inside_a_callback_of_a_finished_worker_prints_no_traceback():
+    """Ray's SIGTERM handler raises SystemExit; landing in a __del__ or weakref callback it was reported as
+    'Exception ignored ... Traceback ... SystemExit'. The trial worker drops that report, and only that one."""
+    code = ("import trainable\ntrainable._quiet_termination()\ntrainable._quiet_termination()\n"
+            "class Exit:\n    def __del__(self):\n        raise SystemExit(1)\n"
+            "class Broken:\n    def __del__(self):\n        raise ValueError('a real error')\n"
+            "x = Exit(); del x\ny = Broken(); del y\nprint('still running')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "still running" in proc.stdout
+    assert "SystemExit" not in proc.stderr and "ValueError: a real error" in proc.stderr

@@ -116,8 +116,25 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
     counts = s.prune["status"].value_counts().to_dict()
     page.p(f"{len(s.prune)} trials ({', '.join(f'{n} {k}' for k, n in counts.items())}); objectives: "
            + ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions)) + f"; results folder {s.path}.")
+    table, hv, ref = _front_section(page, s, out)  # 1)
+    _gates_section(page, s, table, out)  # 2)
+    _curves_section(page, s, out)  # 3)
+    _study_section(page, s, out)  # 4)
+    page.h("Sweep config")
+    page.pre(json.dumps(s.config, indent=2) if s.config else "(no sweep.json)")
+    report = page.write(out / "report.html")
+    summary = (f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
+               f"(reference {dict(zip(s.objectives, ref))}).")
+    md = [f"# headsweep report: {s.label}", "", summary, "", f"Scores: {score_signatures(s)}.", "",
+          markdown_table(table.drop(columns=["checkpoint"], errors="ignore")), "",
+          f"Charts: {out}; full report: {report}", ""]
+    atomic_write(out / "report.md", "\n".join(md))
+    return Report(report, out, table, {"hypervolume": hv, "pareto_trials": len(table),
+                                       "completed_trials": len(s.completed)})
 
-    # 1) Pareto chart and table
+
+def _front_section(page: Page, s: SweepResults, out: Path) -> tuple[pd.DataFrame, float, list[float]]:
+    """1) The Pareto chart and table, the hypervolume, the scores' signatures, the base models, heads per layer."""
     page.h("Pareto front")
     figs = charts.pareto_chart([s])
     page.plot(figs[1])
@@ -128,8 +145,7 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
     page.p(f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
            f"against the reference point {dict(zip(s.objectives, ref))}.")
     page.table(table)
-    signatures = score_signatures(s)
-    page.p(f"Scores: {signatures}.")
+    page.p(f"Scores: {score_signatures(s)}.")
     if len(s.bases):
         page.h("Base models", 3)
         page.table(s.bases[[c for c in ("base", *s.objectives, "chrf", "step", "wall_seconds", "checkpoint")
@@ -142,8 +158,11 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
                "trial: the layers whose line falls first lose their heads first as the penalty grows.")
         page.plot(layers[1])
         charts.save(layers, out, "layers")
+    return table, hv, ref
 
-    # 2) gates of the front's trials, their evolution, their translations
+
+def _gates_section(page: Page, s: SweepResults, table: pd.DataFrame, out: Path) -> None:
+    """2) The gates of the front's trials, their evolution over the evaluations, translations, attention maps."""
     page.h("Gates of the Pareto-optimal trials")
     for _, row in table.head(MAX_GATE_TRIALS).iterrows():
         trial = s.completed[s.completed["trial_id"] == row["trial_id"]].iloc[0]
@@ -169,7 +188,9 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
             page.plot(figs[1])
             charts.save(figs, out, f"attention_{trial['trial_id']}")
 
-    # 3) learning curves
+
+def _curves_section(page: Page, s: SweepResults, out: Path) -> None:
+    """3) Learning curves of the completed trials."""
     page.h("Learning curves")
     histories = {}
     for _, row in s.completed.head(MAX_CURVES).iterrows():
@@ -182,7 +203,9 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
         page.plot(figs[1])
         charts.save(figs, out, "curves")
 
-    # 4) Optuna's view of the search
+
+def _study_section(page: Page, s: SweepResults, out: Path) -> None:
+    """4) Optuna's view of the search: parameter importances and parallel coordinates."""
     db = s.path / OPTUNA_FILE
     if db.exists():
         page.h("Hyperparameter importance and parallel coordinates")
@@ -192,18 +215,6 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
         for name, figs in study.items():
             page.plot(figs[1])
             charts.save(figs, out, name)
-
-    page.h("Sweep config")
-    page.pre(json.dumps(s.config, indent=2) if s.config else "(no sweep.json)")
-    report = page.write(out / "report.html")
-    summary = (f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
-               f"(reference {dict(zip(s.objectives, ref))}).")
-    md = [f"# headsweep report: {s.label}", "", summary, "", f"Scores: {signatures}.", "",
-          markdown_table(table.drop(columns=["checkpoint"], errors="ignore")), "",
-          f"Charts: {out}; full report: {report}", ""]
-    atomic_write(out / "report.md", "\n".join(md))
-    return Report(report, out, table, {"hypervolume": hv, "pareto_trials": len(table),
-                                       "completed_trials": len(s.completed)})
 
 
 def seed_hypervolumes(s: SweepResults, ref: Sequence[float]) -> str:

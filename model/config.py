@@ -263,9 +263,7 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"Invalid setting for `{key}`: {value!r}. Allowed: {allowed}.")
 
 
-def validate(cfg: Config) -> Config:
-    """Check ranges and combinations; return ``cfg`` unchanged or raise :class:`ConfigError`."""
-    m, g, d, t, e = cfg.model, cfg.gates, cfg.data, cfg.train, cfg.eval
+def _check_model(m: ModelConfig, g: GateConfig, d: DataConfig) -> None:
     for key in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "max_positions"):
         require(getattr(m, key) >= 1, f"model.{key}", getattr(m, key), "an integer >= 1")
     require(m.d_model % m.n_heads == 0, "model.n_heads", m.n_heads, f"a divisor of model.d_model={m.d_model}")
@@ -285,6 +283,8 @@ def validate(cfg: Config) -> Config:
         "false unless data.joint_vocab is true (separate vocabularies cannot share one table)",
     )
 
+
+def _check_gates(g: GateConfig, m: ModelConfig) -> None:
     require(len(g.attention) > 0, "gates.attention", g.attention, f"a non-empty list of {ATTENTION_TYPES}")
     require(len(set(g.attention)) == len(g.attention), "gates.attention", g.attention, "no repeated entries")
     require(g.penalty >= 0.0, "gates.penalty", g.penalty, "a number >= 0")
@@ -302,6 +302,8 @@ def validate(cfg: Config) -> Config:
     require(g.gamma < 0.0, "gates.gamma", g.gamma, "a number < 0")
     require(g.zeta > 1.0, "gates.zeta", g.zeta, "a number > 1")
 
+
+def _check_data(d: DataConfig, m: ModelConfig, e: EvalConfig) -> None:
     s = d.synthetic
     for key in ("train_size", "valid_size", "test_size"):
         require(getattr(s, key) >= 1, f"data.synthetic.{key}", getattr(s, key), "an integer >= 1")
@@ -333,6 +335,8 @@ def validate(cfg: Config) -> Config:
                  f"at least data.max_len + 1 = {d.max_len + 1}, so that the longest pair fits a batch")
     require(d.bucket_size >= 1, "data.bucket_size", d.bucket_size, "an integer >= 1")
 
+
+def _check_train(t: TrainConfig, g: GateConfig) -> None:
     require(t.lr > 0.0, "train.lr", t.lr, "a number > 0")
     require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "an integer >= 0")
     require(t.warmup_steps >= 1 or t.schedule not in ("noam", "inverse_sqrt"), "train.warmup_steps",
@@ -364,6 +368,8 @@ def validate(cfg: Config) -> Config:
     require(t.precision != "fp16" or t.device != "cpu", "train.precision", t.precision,
              "'fp32' or 'bf16' on device 'cpu' (fp16 autocast needs a GPU)")
 
+
+def _check_eval(e: EvalConfig) -> None:
     require(e.beam_size >= 1, "eval.beam_size", e.beam_size, "an integer >= 1")
     require(e.length_penalty >= 0.0, "eval.length_penalty", e.length_penalty, "a number >= 0")
     require(e.max_len_a >= 0.0, "eval.max_len_a", e.max_len_a, "a number >= 0")
@@ -372,6 +378,15 @@ def validate(cfg: Config) -> Config:
     if e.max_sentences is not None:
         require(e.max_sentences >= 1, "eval.max_sentences", e.max_sentences, "an integer >= 1 or null")
     require(e.samples >= 0, "eval.samples", e.samples, "an integer >= 0")
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and combinations, section by section; return ``cfg`` unchanged or raise :class:`ConfigError`."""
+    _check_model(cfg.model, cfg.gates, cfg.data)
+    _check_gates(cfg.gates, cfg.model)
+    _check_data(cfg.data, cfg.model, cfg.eval)
+    _check_train(cfg.train, cfg.gates)
+    _check_eval(cfg.eval)
     return cfg
 
 

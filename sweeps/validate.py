@@ -137,6 +137,8 @@ def sweep_from_dict(
     storage: str | None = None,
     data_dir: str | None = None,
 ) -> Sweep:
+    """The validated sweep of a YAML mapping: 1) the schema, 2) the two stages, 3) the space at its extremes,
+    4) objectives, search and resources, 5) the methods and the first points."""
     raw = copy.deepcopy(raw)
     base = _read_base(raw.get("base"), base_dir)
     if data_dir is not None:
@@ -147,12 +149,24 @@ def sweep_from_dict(
         section = raw.get(stage)  # `set` may be written nested or with dotted keys
         if isinstance(section, dict) and isinstance(section.get(key), dict):
             section[key] = flatten(section[key])
-    schema: SweepSchema = from_dict(SweepSchema, raw)
+    schema: SweepSchema = from_dict(SweepSchema, raw)  # 1)
     name = schema.name or "sweep"
     require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, "name", name,
-           "letters, digits, '.', '_' and '-' (it names a folder)")
+            "letters, digits, '.', '_' and '-' (it names a folder)")
+    _check_stages(schema, base, base_dir)  # 2)
+    require(bool(schema.space), "space", schema.space, "at least one searched key, e.g. gates.penalty")
+    space = [parse_dimension(k, v) for k, v in schema.space.items()]
+    _check_space(Sweep(name=name, path=path, schema=schema, base=base, space=[], storage=""), space)  # 3)
+    _check_search(schema, space)  # 4)
+    sweep = Sweep(name=name, path=path, schema=schema, base=base, space=space,
+                  storage=resolve_storage(storage or schema.storage), smoke_test=smoke_test)
+    _check_methods(sweep)  # 5)
+    _check_points(sweep)
+    return sweep
 
-    # 1) the two stages' configs
+
+def _check_stages(schema: SweepSchema, base: dict[str, Any], base_dir: Path) -> None:
+    """The base model's and the trials' configs, the freezing rule, the given base checkpoint (made absolute)."""
     base_cfg = _stage_config("base + pretrain.set", _with(base, schema.pretrain.set))
     prune_cfg = _stage_config("base + prune.set", _with(base, schema.prune.set))
     f = schema.prune.freeze
@@ -181,29 +195,31 @@ def sweep_from_dict(
                "no change to model.* or the corpus/vocabulary keys (trials start from the base model's weights; "
                "set them in `base`, or search them with `choice`)")
 
-    # 2) the search space: each key valid at its extremes in the prune config (and the base config)
-    require(bool(schema.space), "space", schema.space, "at least one searched key, e.g. gates.penalty")
-    space = [parse_dimension(k, v) for k, v in schema.space.items()]
-    draft = Sweep(name=name, path=path, schema=schema, base=base, space=[], storage="")
+
+def _check_space(draft: Sweep, space: list) -> None:
+    """Each searched key is allowed, and valid at its extremes in a trial's config (and the base config)."""
+    schema = draft.schema
     for dim in space:
         if dim.key in ("gates.mode", "train.freeze"):
             raise ConfigError(f"Invalid setting for `space.{dim.key}`. Allowed: any key but gates.mode "
                               "and train.freeze (trials always learn gates; prune.freeze sets the freezing).")
-        if p.enabled and is_base_key(dim.key) and dim.kind != "choice":
+        if schema.pretrain.enabled and is_base_key(dim.key) and dim.kind != "choice":
             raise ConfigError(f"Invalid setting for `space.{dim.key}`: {dim.kind}. Allowed: choice (a searched "
                               f"base-model key trains one base model per value), or pretrain.enabled: false.")
-        if p.checkpoint is not None and is_base_key(dim.key):
+        if schema.pretrain.checkpoint is not None and is_base_key(dim.key):
             raise ConfigError(f"Invalid setting for `space.{dim.key}`. Allowed: no model or corpus key when "
                               f"pretrain.checkpoint fixes the base model.")
         for value in dim.extremes():
             try:
                 draft.trial_config({dim.key: value})
-                if p.enabled and is_base_key(dim.key):
+                if schema.pretrain.enabled and is_base_key(dim.key):
                     draft.base_config({dim.key: value})
             except ConfigError as exc:
                 raise ConfigError(f"space.{dim.key} = {value!r} makes an invalid trial: {exc}") from None
 
-    # 3) objectives, search, resources
+
+def _check_search(schema: SweepSchema, space: list) -> None:
+    """Objectives every trial reports, the sampler's settings, resources, checkpoints kept, W&B."""
     require(bool(schema.objectives), "objectives", [], "at least one {metric, mode}")
     names = [o.metric for o in schema.objectives]
     for i, o in enumerate(schema.objectives):
@@ -219,7 +235,7 @@ def sweep_from_dict(
         require(s.num_samples <= size, "search.num_samples", s.num_samples,
                f"at most the grid's {size} points with sampler 'grid'")
     r = schema.resources
-    for where, res in (("resources", r), ("pretrain.resources", p.resources)):
+    for where, res in (("resources", r), ("pretrain.resources", schema.pretrain.resources)):
         if res is not None:
             require(res.cpus > 0, f"{where}.cpus", res.cpus, "a number > 0")
             require(res.gpus >= 0, f"{where}.gpus", res.gpus, "a number >= 0")
@@ -230,9 +246,10 @@ def sweep_from_dict(
     require(schema.wandb.upload_timeout > 0, "wandb.upload_timeout", schema.wandb.upload_timeout, "a number > 0")
     require(bool(schema.wandb.project), "wandb.project", schema.wandb.project, "a non-empty project name")
 
-    sweep = Sweep(name=name, path=path, schema=schema, base=base, space=space,
-                  storage=resolve_storage(storage or schema.storage), smoke_test=smoke_test)
-    _check_methods(sweep)
+
+def _check_points(sweep: Sweep) -> None:
+    """``search.points_to_evaluate``: keys of the space, values inside it."""
+    space, s = sweep.space, sweep.search
     keys = {d.key for d in space}
     for i, point in enumerate(s.points_to_evaluate):
         unknown = sorted(set(point) - keys)
@@ -242,7 +259,6 @@ def sweep_from_dict(
         for dim in space:
             require(dim.contains(point[dim.key]), f"search.points_to_evaluate[{i}].{dim.key}", point[dim.key],
                    dim.describe() + (" (named in the point or taken from the prune config)"))
-    return sweep
 
 
 def _check_methods(sweep: Sweep) -> None:

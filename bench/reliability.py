@@ -49,7 +49,7 @@ FOOTER = """
   older checkpoint as soon as a newer one is registered, but saves the experiment state that `Tuner.restore`
   reads only every few seconds. A driver killed in between leaves a state that names a deleted checkpoint, and
   the trial ends in ERROR on resume ("Could not recover from checkpoint as it does not exist"). The project
-  therefore keeps every checkpoint in Tune and deletes old ones itself (`model/retention.py`): during a run only
+  therefore keeps every checkpoint in Tune and deletes old ones itself (`sweeps/retention.py`): during a run only
   once a newer checkpoint has been known for two state-saving periods (`TUNE_GLOBAL_CHECKPOINT_S`, fixed at 10 s
   unless set), and after `fit` returns only those before the one Tune recorded last.
 - `--resume` after an interruption during pretraining was refused ("there is no sweep to resume") although the

@@ -42,7 +42,11 @@ from sweeps.results import (
     GATES_FILE,
     LAYOUT,
     LAYOUT_SEED,
+    PARAM_PREFIX,
     SAMPLES_FILE,
+    STAGE,
+    STATUS,
+    TRIAL_ID,
     TRIALS_FILE,
     WANDB_RUN,
     checkpoint_file,
@@ -203,17 +207,17 @@ def print_pareto(sweep: Sweep, df, label: str | None = None) -> None:
 
     if label:
         print(f"\n== {label}")
-    done = df[(df["stage"] == "prune") & (df["status"] == "completed")]
+    done = df[(df[STAGE] == "prune") & (df[STATUS] == "completed")]
     objectives, directions = [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives]
-    counts = df[df["stage"] == "prune"]["status"].value_counts().to_dict()
+    counts = df[df[STAGE] == "prune"][STATUS].value_counts().to_dict()
     print(f"\ntrials: {sum(counts.values())} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
-    for _, base in df[df["stage"] == "pretrain"].iterrows():
+    for _, base in df[df[STAGE] == "pretrain"].iterrows():
         print(f"base model {base['base']}: BLEU {base[M.BLEU]:.2f}, open heads {base[M.OPEN_HEADS]}")
     if done.empty:
         print("no completed trial: no Pareto front")
         return
     front = pareto_front(done, objectives, directions)
-    cols = objectives + [c for c in df.columns if c.startswith("param.")] + ["trial_id"]
+    cols = objectives + [c for c in df.columns if c.startswith(PARAM_PREFIX)] + [TRIAL_ID]
     print(f"Pareto-optimal trials ({len(front)} of {len(done)} completed; "
           + ", ".join(f"{o} {d}" for o, d in zip(objectives, directions)) + "):")
     with pd.option_context("display.width", 200, "display.max_columns", 20):

@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 
 from model import metrics as M
 from model.config import ATTENTION_TYPES
+from sweeps.results import BASE, TRIAL_ID
 
 from .load import SweepResults
 from .pareto import pareto_front
@@ -105,7 +106,7 @@ def pareto_chart(sweeps: Sequence[SweepResults]) -> tuple[Figure, go.Figure]:
             pfig.add_trace(go.Scatter(x=bases[x], y=bases[y], mode="markers", name=f"{s.label} base model",
                                       marker=dict(symbol="star", size=16, color=colour, line=dict(width=1)),
                                       hovertext=[f"base model {b}<br>{y}: {v:.4g}" for b, v in
-                                                 zip(bases.get("base", bases["trial_id"]), bases[y])],
+                                                 zip(bases.get(BASE, bases[TRIAL_ID]), bases[y])],
                                       hoverinfo="text"))
     title = "Open heads against " + y.upper() if single else "Pareto fronts: " + ", ".join(s.label for s in sweeps)
     ax.set(xlabel=f"{x} ({xdir})", ylabel=f"{y} ({ydir})", title=title)
@@ -279,7 +280,7 @@ def layer_chart(s: SweepResults) -> tuple[Figure, go.Figure] | None:
             ax.plot(rows["_total"], rows[col], marker="o", color=color, label=f"layer {layer}")
             hover = "trial %{text}: %{y} open of %{x}<extra>layer " + layer + "</extra>"
             pfig.add_trace(go.Scatter(x=rows["_total"], y=rows[col], mode="lines+markers", name=f"{kind} layer {layer}",
-                                      line={"color": color}, text=[str(t) for t in rows["trial_id"]],
+                                      line={"color": color}, text=[str(t) for t in rows[TRIAL_ID]],
                                       hovertemplate=hover), row=1, col=j + 1)
         ax.set_xlabel(f"open heads, all {kind} layers")
         ax.set_ylabel("open heads in the layer")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from model.cli import add_out, command_parser
 from model.prune import head_counts, prune_checkpoint
-from sweeps.results import checkpoint_file
+from sweeps.results import CHECKPOINT, TRIAL_ID, checkpoint_file
 
 from .load import ResultsError, SweepResults, load_sweep
 from .pareto import pareto_front
@@ -29,8 +29,8 @@ def export_front(s: SweepResults, out: Path) -> pd.DataFrame:
     for _, trial in pareto_front(s.completed, s.objectives, s.directions).iterrows():
         target = out / f"{trial['trial_id']}.pt"
         out.mkdir(parents=True, exist_ok=True)
-        gated, pruned = prune_checkpoint(checkpoint_file(trial["checkpoint"]), target)
-        rows.append({"trial_id": trial["trial_id"], **{o: trial[o] for o in s.objectives},
+        gated, pruned = prune_checkpoint(checkpoint_file(trial[CHECKPOINT]), target)
+        rows.append({TRIAL_ID: trial[TRIAL_ID], **{o: trial[o] for o in s.objectives},
                      "heads": head_counts(pruned)["total"], "heads_before": head_counts(gated)["total"],
                      "parameters": sum(p.numel() for p in pruned.parameters()),
                      "parameters_before": sum(p.numel() for p in gated.parameters()), "model": str(target)})

@@ -43,28 +43,29 @@ if str(ROOT) not in sys.path:  # without an installed project, the packages are 
 from analysis import charts  # noqa: E402
 from analysis.load import load_sweeps, trial_gates  # noqa: E402
 from analysis.pareto import default_reference, hypervolume, pareto_front  # noqa: E402
+from sweeps.results import TRIAL_ID  # noqa: E402
 
 folders = [ROOT / f if not Path(f).is_absolute() else Path(f)
            for f in os.environ.get("HEADSWEEP_RESULTS", "results/quickstart").split(",")]
-sweeps = load_sweeps(folders)
+runs = load_sweeps(folders)
 pd.DataFrame([{"sweep": s.label, "completed trials": len(s.completed), "folder": str(s.path),
-               "objectives": ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions))} for s in sweeps])
+               "objectives": ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions))} for s in runs])
 
 # %% [markdown]
 # ## The Pareto-optimal trials of each sweep
 
 # %%
-for s in sweeps:
+for s in runs:
     front = pareto_front(s.completed, s.objectives, s.directions)
     print(s.label)
-    display(front[["trial_id", *s.objectives, *s.params]])
+    display(front[[TRIAL_ID, *s.objectives, *s.params]])
 
 # %% [markdown]
 # ## Open heads against BLEU
 # Every completed trial; the step line is the front. Hover a point for its hyperparameters.
 
 # %%
-fig, pfig = charts.pareto_chart(sweeps)
+fig, pfig = charts.pareto_chart(runs)
 pfig
 
 # %% [markdown]
@@ -72,11 +73,11 @@ pfig
 # The reference is BLEU 0 and one head more than any trial kept; a larger hypervolume is a better front.
 
 # %%
-everything = pd.concat([s.trials for s in sweeps], ignore_index=True)
-first = sweeps[0]
+everything = pd.concat([s.trials for s in runs], ignore_index=True)
+first = runs[0]
 reference = default_reference(everything, first.objectives, first.directions)
 pd.DataFrame([{"sweep": s.label, "hypervolume": hypervolume(s.completed, first.objectives, first.directions,
-                                                              reference)} for s in sweeps])
+                                                              reference)} for s in runs])
 
 # %% [markdown]
 # ## The gates of the front's best-BLEU trial

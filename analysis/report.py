@@ -20,9 +20,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from model import metrics as M
 from model.cli import add_out, command_parser
 from model.files import atomic_write
-from sweeps.results import LAYOUT_SEED, OPTUNA_FILE, SIGNATURES, checkpoint_file
+from sweeps.results import (
+    BASE,
+    BEST_BLEU,
+    CHECKPOINT,
+    LAYOUT_SEED,
+    OPTUNA_FILE,
+    SIGNATURES,
+    STATUS,
+    TRIAL_ID,
+    WALL_SECONDS,
+    checkpoint_file,
+)
 
 from . import charts
 from .attention import attention_chart, attention_maps
@@ -76,8 +88,8 @@ class Page:
 
 def front_table(s: SweepResults) -> pd.DataFrame:
     front = pareto_front(s.completed, s.objectives, s.directions)
-    cols = ["trial_id", *s.objectives, *[c for c in ("chrf", "best_bleu") if c not in s.objectives], *s.params,
-            "wall_seconds", "checkpoint"]
+    cols = [TRIAL_ID, *s.objectives, *[c for c in (M.CHRF, BEST_BLEU) if c not in s.objectives], *s.params,
+            WALL_SECONDS, CHECKPOINT]
     return front[[c for c in cols if c in front.columns]]
 
 
@@ -113,7 +125,7 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
     """Write the sweep's report folder (``report.html``, ``report.md`` and every chart as PNG and HTML)."""
     out = out or s.path / REPORT_DIR
     page = Page(f"headsweep report: {s.label}")
-    counts = s.prune["status"].value_counts().to_dict()
+    counts = s.prune[STATUS].value_counts().to_dict()
     page.p(f"{len(s.prune)} trials ({', '.join(f'{n} {k}' for k, n in counts.items())}); objectives: "
            + ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions)) + f"; results folder {s.path}.")
     table, hv, ref = _front_section(page, s, out)  # 1)
@@ -126,7 +138,7 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
     summary = (f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
                f"(reference {dict(zip(s.objectives, ref))}).")
     md = [f"# headsweep report: {s.label}", "", summary, "", f"Scores: {score_signatures(s)}.", "",
-          markdown_table(table.drop(columns=["checkpoint"], errors="ignore")), "",
+          markdown_table(table.drop(columns=[CHECKPOINT], errors="ignore")), "",
           f"Charts: {out}; full report: {report}", ""]
     atomic_write(out / "report.md", "\n".join(md))
     return Report(report, out, table, {"hypervolume": hv, "pareto_trials": len(table),
@@ -148,7 +160,7 @@ def _front_section(page: Page, s: SweepResults, out: Path) -> tuple[pd.DataFrame
     page.p(f"Scores: {score_signatures(s)}.")
     if len(s.bases):
         page.h("Base models", 3)
-        page.table(s.bases[[c for c in ("base", *s.objectives, "chrf", "step", "wall_seconds", "checkpoint")
+        page.table(s.bases[[c for c in (BASE, *s.objectives, M.CHRF, M.STEP, WALL_SECONDS, CHECKPOINT)
                             if c in s.bases.columns]])
 
     layers = charts.layer_chart(s)
@@ -165,7 +177,7 @@ def _gates_section(page: Page, s: SweepResults, table: pd.DataFrame, out: Path) 
     """2) The gates of the front's trials, their evolution over the evaluations, translations, attention maps."""
     page.h("Gates of the Pareto-optimal trials")
     for _, row in table.head(MAX_GATE_TRIALS).iterrows():
-        trial = s.completed[s.completed["trial_id"] == row["trial_id"]].iloc[0]
+        trial = s.completed[s.completed[TRIAL_ID] == row[TRIAL_ID]].iloc[0]
         try:
             records = trial_gates(trial)
         except ResultsError as exc:
@@ -182,7 +194,7 @@ def _gates_section(page: Page, s: SweepResults, table: pd.DataFrame, out: Path) 
         samples = trial_samples(trial)
         if samples:
             page.table(pd.DataFrame(samples))
-            maps = attention_maps(checkpoint_file(trial["checkpoint"]), samples[0]["source"])
+            maps = attention_maps(checkpoint_file(trial[CHECKPOINT]), samples[0]["source"])
             figs = attention_chart(maps)
             page.p("Attention of the remaining heads on the first sample (rows: queries, columns: keys):")
             page.plot(figs[1])
@@ -195,7 +207,7 @@ def _curves_section(page: Page, s: SweepResults, out: Path) -> None:
     histories = {}
     for _, row in s.completed.head(MAX_CURVES).iterrows():
         try:
-            histories[str(row["trial_id"])] = trial_history(row)
+            histories[str(row[TRIAL_ID])] = trial_history(row)
         except ResultsError:
             continue
     if histories:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from model import metrics as M
 from model.checkpoint import (
     checkpoint_config,
     checkpoint_tokenizers,
@@ -91,7 +92,7 @@ def layout_heads(row: dict[str, Any], cfg: Config, kinds: list[str]) -> dict[str
     for kind in kinds:
         if kind not in ATTENTION_TYPES:
             raise ValueError(f"unknown attention type {kind!r}")
-        keys = [f"open_heads/{kind}/{layer}" for layer in range(cfg.model.layers(kind))]
+        keys = [M.open_heads_layer_key(kind, layer) for layer in range(cfg.model.layers(kind))]
         missing = [k for k in keys if row.get(k) is None or row.get(k) != row.get(k)]  # None or NaN
         if missing:
             raise ValueError(f"trial {row.get('trial_id')}: no {', '.join(missing)} in the trials table")

@@ -28,6 +28,8 @@ from .results import (
     LAYOUT_SEED,
     OPTUNA_FILE,
     PRETRAINED_DIR,
+    STAGE,
+    STATUS,
     SWEEP_FILE,
     WANDB_DIR,
     WANDB_RUN,
@@ -237,7 +239,7 @@ def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
     full model's, smallest first."""
     from analysis.pareto import pareto_front
 
-    done = gate_trials[(gate_trials["stage"] == "prune") & (gate_trials["status"] == "completed")]
+    done = gate_trials[(gate_trials[STAGE] == "prune") & (gate_trials[STATUS] == "completed")]
     if sweep.schema.baselines.scratch_layouts == "pareto" and not done.empty:
         done = pareto_front(done, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])
     cfg = sweep.trial_config({})
@@ -432,13 +434,13 @@ def expected_trials(sweep: Sweep, run: MethodRun, df) -> int:
         return sweep.search.num_samples
     if run.method in ("importance", "random"):
         return len(sweep.budgets()) * (sweep.schema.baselines.seeds if run.method == "random" else 1)
-    return int((df["stage"] == "prune").sum())  # scratch: one per layout, known once the gate trials finished
+    return int((df[STAGE] == "prune").sum())  # scratch: one per layout, known once the gate trials finished
 
 
 def unfinished_trials(sweep: Sweep, run: MethodRun, df) -> int:
     """Trials of a method folder that did not finish (neither completed nor diverged), or never started."""
-    prune = df[df["stage"] == "prune"]
-    unfinished = int((~prune["status"].isin(["completed", "diverged"])).sum())
+    prune = df[df[STAGE] == "prune"]
+    unfinished = int((~prune[STATUS].isin(["completed", "diverged"])).sum())
     return unfinished + max(expected_trials(sweep, run, df) - len(prune), 0)
 
 

@@ -234,12 +234,14 @@ def study_charts(storage: str, study_name: str, objectives: Sequence[str]) -> di
         def loss(t, i=i, sign=-1.0 if study.directions[i] == optuna.study.StudyDirection.MAXIMIZE else 1.0):
             return sign * t.values[i]
 
-        # Optuna's default evaluator (PED-ANOVA) ranks parameters by how they reach low target values: a maximised
-        # objective is negated for it
-        importance = {"target": loss, "target_name": name}
+        # PED-ANOVA (Optuna's default evaluator since 4.x, needing no scikit-learn; named here so that every Optuna
+        # this project accepts uses it) ranks parameters by how they reach low target values: a maximised objective
+        # is negated for it
         key = name.replace("/", "_")
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+            warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots and PED-ANOVA experimental
+            importance = {"target": loss, "target_name": name,
+                          "evaluator": optuna.importance.PedAnovaImportanceEvaluator()}
             try:
                 charts[f"importance_{key}"] = (ovm.plot_param_importances(study, **importance).figure,
                                                ov.plot_param_importances(study, **importance))

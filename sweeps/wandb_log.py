@@ -120,14 +120,15 @@ class TrialLogger:
             return
         self._wandb = wandb
         Path(directory).mkdir(parents=True, exist_ok=True)
-        kwargs = dict(project=project, entity=entity, group=group, id=run_id, name=name, resume="allow",
+        kwargs = dict(project=project, entity=entity, group=group, id=run_id, name=name,
                       dir=str(directory), config=config, tags=list(tags or []), job_type=job_type,
                       reinit="finish_previous")
         for attempt in ([mode, "offline"] if mode == "online" else [mode]):
             try:
                 settings = wandb.Settings(init_timeout=init_timeout, finish_timeout=upload_timeout, silent=True,
                                           console="off")
-                self.run = wandb.init(mode=attempt, settings=settings, **kwargs)
+                resume = {"resume": "allow"} if attempt == "online" else {}  # a resumed trial continues its run
+                self.run = wandb.init(mode=attempt, settings=settings, **resume, **kwargs)
                 self._path = _run_path(self.run, attempt)
                 break
             except Exception as exc:  # noqa: BLE001 - any W&B failure: try offline, then give up on W&B only

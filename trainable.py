@@ -38,6 +38,7 @@ from model.train import TrainingError
 from sweeps.baselines import parse_layout_name, pruned_start
 from sweeps.plan import describe_plan
 from sweeps.results import (
+    BASE,
     BUDGET,
     GATES_FILE,
     LAYOUT,
@@ -212,7 +213,7 @@ def print_pareto(sweep: Sweep, df, label: str | None = None) -> None:
     counts = df[df[STAGE] == "prune"][STATUS].value_counts().to_dict()
     print(f"\ntrials: {sum(counts.values())} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
     for _, base in df[df[STAGE] == "pretrain"].iterrows():
-        print(f"base model {base['base']}: BLEU {base[M.BLEU]:.2f}, open heads {base[M.OPEN_HEADS]}")
+        print(f"base model {base[BASE]}: BLEU {base[M.BLEU]:.2f}, open heads {base[M.OPEN_HEADS]}")
     if done.empty:
         print("no completed trial: no Pareto front")
         return

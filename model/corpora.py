@@ -187,7 +187,7 @@ def fetch(url: str, dest: Path, sha256_prefix: str | None, gunzip: bool, log: Ca
     nothing at ``dest``.
     """
     record = dest.with_name(dest.name + ".sha256")
-    with file_lock(dest.with_name(dest.name + ".lock")):
+    with file_lock(dest.with_name(dest.name + ".lock"), error=CorpusError):
         if sha256_prefix is None and record.is_file():
             sha256_prefix = record.read_text().strip()
         if dest.is_file():

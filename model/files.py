@@ -39,17 +39,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def file_lock(path: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S,
+              error: type[Exception] = TimeoutError) -> Iterator[None]:
     """An exclusive lock on ``path`` (created if needed) across processes, held for the ``with`` block.
 
-    Raises ``TimeoutError`` naming the lock file when another process holds it for longer than ``timeout`` s."""
+    Raises ``error`` (a ``TimeoutError`` unless the caller names its own type) naming the lock file when another
+    process holds it for longer than ``timeout`` seconds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
     try:
         lock.acquire(timeout=timeout)
     except Exception as exc:  # filelock.Timeout
-        raise TimeoutError(f"{path}: another process has held this lock for over {timeout:.0f} s; if none is "
+        raise error(f"{path}: another process has held this lock for over {timeout:.0f} s; if none is "
                            f"running, delete the lock file") from exc
     try:
         yield

@@ -64,7 +64,7 @@ def run_config(base: dict[str, Any], overrides: list[dict[str, Any]], *, freeze:
     4) threads and device from ``resources``, progress bars off;
     5) validated once: a :class:`~model.config.ConfigError` names the key, the value and what is allowed.
     """
-    data = base
+    data = copy.deepcopy(base)  # the caller's mappings are never changed
     for values in overrides:  # 1)
         data = _with(data, values)
     flat = flatten(data)

@@ -26,12 +26,15 @@ def test_a_second_process_waits_for_the_lock_and_a_timeout_names_the_lock_file(t
     try:
         assert started.wait(60)
         with pytest.raises(TimeoutError, match="corpus.lock"):
-            with file_lock(lock, timeout=0.5):
+            with file_lock(lock, timeout=0.3):
+                pass
+        with pytest.raises(ValueError, match="another process has held this lock"):  # the caller's error type
+            with file_lock(lock, timeout=0.2, error=ValueError):
                 pass
         start = time.monotonic()
         with file_lock(lock, timeout=60):  # granted once the holder lets go
             waited = time.monotonic() - start
-        assert waited > 1.0  # the holder keeps it 3 s; 0.5 s of them went to the refused attempt
+        assert waited > 1.0  # the holder keeps it 3 s; 0.5 s of them went to the refused attempts
     finally:
         holder.join(30)
     assert holder.exitcode == 0

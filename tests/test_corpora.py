@@ -448,5 +448,5 @@ def test_hugging_face_source_maps_translation_rows(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match="no 'en'/'fr' fields"):
         HuggingFaceCorpus(DataConfig(corpus="hf", hf_name="x", tgt_lang="fr")).split("train")
     monkeypatch.setitem(sys.modules, "datasets", None)
-    with pytest.raises(CorpusError, match="pip install datasets"):
+    with pytest.raises(CorpusError, match=r"pip install -e '\.\[hf\]'"):
         HuggingFaceCorpus(cfg)

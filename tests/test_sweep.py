@@ -351,3 +351,12 @@ def test_the_command_refuses_unreadable_sweep_files_with_their_line(tmp_path, mo
     assert trainable.main([str(path), "--results", str(tmp_path / "r")]) == 2
     assert re.search(message, capsys.readouterr().err)
     record("sweep file with a duplicate key, a YAML syntax error, a control character", refused_with_line=1)
+
+
+def test_data_dir_is_made_absolute_for_every_stage_and_leaves_the_base_hash_alone(tmp_path: Path):
+    """--data-dir: one absolute folder in the base config, so every stage and trial reads the same corpora."""
+    plain = sweep_from_dict(GOOD)
+    placed = sweep_from_dict(GOOD, data_dir=str(tmp_path / "corpora"))
+    for cfg in (placed.base_config(), placed.trial_config({"gates.penalty": 0.1})):
+        assert cfg.data.data_dir == str(tmp_path / "corpora")
+    assert base_hash(placed.base_config()) == base_hash(plain.base_config())

@@ -300,6 +300,10 @@ def test_a_second_sweep_with_the_same_base_reuses_its_base_model(tmp_path: Path)
     assert len(list((tmp_path / "pretrained").iterdir())) == 1
     a, b = (pd.read_csv(tmp_path / name / "trials.csv") for name in ("t", "u"))
     assert a[a["stage"] == "pretrain"]["checkpoint"].tolist() == b[b["stage"] == "pretrain"]["checkpoint"].tolist()
+    # the dry run of a third sweep on the same base says it is trained, and that the first sweep's folder is taken
+    plan = run_cli(str(sweep), "--results", str(tmp_path), "--dry-run")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert ": found: reused (or finished);" in plan.stdout and "(holds a sweep: needs --resume)" in plan.stdout
 
 
 def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):

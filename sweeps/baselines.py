@@ -8,7 +8,7 @@
   base model's recipe (Voita et al. 2019, Table 2): does pruning a trained model beat training the small one?
 
 :func:`pruned_start` turns the base checkpoint into the starting checkpoint of an ``importance``/``random`` trial;
-``trainable.py`` then runs it as any trial (:func:`model.trial.run_trial` with ``init_from``).
+``trainable.py`` then runs it as any trial (:func:`sweeps.trial.run_trial` with ``init_from``).
 """
 
 from __future__ import annotations

@@ -118,10 +118,12 @@ def head_importance(model: Transformer, batches, normalize: bool = True) -> dict
     """Head importance of Michel et al. 2019 (eq. 2): I_h = sum over the batches of |dL/dxi_h|, where xi_h = 1
     multiplies head h's output; with ``normalize``, scores are divided by their layer's L2 norm (their sec. 4.1).
 
-    ``batches``: an iterable of :class:`model.data.Batch`. The model's parameters are left untouched.
+    ``batches``: an iterable of :class:`model.data.Batch`, moved to the model's device. The model's parameters are
+    left untouched; the scores are on the CPU.
     """
+    device = next(model.parameters()).device
     blocks = list(model.attention_blocks())
-    masks = {(kind, layer): torch.ones(attn.n_heads, requires_grad=True) for kind, layer, attn in blocks}
+    masks = {(kind, layer): torch.ones(attn.n_heads, device=device, requires_grad=True) for kind, layer, attn in blocks}
     scores = {key: torch.zeros(len(m)) for key, m in masks.items()}
     was_training = model.training
     model.eval()
@@ -129,10 +131,11 @@ def head_importance(model: Transformer, batches, normalize: bool = True) -> dict
         for kind, layer, attn in blocks:
             attn.head_mask = masks[(kind, layer)]
         for batch in batches:
+            batch = batch.to(device)
             out = model.loss(batch.src, batch.tgt_in, batch.tgt_out, 0.0)
             grads = torch.autograd.grad(out.ce_sum / max(1, out.n_tokens), list(masks.values()))
             for key, g in zip(masks, grads, strict=True):
-                scores[key] += g.abs()
+                scores[key] += g.abs().cpu()
     finally:
         for _, _, attn in blocks:
             attn.head_mask = None

@@ -41,7 +41,7 @@ RUN_LOCATION_KEYS = ("data.cache_dir", "data.data_dir", "data.mirror", "train.th
 @dataclass
 class ResourcesConfig:
     cpus: float = 1.0  # CPU cores per trial; torch uses max(1, int(cpus)) threads
-    gpus: float = 0.0  # GPUs per trial; fractions share a GPU between trials
+    gpus: float = 0.0  # GPUs per trial: a fraction (trials share a GPU) or 1; a trial trains on one device
     autoscale: bool = False  # true: GPU nodes are added on demand (cluster launcher), so none need exist yet
 
 

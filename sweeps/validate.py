@@ -239,8 +239,9 @@ def _check_search(schema: SweepSchema, space: list) -> None:
         if res is not None:
             require(res.cpus > 0, f"{where}.cpus", res.cpus, "a number > 0")
             require(res.gpus >= 0, f"{where}.gpus", res.gpus, "a number >= 0")
-            require(res.gpus <= 1 or float(res.gpus).is_integer(), f"{where}.gpus", res.gpus,
-                   "a fraction of one GPU or a whole number")
+            require(res.gpus <= 1, f"{where}.gpus", res.gpus,
+                    "a fraction of one GPU, or 1 (a trial trains on one device: data-parallel training across "
+                    "several GPUs is not implemented, so more would sit idle)")
     require(schema.keep_checkpoints >= 1, "keep_checkpoints", schema.keep_checkpoints, "an integer >= 1")
     require(schema.wandb.init_timeout > 0, "wandb.init_timeout", schema.wandb.init_timeout, "a number > 0")
     require(schema.wandb.upload_timeout > 0, "wandb.upload_timeout", schema.wandb.upload_timeout, "a number > 0")

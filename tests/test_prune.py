@@ -142,3 +142,18 @@ def test_importance_ranks_a_silent_head_last_and_pruning_keeps_the_most_importan
     assert all(torch.isclose(v.norm(), torch.tensor(1.0)) for v in scores.values())  # normalised per layer
     layout = importance_layout(scores, model, ["enc_self"], 11)
     assert 2 not in layout[("enc_self", 1)] and sum(len(v) for v in layout.values()) == 11
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_importance_of_a_model_on_the_gpu_equals_the_cpu_scores():
+    """The masks live on the model's device and the batches are moved there; the scores come back on the CPU."""
+    from model.data import Batch
+    from model.prune import head_importance
+
+    model = plain_model()
+    src, tgt = batch()
+    tgt_in = torch.cat([torch.full((3, 1), 2), tgt[:, :-1]], dim=1)
+    batches = [Batch(src, tgt_in, tgt, [0, 1, 2])]
+    on_cpu = head_importance(model, batches)
+    on_gpu = head_importance(model.to("cuda"), batches)
+    assert all(v.device.type == "cpu" and torch.allclose(v, on_cpu[k], atol=1e-5) for k, v in on_gpu.items())

@@ -267,7 +267,11 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved sweep (space, objectives, trials, stages, base models and whether "
                              "they are trained already) and exit without starting Ray")
-    parser.add_argument("--address", default=None, help="Ray cluster to use (default: $RAY_ADDRESS, else local)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (default: $RAY_ADDRESS, else a cluster started on this node with "
+                             "`ray start`, as `ray up` does on its head; else a private local Ray)")
+    parser.add_argument("--local", action="store_true",
+                        help="start a private local Ray even where a cluster runs on this node")
     parser.add_argument("--results", default=None, metavar="DIR",
                         help="results root, a folder or s3://bucket/prefix (default: the sweep's storage)")
     add_data_dir(parser)
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
             print(describe_plan(sweep))
             return 0
         tables = run_sweep(sweep, TRAINABLES, resume=args.resume, address=args.address, dashboard=args.dashboard,
-                           dashboard_host=args.dashboard_host)
+                           dashboard_host=args.dashboard_host, local=args.local)
     except (ConfigError, SweepError, TrainingError, CheckpointError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

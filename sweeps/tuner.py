@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -295,13 +297,47 @@ def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
-def start_ray(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> None:
-    """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray on loopback; its dashboard (with
-    --dashboard) listens on ``dashboard_host``, 127.0.0.1 unless the user names another address."""
+def running_cluster() -> str | None:
+    """The address of a Ray cluster started on this node (``ray start``, which ``ray up`` runs on the head, so
+    ``ray submit`` and ``ray exec`` drivers find it), or None. Ray records it in ``<ray temp dir>/ray_current_cluster``
+    ($RAY_TMPDIR, else the system's temporary folder); a stopped cluster leaves that file behind, so it counts
+    only while the address accepts a connection."""
+    record = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    try:
+        found = record.read_text().strip()
+        host, _, port = found.rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=2.0):
+            return found
+    except (OSError, ValueError):
+        return None
+
+
+def joins_a_cluster(address: str | None, local: bool) -> bool:
+    """Whether the driver will use an existing cluster (--address, RAY_ADDRESS, or one running on this node)."""
+    return bool(address or os.environ.get("RAY_ADDRESS") or (not local and running_cluster()))
+
+
+def describe_cluster() -> str:
+    """The nodes and resources of the Ray cluster this driver is connected to."""
     import ray
 
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, include_dashboard=None)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    return (f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}, {total.get('CPU', 0):g} CPUs, "
+            f"{total.get('GPU', 0):g} GPUs")
+
+
+def start_ray(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1", local: bool = False) -> None:
+    """Join a cluster (--address, RAY_ADDRESS, or one started on this node unless ``local``) or start a private
+    local Ray on loopback; its dashboard (with --dashboard) listens on ``dashboard_host``, 127.0.0.1 unless the
+    user names another address. Says which it did, with the cluster's nodes and resources."""
+    import ray
+
+    found = None if (address or os.environ.get("RAY_ADDRESS") or local) else running_cluster()
+    if address or os.environ.get("RAY_ADDRESS") or found:
+        ray.init(address=address or found, include_dashboard=None)
+        where = address or os.environ.get("RAY_ADDRESS") or f"{found} (started on this node)"
+        print(f"joined the Ray cluster at {where}: {describe_cluster()}", flush=True)
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
     try:
@@ -310,6 +346,7 @@ def start_ray(address: str | None, dashboard: bool, dashboard_host: str = "127.0
         if not dashboard:
             raise
         raise SweepError(f"--dashboard needs Ray's full install: pip install -e '.[cluster]' ({exc})") from exc
+    print(f"started a private local Ray: {describe_cluster()}", flush=True)
 
 
 def _sweep_record(sweep: Sweep, run: MethodRun) -> dict[str, Any]:
@@ -376,17 +413,17 @@ def check_corpus_files(sweep: Sweep) -> None:
 
 
 def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, address: str | None = None,
-              dashboard: bool = False, dashboard_host: str = "127.0.0.1"):
+              dashboard: bool = False, dashboard_host: str = "127.0.0.1", local: bool = False):
     """The base models, then each method's trials and table; returns {method run: trials DataFrame}."""
     import ray
 
     _check_resume(sweep, resume)
-    if not (address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine's GPUs are all there is
+    if not joins_a_cluster(address, local):  # a private local Ray: this machine's GPUs are all there is
         import torch
 
-        local = float(torch.cuda.device_count())
-        check_gpus(sweep.resources.gpus, local, False)
-        check_gpus(sweep.pretrain_resources.gpus, local, False, "pretrain.resources.gpus")
+        devices = float(torch.cuda.device_count())
+        check_gpus(sweep.resources.gpus, devices, False)
+        check_gpus(sweep.pretrain_resources.gpus, devices, False, "pretrain.resources.gpus")
         check_corpus_files(sweep)
     mode = resolve_mode(sweep.schema.wandb.mode)
     if mode == "online" and (reason := unreachable_backend()):
@@ -401,7 +438,7 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
             os.environ["WANDB_DIR"] = wandb_dir
     started = not ray.is_initialized()
     if started:
-        start_ray(address, dashboard, dashboard_host)
+        start_ray(address, dashboard, dashboard_host, local)
     tables: dict[MethodRun, Any] = {}
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))

@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
                              "anyone who reaches it can submit jobs)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    for name in ("HEADSWEEP_DATA", "HEADSWEEP_CACHE"):  # trials run in Tune's trial folder: no relative paths
+        if os.environ.get(name):
+            os.environ[name] = os.path.abspath(os.path.expanduser(os.environ[name]))
     try:
         sweep = load_sweep(args.sweep, args.overrides, smoke_test=args.smoke_test, storage=args.results,
                            data_dir=data_dir(args))

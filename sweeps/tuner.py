@@ -39,7 +39,7 @@ from .results import (
     write_text,
     write_trials_table,
 )
-from .schema import MethodRun
+from .schema import RUN_LOCATION_KEYS, MethodRun
 from .sweep import Sweep, base_hash, schema_dict
 from .validate import check_gpus
 from .wandb_log import resolve_mode, unreachable_backend
@@ -290,10 +290,17 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
 # Driver
 
 
+def _where_not_what(key: str) -> bool:
+    """A recorded sweep key that says where or how fast trials run (W&B, folders, threads), not what they learn."""
+    return key.startswith("wandb.") or any(key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.")
+                                           for k in RUN_LOCATION_KEYS)
+
+
 def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Keys (dotted) whose values differ between two resolved sweeps, W&B settings aside (they may change)."""
+    """Keys (dotted) whose values differ between two resolved sweeps, W&B settings and the run-location keys
+    (corpus and cache folders, threads, device) aside: they may change between a sweep and its resume."""
     a, b = flatten(old), flatten(new)
-    keys = sorted(k for k in set(a) | set(b) if not k.startswith("wandb.") and a.get(k) != b.get(k))
+    keys = sorted(k for k in set(a) | set(b) if not _where_not_what(k) and a.get(k) != b.get(k))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 

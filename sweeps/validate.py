@@ -129,6 +129,28 @@ def _read_base(raw_base: Any, base_dir: Path) -> dict[str, Any]:
     raise ConfigError(f"Invalid setting for `base`: {raw_base!r}. Allowed: a path to a run config or a mapping.")
 
 
+# Run-config keys that name a place on disk: made absolute on the driver, because a trial runs in Tune's trial folder
+# (its working directory), on whichever node
+PATH_KEYS = ("data.data_dir", "data.cache_dir", "data.files.train", "data.files.valid", "data.files.test")
+
+
+def absolute_paths(values: dict[str, Any], nested: bool = True) -> dict[str, Any]:
+    """``values`` (a run-config mapping, or a flat one of dotted keys) with each path of :data:`PATH_KEYS`
+    expanded ($VARS, ~) and made absolute against the driver's working folder. A path naming an unset variable is
+    left as it is, for the corpus to report."""
+    flat = flatten(values) if nested else values
+    fixed = {}
+    for key in PATH_KEYS:
+        value = flat.get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            expanded = os.path.expandvars(os.path.expanduser(value))
+            if "$" not in expanded:
+                fixed[key] = os.path.abspath(expanded)
+    if not fixed:
+        return values
+    return _with(values, fixed) if nested else {**values, **fixed}
+
+
 def sweep_from_dict(
     raw: dict[str, Any],
     base_dir: Path = Path("."),
@@ -141,14 +163,17 @@ def sweep_from_dict(
     4) objectives, search and resources, 5) the methods and the first points."""
     raw = copy.deepcopy(raw)
     base = _read_base(raw.get("base"), base_dir)
+    if data_dir is None and os.environ.get("HEADSWEEP_DATA") and "data.data_dir" not in flatten(base):
+        data_dir = os.environ["HEADSWEEP_DATA"]  # the driver's; a trial on another node has its own environment
     if data_dir is not None:
         base = _with(base, {"data.data_dir": data_dir})
+    base = absolute_paths(base)
     if smoke_test:
         raw, base = smoke_shrink(raw, base)
     for stage, key in (("pretrain", "set"), ("prune", "set"), ("baselines", "set"), ("baselines", "scratch_set")):
         section = raw.get(stage)  # `set` may be written nested or with dotted keys
         if isinstance(section, dict) and isinstance(section.get(key), dict):
-            section[key] = flatten(section[key])
+            section[key] = absolute_paths(flatten(section[key]), nested=False)
     schema: SweepSchema = from_dict(SweepSchema, raw)  # 1)
     name = schema.name or "sweep"
     require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) is not None, "name", name,

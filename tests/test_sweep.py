@@ -361,3 +361,30 @@ def test_data_dir_is_made_absolute_for_every_stage_and_leaves_the_base_hash_alon
     for cfg in (placed.base_config(), placed.trial_config({"gates.penalty": 0.1})):
         assert cfg.data.data_dir == str(tmp_path / "corpora")
     assert base_hash(placed.base_config()) == base_hash(plain.base_config())
+
+
+def test_resume_compares_what_trials_learn_not_where_they_read_it():
+    from sweeps.tuner import sweep_differences
+
+    old = {"base": {"data": {"data_dir": "/a", "vocab_size": 100}}, "wandb": {"mode": "offline"},
+           "pretrain": {"set": {"train.threads": 1}}}
+    new = {"base": {"data": {"data_dir": "/b", "vocab_size": 100}}, "wandb": {"mode": "online"},
+           "pretrain": {"set": {"train.threads": 4}}}
+    assert sweep_differences(old, new) == []
+    new["base"]["data"]["vocab_size"] = 200
+    assert sweep_differences(old, new) == ["base.data.vocab_size: 100 -> 200"]
+
+
+def test_paths_of_a_sweep_are_absolute_before_any_trial_sees_them(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CORP", "corpora")
+    raw = copy.deepcopy(GOOD)
+    raw["pretrain"] = {"set": {"data.cache_dir": "cache"}}
+    sweep = sweep_from_dict(raw, data_dir="data")
+    base = sweep.base_config()
+    assert base.data.data_dir == str(tmp_path / "data") and base.data.cache_dir == str(tmp_path / "cache")
+    from sweeps.validate import absolute_paths
+
+    fixed = absolute_paths({"data": {"files": {"train": "$CORP/train", "valid": "$UNSET_VAR/x", "test": "~/t"}}})
+    assert fixed["data"]["files"] == {"train": str(tmp_path / "corpora" / "train"), "valid": "$UNSET_VAR/x",
+                                      "test": str(Path.home() / "t")}

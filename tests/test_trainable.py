@@ -441,3 +441,33 @@ def test_a_driver_on_a_cluster_node_joins_that_cluster_and_local_starts_a_privat
         shutil.rmtree(ray_tmp, ignore_errors=True)
     record("driver started on a node of a running cluster (no RAY_ADDRESS), then with --local", joined=1,
            private_with_local=1)
+
+
+def test_relative_corpus_paths_and_data_folders_are_resolved_on_the_driver(tmp_path: Path, record):
+    """Trials run in Tune's trial folder: a corpus named relative to the user's working folder (and
+    $HEADSWEEP_DATA given relative, used inside data.files) must still be found there."""
+    from model.synthetic import generate_splits
+
+    work = tmp_path / "work"
+    for split, (src, tgt) in generate_splits(5, {"train": 400, "valid": 20, "test": 20}).items():
+        folder = work / "corp"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{split}.en").write_text("\n".join(src) + "\n")
+        (folder / f"{split}.de").write_text("\n".join(tgt) + "\n")
+    base = copy.deepcopy(TINY)
+    base["data"].pop("synthetic")
+    base["data"].update(corpus="files", files={"train": "corp/train", "valid": "$HEADSWEEP_DATA/valid",
+                                               "test": "corp/test"})
+    sweep = write_sweep(work / "s.yaml", base=base, search={"num_samples": 1, "max_concurrent": 1})
+    env = {**os.environ, "HEADSWEEP_DATA": "corp"}  # relative, as a user writes it
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(REPO / "trainable.py"), str(sweep), "--results", "results"], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = check_table(work / "results" / "t", trials=1)
+    recorded = json.loads((work / "results" / "t" / "sweep.json").read_text())["base"]["data"]
+    assert recorded["files"] == {**recorded["files"], "train": str(work / "corp" / "train"),
+                                 "valid": str(work / "corp" / "valid"), "test": str(work / "corp" / "test")}
+    assert recorded["data_dir"] == str(work / "corp")
+    record("relative corpus paths and a relative $HEADSWEEP_DATA, trials in Tune's trial folder",
+           trials_completed=int((df["stage"] == "prune").sum()))

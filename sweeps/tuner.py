@@ -41,7 +41,7 @@ from .results import (
 )
 from .schema import RUN_LOCATION_KEYS, MethodRun
 from .sweep import Sweep, base_hash, schema_dict
-from .validate import check_gpus
+from .validate import absolute_paths, check_gpus
 from .wandb_log import resolve_mode, unreachable_backend
 
 # Optuna trial user attributes that tie a study's trial to its Ray trial and its W&B run
@@ -378,6 +378,18 @@ def _settings_of(run: MethodRun, record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_absolute_paths(record: dict[str, Any]) -> dict[str, Any]:
+    """A recorded sweep (``sweep.json``) with its base config's paths made absolute as the driver now makes them
+    (a sweep recorded before that, with ``$HEADSWEEP_DATA/...`` or relative corpus paths, compares equal)."""
+    record = dict(record)
+    if isinstance(record.get("base"), dict):
+        record["base"] = absolute_paths(record["base"])
+    pretrain = record.get("pretrain")
+    if isinstance(pretrain, dict) and isinstance(pretrain.get("set"), dict):
+        record["pretrain"] = {**pretrain, "set": absolute_paths(pretrain["set"], nested=False)}
+    return record
+
+
 def _check_resume(sweep: Sweep, resume: bool) -> None:
     """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep.
 
@@ -398,7 +410,8 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
     for run, folder in zip(sweep.method_runs(), folders):
         recorded = Path(folder, SWEEP_FILE)
         if resume and recorded.exists():
-            old, new = (_settings_of(run, record) for record in (json.loads(recorded.read_text()), schema_dict(sweep)))
+            old = _settings_of(run, with_absolute_paths(json.loads(recorded.read_text())))
+            new = _settings_of(run, schema_dict(sweep))
             changed = sweep_differences(old, new)
             if changed:
                 raise SweepError(f"--resume: the sweep differs from the one in {recorded}: {'; '.join(changed)}. "

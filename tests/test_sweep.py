@@ -388,3 +388,13 @@ def test_paths_of_a_sweep_are_absolute_before_any_trial_sees_them(tmp_path: Path
     fixed = absolute_paths({"data": {"files": {"train": "$CORP/train", "valid": "$UNSET_VAR/x", "test": "~/t"}}})
     assert fixed["data"]["files"] == {"train": str(tmp_path / "corpora" / "train"), "valid": "$UNSET_VAR/x",
                                       "test": str(Path.home() / "t")}
+
+
+def test_a_sweep_recorded_with_unexpanded_corpus_paths_compares_equal_on_resume(tmp_path: Path, monkeypatch):
+    from sweeps.tuner import sweep_differences, with_absolute_paths
+
+    monkeypatch.setenv("HEADSWEEP_DATA", str(tmp_path))
+    before = {"base": {"data": {"files": {"train": "$HEADSWEEP_DATA/en-ru/train"}}}, "pretrain": {"set": {}}}
+    now = {"base": {"data": {"files": {"train": str(tmp_path / "en-ru" / "train")}}}, "pretrain": {"set": {}}}
+    assert sweep_differences(with_absolute_paths(before), now) == []
+    assert sweep_differences(before, now)  # unexpanded, they differ

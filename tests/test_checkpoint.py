@@ -24,10 +24,12 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, record):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"format_version": 1, "model": {}, "x": _Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match="cannot be read safely"):
+    with pytest.raises(CheckpointError, match="cannot be read safely") as refusal:
         load_checkpoint(path)
-    assert not marker.exists()
-    record("checkpoint whose pickle would run a shell command (torch.load weights_only=True)", refused=1, code_ran=0)
+    code_ran = int(marker.exists())  # the payload's shell command would have created it
+    assert code_ran == 0
+    record("checkpoint whose pickle would run a shell command (torch.load weights_only=True)",
+           refused=int(refusal.value is not None), code_ran=code_ran)
 
 
 def test_missing_and_foreign_files_are_refused(tmp_path, record):

@@ -24,9 +24,8 @@ def command_parser(prog: str, description: str, examples: Sequence[str]) -> argp
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def add_out(parser: argparse.ArgumentParser, what: str, required: bool = False, default: str | None = None) -> None:
-    parser.add_argument("--out", metavar="DIR", required=required, default=default,
-                        help=f"output folder: {what}")
+def add_out(parser: argparse.ArgumentParser, what: str, required: bool = False) -> None:
+    parser.add_argument("--out", metavar="DIR", required=required, default=None, help=f"output folder: {what}")
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

@@ -52,7 +52,7 @@ def file_lock(path: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S,
         lock.acquire(timeout=timeout)
     except Exception as exc:  # filelock.Timeout
         raise error(f"{path}: another process has held this lock for over {timeout:.0f} s; if none is "
-                           f"running, delete the lock file") from exc
+                    f"running, delete the lock file") from exc
     try:
         yield
     finally:

@@ -40,9 +40,8 @@ def base_models(sweep: Sweep) -> list[dict[str, Any]]:
         return [{"variant": {}, "hash": base_hash(sweep.base_config()), "folder": sweep.schema.pretrain.checkpoint,
                  "cached": True, "given": True}]
     out = []
-    for variant in sweep.base_variants():
-        key = base_hash(sweep.base_config(variant))
-        folder = join_storage(sweep.storage, PRETRAINED_DIR, f"base-{key}")
+    for variant, key, name in sweep.base_experiments():
+        folder = join_storage(sweep.storage, PRETRAINED_DIR, name)
         out.append({"variant": variant, "hash": key, "folder": folder, "cached": _restorable(folder), "given": False})
     return out
 

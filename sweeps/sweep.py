@@ -138,6 +138,12 @@ class Sweep:
         return run_config(self.base, [self.schema.prune.set, params], freeze=self.schema.prune.freeze,
                           seed_params=params if per_trial else None, resources=self.resources)
 
+    def base_experiments(self) -> list[tuple[dict[str, Any], str, str]]:
+        """(variant, hash, name) of every base model the sweep trains; its experiment is
+        ``<storage>/pretrained/<name>``."""
+        keys = [(variant, base_hash(self.base_config(variant))) for variant in self.base_variants()]
+        return [(variant, key, f"base-{key}") for variant, key in keys]
+
     def base_variants(self) -> list[dict[str, Any]]:
         """One params dict per distinct base model: the product of the searched base keys' choices."""
         dims = [d for d in self.space if is_base_key(d.key)] if self.pretraining else []

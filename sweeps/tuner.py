@@ -182,12 +182,6 @@ def _fit(tuner_factory, trainable, experiment: str, resume: bool, keep: int):
     return grid
 
 
-def base_experiments(sweep: Sweep) -> list[tuple[dict[str, Any], str, str]]:
-    """(variant, hash, name) of every base model the sweep trains; its experiment is <storage>/pretrained/<name>."""
-    keys = [(variant, base_hash(sweep.base_config(variant))) for variant in sweep.base_variants()]
-    return [(variant, key, f"base-{key}") for variant, key in keys]
-
-
 def pretrain_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables) -> tuple[dict[str, str], list[Any]]:
     """Train (or find) every base model; returns {hash: checkpoint} and their Tune results."""
     from ray import tune
@@ -198,7 +192,7 @@ def pretrain_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables) -> t
         return {base_hash(sweep.base_config()): sweep.schema.pretrain.checkpoint}, []
     bases, results = {}, []
     root = join_storage(sweep.storage, PRETRAINED_DIR)
-    for variant, key, name in base_experiments(sweep):
+    for variant, key, name in sweep.base_experiments():
         experiment = join_storage(root, name)
         trainable = tune.with_resources(tune.with_parameters(trainables.pretrain, setup=setup),
                                         _resources(sweep.pretrain_resources))
@@ -319,9 +313,13 @@ def running_cluster() -> str | None:
         return None
 
 
-def joins_a_cluster(address: str | None, local: bool) -> bool:
-    """Whether the driver will use an existing cluster (--address, RAY_ADDRESS, or one running on this node)."""
-    return bool(address or os.environ.get("RAY_ADDRESS") or (not local and running_cluster()))
+def cluster_to_join(address: str | None, local: bool) -> tuple[str, str] | None:
+    """(address, how it was found) of the cluster the driver uses: --address, else RAY_ADDRESS, else (unless
+    ``local``) one started on this node; None: a private local Ray."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return address or os.environ["RAY_ADDRESS"], ""
+    found = None if local else running_cluster()
+    return (found, " (started on this node)") if found else None
 
 
 def describe_cluster() -> str:
@@ -334,17 +332,16 @@ def describe_cluster() -> str:
             f"{total.get('GPU', 0):g} GPUs")
 
 
-def start_ray(address: str | None, dashboard: bool, dashboard_host: str = "127.0.0.1", local: bool = False) -> None:
-    """Join a cluster (--address, RAY_ADDRESS, or one started on this node unless ``local``) or start a private
-    local Ray on loopback; its dashboard (with --dashboard) listens on ``dashboard_host``, 127.0.0.1 unless the
-    user names another address. Says which it did, with the cluster's nodes and resources."""
+def start_ray(cluster: tuple[str, str] | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> None:
+    """Join ``cluster`` (from :func:`cluster_to_join`) or, when None, start a private local Ray on loopback; its
+    dashboard (with --dashboard) listens on ``dashboard_host``, 127.0.0.1 unless the user names another address.
+    Says which it did, with the cluster's nodes and resources."""
     import ray
 
-    found = None if (address or os.environ.get("RAY_ADDRESS") or local) else running_cluster()
-    if address or os.environ.get("RAY_ADDRESS") or found:
-        ray.init(address=address or found, include_dashboard=None)
-        where = address or os.environ.get("RAY_ADDRESS") or f"{found} (started on this node)"
-        print(f"joined the Ray cluster at {where}: {describe_cluster()}", flush=True)
+    if cluster is not None:
+        address, found = cluster
+        ray.init(address=address, include_dashboard=None)
+        print(f"joined the Ray cluster at {address}{found}: {describe_cluster()}", flush=True)
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
     try:
@@ -401,7 +398,7 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
     if exists and not resume:
         raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
                          f"another name (--set name=...) or --results folder")
-    bases = [join_storage(sweep.storage, PRETRAINED_DIR, name) for _, _, name in base_experiments(sweep)
+    bases = [join_storage(sweep.storage, PRETRAINED_DIR, name) for _, _, name in sweep.base_experiments()
              ] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
     if resume and not exists and not any(tune.Tuner.can_restore(base) for base in bases):
         raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
@@ -438,7 +435,8 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
     import ray
 
     _check_resume(sweep, resume)
-    if not joins_a_cluster(address, local):  # a private local Ray: this machine's GPUs are all there is
+    cluster = cluster_to_join(address, local)
+    if cluster is None:  # a private local Ray: this machine's GPUs are all there is
         import torch
 
         devices = float(torch.cuda.device_count())
@@ -458,7 +456,7 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
             os.environ["WANDB_DIR"] = wandb_dir
     started = not ray.is_initialized()
     if started:
-        start_ray(address, dashboard, dashboard_host, local)
+        start_ray(cluster, dashboard, dashboard_host)
     tables: dict[MethodRun, Any] = {}
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))

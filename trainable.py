@@ -53,6 +53,7 @@ from sweeps.results import (
     checkpoint_file,
     join_storage,
     last_record,
+    uri_of,
 )
 from sweeps.schema import MethodRun
 from sweeps.sweep import Sweep, base_hash
@@ -116,8 +117,8 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
                 **setup.provenance},
         log=_trial_log,
     )
-    constant = {"stage": stage, "method": method, "base": base_key, "seed": cfg.train.seed, WANDB_RUN: logger.path,
-                **setup.provenance}
+    constant = {"stage": stage, "method": method, "base": base_key, "seed": cfg.train.seed,
+                WANDB_RUN: _in_storage(logger.path, ctx), **setup.provenance}
 
     def report(metrics: dict[str, Any], folder: Path | None) -> None:
         record = {**{o.metric: math.nan for o in sweep.objectives}, **metrics, **constant}  # NaN: Optuna FAIL
@@ -140,6 +141,17 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         logger.finish(exit_code=1)
         raise
     logger.finish()
+
+
+def _in_storage(path: str, ctx) -> str:
+    """Where a file of the trial's own folder (an offline W&B run) lies once Tune has copied the folder to the
+    sweep's storage (on a cluster the worker's disk may be gone by the time anyone reads it)."""
+    trial_dir = ctx.get_trial_dir()
+    if not path or not Path(path).is_absolute() or not Path(path).is_relative_to(trial_dir):
+        return path  # online: entity/project/id; or a run folder outside the trial's (local storage)
+    storage = ctx.get_storage()
+    return join_storage(uri_of(storage.storage_filesystem, storage.trial_fs_path),
+                        Path(path).relative_to(trial_dir).as_posix())
 
 
 def _base_file(source: str | None, scratch: Path) -> str | None:
@@ -229,20 +241,21 @@ def write_reports(sweep: Sweep, tables: dict[MethodRun, Any]) -> None:
     """The gate sweep's report (and its W&B summary run), and with several methods their fronts compared."""
     from analysis.load import load_sweep as load_results
     from analysis.load import load_sweeps
-    from analysis.report import compare_report, sweep_report
+    from analysis.report import REPORT_DIR, compare_report, publish, sweep_report
     from sweeps.wandb_log import log_sweep_summary
 
     try:
         for run in tables:
             if run.method == "gates":
                 report = sweep_report(load_results(sweep.experiment_dir))
-                print(f"\nreport: {report.html}")
+                print(f"\nreport: {report.html}" + (f" (uploaded to {report.uploaded})" if report.uploaded else ""))
                 log_sweep_summary(sweep, report.folder, report.front, report.values)
         if len(tables) > 1:
-            folders = [Path(sweep.storage, run.name) for run in tables]
-            methods = compare_report(load_sweeps(folders, [run.label for run in tables]), folders[0] / "report",
-                                     stem="methods")
-            print(f"methods compared: {methods}")
+            sweeps = load_sweeps([join_storage(sweep.storage, run.name) for run in tables],
+                                 [run.label for run in tables])
+            methods = compare_report(sweeps, sweeps[0].path / REPORT_DIR, stem="methods")
+            uploaded = publish(sweeps[0], sweeps[0].path / REPORT_DIR)
+            print(f"methods compared: {methods}" + (f" (uploaded to {uploaded})" if uploaded else ""))
     except Exception as exc:
         print(f"\nthe report failed ({type(exc).__name__}: {exc}); the results are intact: "
               f"headsweep report {sweep.experiment_dir}", file=sys.stderr)
@@ -298,8 +311,7 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
         return 2
     for run, df in tables.items():
         print_pareto(sweep, df, run.label if len(tables) > 1 else None)
-    if "://" not in sweep.experiment_dir:
-        write_reports(sweep, tables)
+    write_reports(sweep, tables)
     print(f"\nsweep {sweep.name} took {time.perf_counter() - start:.0f} s; results: "
           + ", ".join(join_storage(sweep.storage, run.name) for run in tables)
           + f" (table: {TRIALS_FILE} in each)")

@@ -18,6 +18,9 @@ import pandas as pd
 from model.cli import add_out, command_parser
 from model.prune import head_counts, prune_checkpoint
 from sweeps.results import CHECKPOINT, TRIAL_ID, checkpoint_file
+from sweeps.storage import StorageError, join_storage, upload
+
+PRUNED_DIR = "pruned"  # <sweep>/pruned: the exported models
 
 from .load import ResultsError, SweepResults, load_sweep
 from .pareto import pareto_front
@@ -42,13 +45,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.export")
         f"{prog} results/quickstart",
         f"{prog} results/multi30k_en_de --out results/front-models",
     ])
-    parser.add_argument("folder", help="a sweep's results folder, e.g. results/quickstart")
-    add_out(parser, "one pruned model <trial>.pt per Pareto-optimal trial (default: <sweep>/pruned)")
+    parser.add_argument("folder", help="a sweep's results folder or URI, e.g. results/quickstart, s3://bucket/x/quickstart")
+    add_out(parser, "one pruned model <trial>.pt per Pareto-optimal trial (default: <sweep>/pruned; for a sweep in "
+                    "remote storage, uploaded there too)")
     args = parser.parse_args(argv)
     try:
         s = load_sweep(args.folder)
-        table = export_front(s, Path(args.out) if args.out else s.path / "pruned")
-    except ResultsError as exc:
+        out = Path(args.out) if args.out else s.path / PRUNED_DIR
+        table = export_front(s, out)
+        if s.remote and not args.out:
+            upload(out, join_storage(s.source, PRUNED_DIR))
+            print(f"uploaded to {join_storage(s.source, PRUNED_DIR)}")
+    except (ResultsError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(table.to_string(index=False))

@@ -29,6 +29,7 @@ from sweeps.results import (
     WALL_SECONDS,
     last_record,
 )
+from sweeps.storage import StorageError, check_uri, download, is_uri, local_copy
 
 LABEL = "sweep"  # column naming the sweep (or method) a row came from
 DEFAULT_OBJECTIVES = ((M.BLEU, "max"), (M.OPEN_HEADS, "min"))
@@ -43,9 +44,14 @@ class SweepResults:
     """One sweep's results: its table, its objectives and where it lives."""
 
     label: str
-    path: Path
+    path: Path  # a local folder: the sweep's own, or the local copy of one in remote storage
     trials: pd.DataFrame  # every row: prune trials and base models (column `stage`)
     config: dict[str, Any]  # sweep.json, or {} when absent
+    source: str = ""  # where the sweep lives: its folder, or its URI (s3://...); default: ``path``
+
+    @property
+    def remote(self) -> bool:
+        return is_uri(self.source)
 
     @property
     def objectives(self) -> list[str]:
@@ -73,7 +79,17 @@ class SweepResults:
 
 
 def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
-    """Read one sweep folder; ``label`` defaults to the sweep's name."""
+    """Read one sweep folder, or one in remote storage (``s3://bucket/prefix/<sweep>``: its own files are copied to
+    a local mirror, its trials' logs when a chart needs them); ``label`` defaults to the sweep's name."""
+    source = str(path)
+    if is_uri(source):
+        source = check_uri(source)
+        try:
+            path = download(source, recursive=False, refresh=True)  # the table, sweep.json, optuna.db: rewritten
+        except StorageError as exc:
+            raise ResultsError(f"{exc}; give a sweep's folder, e.g. s3://bucket/prefix/quickstart") from None
+        if not (path / TRIALS_FILE).exists():
+            raise ResultsError(f"{source} holds no {TRIALS_FILE} (a sweep in remote storage is read from its table)")
     path = Path(path)
     if not path.is_dir():
         raise ResultsError(f"{path} is not a folder; give a sweep's results folder, e.g. results/quickstart")
@@ -86,7 +102,7 @@ def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
         raise ResultsError(f"{path} holds neither {TRIALS_FILE} nor Ray trial folders (*/result.json)")
     label = label or config.get("label") or config.get("name") or path.name
     trials.insert(0, LABEL, label)
-    return SweepResults(label, path, trials, config)
+    return SweepResults(label, path, trials, config, source if is_uri(source) else str(path))
 
 
 def load_sweeps(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[SweepResults]:
@@ -123,9 +139,21 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def _logs(row: pd.Series, column: str = CHECKPOINT) -> Path:
+    """A trial's checkpoint (or trial) folder as a local path: itself, or the local copy of its logs (model
+    weights left out) when it lies in remote storage."""
+    where = str(row.get(column) or "")
+    if not is_uri(where):
+        return Path(where)
+    try:
+        return local_copy(where, skip=(".pt",))
+    except StorageError as exc:
+        raise ResultsError(f"trial {row.get(TRIAL_ID)}: {exc}") from None
+
+
 def trial_history(row: pd.Series) -> pd.DataFrame:
     """Every evaluation of one trial (from its last checkpoint's metrics.jsonl, else Ray's progress.csv)."""
-    ckpt = Path(str(row.get(CHECKPOINT) or ""))
+    ckpt = _logs(row)
     if ckpt.is_dir() and (ckpt / METRICS_FILE).exists():
         return pd.DataFrame(_jsonl(ckpt / METRICS_FILE))
     progress = Path(str(row.get(TRIAL_PATH) or "")) / "progress.csv"
@@ -136,7 +164,7 @@ def trial_history(row: pd.Series) -> pd.DataFrame:
 
 def trial_gates(row: pd.Series) -> list[dict[str, Any]]:
     """The gate report of every evaluation of one trial: [{step, gates: {type: {gate, p_open, ...}}}]."""
-    ckpt = Path(str(row.get(CHECKPOINT) or ""))
+    ckpt = _logs(row)
     if not (ckpt / GATES_FILE).exists():
         raise ResultsError(f"trial {row.get(TRIAL_ID)}: no gates.jsonl in its checkpoint {ckpt}")
     return _jsonl(ckpt / GATES_FILE)
@@ -144,5 +172,5 @@ def trial_gates(row: pd.Series) -> list[dict[str, Any]]:
 
 def trial_samples(row: pd.Series) -> list[dict[str, str]]:
     """The translation samples of the trial's last evaluation."""
-    last = last_record(Path(str(row.get(CHECKPOINT) or "")) / SAMPLES_FILE)
+    last = last_record(_logs(row) / SAMPLES_FILE)
     return last.get("samples", []) if last else []

@@ -15,8 +15,8 @@
 # Pareto front of open heads against BLEU, and compares sweeps by their fronts and hypervolumes.
 # Open it with `jupytext --to ipynb analysis/pareto_notebook.py` (or Jupyter's jupytext extension), from the
 # repository root or from `analysis/`; its packages come with `pip install -e '.[notebook]'`. Set
-# `HEADSWEEP_RESULTS` (comma-separated folders; relative ones are read from the repository root) or edit the
-# list below.
+# `HEADSWEEP_RESULTS` (comma-separated folders or s3:// URIs; relative folders are read from the repository root)
+# or edit the list below.
 
 # %%
 # %matplotlib inline
@@ -45,10 +45,10 @@ from analysis.load import load_sweeps, trial_gates  # noqa: E402
 from analysis.pareto import default_reference, hypervolume, pareto_front  # noqa: E402
 from sweeps.results import TRIAL_ID  # noqa: E402
 
-folders = [ROOT / f if not Path(f).is_absolute() else Path(f)
+folders = [f if "://" in f or Path(f).is_absolute() else ROOT / f  # a URI (s3://...) is read from the storage
            for f in os.environ.get("HEADSWEEP_RESULTS", "results/quickstart").split(",")]
 runs = load_sweeps(folders)
-pd.DataFrame([{"sweep": s.label, "completed trials": len(s.completed), "folder": str(s.path),
+pd.DataFrame([{"sweep": s.label, "completed trials": len(s.completed), "folder": s.source,
                "objectives": ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions))} for s in runs])
 
 # %% [markdown]

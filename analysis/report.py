@@ -35,6 +35,7 @@ from sweeps.results import (
     WALL_SECONDS,
     checkpoint_file,
 )
+from sweeps.storage import StorageError, join_storage, upload
 
 from . import charts
 from .attention import attention_chart, attention_maps
@@ -119,6 +120,17 @@ class Report:
     folder: Path
     front: pd.DataFrame
     values: dict[str, float]
+    uploaded: str = ""  # the report folder's URI, for a sweep in remote storage
+
+
+def publish(s: SweepResults, folder: Path) -> str:
+    """A report written into the local copy of a sweep in remote storage goes up beside the sweep
+    (``<sweep URI>/report``); returns that URI ('' for a local sweep, or a report written elsewhere)."""
+    if not s.remote or folder.resolve() != (s.path / REPORT_DIR).resolve():
+        return ""
+    target = join_storage(s.source, REPORT_DIR)
+    upload(folder, target)
+    return target
 
 
 def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
@@ -127,7 +139,7 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
     page = Page(f"headsweep report: {s.label}")
     counts = s.prune[STATUS].value_counts().to_dict()
     page.p(f"{len(s.prune)} trials ({', '.join(f'{n} {k}' for k, n in counts.items())}); objectives: "
-           + ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions)) + f"; results folder {s.path}.")
+           + ", ".join(f"{o} {d}" for o, d in zip(s.objectives, s.directions)) + f"; results folder {s.source}.")
     table, hv, ref = _front_section(page, s, out)  # 1)
     _gates_section(page, s, table, out)  # 2)
     _curves_section(page, s, out)  # 3)
@@ -142,7 +154,7 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
           f"Charts: {out}; full report: {report}", ""]
     atomic_write(out / "report.md", "\n".join(md))
     return Report(report, out, table, {"hypervolume": hv, "pareto_trials": len(table),
-                                       "completed_trials": len(s.completed)})
+                                       "completed_trials": len(s.completed)}, publish(s, out))
 
 
 def _front_section(page: Page, s: SweepResults, out: Path) -> tuple[pd.DataFrame, float, list[float]]:
@@ -264,7 +276,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.report")
         f"{prog} results/quickstart",
         f"{prog} results/a results/b --labels tpe random --out results/compare",
     ])
-    parser.add_argument("folders", nargs="+", help="sweep results folders, e.g. results/quickstart")
+    parser.add_argument("folders", nargs="+",
+                        help="sweep results folders or URIs, e.g. results/quickstart, s3://bucket/prefix/quickstart")
     parser.add_argument("--labels", nargs="+", default=None, help="one label per folder (default: sweep names)")
     add_out(parser, "one sweep: its report (default <sweep>/report); several: their comparison, compare.html "
                     "(default: the first sweep's report folder; each sweep's own report stays in <sweep>/report)")
@@ -273,11 +286,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.report")
         sweeps = load_sweeps(args.folders, args.labels)
         for s in sweeps:
             own = Path(args.out) if args.out and len(sweeps) == 1 else None
-            print(f"report: {sweep_report(s, own).html}")
+            report = sweep_report(s, own)
+            print(f"report: {report.html}" + (f" (uploaded to {report.uploaded})" if report.uploaded else ""))
         if len(sweeps) > 1:
             out = Path(args.out) if args.out else sweeps[0].path / REPORT_DIR
-            print(f"comparison: {compare_report(sweeps, out)}")
-    except ResultsError as exc:
+            page = compare_report(sweeps, out)
+            uploaded = publish(sweeps[0], out)
+            print(f"comparison: {page}" + (f" (uploaded to {uploaded})" if uploaded else ""))
+    except (ResultsError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -20,8 +20,9 @@ from typing import Any
 
 from model import metrics as M
 from model.checkpoint import CheckpointError
-from model.files import atomic_write
 from model.train import DATA_STATS_FILE, GATES_FILE, METRICS_FILE, SAMPLES_FILE, STATUS_FILE
+
+from .storage import join_storage, local_copy, uri_of, write_text
 
 TRIALS_FILE = "trials.csv"
 SWEEP_FILE = "sweep.json"
@@ -44,26 +45,10 @@ STAGES = ("pretrain", "prune")  # rows of base models and of trials
 BUDGET, LAYOUT_SEED, LAYOUT = "baseline.budget", "baseline.seed", "baseline.layout"
 
 
-def join_storage(root: str, *parts: str) -> str:
-    """A path in the results storage: a local folder or a URI (s3://bucket/prefix)."""
-    return "/".join([root.rstrip("/"), *parts]) if "://" in root else str(Path(root, *parts))
-
-
-def write_text(target: str, text: str) -> None:
-    """Write a file in the storage: atomically on a local disk, through pyarrow for a URI (s3://, gs://)."""
-    if "://" in target:
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(target)
-        with fs.open_output_stream(path) as f:
-            f.write(text.encode("utf-8"))
-        return
-    atomic_write(target, text)
-
-
 def checkpoint_file(folder: str | os.PathLike) -> Path:
-    """The training checkpoint (``step_*.pt``) inside a reported checkpoint folder."""
-    found = sorted(Path(folder).glob("step_*.pt"))
+    """The training checkpoint (``step_*.pt``) inside a reported checkpoint folder (one in remote storage is
+    downloaded to its local copy first)."""
+    found = sorted(local_copy(folder).glob("step_*.pt"))
     if len(found) != 1:
         raise CheckpointError(f"{folder}: expected one step_*.pt checkpoint, found {len(found)}")
     return found[0]
@@ -102,8 +87,9 @@ def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
     row[EVALUATIONS] = 0 if history is None else len(history)
     row[SEED], row[BASE] = m.get(SEED), m.get(BASE)
     row[WALL_SECONDS] = m.get("time_total_s")
-    row[CHECKPOINT] = result.checkpoint.path if result.checkpoint is not None else ""
-    row[TRIAL_PATH] = result.path
+    checkpoint = result.checkpoint
+    row[CHECKPOINT] = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else ""
+    row[TRIAL_PATH] = uri_of(getattr(result, "filesystem", None), result.path)
     row[WANDB_RUN] = m.get(WANDB_RUN) or ""
     row.update({k: m.get(k) or "" for k in SIGNATURES})
     row.update({k: m.get(k) for k in PROVENANCE})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.config import Config, GateConfig, TrainConfig, config_from_dict, flatten, set_key
+from model.config import Config, ConfigError, GateConfig, TrainConfig, config_from_dict, flatten, set_key
 
 from .results import join_storage
 from .schema import (
@@ -34,6 +34,7 @@ from .schema import (
     auto_freeze,
     is_base_key,
 )
+from .storage import StorageError, check_uri
 
 
 def _with(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -213,9 +214,12 @@ class Sweep:
 
 
 def resolve_storage(storage: str) -> str:
-    """Ray needs an absolute storage path; URIs (s3://, gs://, ...) pass unchanged."""
+    """Ray needs an absolute storage path; URIs (s3://, gs://, ...) pass checked (no query string, a bucket)."""
     if "://" in storage:
-        return storage
+        try:
+            return check_uri(storage)
+        except StorageError as exc:
+            raise ConfigError(f"storage (or --results): {exc}") from None
     return str(Path(os.path.expandvars(os.path.expanduser(storage))).resolve())
 
 

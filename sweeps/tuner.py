@@ -28,7 +28,6 @@ from .results import (
     BUDGET,
     LAYOUT,
     LAYOUT_SEED,
-    OPTUNA_FILE,
     PRETRAINED_DIR,
     STAGE,
     STATUS,
@@ -36,10 +35,13 @@ from .results import (
     WANDB_DIR,
     WANDB_RUN,
     join_storage,
+    uri_of,
     write_text,
     write_trials_table,
 )
 from .schema import RUN_LOCATION_KEYS, MethodRun
+from .storage import exists, read_bytes
+from .study import StudyStorage, ensure_study_file, fresh_study_file
 from .sweep import Sweep, base_hash, schema_dict
 from .validate import absolute_paths, check_gpus
 from .wandb_log import resolve_mode, unreachable_backend
@@ -115,6 +117,11 @@ def make_searcher(sweep: Sweep):
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
             return params
 
+        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+            super().save_to_dir(checkpoint_dir, session_str)
+            if isinstance(self._storage, StudyStorage):  # a remote sweep's study travels with the searcher's state
+                self._storage.save_snapshot(checkpoint_dir)
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if result and result.get(WANDB_RUN) and trial_id in self._ot_trials:
                 self._ot_trials[trial_id].set_user_attr(WANDB_RUN_ATTR, result[WANDB_RUN])
@@ -130,10 +137,8 @@ def make_searcher(sweep: Sweep):
         "random": lambda: optuna.samplers.RandomSampler(seed=s.seed),
         "grid": lambda: optuna.samplers.GridSampler({d.key: d.grid() for d in sweep.space}, seed=s.seed),
     }
-    storage = None
-    if "://" not in sweep.experiment_dir:
-        Path(sweep.experiment_dir).mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{Path(sweep.experiment_dir) / OPTUNA_FILE}")
+    fresh_study_file(sweep.experiment_dir)  # a new sweep (a restored one gets its searcher from Tune's state)
+    storage = StudyStorage(sweep.experiment_dir)
     return HeadsweepSearch(
         metric=[o.metric for o in sweep.objectives], mode=[o.mode for o in sweep.objectives],
         sampler=samplers[s.sampler](), study_name=sweep.name, storage=storage,
@@ -174,6 +179,7 @@ def _fit(tuner_factory, trainable, experiment: str, resume: bool, keep: int):
             raise SweepError(f"{experiment} already holds a sweep: pass --resume to continue it, or choose another "
                              f"name (--set name=...) or --results folder")
         print(f"resuming {experiment}", flush=True)
+        ensure_study_file(experiment)  # a remote sweep's study, as the state being restored left it
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
     else:  # with --resume too: the sweep stopped before this stage began (the driver checked it exists)
         tuner = tuner_factory()
@@ -208,8 +214,7 @@ def pretrain_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables) -> t
         if result.error is not None or result.checkpoint is None or result.metrics.get(M.STATUS) != "completed":
             raise SweepError(f"base model {name} did not complete ({result.error or result.metrics.get(M.STATUS)}); "
                              f"see {result.path}. Fix the cause, then rerun the same command to finish it.")
-        path = result.checkpoint.path
-        bases[key] = path if "://" not in root else f"{root.split('://', 1)[0]}://{path.lstrip('/')}"
+        bases[key] = uri_of(result.checkpoint.filesystem, result.checkpoint.path)
         results.append(result)
     return bases, results
 
@@ -265,8 +270,8 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
         trainable = tune.with_resources(tune.with_parameters(trainables.layout, setup=setup, run=run),
                                         _resources(sweep.resources))
     experiment = join_storage(sweep.storage, run.name)
-    exists = tune.Tuner.can_restore(experiment)
-    if exists and not resume:
+    found = tune.Tuner.can_restore(experiment)
+    if found and not resume:
         raise SweepError(f"{experiment} already holds the {run.label} trials of a sweep: pass --resume to continue "
                          f"it, or choose another name (--set name=...) or --results folder")
     print(f"method {run.label}: {experiment}", flush=True)
@@ -277,7 +282,7 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
                           run_config=_run_config(sweep, run.name, sweep.storage, keep=sweep.schema.keep_checkpoints,
                                                  params=list(space)))
 
-    return _fit(new_tuner, trainable, experiment, resume=exists, keep=sweep.schema.keep_checkpoints), list(space)
+    return _fit(new_tuner, trainable, experiment, resume=found, keep=sweep.schema.keep_checkpoints), list(space)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,20 +399,18 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
     from ray import tune
 
     folders = [join_storage(sweep.storage, run.name) for run in sweep.method_runs()]
-    exists = any(tune.Tuner.can_restore(folder) for folder in folders)
-    if exists and not resume:
+    started = any(tune.Tuner.can_restore(folder) for folder in folders)
+    if started and not resume:
         raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
                          f"another name (--set name=...) or --results folder")
     bases = [join_storage(sweep.storage, PRETRAINED_DIR, name) for _, _, name in sweep.base_experiments()
              ] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
-    if resume and not exists and not any(tune.Tuner.can_restore(base) for base in bases):
+    if resume and not started and not any(tune.Tuner.can_restore(base) for base in bases):
         raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
-    if "://" in sweep.storage:
-        return  # the recorded sweeps below are compared on local storage
     for run, folder in zip(sweep.method_runs(), folders):
-        recorded = Path(folder, SWEEP_FILE)
-        if resume and recorded.exists():
-            old = _settings_of(run, with_absolute_paths(json.loads(recorded.read_text())))
+        recorded = join_storage(folder, SWEEP_FILE)
+        if resume and exists(recorded):
+            old = _settings_of(run, with_absolute_paths(json.loads(read_bytes(recorded))))
             new = _settings_of(run, schema_dict(sweep))
             changed = sweep_differences(old, new)
             if changed:

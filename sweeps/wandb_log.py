@@ -199,12 +199,17 @@ def log_sweep_summary(sweep: Any, folder: Path, front: Any, values: dict[str, fl
     if mode == "disabled":
         return
     from .results import WANDB_DIR, join_storage
+    from .storage import is_uri, mirror_path, upload
     from .sweep import schema_dict
 
+    stored = join_storage(sweep.experiment_dir, WANDB_DIR)
+    directory = str(mirror_path(stored)) if is_uri(stored) else stored  # written locally, then uploaded
     logger = TrialLogger(mode, w.project, sweep.wandb_group, run_id=f"{sweep.name}-summary",
                          name=f"{sweep.name}-summary", config=schema_dict(sweep),
-                         directory=join_storage(sweep.experiment_dir, WANDB_DIR), entity=w.entity, tags=w.tags,
+                         directory=directory, entity=w.entity, tags=w.tags,
                          job_type="summary", init_timeout=w.init_timeout, upload_timeout=w.upload_timeout)
     images = {p.stem: p for p in sorted(Path(folder).glob("*.png"))}
     logger.log_report(images, {"pareto_front": front.astype(str)}, values)
     logger.finish()
+    if is_uri(stored) and mode == "offline":
+        upload(directory, stored)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,70 @@ def record(request: pytest.FixtureRequest):
             with open(out, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"test": request.node.nodeid, "what": what, **figures}) + "\n")
     return write
+
+
+@dataclass
+class S3Server:
+    """An S3-compatible server (moto's) on 127.0.0.1, reached as users reach MinIO or Ceph: AWS_ENDPOINT_URL."""
+
+    endpoint: str
+    env: dict[str, str]  # what a process needs to reach it
+    bucket: str = "headsweep"
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *parts])
+
+    def keys(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` (a key prefix in the bucket) with its size."""
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(self.uri(prefix))
+        found = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
+        return {i.path.split("/", 1)[1]: i.size for i in found if i.type == pyarrow.fs.FileType.File}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """moto's standalone S3 server on a free loopback port, one bucket; its address and keys in this process's
+    environment for the session (and in ``env`` for subprocesses)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+                time.sleep(0.2)
+        import pyarrow.fs
+
+        server = S3Server(env["AWS_ENDPOINT_URL"], env)
+        fs = pyarrow.fs.S3FileSystem(endpoint_override=server.endpoint, scheme="http", access_key="test",
+                                     secret_key="test", region="us-east-1", allow_bucket_creation=True)
+        fs.create_dir(server.bucket)
+        yield server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -137,10 +137,21 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
                 run_trial(cfg, run_dir, report, restore_from=folder, log=_trial_log)
         else:
             run_trial(cfg, run_dir, report, init_from=init_from, log=_trial_log)
+    except CorpusError as exc:  # a corpus this node lacks (and cannot download): say which node
+        logger.finish(exit_code=1)
+        raise CorpusError(f"on node {_node()}: {exc}") from None
     except BaseException:
         logger.finish(exit_code=1)
         raise
     logger.finish()
+
+
+def _node() -> str:
+    import socket
+
+    import ray
+
+    return f"{ray.util.get_node_ip_address()} ({socket.gethostname()})"
 
 
 def _in_storage(path: str, ctx) -> str:

@@ -142,6 +142,7 @@ class SweepSchema:
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     storage: str = DEFAULT_STORAGE  # results root (relative to the working directory) or a URI (s3://...)
+    storage_shared: bool = False  # true: `storage` is a folder every node mounts at the same path (NFS, ...)
     keep_checkpoints: int = 2  # checkpoints Ray keeps per trial (the newest)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

@@ -24,6 +24,7 @@ from model.config import flatten
 from model.corpora import CorpusError, FilesCorpus
 
 from .baselines import layout_heads, layout_name, parse_layout_name
+from .placement import check_placement, check_shared_storage, read_autoscaler
 from .results import (
     BUDGET,
     LAYOUT,
@@ -291,7 +292,7 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
 
 def _where_not_what(key: str) -> bool:
     """A recorded sweep key that says where or how fast trials run (W&B, folders, threads), not what they learn."""
-    return key.startswith("wandb.") or any(key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.")
+    return key.startswith("wandb.") or key == "storage_shared" or any(key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.")
                                            for k in RUN_LOCATION_KEYS)
 
 
@@ -327,6 +328,22 @@ def cluster_to_join(address: str | None, local: bool) -> tuple[str, str] | None:
     return (found, " (started on this node)") if found else None
 
 
+# What trials on other nodes need from the driver's environment, sent in Ray's runtime_env (a job-level setting, so
+# shown on the Ray dashboard and by `ray job`/`ray list` to whoever reaches the cluster): the project's folders and
+# settings, W&B's mode and where it logs, the S3 endpoint and region. Never a secret: W&B and storage keys reach
+# nodes through their own environment (cluster launcher setup, instance profile, ~/.netrc).
+FORWARDED_PREFIXES = ("HEADSWEEP_",)
+FORWARDED_NAMES = ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_SILENT",
+                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+
+
+def forwarded_environment() -> dict[str, str]:
+    """The driver's variables a trial on any node needs (see FORWARDED_NAMES), secrets never among them."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
+    return {k: v for k, v in env.items() if not any(word in k for word in SECRET_WORDS)}
+
+
 def describe_cluster() -> str:
     """The nodes and resources of the Ray cluster this driver is connected to."""
     import ray
@@ -345,8 +362,10 @@ def start_ray(cluster: tuple[str, str] | None, dashboard: bool, dashboard_host: 
 
     if cluster is not None:
         address, found = cluster
-        ray.init(address=address, include_dashboard=None)
-        print(f"joined the Ray cluster at {address}{found}: {describe_cluster()}", flush=True)
+        env_vars = forwarded_environment()
+        ray.init(address=address, include_dashboard=None, runtime_env={"env_vars": env_vars})
+        print(f"joined the Ray cluster at {address}{found}: {describe_cluster()}"
+              + (f"; passed to its workers: {', '.join(sorted(env_vars))}" if env_vars else ""), flush=True)
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
     try:
@@ -356,6 +375,23 @@ def start_ray(cluster: tuple[str, str] | None, dashboard: bool, dashboard_host: 
             raise
         raise SweepError(f"--dashboard needs Ray's full install: pip install -e '.[cluster]' ({exc})") from exc
     print(f"started a private local Ray: {describe_cluster()}", flush=True)
+
+
+def check_cluster(sweep: Sweep) -> None:
+    """On the Ray cluster the driver uses: refuse trials no node can ever hold and local storage that other
+    machines cannot reach; say when trials wait for the autoscaler."""
+    import ray
+
+    nodes = [{**n.get("Resources", {}), "host": n.get("NodeManagerAddress")} for n in ray.nodes() if n.get("Alive")]
+    autoscaler = read_autoscaler()
+    stages = [("resources", sweep.resources)]  # base models and scratch trials: pretrain.resources
+    if sweep.schema.pretrain.resources is not None:
+        stages.append(("pretrain.resources", sweep.pretrain_resources))
+    for where, res in stages:
+        note = check_placement(where, res.cpus, res.gpus, nodes, autoscaler, res.autoscale)
+        if note:
+            print(note, flush=True)
+    check_shared_storage(sweep.storage, nodes, autoscaler, sweep.schema.storage_shared)
 
 
 def _sweep_record(sweep: Sweep, run: MethodRun) -> dict[str, Any]:
@@ -462,9 +498,7 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
         start_ray(cluster, dashboard, dashboard_host)
     tables: dict[MethodRun, Any] = {}
     try:
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        check_gpus(sweep.resources.gpus, gpus, sweep.resources.autoscale)
-        check_gpus(sweep.pretrain_resources.gpus, gpus, sweep.pretrain_resources.autoscale, "pretrain.resources.gpus")
+        check_cluster(sweep)
         runs = sweep.method_runs()
         provenance = {"git_commit": git_commit(), "versions": json.dumps(package_versions(), sort_keys=True)}
         setup = TrialSetup(sweep, {}, mode, wandb_dir, provenance)

@@ -326,12 +326,22 @@ def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):
 def test_cluster_launcher_config_passes_rays_own_validation():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    config = yaml.safe_load((REPO / "sweeps" / "cluster.yaml").read_text())
+    import ray
+
+    text = (REPO / "sweeps" / "cluster.yaml").read_text()
+    config = yaml.safe_load(text)
     validate_config(prepare_config(copy.deepcopy(config)))
     node_types = config["available_node_types"]
-    assert node_types[config["head_node_type"]]["resources"] == {}  # trials never land on the head
+    assert node_types[config["head_node_type"]]["resources"] == {"CPU": 0}  # trials never land on the head
+    assert any("--head" in c and "--num-cpus=0" in c for c in config["head_start_ray_commands"])
     assert any(t.get("resources", {}).get("GPU", 0) >= 1 for t in node_types.values())
-    assert any("pip install" in c and "headsweep" in c for c in config["setup_commands"])
+    assert all("IamInstanceProfile" in t["node_config"] for t in node_types.values())  # S3 without keys
+    assert any("pip install" in c and "headsweep[cluster]" in c for c in config["setup_commands"])
+    pins = [c.split("==")[1].split("'")[0] for c in config["setup_commands"] if "ray[" in c and "==" in c]
+    assert pins == [ray.__version__], f"cluster.yaml pins Ray {pins}; this machine runs {ray.__version__}"
+    assert config["rsync_filter"] == [".gitignore"] and "results/" in (REPO / ".gitignore").read_text()
+    keys = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "- "))]
+    assert all("#" in ln for ln in keys), [ln for ln in keys if "#" not in ln]  # every key commented
     broken = copy.deepcopy(config)
     broken["head_node_type"] = "no_such_type"
     with pytest.raises(ValueError, match="head_node_type"):

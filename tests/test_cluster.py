@@ -1,0 +1,138 @@
+"""Placing a sweep on a Ray cluster: trials checked against the nodes and the autoscaler's node types, local
+storage refused where other machines run trials, what travels to the workers in runtime_env, and a sweep whose
+trials wait for the nodes that Ray's fake multi-node autoscaler adds (RAY_FAKE_CLUSTER=1)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model.config import ConfigError
+from sweeps.placement import check_placement, check_shared_storage, read_autoscaler
+from tests.conftest import REPO
+from tests.test_trainable import check_table, run_cli, write_sweep
+
+CPU_HEAD = {"CPU": 0.0, "host": "10.0.0.1"}
+
+
+def test_the_launcher_configs_worker_types_are_what_the_driver_checks_trials_against(tmp_path: Path):
+    shutil.copy(REPO / "sweeps" / "cluster.yaml", tmp_path / "ray_bootstrap_config.yaml")
+    autoscaler = read_autoscaler(tmp_path / "ray_bootstrap_config.yaml")
+    assert autoscaler.provider == "aws" and autoscaler.adds_machines
+    assert [(t.name, t.resources, t.max_workers) for t in autoscaler.node_types] == [
+        ("gpu_worker", {"CPU": 4.0, "GPU": 1.0}, 8)]  # the head is not a type trials wait for
+    note = check_placement("resources", 1, 1, [CPU_HEAD], autoscaler, declared=False)
+    assert "trials wait for the autoscaler to add gpu_worker (4 CPUs and 1 GPU)" in note
+    assert check_placement("resources", 1, 0.5, [CPU_HEAD, {"CPU": 4, "GPU": 1}], autoscaler, False) == ""
+    with pytest.raises(ConfigError, match=r"`resources`: 8 CPUs and 1 GPU per trial.*gpu_worker"):
+        check_placement("resources", 8, 1, [CPU_HEAD], autoscaler, declared=False)
+    assert read_autoscaler(tmp_path / "missing.yaml") is None
+    (tmp_path / "broken.yaml").write_text("available_node_types: [\n")
+    assert read_autoscaler(tmp_path / "broken.yaml") is None
+
+
+def test_trials_no_node_can_hold_are_refused_unless_an_autoscaler_is_declared():
+    nodes = [{"CPU": 2.0, "host": "127.0.0.1"}]
+    with pytest.raises(ConfigError, match=r"`pretrain.resources`: 1 CPU and 1 GPU per trial.*nodes: 2 CPUs"):
+        check_placement("pretrain.resources", 1, 1, nodes, None, declared=False)
+    with pytest.raises(ConfigError, match="3 CPUs per trial"):  # all of a trial's CPUs must be on one node
+        check_placement("resources", 3, 0, nodes + [{"CPU": 2.0, "host": "127.0.0.2"}], None, False)
+    note = check_placement("resources", 1, 1, nodes, None, declared=True)
+    assert "resources.autoscale: true" in note
+
+
+def test_local_storage_is_refused_where_trials_run_on_other_machines(tmp_path: Path):
+    two = [{"CPU": 2.0, "host": "10.0.0.1"}, {"CPU": 2.0, "host": "10.0.0.2"}]
+    with pytest.raises(ConfigError, match=r"`storage`.*2 machines \(10.0.0.1, 10.0.0.2\).*storage_shared: true"):
+        check_shared_storage("/home/me/results", two, None, shared=False)
+    check_shared_storage("s3://bucket/r", two, None, shared=False)
+    check_shared_storage("/mnt/nfs/results", two, None, shared=True)
+    same_machine = [{"CPU": 1.0, "host": "127.0.0.1"}, {"CPU": 1.0, "host": "127.0.0.1"}]
+    check_shared_storage("/home/me/results", same_machine, None, shared=False)
+    shutil.copy(REPO / "sweeps" / "cluster.yaml", tmp_path / "aws.yaml")  # one node now, cloud workers later
+    with pytest.raises(ConfigError, match="nodes its autoscaler adds"):
+        check_shared_storage("/home/me/results", same_machine[:1], read_autoscaler(tmp_path / "aws.yaml"), False)
+    local = {"provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": ["127.0.0.1"]},
+             "available_node_types": {"w": {"resources": {"CPU": 1}, "max_workers": 1}}}
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(local))
+    check_shared_storage("/home/me/results", same_machine, read_autoscaler(tmp_path / "local.yaml"), False)
+
+
+def test_what_the_driver_sends_to_workers_holds_no_secret(monkeypatch):
+    from sweeps.tuner import forwarded_environment
+
+    for name, value in {"HEADSWEEP_DATA": "/data", "HEADSWEEP_CACHE": "/c", "WANDB_MODE": "offline",
+                        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "WANDB_API_KEY": "k" * 40,
+                        "AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "a", "HEADSWEEP_TOKEN": "t",
+                        "HOME": "/home/me"}.items():
+        monkeypatch.setenv(name, value)
+    sent = forwarded_environment()
+    assert {"HEADSWEEP_DATA", "HEADSWEEP_CACHE", "WANDB_MODE", "AWS_ENDPOINT_URL"} <= set(sent)
+    assert not {"WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "HEADSWEEP_TOKEN", "HOME"} & set(sent)
+
+
+def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, record):
+    """Ray's documented way to test autoscaling on one machine: `RAY_FAKE_CLUSTER=1 ray start --head
+    --autoscaling-config=...`, here with a head that offers no CPU, so that every trial waits for a worker node of
+    the config's type. The driver (as on the head of a `ray up` cluster: no RAY_ADDRESS, the config in
+    ~/ray_bootstrap_config.yaml) says that trials wait for the autoscaler, and the sweep finishes on the nodes it
+    adds."""
+    ray_cli = Path(sys.executable).parent / "ray"
+    if not ray_cli.exists():
+        pytest.skip(f"no Ray command line at {ray_cli}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    config = {"cluster_name": "fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+              "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                           "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
+              "auth": {}, "head_node_type": "ray.head.default",
+              "available_node_types": {
+                  "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+                  "cpu_worker": {"resources": {"CPU": 1, "object_store_memory": 100_000_000}, "node_config": {},
+                                 "min_workers": 0, "max_workers": 2}},
+              "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "rsync_exclude": [], "rsync_filter": [],
+              "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+              "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": []}
+    bootstrap = home / "ray_bootstrap_config.yaml"
+    bootstrap.write_text(yaml.safe_dump(config))
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
+    loopback = {"HOME": str(home), "RAY_TMPDIR": ray_tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_FAKE_CLUSTER": "1",
+                "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    env = {**os.environ, **loopback}
+    env.pop("RAY_ADDRESS", None)
+    started = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                              "--num-cpus=0", f"--autoscaling-config={bootstrap}", "--include-dashboard=false",
+                              "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=300,
+                             check=False)
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 2, "max_concurrent": 2, "seed": 1})
+        proc = run_cli(str(sweep), "--results", str(tmp_path / "r"), env=loopback, timeout=480)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"joined the Ray cluster at 127.0.0.1:{port} (started on this node): 1 node, 0 CPUs" in proc.stdout
+        waits = proc.stdout.count("resources: no node offers 1 CPU yet (nodes: 0 CPUs); trials wait for the "
+                                  "autoscaler to add cpu_worker (1 CPU)")
+        assert waits == 1, proc.stdout[:3000]
+        df = check_table(tmp_path / "r" / "t", trials=2)
+        status = subprocess.run([str(ray_cli), "status", f"--address=127.0.0.1:{port}"], env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        added = status.stdout.count("cpu_worker")
+        assert added >= 1, status.stdout[-2000:]
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    record("sweep on Ray's fake autoscaler: a head without CPUs, trials wait for added worker nodes",
+           wait_notes=waits, trials_completed=int((df["stage"] == "prune").sum()), worker_lines_in_ray_status=added)

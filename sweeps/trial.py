@@ -3,7 +3,8 @@
 ``run_trial`` trains in a scratch folder and hands every evaluation to ``report(metrics, checkpoint_dir)``:
 ``checkpoint_dir`` is a self-contained folder (the training checkpoint plus the run's logs) that the caller may
 persist (Ray Tune copies it to the sweep's storage). Given such a folder back as ``restore_from``, the trial
-continues exactly where it stopped, on any machine: the same steps, the same data order, the same metrics.
+continues where it stopped: the same steps, the same data order, and on the same kind of device the same
+metrics, bitwise (shown on CPU, and on CUDA on the same GPU by ``bench/gpu_check.sh``; docs/gpu.md).
 """
 
 from __future__ import annotations

@@ -363,7 +363,7 @@ def start_ray(cluster: tuple[str, str] | None, dashboard: bool, dashboard_host: 
     if cluster is not None:
         address, found = cluster
         env_vars = forwarded_environment()
-        ray.init(address=address, include_dashboard=None, runtime_env={"env_vars": env_vars})
+        ray.init(address=address, include_dashboard=None, runtime_env={"env_vars": env_vars} if env_vars else None)
         print(f"joined the Ray cluster at {address}{found}: {describe_cluster()}"
               + (f"; passed to its workers: {', '.join(sorted(env_vars))}" if env_vars else ""), flush=True)
         return

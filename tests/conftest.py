@@ -135,3 +135,22 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_command() -> Path:
+    """Ray's command line beside this Python (skips the test where there is none)."""
+    import sys
+
+    found = Path(sys.executable).parent / "ray"
+    if not found.exists():
+        pytest.skip(f"no Ray command line at {found}")
+    return found

@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import yaml
 
 from model.config import ConfigError
 from sweeps.placement import check_placement, check_shared_storage, read_autoscaler
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, ray_command
 from tests.test_trainable import check_table, run_cli, write_sweep
 
 CPU_HEAD = {"CPU": 0.0, "host": "10.0.0.1"}
@@ -86,12 +84,7 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
     the config's type. The driver (as on the head of a `ray up` cluster: no RAY_ADDRESS, the config in
     ~/ray_bootstrap_config.yaml) says that trials wait for the autoscaler, and the sweep finishes on the nodes it
     adds."""
-    ray_cli = Path(sys.executable).parent / "ray"
-    if not ray_cli.exists():
-        pytest.skip(f"no Ray command line at {ray_cli}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    ray_cli, port = ray_command(), free_port()
     home = tmp_path / "home"
     home.mkdir()
     config = {"cluster_name": "fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,

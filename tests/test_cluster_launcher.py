@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from sweeps.storage import download
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 RELAY = """import os, socket, sys, threading
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
@@ -65,12 +64,6 @@ def _missing() -> str:
     return ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """The command's result; one that runs past ``timeout`` is killed and returns 124 with what it printed."""
     try:
@@ -87,7 +80,7 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
     root = Path(tempfile.mkdtemp(prefix="hs-e2e-", dir="/tmp"))
     home, key = root / "home", root / "id_ed25519"
     token = secrets.token_hex(16)
-    gcs, dashboard, sshd_port = _free_port(), _free_port(), _free_port()
+    gcs, dashboard, sshd_port = free_port(), free_port(), free_port()
     home.mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True)
@@ -106,8 +99,9 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
         f"PidFile {root / 'sshd.pid'}", f"SetEnv HOME={home}"]) + "\n")
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-    sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config)],
-                            stderr=open(root / "sshd.log", "w"))
+    with open(root / "sshd.log", "w") as sshd_log:
+        sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config)],
+                                stderr=sshd_log)
     config = root / "cluster.yaml"
     config.write_text(yaml.safe_dump({
         "cluster_name": f"hs-e2e-{gcs}", "max_workers": 0, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,

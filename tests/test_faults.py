@@ -171,6 +171,7 @@ def test_the_local_dashboard_listens_on_loopback_unless_asked_otherwise(tmp_path
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no cluster of another test or user to join on this node
     sweep = tmp_path / "s.yaml"
     sweep.write_text("base: {data: {synthetic: {train_size: 100}}}\nprune: {set: {gates.mode: learned}}\n"
                      "space: {gates.penalty: {loguniform: [0.01, 0.5]}}\nwandb: {mode: disabled}\n")

@@ -417,19 +417,17 @@ def test_a_driver_on_a_cluster_node_joins_that_cluster_and_local_starts_a_privat
     """As `ray submit`/`ray exec` run it on the head of a `ray up` cluster: no RAY_ADDRESS, a cluster started on
     the node with `ray start` (here on 127.0.0.1, in a private Ray temp folder). The driver joins it and says so;
     with --local it starts its own Ray instead."""
+    import secrets
     import shutil
-    import socket
     import tempfile
 
-    ray_cli = Path(sys.executable).parent / "ray"
-    if not ray_cli.exists():
-        pytest.skip(f"no Ray command line at {ray_cli}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.conftest import free_port, ray_command
+
+    ray_cli, port = ray_command(), free_port()
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
     # every node address 127.0.0.1; Ray's token authentication on, as `ray start` enables it
-    loopback = {"RAY_TMPDIR": ray_tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    loopback = {"RAY_TMPDIR": ray_tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env = {**os.environ, **loopback}
     env.pop("RAY_ADDRESS", None)
     started = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.export")
         f"{prog} results/quickstart",
         f"{prog} results/multi30k_en_de --out results/front-models",
     ])
-    parser.add_argument("folder", help="a sweep's results folder or URI, e.g. results/quickstart, s3://bucket/x/quickstart")
+    parser.add_argument("folder",
+                        help="a sweep's results folder or URI, e.g. results/quickstart, s3://bucket/x/quickstart")
     add_out(parser, "one pruned model <trial>.pt per Pareto-optimal trial (default: <sweep>/pruned; for a sweep in "
                     "remote storage, uploaded there too)")
     args = parser.parse_args(argv)

@@ -40,7 +40,7 @@ def check_uri(uri: str) -> str:
     scheme, _, rest = uri.partition("://")
     if "?" in uri:
         raise StorageError(f"{uri}: a results URI takes no query string; name an S3-compatible server with "
-                           f"AWS_ENDPOINT_URL=http://host:port (and its keys in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+                           f"AWS_ENDPOINT_URL=http://host:port (its keys: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
     if not scheme or not rest.strip("/"):
         raise StorageError(f"{uri}: expected scheme://bucket[/prefix], e.g. s3://my-bucket/headsweep")
     return uri.rstrip("/")

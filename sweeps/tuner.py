@@ -292,8 +292,8 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
 
 def _where_not_what(key: str) -> bool:
     """A recorded sweep key that says where or how fast trials run (W&B, folders, threads), not what they learn."""
-    return key.startswith("wandb.") or key == "storage_shared" or any(key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.")
-                                           for k in RUN_LOCATION_KEYS)
+    return key.startswith("wandb.") or key == "storage_shared" or any(
+        key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.") for k in RUN_LOCATION_KEYS)
 
 
 def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -82,8 +82,8 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
     """Ray's documented way to test autoscaling on one machine: `RAY_FAKE_CLUSTER=1 ray start --head
     --autoscaling-config=...`, here with a head that offers no CPU, so that every trial waits for a worker node of
     the config's type. The driver (as on the head of a `ray up` cluster: no RAY_ADDRESS, the config in
-    ~/ray_bootstrap_config.yaml) says that trials wait for the autoscaler, and the sweep finishes on the nodes it
-    adds."""
+    ~/ray_bootstrap_config.yaml) joins the cluster, says that trials wait for the autoscaler, and the sweep finishes
+    on the nodes it adds; with --local, a driver on the same node starts a private Ray instead."""
     ray_cli, port = ray_command(), free_port()
     home = tmp_path / "home"
     home.mkdir()
@@ -124,8 +124,17 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
                                 capture_output=True, text=True, timeout=120, check=False)
         added = status.stdout.count("cpu_worker")
         assert added >= 1, status.stdout[-2000:]
+        # with --local, the same node's driver starts a private Ray instead of joining
+        alone = write_sweep(tmp_path / "alone.yaml", pretrain={"enabled": False},
+                            search={"num_samples": 1, "max_concurrent": 1})
+        private = run_cli(str(alone), "--results", str(tmp_path / "private"), "--local", env=loopback)
+        privates = private.stdout.count("started a private local Ray")
+        assert private.returncode == 0 and privates == 1, private.stdout[-3000:] + private.stderr[-3000:]
+        assert "joined the Ray cluster" not in private.stdout
     finally:
         subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    record("sweep on Ray's fake autoscaler: a head without CPUs, trials wait for added worker nodes",
-           wait_notes=waits, trials_completed=int((df["stage"] == "prune").sum()), worker_lines_in_ray_status=added)
+    record("driver on the head of Ray's fake autoscaler (no RAY_ADDRESS, a head without CPUs): joins it, trials wait "
+           "for added worker nodes; with --local a private Ray", wait_notes=waits,
+           trials_completed=int((df["stage"] == "prune").sum()), worker_lines_in_ray_status=added,
+           private_with_local=privates)

@@ -1,15 +1,18 @@
 """End to end, the way a user runs a cluster sweep, with Ray's own tools on this machine: an S3 server (moto's) on
 127.0.0.1, `ray up` of a cluster config with Ray's `local` provider over SSH to 127.0.0.1 (an sshd and a key of the
-test's, logging in to a HOME of the test's), worker nodes that join from another folder with a clean environment and another HOME, then the README's
-`ray submit CLUSTER.yaml trainable.py sweeps/quickstart.yaml --smoke-test --results s3://...` as written, `ray job
-submit --working-dir . -- python trainable.py ...` against the same cluster, and `ray down`.
+test's, logging in to a HOME of the test's), worker nodes that join from another folder with a clean environment
+and another HOME, then the README's `ray submit CLUSTER.yaml trainable.py sweeps/quickstart.yaml --smoke-test
+--results s3://...` as written, `ray job submit --working-dir . -- python trainable.py ...` against the same
+cluster, and `ray down`.
 
-Needs root (an sshd that logs in as root; the login's HOME is set to the test's folder), OpenSSH's server and rsync (Debian: openssh-server rsync; .ci/run
-installs them) and Ray's full install (`.[cluster]`); it skips, saying which is missing, otherwise."""
+Needs root (an sshd that logs in as root; the login's HOME is set to the test's folder), OpenSSH's server and rsync
+(Debian: openssh-server rsync; .ci/run installs them) and Ray's full install (`.[cluster]`); it skips, saying which
+is missing, otherwise."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -88,7 +91,8 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
     head_tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's folder of the head (short: socket paths)
     # the head's own environment, as a node's image would set it: the project's Python, its S3 credentials
     (home / ".bashrc").write_text("\n".join([
-        'cd "$HOME"', f"export PATH={venv_bin}:$PATH", f"export RAY_TMPDIR={head_tmp}", "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0",
+        'cd "$HOME"', f"export PATH={venv_bin}:$PATH", f"export RAY_TMPDIR={head_tmp}",
+        "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0",
         "export RAY_AUTH_MODE=token", f"export RAY_AUTH_TOKEN={token}", "export WANDB_MODE=offline",
         *(f"export {k}={v}" for k, v in s3_server.env.items())]) + "\n")
     (root / "relay.py").write_text(RELAY)
@@ -146,12 +150,17 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
         timings["ray_submit_s"] = time.perf_counter() - start
         out = submitted.stdout + submitted.stderr
         assert submitted.returncode == 0, out[-5000:]
-        assert f"joined the Ray cluster at 127.0.0.1:{gcs} (started on this node): 3 nodes, 2 CPUs, 0 GPUs" in out
+        join_line = re.search(rf"joined the Ray cluster at 127\.0\.0\.1:{gcs} \(started on this node\): (\d+) nodes, "
+                              r"2 CPUs, 0 GPUs", out)
+        assert join_line and join_line.group(1) == "3", out[-5000:]  # the head (0 CPUs) and both workers
+        took = int(re.search(r"sweep quickstart-smoke took (\d+) s", out).group(1))
         assert "Traceback" not in out, out[-5000:]
         df = pd.read_csv(download(results + "/quickstart-smoke/trials.csv", root / "submitted.csv"))
         prune = df[df["stage"] == "prune"]
         assert len(prune) == 2 and (prune["status"] == "completed").all(), prune[["trial_id", "status", "error"]]
         assert all(str(v).startswith(results + "/") for v in df["checkpoint"])
+        # the ideal: the base model, then the two trials side by side on the two workers
+        ideal = float(df[df["stage"] == "pretrain"]["wall_seconds"].sum() + prune["wall_seconds"].max())
         assert s3_server.keys("e2e/quickstart-smoke/report").get("e2e/quickstart-smoke/report/report.html")
 
         start = time.perf_counter()
@@ -176,6 +185,7 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
             shutil.rmtree(folder, ignore_errors=True)
     assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
     record("ray up (local provider over SSH) + 2 clean worker nodes, ray submit and ray job submit on s3://, ray down",
-           nodes=3, trials_submit=len(prune), trials_job=int((job_df["stage"] == "prune").sum()),
+           nodes=int(join_line.group(1)), sweep_s=took, trials_s_ideal=round(ideal, 1), trials_submit=len(prune),
+           trials_job=int((job_df["stage"] == "prune").sum()),
            objects_in_storage=len(stored), mb_in_storage=round(sum(stored.values()) / 1e6, 1),
            **{k: round(v) for k, v in timings.items()})

@@ -413,46 +413,6 @@ def test_a_sigterm_inside_a_callback_of_a_finished_worker_prints_no_traceback():
     assert "SystemExit" not in proc.stderr and "ValueError: a real error" in proc.stderr
 
 
-def test_a_driver_on_a_cluster_node_joins_that_cluster_and_local_starts_a_private_ray(tmp_path: Path, record):
-    """As `ray submit`/`ray exec` run it on the head of a `ray up` cluster: no RAY_ADDRESS, a cluster started on
-    the node with `ray start` (here on 127.0.0.1, in a private Ray temp folder). The driver joins it and says so;
-    with --local it starts its own Ray instead."""
-    import secrets
-    import shutil
-    import tempfile
-
-    from tests.conftest import free_port, ray_command
-
-    ray_cli, port = ray_command(), free_port()
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
-    # every node address 127.0.0.1; Ray's token authentication on, as `ray start` enables it
-    loopback = {"RAY_TMPDIR": ray_tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    env = {**os.environ, **loopback}
-    env.pop("RAY_ADDRESS", None)
-    started = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                              "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                             env=env, capture_output=True, text=True, timeout=300)
-    try:
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1})
-        joined = run_cli(str(sweep), "--results", str(tmp_path / "joined"), env=loopback)
-        assert joined.returncode == 0, joined.stdout[-3000:] + joined.stderr[-3000:]
-        joins = joined.stdout.count(f"joined the Ray cluster at 127.0.0.1:{port} (started on this node): 1 node, "
-                                    "2 CPUs, 0 GPUs")
-        assert joins == 1, joined.stdout[:3000]
-        check_table(tmp_path / "joined" / "t", trials=1)
-        private = run_cli(str(sweep), "--results", str(tmp_path / "private"), "--local", env=loopback)
-        privates = private.stdout.count("started a private local Ray")
-        assert private.returncode == 0 and privates == 1, private.stderr[-3000:]
-        assert "joined the Ray cluster" not in private.stdout
-    finally:
-        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    record("driver started on a node of a running cluster (no RAY_ADDRESS), then with --local", joined=joins,
-           private_with_local=privates)
-
-
 def test_relative_corpus_paths_and_data_folders_are_resolved_on_the_driver(tmp_path: Path, record):
     """Trials run in Tune's trial folder: a corpus named relative to the user's working folder (and
     $HEADSWEEP_DATA given relative, used inside data.files) must still be found there."""

@@ -209,6 +209,41 @@ def test_the_notebook_runs_on_a_sweep(sweep_dir: Path, monkeypatch, start: str):
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)  # the Pareto chart
 
 
+def test_the_notebook_and_the_export_read_a_sweep_from_s3(sweep_dir: Path, s3_server, tmp_path: Path, monkeypatch):
+    """The sweep uploaded to an S3 server with its table naming s3:// checkpoints (as a sweep on S3 writes it), the
+    local folder then moved away: the notebook and `headsweep export` read everything from the bucket."""
+    import jupytext
+    from nbclient import NotebookClient
+
+    from analysis.export import main as export_main
+    from sweeps.storage import upload
+    from tests.conftest import REPO
+
+    uri = s3_server.uri("notebook", sweep_dir.name)
+    moved = tmp_path / "moved"
+    shutil.copytree(sweep_dir, moved)
+    table = pd.read_csv(moved / "trials.csv")
+    prefix = str(sweep_dir)
+    for column in ("checkpoint", "trial_path"):
+        table[column] = [v.replace(prefix, uri) if isinstance(v, str) and v.startswith(prefix) else v
+                         for v in table[column]]
+    table.to_csv(moved / "trials.csv", index=False)
+    upload(moved, uri)
+    shutil.rmtree(moved)  # nothing of the copy is left on this disk; the original's checkpoints are not named
+    monkeypatch.setenv("HEADSWEEP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HEADSWEEP_RESULTS", uri)
+    notebook = jupytext.read(REPO / "analysis" / "pareto_notebook.py")
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], outputs
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the gates, read from the bucket's checkpoint
+    assert any(uri in o["data"].get("text/html", "") for o in outputs if "data" in o)  # the folder it read
+    assert export_main([uri]) == 0
+    pruned = [k for k in s3_server.keys(f"notebook/{sweep_dir.name}/pruned") if k.endswith(".pt")]
+    front = pareto_front(load_sweep(uri).completed, ["bleu", "open_heads"], ["max", "min"])
+    assert len(pruned) == len(front) > 0
+
+
 def test_the_charts_leave_the_users_matplotlib_backend_alone():
     import subprocess
     import sys

@@ -4,6 +4,7 @@ trials wait for the nodes that Ray's fake multi-node autoscaler adds (RAY_FAKE_C
 
 from __future__ import annotations
 
+import copy
 import os
 import secrets
 import shutil
@@ -138,3 +139,25 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
            "for added worker nodes; with --local a private Ray", wait_notes=waits,
            trials_completed=int((df["stage"] == "prune").sum()), worker_lines_in_ray_status=added,
            private_with_local=privates)
+
+
+def test_a_corpus_missing_on_the_node_that_runs_the_trial_is_refused_naming_the_node(tmp_path: Path, monkeypatch):
+    """On a cluster the driver cannot look at the workers' disks: a corpus of files that the trial's node lacks
+    fails that trial with the node and the path named, and the sweep stops with that reason."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
+    from ray.cluster_utils import Cluster
+
+    from tests.conftest import TINY
+
+    base = copy.deepcopy(TINY)
+    base["data"].pop("synthetic")
+    missing = tmp_path / "only-on-the-driver"
+    base["data"].update(corpus="files", files={s: str(missing / s) for s in ("train", "valid", "test")})
+    sweep = write_sweep(tmp_path / "s.yaml", base=base, search={"num_samples": 1, "max_concurrent": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        proc = run_cli(str(sweep), "--address", cluster.address, "--results", str(tmp_path / "r"))
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "on node 127.0.0.1 (" in proc.stderr and str(missing / "train") in proc.stderr, proc.stderr[-3000:]

@@ -43,6 +43,7 @@ from sweeps.results import (
     GATES_FILE,
     LAYOUT,
     LAYOUT_SEED,
+    NODE,
     PARAM_PREFIX,
     SAMPLES_FILE,
     STAGE,
@@ -118,7 +119,7 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         log=_trial_log,
     )
     constant = {"stage": stage, "method": method, "base": base_key, "seed": cfg.train.seed,
-                WANDB_RUN: _in_storage(logger.path, ctx), **setup.provenance}
+                WANDB_RUN: _in_storage(logger.path, ctx), NODE: _node_id(), **setup.provenance}
 
     def report(metrics: dict[str, Any], folder: Path | None) -> None:
         record = {**{o.metric: math.nan for o in sweep.objectives}, **metrics, **constant}  # NaN: Optuna FAIL
@@ -144,6 +145,13 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         logger.finish(exit_code=1)
         raise
     logger.finish()
+
+
+def _node_id() -> str:
+    """This worker's Ray node: its id (first 12 hex digits) and address."""
+    import ray
+
+    return f"{ray.get_runtime_context().get_node_id()[:12]}@{ray.util.get_node_ip_address()}"
 
 
 def _node() -> str:

@@ -37,6 +37,7 @@ TRIAL_ID, STAGE, METHOD, STATUS, ERROR = "trial_id", "stage", "method", M.STATUS
 BEST_BLEU, BEST_BLEU_STEP, EVALUATIONS, SEED, BASE = "best_bleu", "best_bleu_step", "evaluations", "seed", "base"
 WALL_SECONDS, CHECKPOINT, TRIAL_PATH = "wall_seconds", "checkpoint", "trial_path"
 WANDB_RUN = "wandb_run"  # entity/project/run id, or the offline run's folder
+NODE = "node"  # the Ray node that ran the trial's last stretch: its id (first 12 hex digits) and address
 PROVENANCE = ("git_commit", "versions")
 SIGNATURES = (M.BLEU_SIGNATURE, M.CHRF_SIGNATURE)
 PARAM_PREFIX = "param."
@@ -91,6 +92,7 @@ def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
     row[CHECKPOINT] = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else ""
     row[TRIAL_PATH] = uri_of(getattr(result, "filesystem", None), result.path)
     row[WANDB_RUN] = m.get(WANDB_RUN) or ""
+    row[NODE] = m.get(NODE) or ""
     row.update({k: m.get(k) or "" for k in SIGNATURES})
     row.update({k: m.get(k) for k in PROVENANCE})
     return row

@@ -159,6 +159,8 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
         prune = df[df["stage"] == "prune"]
         assert len(prune) == 2 and (prune["status"] == "completed").all(), prune[["trial_id", "status", "error"]]
         assert all(str(v).startswith(results + "/") for v in df["checkpoint"])
+        per_node = prune["node"].value_counts()  # which node ran each trial: the workers, never the 0-CPU head
+        assert per_node.sum() == 2 and all("@127.0.0.1" in n for n in per_node.index), per_node
         # the ideal: the base model, then the two trials side by side on the two workers
         ideal = float(df[df["stage"] == "pretrain"]["wall_seconds"].sum() + prune["wall_seconds"].max())
         assert s3_server.keys("e2e/quickstart-smoke/report").get("e2e/quickstart-smoke/report/report.html")
@@ -185,7 +187,8 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
             shutil.rmtree(folder, ignore_errors=True)
     assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
     record("ray up (local provider over SSH) + 2 clean worker nodes, ray submit and ray job submit on s3://, ray down",
-           nodes=int(join_line.group(1)), sweep_s=took, trials_s_ideal=round(ideal, 1), trials_submit=len(prune),
+           nodes=int(join_line.group(1)), nodes_running_trials=len(per_node), most_trials_on_a_node=int(per_node.max()),
+           sweep_s=took, trials_s_ideal=round(ideal, 1), trials_submit=len(prune),
            trials_job=int((job_df["stage"] == "prune").sum()),
            objects_in_storage=len(stored), mb_in_storage=round(sum(stored.values()) / 1e6, 1),
            **{k: round(v) for k, v in timings.items()})

@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 import torch
 
+# Every Ray a test starts, in this process or a child, stays on 127.0.0.1; read by Ray when it is first imported,
+# so set before any test module imports it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from model.config import Config, apply_overrides, config_from_dict
 
 TINY: dict[str, Any] = {

@@ -29,7 +29,7 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, record):
     code_ran = int(marker.exists())  # the payload's shell command would have created it
     assert code_ran == 0
     record("checkpoint whose pickle would run a shell command (torch.load weights_only=True)",
-           refused=int(refusal.value is not None), code_ran=code_ran)
+           refusals_naming_the_file=str(refusal.value).count(str(path)), code_ran=code_ran)
 
 
 def test_missing_and_foreign_files_are_refused(tmp_path, record):

@@ -152,9 +152,10 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, record):
 def test_duplicate_key_names_both_lines(tmp_path, record):
     path = tmp_path / "dup.yaml"
     path.write_text("train:\n  lr: 0.1\n  max_steps: 3\n  lr: 0.2\n")
-    with pytest.raises(ConfigError, match=r"Duplicate key `lr` at line 4 \(first at line 2\)"):
+    with pytest.raises(ConfigError, match=r"Duplicate key `lr` at line 4 \(first at line 2\)") as refusal:
         read_yaml(path)
-    record("run config with a duplicate key", refused_with_line=1)
+    lines = re.search(r"at line (\d+) \(first at line (\d+)\)", str(refusal.value))
+    record("run config with a duplicate key", duplicate_at_line=int(lines.group(1)), first_at_line=int(lines.group(2)))
 
 
 def test_missing_file_and_non_mapping(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import re
 import shutil
 import threading
 from collections import Counter
@@ -58,9 +59,10 @@ def test_bom_and_crlf_are_repaired_and_counted(tmp_path, record):
 def test_invalid_utf8_names_file_and_line(tmp_path, record):
     path = tmp_path / "bad.de"
     path.write_bytes("ok\nstill ok\nkaputt: ".encode() + b"\xff\xfe" + b"\n")
-    with pytest.raises(CorpusError, match=r"bad\.de:3: invalid UTF-8 at byte 9"):
+    with pytest.raises(CorpusError, match=r"bad\.de:3: invalid UTF-8 at byte 9") as refusal:
         read_text_lines(path, Counter())
-    record("corpus with invalid UTF-8", refused_with_file_and_line=1)
+    where = re.search(r"bad\.de:(\d+): invalid UTF-8 at byte (\d+)", str(refusal.value))
+    record("corpus with invalid UTF-8", refused_at_line=int(where.group(1)), at_byte=int(where.group(2)))
 
 
 def test_unicode_line_separators_are_not_line_breaks(tmp_path):

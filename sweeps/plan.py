@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .results import PRETRAINED_DIR, join_storage
+from .storage import exists
 from .sweep import Sweep, base_hash
 from .wandb_log import resolve_mode
 
@@ -14,13 +15,11 @@ TUNER_FILE = "tuner.pkl"  # what Ray Tune writes into an experiment folder it ca
 
 
 def _exists(uri: str) -> bool:
-    """A file in the results storage (a local path or a URI) exists."""
-    import pyarrow.fs
-
+    """A file in the results storage (a local path or a URI) exists; unreachable storage counts as "not found",
+    so that a dry run never fails on it."""
     try:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri) if "://" in uri else (pyarrow.fs.LocalFileSystem(), uri)
-        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-    except Exception:  # noqa: BLE001 - unreachable storage: say "not found" rather than fail a dry run
+        return exists(uri)
+    except Exception:  # noqa: BLE001 - pyarrow raises OSError/ArrowInvalid for unreachable or unknown storage
         return False
 
 

@@ -204,28 +204,40 @@ def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
 
 
 def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
-    """importance/random: the base model pruned to ``baseline.budget`` heads, evaluated or fine-tuned."""
+    """importance/iterative/random: the base model pruned to ``baseline.budget`` heads, evaluated or fine-tuned."""
     sweep = setup.sweep
     key = base_hash(sweep.base_config())
+    seed = int(params.get(LAYOUT_SEED, 0))
     with _scratch_dir() as scratch:
         start = Path(scratch) / "pruned_start.pt"
+        b = sweep.schema.baselines
         cfg = pruned_start(_base_file(setup.bases[key], Path(scratch)), sweep.baseline_config(run.finetune_steps, params),
-                           run.method, int(params[BUDGET]), int(params.get(LAYOUT_SEED, 0)),
-                           sweep.schema.baselines.importance_batches, start, log=_trial_log,
-                           sample_seed=sweep.sample_seed())
+                           run.method, int(params[BUDGET]), seed, b.importance_batches, start, log=_trial_log,
+                           sample_seed=sweep.sample_seed(seed), fraction=b.iterative_fraction)
         _run(setup, "prune", key, params, cfg, str(start), Path(scratch), method=run.method)
+
+
+def gates_budget_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
+    """gates_budget: the base model with learned gates ending at ``baseline.budget`` heads (gates.target_open),
+    fine-tuned as long as the baselines with their recipe."""
+    sweep = setup.sweep
+    key = base_hash(sweep.base_config())
+    cfg = sweep.gates_budget_config(params)
+    with _scratch_dir() as scratch:
+        base = _base_file(setup.bases[key], Path(scratch))
+        _run(setup, "prune", key, params, cfg, base, Path(scratch), method=run.method)
 
 
 def scratch_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     """scratch: a gate trial's head layout trained from random initialisation with the base model's recipe."""
     sweep = setup.sweep
-    cfg = sweep.scratch_config(parse_layout_name(params[LAYOUT]))
+    cfg = sweep.scratch_config(parse_layout_name(params[LAYOUT]), int(params.get(LAYOUT_SEED, 0)))
     with _scratch_dir() as scratch:
         _run(setup, "prune", base_hash(sweep.base_config()), params, cfg, None, Path(scratch), method="scratch")
 
 
 TRAINABLES = Trainables(pretrain=pretrain_trainable, prune=prune_trainable, layout=layout_trainable,
-                        scratch=scratch_trainable)
+                        scratch=scratch_trainable, gates_budget=gates_budget_trainable)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,6 +292,24 @@ def write_reports(sweep: Sweep, tables: dict[MethodRun, Any]) -> None:
               f"headsweep report {sweep.experiment_dir}", file=sys.stderr)
 
 
+def score_test_set(sweep: Sweep) -> None:
+    """test.enabled: once every method has finished, score what validation chose on the test split, on the
+    driver (a GPU when it has one), and write the comparison with intervals (analysis.testset)."""
+    import torch
+
+    from analysis.testset import comparison_report, score_sweep
+
+    t = sweep.schema.test
+    try:
+        device = "cuda" if sweep.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
+        gates, scores = score_sweep(sweep.experiment_dir, t.beam_size, t.batch_size, device)
+        page = comparison_report(gates, scores, t.bootstrap)
+        print(f"\ntest-set comparison: {page}", flush=True)
+    except Exception as exc:
+        print(f"\nthe test-set scoring failed ({type(exc).__name__}: {exc}); the results are intact: "
+              f"python -m analysis.testset {sweep.experiment_dir}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------------------------------
 # Commands
 
@@ -331,6 +361,9 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
     for run, df in tables.items():
         print_pareto(sweep, df, run.label if len(tables) > 1 else None)
     write_reports(sweep, tables)
+    if sweep.schema.test.enabled and not any(unfinished_trials(sweep, run, df) for run, df in tables.items()) \
+            and len(tables) == len(sweep.method_runs()):
+        score_test_set(sweep)
     print(f"\nsweep {sweep.name} took {time.perf_counter() - start:.0f} s; results: "
           + ", ".join(join_storage(sweep.storage, run.name) for run in tables)
           + f" (table: {TRIALS_FILE} in each)")

@@ -24,6 +24,7 @@ from sweeps.results import (
     STATUS,
     SWEEP_FILE,
     TRIAL_ID,
+    TEST_SCORES_FILE,
     TRIAL_PATH,
     TRIALS_FILE,
     WALL_SECONDS,
@@ -101,8 +102,23 @@ def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
     else:
         raise ResultsError(f"{path} holds neither {TRIALS_FILE} nor Ray trial folders (*/result.json)")
     label = label or config.get("label") or config.get("name") or path.name
+    trials = with_test_scores(trials, path / TEST_SCORES_FILE)
     trials.insert(0, LABEL, label)
     return SweepResults(label, path, trials, config, source if is_uri(source) else str(path))
+
+
+TEST_COLUMNS = ("test_bleu", "test_chrf")  # analysis.testset writes them; validation BLEU stays in `bleu`
+
+
+def with_test_scores(trials: pd.DataFrame, scores: Path) -> pd.DataFrame:
+    """The trials table with its scored trials' test BLEU and chrF beside their validation scores (NaN where a
+    trial was not scored: only what validation chose is)."""
+    if not scores.exists():
+        return trials
+    found = pd.read_csv(scores, dtype={TRIAL_ID: str})
+    keep = [c for c in TEST_COLUMNS if c in found.columns]
+    merged = trials.drop(columns=[c for c in keep if c in trials.columns]).astype({TRIAL_ID: str})
+    return merged.merge(found[[TRIAL_ID, *keep]].drop_duplicates(TRIAL_ID), on=TRIAL_ID, how="left")
 
 
 def load_sweeps(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[SweepResults]:

@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.report")
     parser.add_argument("folders", nargs="+",
                         help="sweep results folders or URIs, e.g. results/quickstart, s3://bucket/prefix/quickstart")
     parser.add_argument("--labels", nargs="+", default=None, help="one label per folder (default: sweep names)")
+    parser.add_argument("--test", action="store_true",
+                        help="also score each sweep's chosen trials (validation front, every budget point, the base) "
+                             "on the test split and compare its methods with intervals: report/comparison.html "
+                             "(python -m analysis.testset has the settings)")
     add_out(parser, "one sweep: its report (default <sweep>/report); several: their comparison, compare.html "
                     "(default: the first sweep's report folder; each sweep's own report stays in <sweep>/report)")
     args = parser.parse_args(argv)
@@ -288,6 +292,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.report")
             own = Path(args.out) if args.out and len(sweeps) == 1 else None
             report = sweep_report(s, own)
             print(f"report: {report.html}" + (f" (uploaded to {report.uploaded})" if report.uploaded else ""))
+            if args.test:
+                from .testset import ScoringError, comparison_report, score_sweep
+
+                test = s.config.get("test") or {}
+                try:
+                    gates, scores = score_sweep(s.source, test.get("beam_size", 5), test.get("batch_size", 64))
+                except ScoringError as exc:
+                    raise ResultsError(str(exc)) from None
+                print(f"test-set comparison: {comparison_report(gates, scores, test.get('bootstrap', 1000))}")
         if len(sweeps) > 1:
             out = Path(args.out) if args.out else sweeps[0].path / REPORT_DIR
             page = compare_report(sweeps, out)

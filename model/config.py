@@ -68,6 +68,14 @@ class GateConfig:
     init_log_alpha: float = 2.0  # initial log_alpha of every head (2.0: eval gate 0.96, P(open) 0.94)
     noise: Literal["per_example", "per_batch"] = "per_example"  # one gate sample per sentence or per batch
     lr_scale: float = 1.0  # learning rate of log_alpha = this x the model's learning rate at every step
+    # the gates' own peak learning rate (the weights' schedule applies to it); null: lr_scale x train.lr. Set one of
+    # the two: gates.lr lets a sweep search how fast gates move independently of how fast the weights do
+    lr: float | None = None
+    # at the end of a run (learned gates, no head budget): heads whose eval gate is above 0 but below this are
+    # removed together if the held-out BLEU without them is at least the BLEU with them (minus min_open_tolerance),
+    # so that "open heads" counts what the pruned model needs; 0 turns this off
+    min_open: float = 0.1
+    min_open_tolerance: float = 0.0  # BLEU the removal of those heads may cost (0: none)
     # head budget: end with exactly this many gated heads open (null: lambda is fixed and decides). Until
     # target_fix_at x max_steps, lambda (starting at `penalty`, or 0.01 if that is 0) is multiplied after every step by
     # exp(target_gain * (expected open heads - target) / gated heads); then the target_open heads with the highest
@@ -291,6 +299,11 @@ def _check_gates(g: GateConfig, m: ModelConfig) -> None:
     require(g.penalty == 0.0 or g.mode == "learned", "gates.penalty", g.penalty,
              "0 unless gates.mode is 'learned' (there is nothing to penalise)")
     require(g.lr_scale > 0.0, "gates.lr_scale", g.lr_scale, "a number > 0")
+    if g.lr is not None:
+        require(g.lr > 0.0, "gates.lr", g.lr, "a number > 0, or null (lr_scale x train.lr)")
+        require(g.lr_scale == 1.0, "gates.lr_scale", g.lr_scale, "1.0 (the default) when gates.lr is set: set one")
+    require(0.0 <= g.min_open < 1.0, "gates.min_open", g.min_open, "a number in [0, 1)")
+    require(g.min_open_tolerance >= 0.0, "gates.min_open_tolerance", g.min_open_tolerance, "a number >= 0")
     if g.target_open is not None:
         gated = sum(m.n_heads * m.layers(kind) for kind in g.attention)
         require(g.mode == "learned", "gates.target_open", g.target_open, "null unless gates.mode is 'learned'")

@@ -22,6 +22,8 @@ OPEN_HEADS = "open_heads"  # heads with eval gate > 0, all attention types
 TOKENS_PER_S = "tokens_per_s"  # target tokens trained per second since the previous evaluation
 TRAIN_SECONDS = "train_seconds"  # wall time spent training (evaluation excluded), cumulative
 STATUS = "status"  # "running", "completed" or "diverged"
+SMALL_HEADS_CLOSED = "small_heads_closed"  # heads removed at the end for an eval gate below gates.min_open
+BLEU_WITH_SMALL_HEADS = "bleu_with_small_heads"  # held-out BLEU before that removal was tried
 REASON = "reason"  # why a run ended as diverged (e.g. "non-finite loss at step 7")
 
 

@@ -114,16 +114,23 @@ def _layout(model: Transformer, kinds: list[str], chosen: list[tuple[str, int, i
     return {key: sorted(v) for key, v in layout.items()}
 
 
-def head_importance(model: Transformer, batches, normalize: bool = True) -> dict[tuple[str, int], torch.Tensor]:
+def head_importance(model: Transformer, batches, normalize: bool = True,
+                    kept: Layout | None = None) -> dict[tuple[str, int], torch.Tensor]:
     """Head importance of Michel et al. 2019 (eq. 2): I_h = sum over the batches of |dL/dxi_h|, where xi_h = 1
     multiplies head h's output; with ``normalize``, scores are divided by their layer's L2 norm (their sec. 4.1).
 
+    ``kept``: heads still in use per block (blocks it does not name keep all); the others are masked (xi_h = 0),
+    score 0 and are left out of their layer's norm (iterative pruning re-scores what is left).
     ``batches``: an iterable of :class:`model.data.Batch`, moved to the model's device. The model's parameters are
     left untouched; the scores are on the CPU.
     """
     device = next(model.parameters()).device
     blocks = list(model.attention_blocks())
-    masks = {(kind, layer): torch.ones(attn.n_heads, device=device, requires_grad=True) for kind, layer, attn in blocks}
+    live = {(kind, layer): torch.zeros(attn.n_heads) for kind, layer, attn in blocks}
+    for (kind, layer), values in live.items():
+        names = (kept or {}).get((kind, layer))
+        values[list(range(len(values))) if names is None else list(names)] = 1.0
+    masks = {key: values.to(device, copy=True).requires_grad_(True) for key, values in live.items()}
     scores = {key: torch.zeros(len(m)) for key, m in masks.items()}
     was_training = model.training
     model.eval()
@@ -140,9 +147,32 @@ def head_importance(model: Transformer, batches, normalize: bool = True) -> dict
         for _, _, attn in blocks:
             attn.head_mask = None
         model.train(was_training)
+    scores = {key: v * live[key] for key, v in scores.items()}
     if normalize:
         scores = {key: v / v.norm().clamp_min(1e-12) for key, v in scores.items()}
     return scores
+
+
+def iterative_layout(model: Transformer, kinds: list[str], budget: int, batches: list, fraction: float,
+                     log=None) -> Layout:
+    """Michel et al. 2019, sec. 4.2: remove the ``fraction`` of all heads of ``kinds`` (at least one) that is least
+    important, re-score the heads that are left on the same batches, and repeat until ``budget`` heads are left."""
+    total = sum(attn.n_heads for kind, _, attn in model.attention_blocks() if kind in kinds)
+    if not 0 <= budget <= total:
+        raise ValueError(f"budget {budget}: allowed 0..{total} heads of {kinds}")
+    step = max(1, round(fraction * total))
+    layout = _layout(model, kinds, [(kind, layer, h) for kind, layer, attn in model.attention_blocks()
+                                    if kind in kinds for h in range(attn.n_heads)])
+    left = total
+    while left > budget:
+        scores = head_importance(model, batches, kept=layout)
+        ranked = sorted((float(scores[key][h]), key, h) for key, heads in layout.items() for h in heads)
+        for _, key, h in ranked[: min(step, left - budget)]:
+            layout[key].remove(h)
+        left = sum(len(v) for v in layout.values())
+        if log is not None:
+            log(f"iterative pruning: {left} of {total} heads left")
+    return layout
 
 
 def head_counts(model: Transformer) -> dict[str, int]:

@@ -40,7 +40,7 @@ from .corpora import CorpusError, stats_json
 from .data import Batch, Data, collate, load_data, make_batches
 from .evaluate import evaluate_model
 from .files import atomic_write
-from .schedule import TARGET_START_PENALTY, learning_rate, steer_penalty
+from .schedule import CLOSED_LOG_ALPHA, TARGET_START_PENALTY, learning_rate, steer_penalty
 from .transformer import Transformer
 
 ReportFn = Callable[[dict[str, Any], Path | None], None]
@@ -183,11 +183,14 @@ class Trainer:
         return model.to(self.device)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        """Adam over the trainable parameters; the gates' ``log_alpha`` in a group of their own (``lr_scale``)."""
+        """Adam over the trainable parameters; the gates' ``log_alpha`` in a group of their own (``gates.lr``, else
+        ``gates.lr_scale``)."""
         t = self.cfg.train
         gate_ids = {id(g.log_alpha) for _, _, g in self.model.gates()}
+        g = self.cfg.gates
+        gate_scale = g.lr / t.lr if g.lr is not None else g.lr_scale  # gates.lr: its own peak, the same schedule
         groups = [{"params": [p for p in self.params if id(p) not in gate_ids], "lr_scale": 1.0},
-                  {"params": [p for p in self.params if id(p) in gate_ids], "lr_scale": self.cfg.gates.lr_scale}]
+                  {"params": [p for p in self.params if id(p) in gate_ids], "lr_scale": gate_scale}]
         return torch.optim.Adam([g for g in groups if g["params"]], lr=learning_rate(1, t, self.cfg.model.d_model),
                                 betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
 
@@ -292,6 +295,38 @@ class Trainer:
         metrics[M.LAMBDA] = self.penalty
         return metrics, details
 
+    def _close_small_gates(self, metrics: dict[str, Any], details: dict[str, Any]):
+        """The end of a run with learned gates and no head budget: heads whose eval gate lies in (0,
+        gates.min_open) are removed together (closed for good) if the held-out BLEU without them is at least the
+        BLEU with them minus gates.min_open_tolerance; otherwise they stay. Either way the open-head count is what
+        the pruned model computes with. Returns the (metrics, details) of the model as it is left."""
+        g = self.cfg.gates
+        if g.min_open <= 0.0 or g.target_open is not None or self.model.gate_mode != "learned":
+            return metrics, details
+        gates = [gate for _, _, gate in self.model.gates()]
+        with torch.no_grad():
+            small = [(gate.eval_gates() > 0) & (gate.eval_gates() < g.min_open) for gate in gates]
+        count = sum(int(mask.sum()) for mask in small)
+        metrics[M.SMALL_HEADS_CLOSED] = 0
+        if count == 0:
+            return metrics, details
+        saved = [gate.log_alpha.detach().clone() for gate in gates]
+        with torch.no_grad():
+            for gate, mask in zip(gates, small, strict=True):
+                gate.log_alpha[mask] = CLOSED_LOG_ALPHA
+        closed, closed_details = self.evaluate()
+        with_them, without = metrics[M.BLEU], closed[M.BLEU]
+        if without >= with_them - g.min_open_tolerance:
+            self.log(f"removed {count} heads with eval gates below gates.min_open={g.min_open}: "
+                     f"BLEU {with_them:.2f} with them, {without:.2f} without")
+            return {**closed, M.SMALL_HEADS_CLOSED: count, M.BLEU_WITH_SMALL_HEADS: with_them}, closed_details
+        with torch.no_grad():
+            for gate, values in zip(gates, saved, strict=True):
+                gate.log_alpha.copy_(values)
+        self.log(f"kept {count} heads with eval gates below gates.min_open={g.min_open}: "
+                 f"BLEU {with_them:.2f} with them, {without:.2f} without")
+        return {**metrics, M.BLEU_WITH_SMALL_HEADS: with_them}, details
+
     def save(self) -> Path:
         path = self.ckpt_dir / f"step_{self.step:08d}.pt"
         rng = {"torch": torch.get_rng_state()}
@@ -342,6 +377,8 @@ class Trainer:
     def _checkpoint_and_report(self, status_now: str) -> None:
         """1) score the held-out split, 2) write the checkpoint and the logs, 3) hand both to ``report``."""
         metrics, details = self.evaluate()
+        if status_now == "completed":
+            metrics, details = self._close_small_gates(metrics, details)
         metrics.update({
             M.STEP: self.step, M.EPOCH: self.epoch,
             M.LR: learning_rate(max(1, self.step), self.cfg.train, self.cfg.model.d_model),

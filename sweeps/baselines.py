@@ -3,7 +3,11 @@
 - ``importance``: Michel et al. 2019. Head importance |dL/dxi_h| summed over training batches of the converged
   model, normalised per layer; the least important heads go until ``budget`` heads of the gated attention types
   are left; then the model is evaluated (``finetune_steps`` 0) or fine-tuned that many steps first.
+- ``iterative``: Michel et al.'s iterative variant (their sec. 4.2): remove ``iterative_fraction`` of the heads by
+  importance, re-score the heads that are left, repeat until the budget is reached.
 - ``random``: the same with a random choice of heads (one layout per seed): the null baseline.
+- ``gates_budget``: the gates themselves at the baselines' budgets (``gates.target_open``), fine-tuned as long as
+  the baselines, so that every method is compared at the same head count after the same training.
 - ``scratch``: a head layout the gated trials found (heads per layer), trained from random initialisation with the
   base model's recipe (Voita et al. 2019, Table 2): does pruning a trained model beat training the small one?
 
@@ -28,10 +32,10 @@ from model.checkpoint import (
 )
 from model.config import ATTENTION_TYPES, Config, GateConfig
 from model.data import collate, load_data, make_batches
-from model.prune import Layout, head_importance, importance_layout, prune_model, random_layout
+from model.prune import Layout, head_importance, importance_layout, iterative_layout, prune_model, random_layout
 from model.transformer import Transformer
 
-LAYOUT_METHODS = ("importance", "random")  # prune the converged model to a budget
+from .schema import LAYOUT_METHODS
 
 
 def importance_batches(cfg: Config, tokenizers, count: int, log: Callable[[str], None] = print,
@@ -45,21 +49,27 @@ def importance_batches(cfg: Config, tokenizers, count: int, log: Callable[[str],
     return [collate(train, index) for index in order[:count]]
 
 
-def budget_layout(model: Transformer, method: str, kinds: list[str], budget: int, seed: int, batches: list) -> Layout:
-    """The heads to keep: the ``budget`` most important (``importance``) or a random choice (``random``)."""
+def budget_layout(model: Transformer, method: str, kinds: list[str], budget: int, seed: int, batches: list,
+                  fraction: float = 0.1, log: Callable[[str], None] | None = None) -> Layout:
+    """The heads to keep: the ``budget`` most important (``importance``), those left by iterative pruning
+    (``iterative``, ``fraction`` of the heads per round) or a random choice (``random``)."""
     if method == "importance":
         return importance_layout(head_importance(model, batches), model, kinds, budget)
+    if method == "iterative":
+        return iterative_layout(model, kinds, budget, batches, fraction, log)
     if method == "random":
         return random_layout(model, kinds, budget, seed)
     raise ValueError(f"method {method!r}: allowed {', '.join(LAYOUT_METHODS)}")
 
 
 def pruned_start(base_checkpoint: str | Path, cfg: Config, method: str, budget: int, seed: int, batches: int,
-                 out: str | Path, log: Callable[[str], None] = print, sample_seed: int | None = None) -> Config:
+                 out: str | Path, log: Callable[[str], None] = print, sample_seed: int | None = None,
+                 fraction: float = 0.1) -> Config:
     """Prune the base model to ``budget`` heads of ``cfg.gates.attention`` and write it to ``out``.
 
-    ``seed`` picks a random layout; ``sample_seed`` the training batches importance is summed over (give every
-    trial of a sweep the same one, so that a budget has one importance layout, fine-tuned or not).
+    ``seed`` picks a random layout; ``sample_seed`` the training batches importance is summed over (the same for
+    one seed of a budget, so that its importance layout is the same fine-tuned or not); ``fraction``: the share of
+    heads iterative pruning removes per round.
 
     ``cfg`` is the trial's config with the base model's architecture (gates off); the returned config is the same
     with ``model.heads`` set to the layout, ready for a run that starts from ``out``.
@@ -70,8 +80,8 @@ def pruned_start(base_checkpoint: str | Path, cfg: Config, method: str, budget: 
     load_model_state(model, payload["model"], source=str(base_checkpoint))
     if model.gate_mode == "learned":
         raise ValueError(f"{base_checkpoint}: a model with learned gates; the baselines start from a plain model")
-    sample = importance_batches(cfg, tokenizers, batches, log, sample_seed) if method == "importance" else []
-    layout = budget_layout(model, method, list(cfg.gates.attention), budget, seed, sample)
+    sample = importance_batches(cfg, tokenizers, batches, log, sample_seed) if method != "random" else []
+    layout = budget_layout(model, method, list(cfg.gates.attention), budget, seed, sample, fraction, log)
     pruned = prune_model(model, layout)
     trial = copy.deepcopy(cfg)
     trial.model, trial.gates = copy.deepcopy(pruned.cfg), GateConfig(mode="none", attention=list(cfg.gates.attention))

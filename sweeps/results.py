@@ -5,7 +5,8 @@ This module writes them and owns their names; ``analysis/`` reads them through t
 
 ``<storage>/<sweep>/``
     ``trials.csv`` (:data:`TRIALS_FILE`): one row per trial and base model (:func:`trial_row`);
-    ``sweep.json`` (:data:`SWEEP_FILE`): the resolved sweep; ``optuna.db`` (:data:`OPTUNA_FILE`, local storage);
+    ``sweep.json`` (:data:`SWEEP_FILE`): the resolved sweep; after test-set scoring ``test_scores.csv`` and
+    ``test/<trial id>.json`` (:data:`TEST_SCORES_FILE`, :data:`TEST_DIR`); ``optuna.db`` (:data:`OPTUNA_FILE`, local storage);
     Ray's trial folders, whose ``checkpoint_*`` folders each hold one ``step_*.pt`` and the run's logs
     (:data:`RUN_FILES`: ``metrics.jsonl``, ``samples.jsonl``, ``gates.jsonl``, ...).
 ``<storage>/pretrained/base-<hash>/``: the base models, shared by every sweep in the same storage.
@@ -29,10 +30,13 @@ SWEEP_FILE = "sweep.json"
 OPTUNA_FILE = "optuna.db"
 PRETRAINED_DIR = "pretrained"
 WANDB_DIR = "wandb"  # offline W&B runs of a sweep on local storage
+TEST_DIR = "test"  # in a method folder: one <trial id>.json per trial scored on the test split (analysis.testset)
+TEST_SCORES_FILE = "test_scores.csv"  # in a method folder: the test scores of its scored trials
 RUN_FILES = ("config.yaml", METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE, DATA_STATS_FILE)
 
 # Columns of trials.csv besides param.<key> and open_heads/<type>[/<layer>], in this order.
-TABLE_METRICS = (M.BLEU, M.CHRF, M.OPEN_HEADS, M.L0, M.PENALTY, M.VALID_NLL, M.LOSS, M.LR, M.STEP, M.EPOCH)
+TABLE_METRICS = (M.BLEU, M.CHRF, M.OPEN_HEADS, M.L0, M.PENALTY, M.VALID_NLL, M.LOSS, M.LR, M.STEP, M.EPOCH,
+                 M.SMALL_HEADS_CLOSED, M.BLEU_WITH_SMALL_HEADS)
 TRIAL_ID, STAGE, METHOD, STATUS, ERROR = "trial_id", "stage", "method", M.STATUS, "error"
 BEST_BLEU, BEST_BLEU_STEP, EVALUATIONS, SEED, BASE = "best_bleu", "best_bleu_step", "evaluations", "seed", "base"
 WALL_SECONDS, CHECKPOINT, TRIAL_PATH = "wall_seconds", "checkpoint", "trial_path"

@@ -19,7 +19,10 @@ from model import metrics as M
 from model.config import ATTENTION_TYPES, ConfigError
 
 SPACE_KINDS = ("loguniform", "uniform", "choice", "randint")
-METHODS = ("gates", "importance", "random", "scratch")  # sweeps/baselines.py describes the last three
+# in the order they run; sweeps/baselines.py describes all but gates
+METHODS = ("gates", "gates_budget", "importance", "iterative", "random", "scratch")
+LAYOUT_METHODS = ("importance", "iterative", "random")  # prune the base model to a budget, then evaluate or fine-tune
+BUDGET_METHODS = ("gates_budget", *LAYOUT_METHODS)  # one trial per (budget, seed)
 DEFAULT_STORAGE = "results"
 # Metrics every trial reports at every evaluation, and the direction that makes sense for each.
 OBJECTIVE_METRICS: dict[str, str] = {
@@ -71,16 +74,20 @@ def auto_freeze(gated: list[str]) -> list[str]:
 class BaselinesConfig:
     """Settings of the methods other than ``gates`` (see :mod:`sweeps.baselines`)."""
 
-    # heads kept among prune.set's gates.attention types (importance, random); [] = 1/8, 1/4, 3/8, 1/2, 3/4 and
-    # all of them
+    # heads kept among prune.set's gates.attention types (gates_budget, importance, iterative, random); [] = 1/8,
+    # 1/4, 3/8, 1/2, 3/4 and all of them
     budgets: list[int] = field(default_factory=list)
-    seeds: int = 3  # random: layouts per budget
+    # trials per (method, budget): seed k is the fine-tuning seed, random's layout and the training batches importance
+    # is measured on, so the spread over seeds is the method's own
+    seeds: int = 3
     finetune_steps: list[int] = field(default_factory=lambda: [0])  # 0: prune and evaluate; N: fine-tune N steps
-    importance_batches: int = 16  # importance: training batches the head importance is summed over
+    importance_batches: int = 16  # importance, iterative: training batches the head importance is summed over
+    iterative_fraction: float = 0.1  # iterative: share of all gated heads removed per round (Michel et al.: 10%)
     set: dict[str, Any] = field(default_factory=dict)  # overrides of the prune config for fine-tuning pruned models
     scratch_layouts: Literal["pareto", "all"] = "pareto"  # which gate trials' layouts `scratch` trains
     scratch_limit: int | None = None  # at most this many of them (spread over the head counts); null: all
     scratch_set: dict[str, Any] = field(default_factory=dict)  # overrides of the base recipe for `scratch` models
+    scratch_seeds: int = 1  # scratch: trainings per layout (initialisation and data order)
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,25 @@ class MethodRun:
 
     @property
     def label(self) -> str:
+        if self.method == "gates_budget":
+            return f"gates at budget ({self.finetune_steps} steps)"
         return self.method + (f" + {self.finetune_steps} steps" if self.finetune_steps else "")
+
+
+def method_runs(name: str, methods: list[str], finetune_steps: list[int]) -> list[MethodRun]:
+    """The experiment folders of a sweep called ``name``, in the order they run: gates keeps the sweep's own name;
+    the others are ``<name>-<method>[-ft<steps>]`` (gates_budget fine-tunes max(finetune_steps) steps)."""
+    runs = []
+    for method in [m for m in METHODS if m in methods]:
+        if method == "gates":
+            runs.append(MethodRun(method, 0, name))
+        elif method == "gates_budget":
+            runs.append(MethodRun(method, max(finetune_steps), f"{name}-{method}"))
+        elif method in LAYOUT_METHODS:
+            runs += [MethodRun(method, n, f"{name}-{method}" + (f"-ft{n}" if n else "")) for n in finetune_steps]
+        else:
+            runs.append(MethodRun(method, 0, f"{name}-{method}"))
+    return runs
 
 
 @dataclass
@@ -129,9 +154,22 @@ def _default_objectives() -> list[ObjectiveConfig]:
 
 
 @dataclass
+class HeldOutTestConfig:
+    """Scoring on the test split once the sweep has finished: every Pareto-optimal trial of each method folder
+    (chosen on the validation split) and every trial of the budget methods. Nothing is chosen on it."""
+
+    enabled: bool = False
+    split: Literal["test"] = "test"  # the corpus's test split (Multi30k: test_2016_flickr)
+    beam_size: int = 5  # beam search, as NMT papers report
+    batch_size: int = 64  # sentences per decoding batch
+    bootstrap: int = 1000  # paired bootstrap resamples of the test sentences (sacrebleu's default)
+
+
+@dataclass
 class SweepSchema:
     name: str | None = None  # folder name under storage; default: the file's stem
-    # gates | importance | random | scratch, or a list of them (run in that order; scratch needs gates)
+    # gates | gates_budget | importance | iterative | random | scratch, or a list of them (run in that order; scratch
+    # needs gates)
     method: Any = "gates"
     base: Any = None  # a run config: a path (relative to the sweep file) or an inline mapping
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -145,6 +183,7 @@ class SweepSchema:
     storage_shared: bool = False  # true: `storage` is a folder every node mounts at the same path (NFS, ...)
     keep_checkpoints: int = 2  # checkpoints Ray keeps per trial (the newest)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    test: HeldOutTestConfig = field(default_factory=HeldOutTestConfig)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 
 from model.config import Config, ConfigError, GateConfig, TrainConfig, config_from_dict, flatten, set_key
 
-from .results import join_storage
+from .results import BUDGET, LAYOUT_SEED, join_storage
 from .schema import (
     METHODS,
     RUN_LOCATION_KEYS,
@@ -33,6 +33,7 @@ from .schema import (
     SweepSchema,
     auto_freeze,
     is_base_key,
+    method_runs,
 )
 from .storage import StorageError, check_uri
 
@@ -159,14 +160,8 @@ class Sweep:
         return [x for x in METHODS if x in chosen]
 
     def method_runs(self) -> list[MethodRun]:
-        """The experiment folders of this sweep, in the order they run: gates keeps the sweep's own name."""
-        runs = []
-        for method in self.methods:
-            steps = self.schema.baselines.finetune_steps if method in ("importance", "random") else [0]
-            for n in steps:
-                suffix = "" if method == "gates" else f"-{method}" + (f"-ft{n}" if n else "")
-                runs.append(MethodRun(method, n, self.name + suffix))
-        return runs
+        """The experiment folders of this sweep, in the order they run (:func:`sweeps.schema.method_runs`)."""
+        return method_runs(self.name, self.methods, self.schema.baselines.finetune_steps)
 
     def gated_heads(self) -> int:
         """Heads of the gated attention types (prune.set's gates.attention) in the base model."""
@@ -174,7 +169,7 @@ class Sweep:
         return sum(cfg.model.n_heads * cfg.model.layers(k) for k in cfg.gates.attention)
 
     def budgets(self) -> list[int]:
-        """Head budgets of the importance and random methods."""
+        """Head budgets of the budget methods (gates_budget, importance, iterative, random)."""
         total = self.gated_heads()
         if self.schema.baselines.budgets:
             return sorted(set(self.schema.baselines.budgets))
@@ -182,28 +177,47 @@ class Sweep:
             return [max(1, total // 4)]
         return sorted({max(1, round(total * f)) for f in (1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1)})
 
-    def sample_seed(self) -> int:
-        """The seed of the training batches head importance is measured on: the prune config's own train.seed,
-        the same for every trial (per-trial seeds only vary fine-tuning)."""
-        return run_config(self.base, [self.schema.prune.set]).train.seed
+    def sample_seed(self, seed: int = 0) -> int:
+        """The seed of the training batches head importance is measured on for the method's seed ``seed``: the
+        prune config's own train.seed plus ``seed``, so that one seed's importance layout is the same fine-tuned or
+        not, and the spread over seeds includes the choice of batches."""
+        return run_config(self.base, [self.schema.prune.set]).train.seed + seed
 
     def baseline_config(self, finetune_steps: int, params: dict[str, Any]) -> Config:
-        """The config of an importance/random trial, before pruning sets ``model.heads``: the prune recipe with
-        gates off, ``finetune_steps`` steps and ``baselines.set``."""
+        """The config of an importance/iterative/random trial, before pruning sets ``model.heads``: the prune
+        recipe with gates off, ``finetune_steps`` steps and ``baselines.set``."""
         off = {"gates.mode": "none", "gates.penalty": 0.0, "gates.target_open": None,
                "train.max_steps": finetune_steps}
-        per_trial = self.search.trial_seeds == "per_trial"
-        return run_config(self.base, [self.schema.prune.set, off, self.schema.baselines.set],
-                          freeze=self.schema.prune.freeze, seed_params=params if per_trial else None,
-                          resources=self.resources)
+        return self._budget_config([self.schema.prune.set, off, self.schema.baselines.set], params)
 
-    def scratch_config(self, heads: dict[str, list[int]]) -> Config:
+    def gates_budget_config(self, params: dict[str, Any]) -> Config:
+        """The config of a gates_budget trial: the prune recipe with its gates (``prune.set``), the baselines'
+        fine-tuning recipe (``baselines.set``) and their longest fine-tuning, ending with exactly
+        ``baseline.budget`` heads (``gates.target_open``)."""
+        steps = {"train.max_steps": max(self.schema.baselines.finetune_steps),
+                 "gates.target_open": int(params[BUDGET])}
+        return self._budget_config([self.schema.prune.set, self.schema.baselines.set, steps], params)
+
+    def _budget_config(self, overrides: list[dict[str, Any]], params: dict[str, Any]) -> Config:
+        """A budget method's trial config: its own seed from its params (per_trial), else train.seed + its
+        ``baseline.seed``, so that the seeds of a point differ either way."""
+        per_trial = self.search.trial_seeds == "per_trial"
+        if not per_trial and params.get(LAYOUT_SEED):
+            seed = run_config(self.base, overrides).train.seed + int(params[LAYOUT_SEED])
+            overrides = [*overrides, {"train.seed": seed}]
+        return run_config(self.base, overrides, freeze=self.schema.prune.freeze,
+                          seed_params=params if per_trial else None, resources=self.resources)
+
+    def scratch_config(self, heads: dict[str, list[int]], seed: int = 0) -> Config:
         """A ``scratch`` trial: the base recipe (``pretrain.set``), the prune stage's evaluation settings,
-        ``baselines.scratch_set`` and the layout ``heads``, from random initialisation."""
+        ``baselines.scratch_set`` and the layout ``heads``, from random initialisation with the base recipe's
+        train.seed plus ``seed`` (seed 0 of the full layout is the base model's own training)."""
         evaluation = {k: v for k, v in flatten(self.schema.prune.set).items() if k.startswith("eval.")}
         layout = {"model.heads": copy.deepcopy(heads), "gates.mode": "none"}
-        return run_config(self.base, [self.schema.pretrain.set, evaluation, self.schema.baselines.scratch_set,
-                                      layout], resources=self.pretrain_resources)
+        overrides = [self.schema.pretrain.set, evaluation, self.schema.baselines.scratch_set, layout]
+        if seed:
+            overrides.append({"train.seed": run_config(self.base, overrides).train.seed + seed})
+        return run_config(self.base, overrides, resources=self.pretrain_resources)
 
     def points_to_evaluate(self) -> list[dict[str, Any]]:
         """The configured first points, completed with the prune config's own values for unnamed keys."""

@@ -40,7 +40,7 @@ from .results import (
     write_text,
     write_trials_table,
 )
-from .schema import RUN_LOCATION_KEYS, MethodRun
+from .schema import BUDGET_METHODS, RUN_LOCATION_KEYS, MethodRun
 from .storage import exists, read_bytes
 from .study import StudyStorage, ensure_study_file, fresh_study_file
 from .sweep import Sweep, base_hash, schema_dict
@@ -74,6 +74,7 @@ class Trainables:
     prune: Callable[..., None]
     layout: Callable[..., None]
     scratch: Callable[..., None]
+    gates_budget: Callable[..., None]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,18 +258,20 @@ def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
 
 def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run: MethodRun, resume: bool,
                    gate_trials=None):
-    """One baseline method's experiment: a grid over budgets (and seeds), or over the gate trials' layouts."""
+    """One baseline method's experiment: a grid over budgets and seeds, or over the gate trials' layouts (and
+    seeds)."""
     from ray import tune
 
+    b = sweep.schema.baselines
     if run.method == "scratch":
-        space = {LAYOUT: tune.grid_search(scratch_layouts(sweep, gate_trials))}
+        space = {LAYOUT: tune.grid_search(scratch_layouts(sweep, gate_trials)),
+                 LAYOUT_SEED: tune.grid_search(list(range(b.scratch_seeds)))}
         trainable = tune.with_resources(tune.with_parameters(trainables.scratch, setup=setup),
                                         _resources(sweep.pretrain_resources))
     else:
-        space = {BUDGET: tune.grid_search(sweep.budgets())}
-        if run.method == "random":
-            space[LAYOUT_SEED] = tune.grid_search(list(range(sweep.schema.baselines.seeds)))
-        trainable = tune.with_resources(tune.with_parameters(trainables.layout, setup=setup, run=run),
+        space = {BUDGET: tune.grid_search(sweep.budgets()), LAYOUT_SEED: tune.grid_search(list(range(b.seeds)))}
+        function = trainables.gates_budget if run.method == "gates_budget" else trainables.layout
+        trainable = tune.with_resources(tune.with_parameters(function, setup=setup, run=run),
                                         _resources(sweep.resources))
     experiment = join_storage(sweep.storage, run.name)
     found = tune.Tuner.can_restore(experiment)
@@ -404,8 +407,11 @@ def _sweep_record(sweep: Sweep, run: MethodRun) -> dict[str, Any]:
 
 
 # the baselines' settings each method's trials depend on (methods and fine-tuning variants may be added later)
-BASELINE_KEYS = {"gates": (), "importance": ("budgets", "importance_batches"), "random": ("budgets", "seeds"),
-                 "scratch": ("scratch_layouts", "scratch_limit", "scratch_set")}
+BASELINE_KEYS = {"gates": (), "gates_budget": ("budgets", "seeds", "finetune_steps"),
+                 "importance": ("budgets", "seeds", "importance_batches"),
+                 "iterative": ("budgets", "seeds", "importance_batches", "iterative_fraction"),
+                 "random": ("budgets", "seeds"),
+                 "scratch": ("scratch_layouts", "scratch_limit", "scratch_set", "scratch_seeds")}
 
 
 def _settings_of(run: MethodRun, record: dict[str, Any]) -> dict[str, Any]:
@@ -524,9 +530,9 @@ def expected_trials(sweep: Sweep, run: MethodRun, df) -> int:
     """How many trials a finished method folder holds."""
     if run.method == "gates":
         return sweep.search.num_samples
-    if run.method in ("importance", "random"):
-        return len(sweep.budgets()) * (sweep.schema.baselines.seeds if run.method == "random" else 1)
-    return int((df[STAGE] == "prune").sum())  # scratch: one per layout, known once the gate trials finished
+    if run.method in BUDGET_METHODS:
+        return len(sweep.budgets()) * sweep.schema.baselines.seeds
+    return int((df[STAGE] == "prune").sum())  # scratch: per layout and seed, known once the gate trials finished
 
 
 def unfinished_trials(sweep: Sweep, run: MethodRun, df) -> int:

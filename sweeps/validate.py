@@ -15,6 +15,7 @@ from typing import Any
 
 from model.config import Config, ConfigError, apply_overrides, config_from_dict, flatten, from_dict, read_yaml, require
 
+from .results import BUDGET
 from .schema import METHODS, OBJECTIVE_METRICS, SweepSchema, is_base_key, parse_dimension
 from .sweep import Sweep, _with, resolve_storage
 
@@ -53,8 +54,9 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
     if isinstance(baselines, dict):
         baselines.pop("budgets", None)  # the smoke test's own budget (Sweep.budgets)
         baselines["scratch_limit"] = 1
-        if isinstance(baselines.get("seeds"), int):
-            baselines["seeds"] = 1
+        for key in ("seeds", "scratch_seeds"):
+            if isinstance(baselines.get(key), int):
+                baselines[key] = 1
         steps = baselines.get("finetune_steps")
         if isinstance(steps, list) and all(isinstance(n, int) for n in steps):
             baselines["finetune_steps"] = sorted({min(n, 2 * SMOKE_EVAL_EVERY) for n in steps})
@@ -267,6 +269,10 @@ def _check_search(schema: SweepSchema, space: list) -> None:
             require(res.gpus <= 1, f"{where}.gpus", res.gpus,
                     "a fraction of one GPU, or 1 (a trial trains on one device: data-parallel training across "
                     "several GPUs is not implemented, so more would sit idle)")
+    t = schema.test
+    require(t.beam_size >= 1, "test.beam_size", t.beam_size, "an integer >= 1")
+    require(t.batch_size >= 1, "test.batch_size", t.batch_size, "an integer >= 1")
+    require(t.bootstrap >= 100, "test.bootstrap", t.bootstrap, "an integer >= 100 (resamples; sacrebleu uses 1000)")
     require(schema.keep_checkpoints >= 1, "keep_checkpoints", schema.keep_checkpoints, "an integer >= 1")
     require(schema.wandb.init_timeout > 0, "wandb.init_timeout", schema.wandb.init_timeout, "a number > 0")
     require(schema.wandb.upload_timeout > 0, "wandb.upload_timeout", schema.wandb.upload_timeout, "a number > 0")
@@ -311,6 +317,12 @@ def _check_methods(sweep: Sweep) -> None:
     require(bool(b.finetune_steps) and all(n >= 0 for n in b.finetune_steps)
            and len(set(b.finetune_steps)) == len(b.finetune_steps), "baselines.finetune_steps", b.finetune_steps,
            "a non-empty list of distinct integers >= 0 (0: prune and evaluate)")
+    require(0.0 < b.iterative_fraction <= 1.0, "baselines.iterative_fraction", b.iterative_fraction,
+            "a number in (0, 1]: the share of the gated heads removed per round")
+    require(b.scratch_seeds >= 1, "baselines.scratch_seeds", b.scratch_seeds, "an integer >= 1")
+    if "gates_budget" in methods:
+        require(max(b.finetune_steps) > 0, "baselines.finetune_steps", b.finetune_steps,
+                "a list with a number of steps > 0: gates_budget fine-tunes as long as the longest of them")
     require(b.scratch_limit is None or b.scratch_limit >= 1, "baselines.scratch_limit", b.scratch_limit,
            "an integer >= 1, or null for every layout")
     require(b.importance_batches >= 1, "baselines.importance_batches", b.importance_batches, "an integer >= 1")
@@ -322,6 +334,9 @@ def _check_methods(sweep: Sweep) -> None:
         for n in b.finetune_steps:
             sweep.baseline_config(n, {})
         sweep.scratch_config({})
+        if "gates_budget" in methods:
+            for budget in sweep.budgets():
+                sweep.gates_budget_config({BUDGET: budget})
     except ConfigError as exc:
         raise ConfigError(f"method {m}: {exc}") from None
 

@@ -157,3 +157,40 @@ def test_importance_of_a_model_on_the_gpu_equals_the_cpu_scores():
     on_cpu = head_importance(model, batches)
     on_gpu = head_importance(model.to("cuda"), batches)
     assert all(v.device.type == "cpu" and torch.allclose(v, on_cpu[k], atol=1e-5) for k, v in on_gpu.items())
+
+
+def _importance_batch():
+    from model.data import Batch
+
+    src, tgt = batch()
+    tgt_in = torch.cat([torch.full((3, 1), 2), tgt[:, :-1]], dim=1)
+    return [Batch(src, tgt_in, tgt, [0, 1, 2])]
+
+
+def test_importance_of_a_pruned_set_scores_removed_heads_zero_and_normalises_what_is_left():
+    from model.prune import head_importance
+
+    model = plain_model()
+    kept = {("enc_self", 0): [0, 2], ("enc_self", 1): [], ("enc_self", 2): [1, 2, 3]}
+    scores = head_importance(model, _importance_batch(), kept=kept)
+    full = head_importance(model, _importance_batch())
+    assert scores[("enc_self", 0)][[1, 3]].eq(0).all() and scores[("enc_self", 0)][[0, 2]].gt(0).all()
+    assert scores[("enc_self", 1)].eq(0).all()  # a layer with no head left scores nothing
+    assert torch.isclose(scores[("enc_self", 2)].norm(), torch.tensor(1.0))  # normalised over the heads left
+    assert scores[("dec_cross", 0)].gt(0).all()  # blocks it does not name keep all their heads
+    # masking heads changes what the others are worth (the point of re-scoring)
+    assert not torch.allclose(scores[("enc_self", 2)][1:], full[("enc_self", 2)][1:] / full[("enc_self", 2)][1:].norm())
+
+
+def test_iterative_pruning_rescores_each_round_and_one_round_is_one_shot_importance():
+    from model.prune import head_importance, importance_layout, iterative_layout
+
+    model = plain_model()
+    rounds: list[str] = []
+    layout = iterative_layout(model, ["enc_self"], 3, _importance_batch(), 0.25, log=rounds.append)
+    assert sum(len(v) for v in layout.values()) == 3 and set(layout) == {("enc_self", i) for i in range(3)}
+    assert rounds == [f"iterative pruning: {n} of 12 heads left" for n in (9, 6, 3)]  # 3 heads (25%) a round
+    one_round = iterative_layout(model, ["enc_self"], 3, _importance_batch(), 1.0)
+    assert one_round == importance_layout(head_importance(model, _importance_batch()), model, ["enc_self"], 3)
+    with pytest.raises(ValueError, match="budget 13"):
+        iterative_layout(model, ["enc_self"], 13, _importance_batch(), 0.1)

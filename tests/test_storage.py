@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from model import metrics as M
 from model.config import ConfigError
 from sweeps.storage import StorageError, check_uri, download, upload, uri_of
 from tests.conftest import REPO
@@ -122,9 +123,11 @@ def _driver(args: list[str], cwd: Path, home: Path, s3_env: dict[str, str]) -> t
 def test_a_sweep_on_s3_interrupted_and_resumed_by_a_driver_with_an_empty_disk(s3_server, tmp_path: Path, record):
     """Everything a local sweep has, on s3://: base checkpoints and trials in the bucket, full URIs in trials.csv,
     the Optuna study, the report, offline W&B runs; a driver stopped mid-sweep, and the sweep finished by another
-    driver whose working folder, HOME, temporary folder and cache hold nothing of it."""
+    driver whose working folder, HOME, temporary folder and cache hold nothing of it. A second method waits for the
+    gate trials; the stopped sweep is refused without --resume and when changed, and finished unchanged."""
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 200, "train.eval_every": 100}},
+                        method=["gates", "importance"], baselines={"budgets": [2, 8], "importance_batches": 1},
                         wandb={"mode": "offline"})
     results = s3_server.uri("interrupted")
     cmd, env = _driver([str(sweep), "--results", results], tmp_path / "first" / "work", tmp_path / "first", s3_server.env)
@@ -144,9 +147,21 @@ def test_a_sweep_on_s3_interrupted_and_resumed_by_a_driver_with_an_empty_disk(s3
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 1 and "--resume" in out, out[-3000:]
+    assert "the importance trials did not finish" in out, out[-3000:]
+    assert not any(k.startswith("interrupted/t-importance/") for k in s3_server.keys("interrupted")), \
+        "a later method started before the gate trials finished"
     finished = {name: keys[f"interrupted/t/{name}/checkpoint_000001/metrics.jsonl"] for name in done}
     stopped_study = s3_server.keys("interrupted/t").get("interrupted/t/optuna.db")
     assert stopped_study, "the study did not travel with Tune's experiment state"
+
+    refusals = {}
+    for name, extra in (("again", []), ("changed", ["--resume", "--set", "search.num_samples=5"])):
+        cmd, env = _driver([str(sweep), "--results", results, *extra], tmp_path / name / "work", tmp_path / name,
+                           s3_server.env)
+        refusals[name] = subprocess.run(cmd, cwd=tmp_path / name / "work", env=env, capture_output=True, text=True,
+                                        timeout=300, check=False)
+    assert refusals["again"].returncode == 2 and "--resume" in refusals["again"].stderr  # never starts over
+    assert refusals["changed"].returncode == 2 and "search.num_samples: 3 -> 5" in refusals["changed"].stderr
 
     start = time.perf_counter()
     cmd, env = _driver([str(sweep), "--results", results, "--resume"], tmp_path / "second" / "work",
@@ -161,6 +176,14 @@ def test_a_sweep_on_s3_interrupted_and_resumed_by_a_driver_with_an_empty_disk(s3
         assert keys[f"interrupted/t/{name}/checkpoint_000001/metrics.jsonl"] == size
         assert not any(k.startswith(f"interrupted/t/{name}/checkpoint_000002") for k in keys)
 
+    trial_names = {k.split("/")[2] for k in keys if k.startswith("interrupted/t/prune_trainable_")}
+    assert len(trial_names) == 3, trial_names
+    for name in trial_names:  # each evaluation reported once, in order
+        steps = list(pd.read_csv(download(f"{results}/t/{name}/progress.csv", tmp_path / name / "p.csv"))[M.STEP])
+        assert steps == [100, 200], (name, steps)
+    importance = pd.read_csv(download(results + "/t-importance/trials.csv", tmp_path / "imp.csv"))
+    importance = importance.query("stage == 'prune'")
+    assert sorted(importance["param.baseline.budget"]) == [2, 8] and (importance["status"] == "completed").all()
     table = download(results + "/t/trials.csv", tmp_path / "trials.csv")
     df = pd.read_csv(table)
     prune = df[df["stage"] == "prune"]

@@ -179,7 +179,7 @@ BAD = [
     ({"keep_checkpoints": 0}, r"`keep_checkpoints`: 0"),
     ({"wandb": {"mode": "cloud"}}, r"`wandb.mode`: 'cloud'.*'auto', 'online', 'offline', 'disabled'"),
     ({"search": {"num_samples": "many"}}, r"`search.num_samples`: 'many'.*an integer"),
-    ({"method": "magnitude"}, r"`method`: 'magnitude'.*gates, importance, random, scratch"),
+    ({"method": "magnitude"}, r"`method`: 'magnitude'.*gates, gates_budget, importance, iterative, random, scratch"),
     ({"method": ["gates", "gates"]}, r"`method`.*without repeats"),
     ({"method": []}, r"`method`: \[\]"),
     ({"method": ["scratch"]}, r"`method`.*with gates when it has scratch"),

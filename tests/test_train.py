@@ -276,3 +276,56 @@ def test_head_budget_ends_with_exactly_the_target_and_resumes_exactly(tmp_path, 
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [m[M.LAMBDA] for m in resumed.history] == lambdas[stop_at // 4:]
+
+
+def test_gates_lr_is_the_gate_groups_own_peak_learning_rate(tmp_path):
+    from model.train import Trainer
+
+    cfg = tiny_config("gates.mode=learned", "train.lr=2e-3", "gates.lr=0.1", "train.max_steps=2")
+    trainer = Trainer(cfg, tmp_path / "run", **QUIET)
+    weights, gates = trainer.optimizer.param_groups
+    assert weights["lr_scale"] == 1.0 and math.isclose(gates["lr_scale"] * cfg.train.lr, 0.1)
+    trainer.run()
+    assert math.isclose(gates["lr"], 0.1 * learning_rate(2, cfg.train, cfg.model.d_model) / cfg.train.lr)
+    with pytest.raises(Exception, match="gates.lr_scale"):
+        tiny_config("gates.mode=learned", "gates.lr=0.1", "gates.lr_scale=5.0")
+
+
+def _small_gate_run(tmp_path, *overrides):
+    """A run whose encoder gates sit at 0.043 (log_alpha -2: open, tiny) and barely move in 2 steps."""
+    cfg = tiny_config("gates.mode=learned", "gates.init_log_alpha=-2.0", "gates.lr=1e-9", "train.max_steps=2",
+                      "train.eval_every=2", *overrides)
+    return train(cfg, tmp_path, **QUIET)
+
+
+def test_heads_with_tiny_gates_are_removed_at_the_end_when_that_costs_no_bleu(tmp_path):
+    from model.checkpoint import checkpoint_config
+    from model.prune import prune_checkpoint
+
+    gated = 2 * 4  # tiny config: 2 encoder layers x 4 heads
+    kept = _small_gate_run(tmp_path / "off", "gates.min_open=0.0")
+    assert kept.metrics[M.OPEN_HEADS + "/enc_self"] == gated and M.SMALL_HEADS_CLOSED not in kept.metrics
+    removed = _small_gate_run(tmp_path / "on", "gates.min_open=0.1", "gates.min_open_tolerance=100.0")
+    assert removed.metrics[M.SMALL_HEADS_CLOSED] == gated and removed.metrics[M.OPEN_HEADS + "/enc_self"] == 0
+    assert removed.metrics[M.BLEU_WITH_SMALL_HEADS] == kept.metrics[M.BLEU]  # the same run until the end
+    _, pruned = prune_checkpoint(removed.checkpoint, tmp_path / "pruned.pt")  # the checkpoint agrees with the count
+    assert pruned.cfg.heads["enc_self"] == [0, 0]
+    assert checkpoint_config(load_checkpoint(removed.checkpoint)).gates.min_open == 0.1
+
+
+def test_heads_with_tiny_gates_stay_when_removing_them_costs_bleu(tmp_path, monkeypatch):
+    from model.train import Trainer
+
+    scores = iter([50.0, 40.0])  # with them, then without them
+    original = Trainer.evaluate
+
+    def evaluate(self):
+        metrics, details = original(self)
+        return {**metrics, M.BLEU: next(scores)}, details
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    result = _small_gate_run(tmp_path, "gates.min_open=0.1", "gates.min_open_tolerance=5.0")
+    assert result.metrics[M.SMALL_HEADS_CLOSED] == 0 and result.metrics[M.BLEU] == 50.0
+    assert result.metrics[M.OPEN_HEADS + "/enc_self"] == 8
+    alphas = [v for k, v in load_checkpoint(result.checkpoint)["model"].items() if k.endswith("log_alpha")]
+    assert alphas and all(torch.allclose(a, torch.full_like(a, -2.0), atol=1e-4) for a in alphas)  # restored

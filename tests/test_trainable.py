@@ -158,49 +158,6 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
     assert with_gates == 2  # a gate heatmap in each gate trial (base models and baselines have no gates)
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path, record):
-    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
-                        prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}},
-                        method=["gates", "importance"], baselines={"budgets": [2, 8], "importance_batches": 1})
-    proc = start_cli(str(sweep), "--results", str(tmp_path))
-    experiment = tmp_path / "t"
-    deadline = time.time() + 300
-    # interrupt once the first trial has finished and the second has reported at least once
-    while time.time() < deadline:
-        trials = [p for p in experiment.glob("prune_trainable_*") if list(p.glob("checkpoint_*"))]
-        done = [p for p in trials if (p / "checkpoint_000002").exists()]
-        if done and len(trials) > len(done):
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert not (experiment / "trials.csv").exists() or len(pd.read_csv(experiment / "trials.csv")) < 4, out[-2000:]
-    assert not (tmp_path / "t-importance").exists(), out[-2000:]  # a later method waits for the gate trials
-    assert "the importance trials did not finish" in out and "--resume" in out, out[-2000:]
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in experiment.glob("prune_trainable_*/checkpoint_000002")}
-
-    again = run_cli(str(sweep), "--results", str(tmp_path))
-    assert again.returncode == 2 and "--resume" in again.stderr  # never silently starts over
-    changed = run_cli(str(sweep), "--resume", "--results", str(tmp_path), "--set", "search.num_samples=5")
-    assert changed.returncode == 2 and "search.num_samples: 3 -> 5" in changed.stderr
-    resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    df = pd.read_csv(experiment / "trials.csv")
-    prune = df[df["stage"] == "prune"]
-    assert len(prune) == 3 and (prune["status"] == "completed").all(), prune[["trial_id", "status", "error"]]
-    for name, mtime in finished.items():  # a finished trial is not run again
-        assert (experiment / name / "checkpoint_000002").stat().st_mtime_ns == mtime
-    for trial in experiment.glob("prune_trainable_*"):  # each evaluation reported once, in order
-        steps = list(pd.read_csv(trial / "progress.csv")[M.STEP])
-        assert steps == [100, 200, 300], (trial.name, steps)
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert len(study.trials) >= 3
-    importance = pd.read_csv(tmp_path / "t-importance" / "trials.csv").query("stage == 'prune'")
-    assert sorted(importance["param.baseline.budget"]) == [2, 8] and (importance["status"] == "completed").all()
-    record("SIGINT to the driver between trials (a second method waiting), then --resume", trials=3, trials_lost=0, finished_trials_rerun=0)
-
-
 def marked_processes(marker: str, title: str = "") -> list[int]:
     """PIDs of the processes started with ``HEADSWEEP_TEST_RUN=marker`` whose command line begins with ``title``
     (a sweep's driver, Ray's own processes and its workers inherit the driver's environment; other Ray sessions on

@@ -1,0 +1,503 @@
+"""Test-set scores of a finished sweep, and the statistics that compare its methods.
+
+    python -m analysis.testset results/multi30k_en_de          # also run by the sweep itself (test.enabled)
+
+What is scored: the base model; in each method folder, every completed trial of a budget method (gates_budget,
+importance, iterative, random: each (budget, seed) point) and of ``scratch``; of the Optuna gate trials, those on the
+Pareto front **chosen on the validation split**. The test split never chooses anything: it scores what validation
+chose. Each score is sacrebleu's (BLEU and chrF with their signatures), with beam search, and is kept with its
+translations in ``<method folder>/test/<trial id>.json``, so a second call scores only what is new.
+
+The statistics:
+- per (method, budget): the mean test BLEU over seeds and its 95% t-interval (seeds are the method's own
+  randomness: the fine-tuning seed, random's layout, importance's training batches);
+- per budget, each method against the reference method (gates_budget where the sweep has it): the difference of
+  their seed-mean test BLEU, its 95% interval and p-value from a paired bootstrap over the test sentences
+  (sacrebleu's resampling and statistics; each resample also redraws each method's seeds, so the interval carries
+  the seed spread as well as the test set's). With one seed per method this is exactly sacrebleu's paired
+  bootstrap test. A method "beats" another only where the interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sacrebleu.metrics import BLEU
+
+from model import metrics as M
+from model.checkpoint import CheckpointError
+from model.cli import add_data_dir, command_parser, data_dir
+from model.config import EvalConfig
+from model.corpora import CorpusError
+from model.files import atomic_write
+from sweeps.results import (
+    BUDGET,
+    CHECKPOINT,
+    LAYOUT_SEED,
+    METHOD,
+    PARAM_PREFIX,
+    STAGE,
+    STATUS,
+    TEST_DIR,
+    TEST_SCORES_FILE,
+    TRIAL_ID,
+    checkpoint_file,
+)
+from sweeps.schema import BUDGET_METHODS, method_runs
+from sweeps.storage import StorageError, is_uri, join_storage, upload
+
+from . import charts
+from .load import LABEL, ResultsError, SweepResults, load_sweep, trial_history
+from .pareto import pareto_front
+
+BOOTSTRAP_SEED = 12345  # sacrebleu's default (SACREBLEU_SEED)
+CONFIDENCE = 0.95
+TEST_BLEU, TEST_CHRF, TEST_SIGNATURE = "test_bleu", "test_chrf", "test_bleu_signature"
+BUDGET_COLUMN, SEED_COLUMN = PARAM_PREFIX + BUDGET, PARAM_PREFIX + LAYOUT_SEED
+
+
+class ScoringError(RuntimeError):
+    """A trial chosen for the test set cannot be scored (its checkpoint or the test split is missing)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics (pure: lists of sentences and numbers in, numbers out)
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """(mean, half-width of its ``confidence`` t-interval); the half-width is NaN for fewer than 2 values."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return (float(x.mean()) if len(x) else math.nan), math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(half)
+
+
+def sentence_stats(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """sacrebleu's sufficient statistics of BLEU, one row per sentence (float32, as its tests use them)."""
+    return np.array(BLEU()._extract_corpus_statistics(list(hypotheses), [list(references)]), dtype="float32")
+
+
+def _bleu(stats: np.ndarray) -> float:
+    return BLEU()._compute_score_from_stats([x.item() for x in stats]).score
+
+
+@dataclass
+class Comparison:
+    """Method A against method B on one test set: seed-mean BLEU of each, their difference A - B, its interval
+    and the paired bootstrap p-value (H0: no difference)."""
+
+    bleu_a: float
+    bleu_b: float
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    seeds_a: int
+    seeds_b: int
+
+    @property
+    def verdict(self) -> str:
+        if self.low > 0:
+            return "A better"
+        if self.high < 0:
+            return "B better"
+        return "not resolved"
+
+
+def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], samples: int = 1000,
+                     seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> Comparison:
+    """Paired bootstrap over test sentences of two methods, each given as the :func:`sentence_stats` of its seeds.
+
+    The sentence resamples are drawn exactly as sacrebleu's paired bootstrap draws them (the same generator, seed
+    and call); each resample scores every seed's system on the same sentences, and redraws, with replacement, which
+    seeds each method's mean is taken over (methods with one seed keep it). The p-value is sacrebleu's: the share of
+    centred resampled |A - B| differences above the observed one."""
+    if not a or not b:
+        raise ValueError("each method needs at least one seed's statistics")
+    n = len(a[0])
+    if any(len(s) != n for s in [*a, *b]):
+        raise ValueError("every system must be scored on the same test sentences")
+    rng = np.random.default_rng(seed)
+    idxs = rng.choice(n, size=(samples, n), replace=True)  # sacrebleu's call, so its resamples
+    weights = np.stack([np.bincount(row, minlength=n) for row in idxs]).astype("float32")  # (samples, n)
+
+    def resampled(systems: Sequence[np.ndarray]) -> np.ndarray:  # (seeds, samples) BLEU of each resample
+        return np.array([[_bleu(row) for row in weights @ stats] for stats in systems])
+
+    scores_a, scores_b = resampled(a), resampled(b)
+    seed_rng = np.random.default_rng(seed + 1)
+
+    def seed_means(scores: np.ndarray) -> np.ndarray:
+        if len(scores) == 1:
+            return scores[0]
+        pick = seed_rng.integers(0, len(scores), size=(samples, len(scores)))
+        return np.take_along_axis(scores.T, pick, axis=1).mean(axis=1)
+
+    mean_a, mean_b = seed_means(scores_a), seed_means(scores_b)
+    observed_a = float(np.mean([_bleu(s.sum(0).round().astype(int)) for s in a]))  # integer counts: corpus BLEU
+    observed_b = float(np.mean([_bleu(s.sum(0).round().astype(int)) for s in b]))
+    diffs = mean_a - mean_b
+    spread = np.abs(diffs)
+    centred = spread - spread.mean()
+    p = (int(np.sum(centred > abs(observed_a - observed_b))) + 1) / (samples + 1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return Comparison(observed_a, observed_b, observed_a - observed_b, float(low), float(high), p, len(a), len(b))
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def method_folders(gates: SweepResults) -> list[tuple[str, str, str]]:
+    """(method, label, folder or URI) of every method folder of the sweep whose gate folder is ``gates``, in the
+    order they ran, from its recorded sweep (``sweep.json``); only those that exist."""
+    record = gates.config
+    if not record.get("name"):
+        return [("gates", gates.label, gates.source)]
+    methods = record.get("method") or "gates"
+    runs = method_runs(record["name"], [methods] if isinstance(methods, str) else list(methods),
+                       list((record.get("baselines") or {}).get("finetune_steps") or [0]))
+    parent = gates.source.rsplit("/", 1)[0] if gates.remote else str(Path(gates.source).parent)
+    out = []
+    for run in runs:
+        folder = join_storage(parent, run.name) if gates.remote else str(Path(parent) / run.name)
+        if gates.remote or Path(folder).is_dir():
+            out.append((run.method, run.label, folder))
+    return out
+
+
+def chosen_for_test(s: SweepResults, method: str) -> pd.DataFrame:
+    """The rows of one method folder that the test set scores: every completed trial of a budget method or of
+    scratch; of the gate trials, the validation Pareto front (the folder's objectives)."""
+    done = s.completed
+    if method in BUDGET_METHODS or method == "scratch" or done.empty:
+        return done
+    return pareto_front(done, s.objectives, s.directions)
+
+
+def _fingerprint(values: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(values).encode()).hexdigest()[:16]
+
+
+def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: str = "test", device: str = "cpu",
+              corpus_dir: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The test score of one trial (or base model), from its cached file in ``folder`` when it scored the same
+    checkpoint with the same settings, else by translating the split now and caching the result."""
+    from model.evaluate import evaluate_checkpoint
+
+    trial = str(row[TRIAL_ID])
+    cache = folder / f"{trial}.json"
+    settings = {"checkpoint": str(row[CHECKPOINT]), "split": split, "beam": beam}
+    if cache.exists():
+        try:
+            found = json.loads(cache.read_text(encoding="utf-8"))
+            if all(found.get(k) == v for k, v in settings.items()):
+                return found
+        except (OSError, json.JSONDecodeError):
+            pass  # a damaged cache file is scored again
+    try:
+        given = str(row[CHECKPOINT])
+        path = given if given.endswith(".pt") else checkpoint_file(given)  # a base given as a file, or a folder
+        scores, _, refs, hyps = evaluate_checkpoint(str(path), split, EvalConfig(split=split, beam_size=beam,
+                                                    batch_size=batch_size), device, log=lambda m: None,
+                                                    data_dir=corpus_dir)
+    except (CheckpointError, CorpusError, StorageError, OSError) as exc:
+        raise ScoringError(f"trial {trial}: {exc}") from None
+    record = {**settings, TRIAL_ID: trial, "bleu": scores.bleu, "chrf": scores.chrf,
+              "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,
+              "sentences": len(hyps), "references_sha256": _fingerprint(refs), "hypotheses": hyps,
+              "references": refs}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(cache, json.dumps(record, ensure_ascii=False) + "\n")
+    log(f"  {trial}: test BLEU {scores.bleu:.2f} ({len(hyps)} sentences, beam {beam})")
+    return record
+
+
+@dataclass
+class HeldOutScores:
+    """Every scored row of a sweep (one DataFrame) and each scored system's sentence statistics."""
+
+    table: pd.DataFrame  # method, label, trial_id, heads, budget, seed, val bleu, test bleu/chrF, signature
+    stats: dict[tuple[str, str], np.ndarray]  # (label, trial_id) -> sentence_stats
+    heads: str  # the heads objective the chart uses (e.g. open_heads/enc_self)
+
+
+def _heads_metric(s: SweepResults) -> str:
+    return next((o for o in s.objectives if o.startswith(M.OPEN_HEADS)), M.OPEN_HEADS)
+
+
+def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, device: str = "cpu",
+                corpus_dir: str | None = None, log: Callable[[str], None] = print) -> tuple[SweepResults, HeldOutScores]:
+    """Score every chosen trial of every method folder of a sweep on its test split (see the module's doc); write
+    ``test_scores.csv`` into each folder (uploaded beside a sweep in remote storage)."""
+    gates = load_sweep(gates_folder)
+    heads = _heads_metric(gates)
+    rows, stats = [], {}
+    refs_seen: set[str] = set()
+    for index, (method, label, folder) in enumerate(method_folders(gates)):
+        s = gates if index == 0 else load_sweep(folder, label)
+        chosen = chosen_for_test(s, method)
+        if index == 0:  # the base model(s), scored once: trained by the sweep, or given as a file
+            given = (s.config.get("pretrain") or {}).get("checkpoint")
+            bases = s.bases if not s.bases.empty or not given else pd.DataFrame(
+                [{TRIAL_ID: "base", STAGE: "pretrain", CHECKPOINT: given, STATUS: "completed"}])
+            chosen = pd.concat([bases, chosen])
+        log(f"test set: {label}: {len(chosen)} trial{'s' * (len(chosen) != 1)}")
+        folder_rows = []
+        for _, row in chosen.iterrows():
+            found = score_row(row, s.path / TEST_DIR, beam, batch_size, device=device, corpus_dir=corpus_dir, log=log)
+            refs_seen.add(found["references_sha256"])
+            is_base = row[STAGE] == "pretrain"
+            entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
+                     TRIAL_ID: str(row[TRIAL_ID]), "heads": row.get(heads), "budget": row.get(BUDGET_COLUMN),
+                     "seed": row.get(SEED_COLUMN), "chosen_on": "" if is_base else (
+                         "validation front" if method not in BUDGET_METHODS and method != "scratch" else "all"),
+                     M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"], TEST_CHRF: found["chrf"],
+                     TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
+                     "layout": row.get(PARAM_PREFIX + "baseline.layout")}
+            folder_rows.append(entry)
+            stats[(entry[LABEL], entry[TRIAL_ID])] = sentence_stats(found["hypotheses"], found["references"])
+        rows += folder_rows
+        table = pd.DataFrame(folder_rows)
+        atomic_write(s.path / TEST_SCORES_FILE, table.to_csv(index=False))
+        if s.remote:
+            upload(s.path / TEST_SCORES_FILE, join_storage(s.source, TEST_SCORES_FILE))
+            upload(s.path / TEST_DIR, join_storage(s.source, TEST_DIR))
+    if len(refs_seen) > 1:
+        raise ScoringError(f"the method folders of {gates.source} were scored against {len(refs_seen)} different "
+                           f"test sets; every method must share one")
+    return gates, HeldOutScores(pd.DataFrame(rows), stats, heads)
+
+
+# --------------------------------------------------------------------------------------------------
+# The comparison
+
+
+def point_table(scores: HeldOutScores) -> pd.DataFrame:
+    """Mean test BLEU and its 95% interval per (method, budget) of the budget methods, and per layout of scratch."""
+    df = scores.table
+    out = []
+    for (label, method), group in df[df["method"].isin([*BUDGET_METHODS, "scratch"])].groupby([LABEL, "method"],
+                                                                                          sort=False):
+        key = "layout" if method == "scratch" else "budget"
+        for point, runs in group.groupby(key, sort=True):
+            mean, half = t_interval(runs[TEST_BLEU].tolist())
+            val_mean, _ = t_interval(runs[M.BLEU].astype(float).tolist())
+            out.append({LABEL: label, "method": method, "point": point, "heads": float(runs["heads"].mean()),
+                        "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
+                        "test_bleu_sd": float(runs[TEST_BLEU].std(ddof=1)) if len(runs) > 1 else math.nan,
+                        "val_bleu_mean": val_mean})
+    return pd.DataFrame(out)
+
+
+def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
+    """Each budget method against the reference (gates_budget if present, else the first budget method) at every
+    budget both have: paired bootstrap over test sentences with the seeds of each."""
+    df = scores.table[scores.table["method"].isin(BUDGET_METHODS)]
+    labels = list(dict.fromkeys(df[LABEL]))
+    if len(labels) < 2:
+        return pd.DataFrame()
+    reference = next((lab for lab in labels if (df[df[LABEL] == lab]["method"] == "gates_budget").all()), labels[0])
+    out = []
+    for other in [lab for lab in labels if lab != reference]:
+        for budget in sorted(set(df[df[LABEL] == reference]["budget"]) & set(df[df[LABEL] == other]["budget"])):
+            def systems(label: str, budget=budget) -> list[np.ndarray]:
+                runs = df[(df[LABEL] == label) & (df["budget"] == budget)].sort_values("seed")
+                return [scores.stats[(label, t)] for t in runs[TRIAL_ID]]
+
+            c = paired_bootstrap(systems(reference), systems(other), samples)
+            out.append({"budget": int(budget), "A": reference, "B": other, "seeds A": c.seeds_a, "seeds B": c.seeds_b,
+                        "BLEU A": c.bleu_a, "BLEU B": c.bleu_b, "A - B": c.difference, "95% low": c.low,
+                        "95% high": c.high, "p": c.p_value, "verdict": c.verdict})
+    return pd.DataFrame(out)
+
+
+def settled_steps(s: SweepResults, heads: str) -> pd.DataFrame:
+    """Per completed gate trial: the first evaluation step from which its head count no longer changed, and the
+    run's last step (how long fine-tuning needs before lambda, not the step count, decides the heads)."""
+    out = []
+    for _, row in s.completed.iterrows():
+        try:
+            history = trial_history(row)
+        except ResultsError:
+            continue
+        if heads not in history.columns or history.empty:
+            continue
+        counts, steps = history[heads].tolist(), history[M.STEP].tolist()
+        settled = steps[0]
+        for i in range(1, len(counts)):
+            if counts[i] != counts[i - 1]:
+                settled = steps[i]
+        out.append({TRIAL_ID: row[TRIAL_ID], "settled_step": settled, "last_step": steps[-1],
+                    "final_heads": counts[-1]})
+    return pd.DataFrame(out)
+
+
+def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0.75, tolerance: float = 0.5,
+                 total_heads: int | None = None) -> tuple[pd.DataFrame, float]:
+    """Per method: the fewest heads whose mean test BLEU is within ``tolerance`` of the base model's, and whether
+    that removes at least ``removed`` of the heads (met/missed; 'met (interval)' when the interval's low end clears
+    the line too). Returns the table and the base model's test BLEU."""
+    base = scores.table[scores.table["method"] == "base"]
+    if base.empty:
+        return pd.DataFrame(), math.nan
+    base_bleu = float(base[TEST_BLEU].iloc[0])
+    total = total_heads or int(base["heads"].iloc[0])
+    line, limit = base_bleu - tolerance, (1 - removed) * total
+    rows = []
+    gates = scores.table[scores.table["method"] == "gates"]
+    candidates = [(lab, g["heads"].astype(float), g[TEST_BLEU], g[TEST_BLEU] * np.nan)
+                  for lab, g in gates.groupby(LABEL)]
+    for lab, g in points[points["method"].isin(BUDGET_METHODS)].groupby(LABEL, sort=False):
+        candidates.append((lab, g["heads"], g["test_bleu_mean"], g["test_bleu_mean"] - g["ci95"]))
+    for lab, heads, bleu, low in candidates:
+        ok = bleu >= line
+        fewest = float(heads[ok].min()) if ok.any() else math.nan
+        at = ok & (heads == fewest)
+        robust = bool((low[at] >= line).any()) if ok.any() else False
+        met = ok.any() and fewest <= limit
+        rows.append({LABEL: lab, "fewest heads within tolerance": fewest,
+                     "target": ("met (interval)" if robust else "met (mean)") if met else "missed"})
+    return pd.DataFrame(rows), base_bleu
+
+
+def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: float, tolerance: float):
+    """Test BLEU against heads: budget methods as mean ± 95% interval over seeds, gate front trials as points,
+    scratch layouts as diamonds, the base model and the tolerance line."""
+    import plotly.graph_objects as go
+
+    fig, ax = charts.figure_axes(figsize=(8, 5))
+    pfig = go.Figure()
+    for label, g in points.groupby(LABEL, sort=False):
+        g = g.sort_values("heads")
+        err = g["ci95"].fillna(0)
+        marker = "D" if (g["method"] == "scratch").all() else "o"
+        ax.errorbar(g["heads"], g["test_bleu_mean"], yerr=err, marker=marker, capsize=3, label=label,
+                    linestyle="" if marker == "D" else "-")
+        pfig.add_trace(go.Scatter(x=g["heads"], y=g["test_bleu_mean"], name=label,
+                                  mode="markers" if marker == "D" else "lines+markers",
+                                  error_y={"type": "data", "array": err.tolist()},
+                                  text=[f"{label}: {p} ({n} seeds)" for p, n in zip(g["point"], g["seeds"])]))
+    gates = scores.table[scores.table["method"] == "gates"]
+    for label, g in gates.groupby(LABEL):
+        ax.scatter(g["heads"], g[TEST_BLEU], marker="s", label=f"{label} (validation front)", zorder=3)
+        pfig.add_trace(go.Scatter(x=g["heads"], y=g[TEST_BLEU], mode="markers", name=f"{label} (validation front)",
+                                  marker={"symbol": "square"}, text=g[TRIAL_ID]))
+    if math.isfinite(base_bleu):
+        for y, style, name in ((base_bleu, "-", "base model"), (base_bleu - tolerance, ":", f"base - {tolerance}")):
+            ax.axhline(y, color="grey", linestyle=style, linewidth=1, label=name)
+            pfig.add_hline(y=y, line_dash="dot" if style == ":" else "solid", line_color="grey", annotation_text=name)
+    ax.set_xlabel(f"{scores.heads} (kept)")
+    ax.set_ylabel("test BLEU (beam search)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    pfig.update_layout(xaxis_title=f"{scores.heads} (kept)", yaxis_title="test BLEU (beam search)",
+                       title="Test BLEU against heads kept: mean and 95% interval over seeds")
+    return fig, pfig
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    from .report import markdown_table
+
+    return markdown_table(df) if not df.empty else "(none)"
+
+
+def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int = 1000, removed: float = 0.75,
+                      tolerance: float = 0.5, out: Path | None = None) -> Path:
+    """``report/comparison.{html,md}``, the chart (PNG + HTML) and the tables as CSV, in the gate folder's
+    report folder (uploaded beside a sweep in remote storage)."""
+    from .report import REPORT_DIR, Page, publish
+
+    out = out or gates.path / REPORT_DIR
+    points = point_table(scores)
+    pairs = comparisons(scores, samples)
+    targets, base_bleu = target_table(scores, points, removed, tolerance)
+    settled = settled_steps(gates, scores.heads)
+    figs = comparison_chart(scores, points, base_bleu, tolerance)
+    charts.save(figs, out, "comparison")
+    signature = "; ".join(sorted(set(scores.table[TEST_SIGNATURE].dropna())))
+    scores.table.to_csv(out / "test_scores.csv", index=False)
+    points.to_csv(out / "test_points.csv", index=False)
+    pairs.to_csv(out / "test_comparisons.csv", index=False)
+    lines = [f"# Test-set comparison: {gates.label}", "",
+             f"Chosen on the validation split (the sweep's objectives); scored on the test split ({signature}). "
+             f"Intervals: 95%, t over seeds per point; paired bootstrap over test sentences ({samples} resamples, "
+             f"seeds redrawn) per comparison.", ""]
+    if math.isfinite(base_bleu):
+        lines += [f"Base model: test BLEU {base_bleu:.2f}. Target: at least {removed:.0%} of the heads removed "
+                  f"within {tolerance} BLEU of it (test BLEU >= {base_bleu - tolerance:.2f}).", "",
+                  _markdown(targets), ""]
+    lines += ["## Mean test BLEU per point", "", _markdown(points), "", "## Methods compared at equal budgets", "",
+              _markdown(pairs), ""]
+    resolved = pairs[pairs["verdict"] != "not resolved"] if not pairs.empty else pairs
+    for _, r in resolved.iterrows():
+        better, worse = (r["A"], r["B"]) if r["verdict"] == "A better" else (r["B"], r["A"])
+        lines.append(f"- At {r['budget']} heads, {better} beats {worse} by {abs(r['A - B']):.2f} BLEU "
+                     f"(95% interval {r['95% low']:.2f} to {r['95% high']:.2f}, p = {r['p']:.3f}).")
+    if not pairs.empty and resolved.empty:
+        lines.append("- No difference between methods is resolved at any budget: every interval includes 0.")
+    if not settled.empty:
+        lines += ["", "## When the gate trials' head counts stopped moving", "",
+                  f"Median over {len(settled)} gate trials: step {settled['settled_step'].median():.0f} of "
+                  f"{settled['last_step'].median():.0f} (latest: {settled['settled_step'].max():.0f}).", "",
+                  _markdown(settled)]
+    lines += ["", "## Every scored trial (validation BLEU beside test BLEU)", "",
+              _markdown(scores.table.drop(columns=[TEST_SIGNATURE], errors="ignore")), ""]
+    atomic_write(out / "comparison.md", "\n".join(lines))
+    page = Page(f"headsweep: test-set comparison of {gates.label}")
+    page.p(lines[2])
+    page.plot(figs[1])
+    for title, df in (("Target", targets), ("Mean test BLEU per point", points),
+                      ("Methods compared at equal budgets", pairs), ("Head counts settled", settled),
+                      ("Every scored trial", scores.table)):
+        if not df.empty:
+            page.h(title)
+            page.table(df)
+    path = page.write(out / "comparison.html")
+    publish(gates, out)
+    return path
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m analysis.testset") -> int:
+    parser = command_parser(prog, "Score a finished sweep's chosen trials on the test split and compare its methods "
+                            "with intervals (paired bootstrap over sentences, seeds).", [
+        f"{prog} results/multi30k_en_de",
+        f"{prog} s3://bucket/sweeps/multi30k_en_de --beam 5 --data-dir ../shared/data",
+    ])
+    parser.add_argument("folder", help="the sweep's gate folder (its other method folders lie beside it)")
+    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the sweep's test.beam_size)")
+    parser.add_argument("--batch-size", type=int, default=None, help="sentences per decoding batch")
+    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: test.bootstrap)")
+    parser.add_argument("--device", default="cpu")
+    add_data_dir(parser)
+    args = parser.parse_args(argv)
+    try:
+        head = load_sweep(args.folder)
+        test = head.config.get("test") or {}
+        gates, scores = score_sweep(args.folder, args.beam or test.get("beam_size", 5),
+                                    args.batch_size or test.get("batch_size", 64), args.device, data_dir(args),
+                                    log=print)
+        page = comparison_report(gates, scores, args.bootstrap or test.get("bootstrap", 1000))
+    except (ResultsError, ScoringError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"test-set comparison: {page}" + (f" (uploaded to {join_storage(gates.source, 'report')})"
+                                            if is_uri(gates.source) else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

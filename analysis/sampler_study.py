@@ -1,6 +1,16 @@
-"""Does the search earn its keep? Samplers compared on a finished sweep used as a lookup table.
+"""Does the search earn its keep? Samplers compared by complete sweeps, or on a finished sweep used as a lookup
+table.
 
+    python -m analysis.sampler_study --sweeps DIR [DIR ...] [--out DIR]         # complete sweeps, one per seed
     python -m analysis.sampler_study RESULTS_DIR [--trials N] [--seeds S] [--samplers tpe random ...] [--out DIR]
+
+**Complete sweeps** (``--sweeps``; ``bench/sampler_study.sh`` runs them): each folder is one finished sweep whose
+``sweep.json`` names its sampler and seed. Its trials are taken in the order Optuna suggested them (the trial
+numbers of its ``optuna.db``; trials.csv's order without one), and after every trial the hypervolume of the
+completed trials so far is recorded against one reference point for all sweeps (just beyond the worst value of
+each objective among all their trials). The chart shows each sampler's mean over seeds with its 95% t-interval;
+the table gives the final hypervolume and the one after 10 and 20 trials, with intervals, and the trials each seed
+needed to reach 90% of the hypervolume of every trial of every sweep together.
 
 Training a fresh trial for every point a sampler proposes would cost a sweep per sampler and seed. Instead the
 finished trials of one sweep stand in for the objective: a proposed point gets the objectives of the nearest
@@ -170,8 +180,89 @@ def summary(curves: pd.DataFrame, fractions: Sequence[float] = (0.9, 0.95, 1.0))
     return pd.DataFrame(rows)
 
 
-def curves_chart(curves: pd.DataFrame):
-    """Hypervolume against finished trials, mean line and min-max band per sampler (matplotlib, plotly)."""
+def suggestion_order(s: SweepResults) -> pd.DataFrame:
+    """The sweep's trials in the order its Optuna study suggested them (trials.csv's order where it has no study,
+    or for trials the study does not know)."""
+    from sweeps.results import OPTUNA_FILE, TRIAL_ID
+
+    trials = s.prune.reset_index(drop=True)
+    order = {}
+    study_file = s.path / OPTUNA_FILE
+    if study_file.exists():
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        for summary_ in optuna.get_all_study_summaries(f"sqlite:///{study_file}"):
+            study = optuna.load_study(study_name=summary_.study_name, storage=f"sqlite:///{study_file}")
+            order.update({str(t.user_attrs.get("ray_trial_id")): t.number for t in study.trials})
+    rank = [order.get(str(t), len(order) + i) for i, t in enumerate(trials[TRIAL_ID])]
+    return trials.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank")
+
+
+def sweep_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
+    """Hypervolume after each trial of complete sweeps (one per sampler and seed): columns sampler, seed, trials,
+    hypervolume, against one reference point for all of them."""
+    from sweeps.results import STATUS
+
+    if not sweeps:
+        raise ResultsError("no sweep folders given")
+    first = sweeps[0]
+    objectives, directions = first.objectives, first.directions
+    for s in sweeps:
+        if s.objectives != objectives or s.directions != directions:
+            raise ResultsError(f"{s.path}: objectives {s.objectives} differ from {first.path}'s {objectives}")
+    pooled = pd.concat([s.completed for s in sweeps], ignore_index=True).dropna(subset=list(objectives))
+    if pooled.empty:
+        raise ResultsError("no completed trial in the sweeps given")
+    reference = nadir_reference(pooled, objectives, directions)
+    rows, seen = [], set()
+    for s in sweeps:
+        search = s.config.get("search") or {}
+        sampler, seed = search.get("sampler"), search.get("seed")
+        if sampler is None or seed is None:
+            raise ResultsError(f"{s.path}: sweep.json names no search.sampler and search.seed")
+        if (sampler, seed) in seen:
+            raise ResultsError(f"{s.path}: a second sweep of sampler {sampler} with seed {seed}")
+        seen.add((sampler, seed))
+        trials = suggestion_order(s)
+        for n in range(1, len(trials) + 1):
+            done = trials.iloc[:n]
+            done = done[done[STATUS] == "completed"].dropna(subset=list(objectives))
+            hv = hypervolume(done, objectives, directions, reference) if len(done) else 0.0
+            rows.append({"sampler": sampler, "seed": seed, "trials": n, "hypervolume": hv})
+    out = pd.DataFrame(rows)
+    lengths = out.groupby(["sampler", "seed"])["trials"].max()
+    if lengths.nunique() > 1:
+        raise ResultsError(f"the sweeps have different numbers of trials ({dict(lengths)}); compare equal counts")
+    out.attrs["table_hypervolume"] = hypervolume(pooled, objectives, directions, reference)
+    out.attrs["reference"] = reference
+    return out
+
+
+def interval_summary(curves: pd.DataFrame, at: Sequence[int] = (10, 20)) -> pd.DataFrame:
+    """Per sampler: mean hypervolume with its 95% t-interval over seeds after ``at`` trials and at the end, and the
+    trials each seed needed to reach 90% of the pooled hypervolume."""
+    from .stats import t_interval
+
+    full, last = curves.attrs["table_hypervolume"], int(curves["trials"].max())
+    rows = []
+    for name, group in curves.groupby("sampler", sort=False):
+        row: dict[str, Any] = {"sampler": name, "seeds": group["seed"].nunique()}
+        for n in [*[n for n in at if n < last], last]:
+            mean, half = t_interval(group[group["trials"] == n]["hypervolume"].tolist())
+            row[f"hypervolume after {n}"] = mean
+            row[f"± (95%) after {n}"] = half
+        needed = [int(run[run["hypervolume"] >= 0.9 * full - 1e-9]["trials"].min())
+                  if (run["hypervolume"] >= 0.9 * full - 1e-9).any() else math.nan for _, run in group.groupby("seed")]
+        row["trials to 90% (mean)"] = float(np.nanmean(needed)) if not all(map(math.isnan, needed)) else math.nan
+        row["seeds short of 90%"] = int(sum(map(math.isnan, needed)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def curves_chart(curves: pd.DataFrame, band: str = "range"):
+    """Hypervolume against finished trials, mean line per sampler with a band: min-max over seeds (``range``) or
+    the 95% t-interval of the mean (``ci``) (matplotlib, plotly)."""
     import plotly.graph_objects as go
 
     from .charts import PALETTE, figure_axes
@@ -180,30 +271,41 @@ def curves_chart(curves: pd.DataFrame):
     pfig = go.Figure()
     for i, (name, group) in enumerate(curves.groupby("sampler", sort=False)):
         stats = group.groupby("trials")["hypervolume"].agg(["mean", "min", "max"]).reset_index()
+        if band == "ci":
+            from .stats import t_interval
+
+            half = group.groupby("trials")["hypervolume"].apply(lambda v: t_interval(v.tolist())[1]).fillna(0.0)
+            stats["min"], stats["max"] = stats["mean"] - half.values, stats["mean"] + half.values
         color = PALETTE[i % len(PALETTE)]
         ax.plot(stats["trials"], stats["mean"], color=color, label=f"{name} (mean of {group['seed'].nunique()})")
         ax.fill_between(stats["trials"], stats["min"], stats["max"], color=color, alpha=0.2)
         pfig.add_trace(go.Scatter(x=list(stats["trials"]) + list(stats["trials"][::-1]),
                                   y=list(stats["max"]) + list(stats["min"][::-1]), fill="toself", opacity=0.2,
-                                  line={"width": 0}, fillcolor=color, name=f"{name} min-max", hoverinfo="skip"))
+                                  line={"width": 0}, fillcolor=color, hoverinfo="skip",
+                                  name=f"{name} {'95% interval' if band == 'ci' else 'min-max'}"))
         pfig.add_trace(go.Scatter(x=stats["trials"], y=stats["mean"], mode="lines", line={"color": color},
                                   name=f"{name} mean"))
     full = curves.attrs.get("table_hypervolume")
     if full:
-        ax.axhline(full, color="black", linestyle="--", linewidth=1, label="all finished trials")
-        pfig.add_hline(y=full, line_dash="dash", annotation_text="all finished trials")
+        what = "all trials of all sweeps" if band == "ci" else "all finished trials"
+        ax.axhline(full, color="black", linestyle="--", linewidth=1, label=what)
+        pfig.add_hline(y=full, line_dash="dash", annotation_text=what)
     ax.set_xlabel("finished trials")
     ax.set_ylabel("hypervolume of the front")
     ax.legend()
     ax.grid(alpha=0.3)
     pfig.update_layout(xaxis_title="finished trials", yaxis_title="hypervolume of the front",
-                       title="Hypervolume against trials (lookup table of a finished sweep)")
+                       title="Hypervolume against trials (" + ("complete sweeps, mean and 95% interval over seeds)"
+                                                               if band == "ci" else "lookup table of a finished sweep)"))
     return fig, pfig
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.sampler_study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", help="a finished sweep's folder (trials.csv + sweep.json)")
+    parser.add_argument("results", nargs="?", default=None,
+                        help="a finished sweep's folder (trials.csv + sweep.json), used as a lookup table")
+    parser.add_argument("--sweeps", nargs="+", default=None, metavar="DIR",
+                        help="complete sweeps instead, one per sampler and seed (their sweep.json names both)")
     parser.add_argument("--trials", type=int, default=30, help="trials per study (default 30)")
     parser.add_argument("--seeds", type=int, default=5, help="studies per sampler (default 5)")
     parser.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=SAMPLERS)
@@ -214,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.trials < 1 or args.seeds < 1:
         parser.error("--trials and --seeds must be >= 1")
+    if (args.results is None) == (args.sweeps is None):
+        parser.error("give either a finished sweep's folder (a lookup table) or --sweeps (complete sweeps)")
+    if args.sweeps:
+        return _complete_sweeps(args.sweeps, args.out)
     try:
         s = load_sweep(args.results)
         curves = study_curves(s, args.samplers, args.trials, args.seeds, args.reference)
@@ -233,6 +339,29 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"chart: {png} and {html}; curves: {out / 'curves.csv'}")
+    return 0
+
+
+def _complete_sweeps(folders: Sequence[str], out: str | None) -> int:
+    from .charts import save
+    from .load import load_sweep as load
+
+    try:
+        curves = sweep_curves([load(f) for f in folders])
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    target = Path(out) if out else Path(folders[0]).parent / "sampler_study"
+    target.mkdir(parents=True, exist_ok=True)
+    curves.to_csv(target / "curves.csv", index=False)
+    table = interval_summary(curves)
+    table.to_csv(target / "summary.csv", index=False)
+    png, html = save(curves_chart(curves, band="ci"), target, "hypervolume_vs_trials")
+    print(f"{len(folders)} sweeps, {int(curves['trials'].max())} trials each; hypervolume of all their trials "
+          f"together {curves.attrs['table_hypervolume']:.4g} (reference {curves.attrs['reference']})")
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"chart: {png} and {html}; curves: {target / 'curves.csv'}")
     return 0
 
 

@@ -136,6 +136,8 @@ class SearchConfig:
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)  # first trials, completed from prune
     max_failures: int = 2  # a crashed trial is retried from its last checkpoint this many times
     trial_seeds: Literal["per_trial", "fixed"] = "per_trial"  # per_trial: train.seed + a hash of the trial's params
+    startup_trials: int | None = None  # tpe: random trials before it models the space (null: Optuna's 10)
+    population_size: int | None = None  # nsga2: trials per generation (null: Optuna's 50)
 
 
 @dataclass

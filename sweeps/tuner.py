@@ -133,9 +133,11 @@ def make_searcher(sweep: Sweep):
             super().on_trial_complete(trial_id, result, error)
 
     s = sweep.search
+    tpe = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}
+    nsga2 = {} if s.population_size is None else {"population_size": s.population_size}
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed, **tpe),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed, **nsga2),
         "random": lambda: optuna.samplers.RandomSampler(seed=s.seed),
         "grid": lambda: optuna.samplers.GridSampler({d.key: d.grid() for d in sweep.space}, seed=s.seed),
     }

@@ -257,6 +257,10 @@ def _check_search(schema: SweepSchema, space: list) -> None:
     require(s.num_samples >= 1, "search.num_samples", s.num_samples, "an integer >= 1")
     require(s.max_concurrent >= 1, "search.max_concurrent", s.max_concurrent, "an integer >= 1")
     require(s.max_failures >= 0, "search.max_failures", s.max_failures, "an integer >= 0")
+    require(s.startup_trials is None or s.startup_trials >= 0, "search.startup_trials", s.startup_trials,
+            "an integer >= 0 (TPE's random trials before it models the space), or null for Optuna's 10")
+    require(s.population_size is None or s.population_size >= 2, "search.population_size", s.population_size,
+            "an integer >= 2 (NSGA-II's trials per generation), or null for Optuna's 50")
     if s.sampler == "grid":
         size = math.prod(len(d.grid()) for d in space)
         require(s.num_samples <= size, "search.num_samples", s.num_samples,

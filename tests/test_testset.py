@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from analysis.testset import paired_bootstrap, sentence_stats, t_interval
+from analysis.stats import paired_bootstrap, sentence_stats, t_interval
 
 WORDS = [f"w{i}" for i in range(300)]
 

@@ -305,37 +305,41 @@ def test_cluster_launcher_config_passes_rays_own_validation():
         validate_config(prepare_config(broken))
 
 
-def test_one_sweep_runs_every_method_and_compares_their_fronts(tmp_path: Path):
-    """method: [gates, importance, random, scratch]: each method in its own folder with its own table, the
-    baselines on the gate trials' base model, scratch on the gate front's layouts, and one comparison page."""
-    sweep = write_sweep(tmp_path / "s.yaml", method="gates",
-                        baselines={"budgets": [2, 8], "seeds": 2, "finetune_steps": [0, 3], "importance_batches": 2})
+def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_path: Path, record):
+    """method: every one of them: each in its own folder with its own table, the budget methods at every (budget,
+    seed), gates_budget fine-tuned as long as the baselines, scratch on the gate front's layouts, one comparison
+    page; then the test split scores what validation chose (and only that), with intervals and paired tests."""
+    methods = "[gates, gates_budget, importance, iterative, random, scratch]"
+    sweep = write_sweep(tmp_path / "s.yaml", method="gates", test={"enabled": True, "beam_size": 2, "bootstrap": 200},
+                        baselines={"budgets": [2, 8], "seeds": 2, "finetune_steps": [0, 3], "importance_batches": 2,
+                                   "iterative_fraction": 0.25})
     first = run_cli(str(sweep), "--results", str(tmp_path / "r"))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "test-set comparison" not in first.stdout  # scored once every method has finished
     root = tmp_path / "r"
     gates = check_table(root / "t", trials=2)
     # the baselines join the finished gate sweep: its trials are not rerun
-    proc = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume",
-                   "--set", "method=[gates, importance, random, scratch]")
+    proc = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume", "--set", f"method={methods}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     again = check_table(root / "t", trials=2)
     assert dict(zip(again["trial_path"], again[M.BLEU])) == dict(zip(gates["trial_path"], gates[M.BLEU]))
-    for name, trials, evaluations in (("t-importance", 2, 1), ("t-importance-ft3", 2, 1), ("t-random", 4, 1),
-                                      ("t-random-ft3", 4, 1)):
-        df = check_table(root / name, trials=trials, evaluations=evaluations)
+    for name, steps in (("t-gates_budget", 3), ("t-importance", 0), ("t-importance-ft3", 3), ("t-iterative", 0),
+                        ("t-iterative-ft3", 3), ("t-random", 0), ("t-random-ft3", 3)):
+        df = check_table(root / name, trials=4, evaluations=1)
         prune = df[df["stage"] == "prune"]
         assert (prune["method"] == name.split("-")[1]).all()
         assert sorted(prune[M.open_heads_key("enc_self")]) == sorted(prune["param.baseline.budget"])
+        assert sorted(zip(prune["param.baseline.budget"], prune["param.baseline.seed"])) == [
+            (2, 0), (2, 1), (8, 0), (8, 1)]
+        assert prune["seed"].nunique() == 4  # every point's seeds train differently
         assert set(prune["base"]) == set(gates[gates["stage"] == "pretrain"]["base"])
-        assert (prune[M.STEP] == (3 if name.endswith("ft3") else 0)).all()
-    # a budget has one importance layout, fine-tuned or not (the importance sample does not follow trial seeds)
-    layouts = [pd.read_csv(root / n / "trials.csv").query("stage == 'prune'").sort_values("param.baseline.budget")
-               [["open_heads/enc_self/0", "open_heads/enc_self/1"]].to_numpy().tolist()
-               for n in ("t-importance", "t-importance-ft3")]
-    assert layouts[0] == layouts[1]
-    random = pd.read_csv(root / "t-random" / "trials.csv")
-    assert sorted(zip(random["param.baseline.budget"].dropna(), random["param.baseline.seed"].dropna())) == [
-        (2, 0), (2, 1), (8, 0), (8, 1)]
+        assert (prune[M.STEP] == steps).all()
+    # one seed of a budget has one importance layout, fine-tuned or not
+    for method in ("importance", "iterative"):
+        layouts = [pd.read_csv(root / n / "trials.csv").query("stage == 'prune'").sort_values(
+                   ["param.baseline.budget", "param.baseline.seed"])[["open_heads/enc_self/0", "open_heads/enc_self/1"]]
+                   .to_numpy().tolist() for n in (f"t-{method}", f"t-{method}-ft3")]
+        assert layouts[0] == layouts[1]
     # a layout of 8 heads is the unpruned base model: importance and random agree on it exactly
     full = [pd.read_csv(root / n / "trials.csv").query("`param.baseline.budget` == 8")[M.BLEU].iloc[0]
             for n in ("t-importance", "t-random")]
@@ -349,11 +353,49 @@ def test_one_sweep_runs_every_method_and_compares_their_fronts(tmp_path: Path):
     assert set(scratch["param.baseline.layout"]) <= layouts | {"enc_self=4,4"}
     assert (scratch["status"] == "completed").all() and (scratch[M.STEP] == 6).all()
     page = (root / "t" / "report" / "methods.html").read_text()
-    for label in ("gates", "importance + 3 steps", "random", "scratch", "per seed (mean"):
+    for label in ("gates", "gates at budget (3 steps)", "importance + 3 steps", "iterative", "random", "scratch",
+                  "per seed (mean"):
         assert label in page
     assert "methods compared:" in proc.stdout
+
+    # the test set scored what validation chose: the gate front, every budget point, scratch, the base model
+    assert "test-set comparison: " in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from analysis.load import load_sweep
+    from analysis.pareto import pareto_front
+
+    scored = pd.read_csv(root / "t" / "report" / "test_scores.csv", dtype={"trial_id": str})
+    t = load_sweep(root / "t")
+    chosen = set(pareto_front(t.completed, t.objectives, t.directions)["trial_id"].astype(str))
+    gate_rows = scored[scored["method"] == "gates"]
+    assert set(gate_rows["trial_id"]) == chosen and (gate_rows["chosen_on"] == "validation front").all()
+    assert t.completed[t.completed["trial_id"].isin(chosen)]["test_bleu"].notna().all()  # beside validation BLEU
+    assert t.completed[~t.completed["trial_id"].isin(chosen)]["test_bleu"].isna().all()  # never scored
+    assert (scored["method"] == "base").sum() == 1
+    for method in ("gates_budget", "importance", "iterative", "random"):
+        assert (scored["method"] == method).sum() == (8 if method != "gates_budget" else 4)
+    assert (scored["sentences"] == 20).all() and scored["test_bleu_signature"].str.contains("nrefs:1").all()
+    pairs = pd.read_csv(root / "t" / "report" / "test_comparisons.csv")
+    assert set(pairs["A"]) == {"gates at budget (3 steps)"} and len(pairs) == 2 * 6  # 6 other folders, 2 budgets
+    assert ((pairs["95% low"] <= pairs["A - B"]) & (pairs["A - B"] <= pairs["95% high"])).all()
+    assert (pairs["seeds A"] == 2).all() and (pairs["seeds B"] == 2).all()
+    # a method against itself at 8 heads (the unpruned model, fine-tuned or not): importance and random agree
+    at8 = pairs[(pairs["budget"] == 8) & pairs["B"].isin(["importance", "random"])]
+    assert at8["A - B"].nunique() == 1
+    md = (root / "t" / "report" / "comparison.md").read_text()
+    assert "Chosen on the validation split" in md and "Base model: test BLEU" in md
+    for _, r in pairs[pairs["verdict"] == "not resolved"].iterrows():  # a claim only where the interval says so
+        assert f"At {r['budget']} heads, {r['A']} beats {r['B']}" not in md
+        assert f"At {r['budget']} heads, {r['B']} beats {r['A']}" not in md
+    assert (root / "t" / "report" / "comparison.png").stat().st_size > 10_000
+    assert (root / "t-importance" / "test_scores.csv").exists()
+    again = subprocess.run([sys.executable, "-m", "analysis.testset", str(root / "t")], cwd=REPO,
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert again.returncode == 0 and "test BLEU" not in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    record("the test split scores what validation chose; a second scoring reuses every cached score",
+           scored=len(scored), gate_front=len(gate_rows), gate_trials=len(t.completed),
+           rescored=again.stdout.count("test BLEU"))
     # resuming the finished sweep reruns nothing
-    again = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume")
+    again = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume", "--set", f"method={methods}")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert len(pd.read_csv(root / "t-random" / "trials.csv").query("stage == 'prune'")) == 4
 

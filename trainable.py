@@ -302,7 +302,8 @@ def score_test_set(sweep: Sweep) -> None:
     t = sweep.schema.test
     try:
         device = "cuda" if sweep.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-        gates, scores = score_sweep(sweep.experiment_dir, t.beam_size, t.batch_size, device)
+        gates, scores = score_sweep(sweep.experiment_dir, t.beam_size, t.batch_size, device,
+                                    max_sentences=t.max_sentences)
         page = comparison_report(gates, scores, t.bootstrap)
         print(f"\ntest-set comparison: {page}", flush=True)
     except Exception as exc:

@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.report")
 
                 test = s.config.get("test") or {}
                 try:
-                    gates, scores = score_sweep(s.source, test.get("beam_size", 5), test.get("batch_size", 64))
+                    gates, scores = score_sweep(s.source, test.get("beam_size", 5), test.get("batch_size", 64),
+                                                max_sentences=test.get("max_sentences"))
                 except ScoringError as exc:
                     raise ResultsError(str(exc)) from None
                 print(f"test-set comparison: {comparison_report(gates, scores, test.get('bootstrap', 1000))}")

@@ -102,14 +102,15 @@ def _fingerprint(values: Sequence[str]) -> str:
 
 
 def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: str = "test", device: str = "cpu",
-              corpus_dir: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+              corpus_dir: str | None = None, log: Callable[[str], None] = print,
+              max_sentences: int | None = None) -> dict[str, Any]:
     """The test score of one trial (or base model), from its cached file in ``folder`` when it scored the same
     checkpoint with the same settings, else by translating the split now and caching the result."""
     from model.evaluate import evaluate_checkpoint
 
     trial = str(row[TRIAL_ID])
     cache = folder / f"{trial}.json"
-    settings = {"checkpoint": str(row[CHECKPOINT]), "split": split, "beam": beam}
+    settings = {"checkpoint": str(row[CHECKPOINT]), "split": split, "beam": beam, "max_sentences": max_sentences}
     if cache.exists():
         try:
             found = json.loads(cache.read_text(encoding="utf-8"))
@@ -121,7 +122,7 @@ def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: s
         given = str(row[CHECKPOINT])
         path = given if given.endswith(".pt") else checkpoint_file(given)  # a base given as a file, or a folder
         scores, _, refs, hyps = evaluate_checkpoint(str(path), split, EvalConfig(split=split, beam_size=beam,
-                                                    batch_size=batch_size), device, log=lambda m: None,
+                                                    batch_size=batch_size, max_sentences=max_sentences), device, log=lambda m: None,
                                                     data_dir=corpus_dir)
     except (CheckpointError, CorpusError, StorageError, OSError) as exc:
         raise ScoringError(f"trial {trial}: {exc}") from None
@@ -149,7 +150,8 @@ def _heads_metric(s: SweepResults) -> str:
 
 
 def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, device: str = "cpu",
-                corpus_dir: str | None = None, log: Callable[[str], None] = print) -> tuple[SweepResults, HeldOutScores]:
+                corpus_dir: str | None = None, log: Callable[[str], None] = print,
+                max_sentences: int | None = None) -> tuple[SweepResults, HeldOutScores]:
     """Score every chosen trial of every method folder of a sweep on its test split (see the module's doc); write
     ``test_scores.csv`` into each folder (uploaded beside a sweep in remote storage)."""
     gates = load_sweep(gates_folder)
@@ -167,7 +169,8 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
         log(f"test set: {label}: {len(chosen)} trial{'s' * (len(chosen) != 1)}")
         folder_rows = []
         for _, row in chosen.iterrows():
-            found = score_row(row, s.path / TEST_DIR, beam, batch_size, device=device, corpus_dir=corpus_dir, log=log)
+            found = score_row(row, s.path / TEST_DIR, beam, batch_size, device=device, corpus_dir=corpus_dir, log=log,
+                              max_sentences=max_sentences)
             refs_seen.add(found["references_sha256"])
             is_base = row[STAGE] == "pretrain"
             entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
@@ -398,7 +401,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.testset"
         test = head.config.get("test") or {}
         gates, scores = score_sweep(args.folder, args.beam or test.get("beam_size", 5),
                                     args.batch_size or test.get("batch_size", 64), args.device, data_dir(args),
-                                    log=print)
+                                    log=print, max_sentences=test.get("max_sentences"))
         page = comparison_report(gates, scores, args.bootstrap or test.get("bootstrap", 1000))
     except (ResultsError, ScoringError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

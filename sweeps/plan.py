@@ -75,10 +75,15 @@ def describe_plan(sweep: Sweep) -> str:
     lines.append("methods, in order:")
     for run in sweep.method_runs():
         folder = join_storage(sweep.storage, run.name)
-        count = {"gates": f"{s.num_samples} trials",
-                 "importance": f"{len(sweep.budgets())} budgets {sweep.budgets()}",
-                 "random": f"{len(sweep.budgets())} budgets x {sweep.schema.baselines.seeds} seeds",
-                 "scratch": "the gate front's layouts + the full model"}[run.method]
+        b = sweep.schema.baselines
+        grid = f"{len(sweep.budgets())} budgets {sweep.budgets()} x {b.seeds} seeds"
+        count = {"gates": f"{s.num_samples} trials", "gates_budget": f"{grid}, {run.finetune_steps} steps",
+                 "importance": grid, "iterative": grid, "random": grid,
+                 "scratch": f"the gate front's layouts + the full model, x {b.scratch_seeds} seeds"}[run.method]
         state = " (holds a sweep: needs --resume)" if _restorable(folder) else ""
         lines.append(f"  {run.label}: {count}; {folder}{state}")
+    if sweep.schema.test.enabled:
+        t = sweep.schema.test
+        lines.append(f"then the test split: the base model, each folder's validation front and every budget point, "
+                     f"beam {t.beam_size}; comparison with {t.bootstrap} paired bootstrap resamples")
     return "\n".join(lines)

@@ -164,6 +164,7 @@ class HeldOutTestConfig:
     split: Literal["test"] = "test"  # the corpus's test split (Multi30k: test_2016_flickr)
     beam_size: int = 5  # beam search, as NMT papers report
     batch_size: int = 64  # sentences per decoding batch
+    max_sentences: int | None = None  # the split's first N sentences (null: all of them; --smoke-test: 16)
     bootstrap: int = 1000  # paired bootstrap resamples of the test sentences (sacrebleu's default)
 
 

@@ -81,6 +81,9 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
     if wandb.get("mode", "auto") != "disabled":
         wandb["mode"] = "offline"
     raw["wandb"] = wandb
+    test = raw.get("test")
+    if isinstance(test, dict):
+        test.update(beam_size=1, max_sentences=16, bootstrap=100)
     raw["name"] = f"{raw.get('name') or 'sweep'}-smoke"
     raw["keep_checkpoints"] = 1
     return raw, base
@@ -276,6 +279,8 @@ def _check_search(schema: SweepSchema, space: list) -> None:
     t = schema.test
     require(t.beam_size >= 1, "test.beam_size", t.beam_size, "an integer >= 1")
     require(t.batch_size >= 1, "test.batch_size", t.batch_size, "an integer >= 1")
+    require(t.max_sentences is None or t.max_sentences >= 1, "test.max_sentences", t.max_sentences,
+            "an integer >= 1, or null for the whole split")
     require(t.bootstrap >= 100, "test.bootstrap", t.bootstrap, "an integer >= 100 (resamples; sacrebleu uses 1000)")
     require(schema.keep_checkpoints >= 1, "keep_checkpoints", schema.keep_checkpoints, "an integer >= 1")
     require(schema.wandb.init_timeout > 0, "wandb.init_timeout", schema.wandb.init_timeout, "a number > 0")

@@ -79,3 +79,50 @@ def test_cli_writes_chart_curves_and_summary_and_refuses_a_folder_without_a_spac
     assert "no search space" in capsys.readouterr().err
     with pytest.raises(ResultsError, match="no search space"):
         LookupObjective(load_sweep(folder))
+
+
+def complete_sweep(root: Path, sampler: str, seed: int, bleus: list[float], heads: list[int],
+                   order: list[int] | None = None) -> Path:
+    """A finished sweep folder of one sampler and seed; ``order``: the Optuna trial number of each row."""
+    import optuna
+
+    folder = root / f"{sampler}-{seed}"
+    folder.mkdir()
+    rows = [{"trial_id": f"{sampler}{seed}-{i}", "stage": "prune", "status": "completed", "bleu": b,
+             "open_heads": h} for i, (b, h) in enumerate(zip(bleus, heads))]
+    pd.DataFrame(rows).to_csv(folder / "trials.csv", index=False)
+    (folder / "sweep.json").write_text(json.dumps({"name": folder.name, "objectives": OBJECTIVES,
+                                                   "search": {"sampler": sampler, "seed": seed}}))
+    if order is not None:
+        study = optuna.create_study(study_name=folder.name, storage=f"sqlite:///{folder / 'optuna.db'}",
+                                    directions=["maximize", "minimize"])
+        for i in sorted(range(len(rows)), key=lambda i: order[i]):
+            trial = study.ask()
+            trial.set_user_attr("ray_trial_id", rows[i]["trial_id"])
+            study.tell(trial, [bleus[i], heads[i]])
+    return folder
+
+
+def test_complete_sweeps_are_read_in_suggestion_order_against_one_reference(tmp_path):
+    from analysis.sampler_study import interval_summary, sweep_curves
+
+    # the best trial is the table's last row but the study's first suggestion: its curve is flat from trial 1
+    a = complete_sweep(tmp_path, "tpe", 0, [20.0, 25.0, 30.0], [20, 15, 4], order=[1, 2, 0])
+    b = complete_sweep(tmp_path, "tpe", 1, [20.0, 25.0, 30.0], [20, 15, 4])  # no study: the table's order
+    c = complete_sweep(tmp_path, "random", 0, [10.0, 12.0, 14.0], [22, 22, 22])
+    curves = sweep_curves([load_sweep(p) for p in (a, b, c)])
+    ref = curves.attrs["reference"]
+    assert ref[0] < 10.0 and ref[1] > 22  # beyond the worst of all sweeps together
+    first = curves[(curves["sampler"] == "tpe") & (curves["seed"] == 0)]["hypervolume"].tolist()
+    table = curves[(curves["sampler"] == "tpe") & (curves["seed"] == 1)]["hypervolume"].tolist()
+    best = hypervolume(pd.DataFrame({"bleu": [30.0], "open_heads": [4]}), ["bleu", "open_heads"], ["max", "min"],
+                       ref)
+    assert first[0] == pytest.approx(best) and table[0] < first[0] and first[-1] == pytest.approx(table[-1])
+    assert all(x <= y + 1e-12 for x, y in zip(table, table[1:]))  # a front never shrinks
+    summary_ = interval_summary(curves)
+    tpe = summary_[summary_["sampler"] == "tpe"].iloc[0]
+    assert tpe["seeds"] == 2 and tpe["hypervolume after 3"] == pytest.approx(best)  # both seeds end on the same front
+    assert summary_[summary_["sampler"] == "random"]["seeds short of 90%"].iloc[0] == 1
+    with pytest.raises(ResultsError, match="different numbers of trials"):
+        short = complete_sweep(tmp_path, "nsga2", 0, [20.0], [20])
+        sweep_curves([load_sweep(p) for p in (a, short)])

@@ -296,8 +296,9 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
 
 
 def _where_not_what(key: str) -> bool:
-    """A recorded sweep key that says where or how fast trials run (W&B, folders, threads), not what they learn."""
-    return key.startswith("wandb.") or key == "storage_shared" or any(
+    """A recorded sweep key that says where or how fast trials run (W&B, folders, threads) or how they are scored
+    afterwards (test.*), not what they learn."""
+    return key.startswith(("wandb.", "test.")) or key == "storage_shared" or any(
         key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.") for k in RUN_LOCATION_KEYS)
 
 

@@ -133,3 +133,12 @@ def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on()
     assert sweep_differences(_settings_of(random, a), _settings_of(random, c)) == ["baselines.seeds: 2 -> 3"]
     assert sweep_differences(_settings_of(tuned, a), _settings_of(tuned, b)) == [
         "baselines.set.train.lr: None -> 0.0001"]
+    scored = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2},
+                               "test": {"enabled": True, "beam_size": 4}}))
+    assert sweep_differences(_settings_of(gates, a), _settings_of(gates, scored)) == []  # scoring comes afterwards
+    importance = MethodRun("importance", 0, "t-importance")
+    assert sweep_differences(_settings_of(importance, a), _settings_of(importance, c)) == ["baselines.seeds: 2 -> 3"]
+    iterative = MethodRun("iterative", 0, "t-iterative")
+    more = schema_dict(make({"method": ["gates", "iterative"], "baselines": {"seeds": 2, "iterative_fraction": 0.2}}))
+    assert sweep_differences(_settings_of(iterative, a), _settings_of(iterative, more)) == [
+        "baselines.iterative_fraction: 0.1 -> 0.2"]

@@ -196,6 +196,18 @@ BAD = [
     ({"method": "random", "baselines": {"set": {"train.lr": -1.0}}}, r"method random: .*`train.lr`"),
     ({"method": "random", "baselines": {"scratch_layouts": "best"}}, r"`baselines.scratch_layouts`.*'pareto', 'all'"),
     ({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 0}}, r"`baselines.scratch_limit`: 0"),
+    ({"method": ["gates", "scratch"], "baselines": {"scratch_seeds": 0}}, r"`baselines.scratch_seeds`: 0"),
+    ({"method": "iterative", "baselines": {"iterative_fraction": 0.0}}, r"`baselines.iterative_fraction`: 0.0.*\(0, 1\]"),
+    ({"method": "gates_budget", "baselines": {"finetune_steps": [0]}},
+     r"`baselines.finetune_steps`.*gates_budget fine-tunes"),
+    ({"prune": {"set": {"gates.mode": "learned", "gates.lr": 0.1, "gates.lr_scale": 5.0}}},
+     r"`gates.lr_scale`: 5.0.*set one"),
+    ({"prune": {"set": {"gates.mode": "learned", "gates.min_open": 1.0}}}, r"`gates.min_open`: 1.0.*\[0, 1\)"),
+    ({"test": {"beam_size": 0}}, r"`test.beam_size`: 0.*>= 1"),
+    ({"test": {"bootstrap": 10}}, r"`test.bootstrap`: 10.*>= 100"),
+    ({"test": {"split": "valid"}}, r"`test.split`: 'valid'.*'test'"),
+    ({"search": {"population_size": 1}}, r"`search.population_size`: 1.*NSGA-II"),
+    ({"search": {"startup_trials": -1}}, r"`search.startup_trials`: -1.*TPE"),
 ]
 
 

@@ -145,6 +145,16 @@ class HeldOutScores:
     heads: str  # the heads objective the chart uses (e.g. open_heads/enc_self)
 
 
+def _heads_of(path: str, metric: str) -> int:
+    """The heads a plain checkpoint has of the attention type ``metric`` names (all types for open_heads)."""
+    from model.checkpoint import checkpoint_config, load_checkpoint
+
+    cfg = checkpoint_config(load_checkpoint(path)).model
+    kinds = [metric.split("/")[1]] if "/" in metric else ["enc_self", "dec_self", "dec_cross"]
+    return sum((cfg.heads or {}).get(kind, [cfg.n_heads] * cfg.layers(kind))[layer]
+               for kind in kinds for layer in range(cfg.layers(kind)))
+
+
 def _heads_metric(s: SweepResults) -> str:
     return next((o for o in s.objectives if o.startswith(M.OPEN_HEADS)), M.OPEN_HEADS)
 
@@ -173,8 +183,11 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
                               max_sentences=max_sentences)
             refs_seen.add(found["references_sha256"])
             is_base = row[STAGE] == "pretrain"
+            count = row.get(heads)
+            if is_base and (count is None or pd.isna(count)):  # a base given as a file: its config says
+                count = _heads_of(str(row[CHECKPOINT]), heads)
             entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
-                     TRIAL_ID: str(row[TRIAL_ID]), "heads": row.get(heads), "budget": row.get(BUDGET_COLUMN),
+                     TRIAL_ID: str(row[TRIAL_ID]), "heads": count, "budget": row.get(BUDGET_COLUMN),
                      "seed": row.get(SEED_COLUMN), "chosen_on": "" if is_base else (
                          "validation front" if method not in BUDGET_METHODS and method != "scratch" else "all"),
                      M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"], TEST_CHRF: found["chrf"],

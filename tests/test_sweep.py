@@ -410,3 +410,21 @@ def test_a_sweep_recorded_with_unexpanded_corpus_paths_compares_equal_on_resume(
     now = {"base": {"data": {"files": {"train": str(tmp_path / "en-ru" / "train")}}}, "pretrain": {"set": {}}}
     assert sweep_differences(with_absolute_paths(before), now) == []
     assert sweep_differences(before, now)  # unexpanded, they differ
+
+
+def test_the_shipped_multi30k_sweep_trains_every_method_equally_and_scores_the_test_set():
+    """Issue of equal budgets: every fine-tuning method runs the same steps with the same schedule, the gate
+    budgets are the baselines', each point has 3 seeds, scratch trains as long as the base model, test is on."""
+    from sweeps.results import BUDGET, LAYOUT_SEED
+    from sweeps.validate import load_sweep
+
+    sweep = load_sweep(REPO / "sweeps" / "multi30k_en_de.yaml", storage="/tmp/unused")
+    b = sweep.schema.baselines
+    configs = [sweep.trial_config({}).train, sweep.gates_budget_config({BUDGET: 6, LAYOUT_SEED: 0}).train,
+               *[sweep.baseline_config(n, {BUDGET: 6}).train for n in b.finetune_steps if n]]
+    assert {(t.max_steps, t.schedule, t.warmup_steps) for t in configs} == {(600, "constant", 50)}
+    assert sweep.budgets() == [3, 6, 12] and b.seeds >= 3 and b.scratch_seeds >= 2
+    assert sweep.gates_budget_config({BUDGET: 6}).gates.target_open == 6
+    assert sweep.scratch_config({"enc_self": [1, 1, 1]}).train.max_steps == sweep.base_config().train.max_steps
+    assert sweep.schema.test.enabled and sweep.schema.test.beam_size == 5
+    assert set(sweep.methods) == {"gates", "gates_budget", "importance", "iterative", "random", "scratch"}

@@ -1,0 +1,105 @@
+"""What a sweep costs on this machine before it runs: training-step times measured here, times the steps it plans.
+
+Measures the seconds per optimizer step of the base model (its config, ``pretrain.resources`` threads) and of a
+trial (the prune config: gates on, the ungated side frozen, ``resources`` threads), on real batches of the sweep's
+corpus, after warm-up steps, from random weights (a step costs the same whatever the weights are). Then counts the
+steps every stage of the sweep plans (base model, gate trials, gates_budget, fine-tuned baselines, scratch) and
+prints core-hours per stage and the wall time at the sweep's concurrency. Evaluations and test-set decoding are
+left out (they depend on what the models translate): the figures are a floor.
+
+    python bench/sweep_cost.py sweeps/multi30k_en_de.yaml --data-dir ../shared/data [--steps 20]
+
+Prints ``sweep_core_hours=X`` and ``sweep_wall_hours=Y`` as the last lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.data import collate, make_batches  # noqa: E402
+from model.train import Trainer  # noqa: E402
+from sweeps.results import BUDGET  # noqa: E402
+from sweeps.schema import LAYOUT_METHODS  # noqa: E402
+from sweeps.validate import load_sweep  # noqa: E402
+
+
+def seconds_per_step(cfg, steps: int, warmup: int, out: Path) -> float:
+    """Median seconds of ``steps`` optimizer steps of ``cfg`` after ``warmup`` steps (torch threads from cfg)."""
+    torch.set_num_threads(cfg.train.threads)
+    trainer = Trainer(cfg, out, log=lambda _: None)
+    train = trainer.data.splits["train"]
+    d = cfg.data
+    order = make_batches(train.src_lengths, train.tgt_lengths, d.max_tokens, d.batch_size, d.bucket_size,
+                         cfg.train.seed, 0)
+    times = []
+    for i in range(warmup + steps):
+        batch = [collate(train, order[i % len(order)])]
+        start = time.perf_counter()
+        trainer._train_step(batch)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/sweep_cost.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per config (default 20)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default="results/bench/sweep_cost", help="scratch folder for the timed runs")
+    args = parser.parse_args(argv)
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    sweep = load_sweep(args.sweep, data_dir=data_dir, storage=str(Path(args.out).resolve()))
+    base_cfg, trial_cfg = sweep.base_config(), sweep.trial_config({})
+    out = Path(args.out)
+    base_s = seconds_per_step(base_cfg, args.steps, args.warmup, out / "base")
+    trial_s = seconds_per_step(trial_cfg, args.steps, args.warmup, out / "trial")
+    print(f"base model: {base_s:.3f} s/step on {base_cfg.train.threads} threads "
+          f"({base_cfg.data.max_tokens} tokens a batch)")
+    print(f"trial (gates on, frozen {trial_cfg.train.freeze}): {trial_s:.3f} s/step on {trial_cfg.train.threads} "
+          f"threads ({trial_cfg.data.max_tokens} tokens a batch)")
+
+    b, methods = sweep.schema.baselines, set(sweep.methods)
+    points = len(sweep.budgets()) * b.seeds
+    # (stage, trials, steps each, threads each, seconds per step)
+    stages = [("base model", 1, base_cfg.train.max_steps, base_cfg.train.threads, base_s)]
+    if "gates" in methods:
+        stages.append(("gates (Optuna)", sweep.search.num_samples, trial_cfg.train.max_steps,
+                       trial_cfg.train.threads, trial_s))
+    if "gates_budget" in methods:
+        cfg = sweep.gates_budget_config({BUDGET: sweep.budgets()[0]})
+        stages.append(("gates_budget", points, cfg.train.max_steps, cfg.train.threads, trial_s))
+    for method in sorted(methods & set(LAYOUT_METHODS)):
+        for n in [n for n in b.finetune_steps if n]:
+            stages.append((f"{method} + {n} steps", points, n, trial_cfg.train.threads, trial_s))
+    if "scratch" in methods:
+        layouts = (b.scratch_limit if b.scratch_limit is not None else sweep.search.num_samples) + 1
+        cfg = sweep.scratch_config({})
+        stages.append((f"scratch (up to {layouts} layouts)", layouts * b.scratch_seeds, cfg.train.max_steps,
+                       cfg.train.threads, base_s))
+    cores = sweep.resources.cpus * sweep.search.max_concurrent
+    total_core_h = total_wall_h = 0.0
+    print(f"\n{'stage':32} {'trials':>6} {'steps':>6} {'core-h':>8} {'wall-h':>7}")
+    for name, trials, steps, threads, per_step in stages:
+        core_h = trials * steps * per_step * threads / 3600
+        at_once = 1 if name == "base model" or name.startswith("scratch") else max(1, int(cores // threads))
+        wall_h = trials * steps * per_step / 3600 / min(at_once, trials)
+        total_core_h, total_wall_h = total_core_h + core_h, total_wall_h + wall_h
+        print(f"{name:32} {trials:>6} {steps:>6} {core_h:>8.2f} {wall_h:>7.2f}")
+    print(f"{'all (training steps only)':32} {'':>6} {'':>6} {total_core_h:>8.2f} {total_wall_h:>7.2f}")
+    print(f"sweep_core_hours={total_core_h:.2f}")
+    print(f"sweep_wall_hours={total_wall_h:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

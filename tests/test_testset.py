@@ -74,3 +74,46 @@ def test_t_interval_matches_the_t_table():
     mean, half = t_interval([36.5])
     assert mean == 36.5 and math.isnan(half)
     assert t_interval(np.full(5, 7.0)) == (7.0, 0.0)
+
+
+def test_scoring_takes_the_validation_front_and_a_given_base_and_caches_each_score(tmp_path, monkeypatch):
+    """Without Ray: a gate folder of three trials, one dominated on validation, and a base model given as a file.
+    The front and the base are scored on test, the dominated trial never is; a second call translates nothing."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    import model.evaluate
+    from analysis.testset import TEST_BLEU, score_sweep
+    from model.train import train
+    from tests.conftest import tiny_config
+
+    run = train(tiny_config("train.max_steps=2", "train.eval_every=2"), tmp_path / "run", log=lambda _: None)
+    folder = tmp_path / "results" / "t"
+    rows = [{"trial_id": "base0", "stage": "pretrain", "status": "completed", "bleu": 1.0}]
+    for trial, bleu, heads in (("a", 5.0, 4), ("b", 3.0, 6), ("c", 6.0, 8)):  # b is dominated by a
+        ckpt = tmp_path / "ckpts" / trial
+        ckpt.mkdir(parents=True)
+        shutil.copy(run.checkpoint, ckpt / run.checkpoint.name)
+        rows.append({"trial_id": trial, "stage": "prune", "status": "completed", "bleu": bleu, "open_heads": heads,
+                     "checkpoint": str(ckpt)})
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows[1:]).to_csv(folder / "trials.csv", index=False)  # a given base has no row of its own
+    (folder / "sweep.json").write_text(json.dumps({"name": "t", "method": "gates",
+                                                   "pretrain": {"checkpoint": str(run.checkpoint)},
+                                                   "objectives": [{"metric": "bleu", "mode": "max"},
+                                                                  {"metric": "open_heads", "mode": "min"}]}))
+    calls = []
+    original = model.evaluate.evaluate_checkpoint
+    monkeypatch.setattr(model.evaluate, "evaluate_checkpoint", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    _, scores = score_sweep(folder, beam=2, log=lambda _: None)
+    table = scores.table.set_index("trial_id")
+    assert sorted(table.index) == ["a", "base", "c"] and len(calls) == 3
+    assert table.loc["base", "heads"] == 24 and table.loc["base", "method"] == "base"  # from the file's config
+    assert (table.loc[["a", "c"], "chosen_on"] == "validation front").all()
+    assert table[TEST_BLEU].notna().all() and (table["sentences"] == 20).all()
+    _, again = score_sweep(folder, beam=2, log=lambda _: None)
+    assert len(calls) == 3 and again.table[TEST_BLEU].tolist() == scores.table[TEST_BLEU].tolist()  # cached
+    score_sweep(folder, beam=3, log=lambda _: None)  # other settings: scored again
+    assert len(calls) == 6

@@ -156,6 +156,7 @@ class Trainer:
         self.wall_seconds = 0.0  # training + evaluation, over all sessions of the run
         self.best_bleu: float | None = None
         self.best_checkpoint: Path | None = None
+        self.divergence: str | None = None  # why a step was refused (see _train_step)
         self.penalty = cfg.gates.penalty  # lambda; moves only under gates.target_open
         if cfg.gates.target_open is not None and self.penalty == 0.0:
             self.penalty = TARGET_START_PENALTY
@@ -211,6 +212,9 @@ class Trainer:
             diffs = [d for d in config_differences(stored, cfg) if d.split(":")[0] not in RESUMABLE_CHANGES]
             if cfg.train.schedule == "cosine" and stored.train.max_steps != cfg.train.max_steps:
                 diffs.append("train.max_steps (the cosine schedule depends on it)")
+            if cfg.gates.target_open is not None and stored.train.max_steps != cfg.train.max_steps:
+                diffs.append(f"train.max_steps: {stored.train.max_steps} -> {cfg.train.max_steps} (the head budget "
+                             f"fixes its heads at gates.target_fix_at x train.max_steps)")
             if diffs:
                 raise TrainingError(f"--resume: the config differs from the one {path} was trained with: "
                                     + "; ".join(diffs))
@@ -255,7 +259,9 @@ class Trainer:
         """Forward/backward over the micro-batches of one step and an optimizer update.
 
         Loss = sum of token cross-entropies / number of target tokens in the step + lambda * L0 penalty.
-        Returns (summed CE, summed NLL, target tokens); a non-finite CE leaves the parameters untouched.
+        Returns (summed CE, summed NLL, target tokens); a non-finite CE leaves the parameters untouched, and so does
+        a non-finite gradient with a finite CE (fp32/bf16: the CE is returned as NaN and ``divergence`` says why;
+        fp16's loss scaler skips such a step itself and lowers its scale).
         """
         t = self.cfg.train
         lr = learning_rate(self.step + 1, t, self.cfg.model.d_model)
@@ -275,9 +281,16 @@ class Trainer:
             return ce_total, nll_total, n_tokens
         if self.penalty > 0.0:
             self.scaler.scale(self.penalty * self.model.penalty_l0()).backward()
-        if t.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        if self.scaler.is_enabled():
+            if t.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        else:  # the norm is computed anyway: a NaN or inf in it must not reach the weights (clipping would spread it)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip if t.grad_clip is not None else math.inf)
+            if not math.isfinite(float(norm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.divergence = f"non-finite gradient at step {self.step + 1} (the loss was finite: {ce_total:.4g})"
+                return math.nan, nll_total, n_tokens
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._steer_penalty()
@@ -454,7 +467,7 @@ class Trainer:
 
     def _diverged(self) -> RunResult:
         """A non-finite loss: the parameters are those of the last good step; the last checkpoint stays."""
-        reason = f"non-finite loss at step {self.step + 1}"
+        reason = self.divergence or f"non-finite loss at step {self.step + 1}"
         self.log(f"diverged: {reason}; the last good checkpoint is {self.last_checkpoint}")
         record = {M.STEP: self.step, M.EPOCH: self.epoch, M.STATUS: "diverged", M.LOSS: float("nan"), M.REASON: reason}
         if self.report is not None:

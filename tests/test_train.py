@@ -329,3 +329,46 @@ def test_heads_with_tiny_gates_stay_when_removing_them_costs_bleu(tmp_path, monk
     assert result.metrics[M.OPEN_HEADS + "/enc_self"] == 8
     alphas = [v for k, v in load_checkpoint(result.checkpoint)["model"].items() if k.endswith("log_alpha")]
     assert alphas and all(torch.allclose(a, torch.full_like(a, -2.0), atol=1e-4) for a in alphas)  # restored
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_the_weights(tmp_path):
+    """A NaN in one parameter's gradient from step 3 on, the loss finite: the run ends as diverged at step 3, the
+    weights stay those of step 2, and the last checkpoint (step 2) holds only finite values."""
+    from model.train import Trainer
+
+    cfg = tiny_config("train.max_steps=6", "train.eval_every=2", "train.grad_clip=1.0")
+    trainer = Trainer(cfg, tmp_path, **QUIET)
+    param = next(p for p in trainer.model.parameters() if p.requires_grad)
+    calls = {"backward": 0}
+
+    def poison(grad):
+        calls["backward"] += 1
+        return grad * math.nan if trainer.step >= 2 else grad
+
+    param.register_hook(poison)
+    result = trainer.run()
+    assert result.status == "diverged" and result.step == 2 and calls["backward"] >= 3
+    assert "non-finite gradient at step 3 (the loss was finite" in result.metrics[M.REASON]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert result.checkpoint.name == "step_00000002.pt"
+    assert all(torch.isfinite(v).all() for v in _state(result.checkpoint).values() if v.is_floating_point())
+    status = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert status["status"] == "diverged" and "non-finite gradient" in status["reason"]
+
+
+def test_a_head_budget_run_resumed_with_another_length_is_refused(tmp_path):
+    """Under gates.target_open the kept heads are fixed at target_fix_at x max_steps: resuming with another
+    max_steps would move that step, so it is refused, naming the key; the same length resumes."""
+    cfg = tiny_config("gates.mode=learned", "gates.target_open=3", "train.max_steps=8", "train.eval_every=2")
+
+    def stop(metrics, checkpoint):
+        if metrics[M.STEP] == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path, report=stop, **QUIET)
+    longer = tiny_config("gates.mode=learned", "gates.target_open=3", "train.max_steps=12", "train.eval_every=2")
+    with pytest.raises(TrainingError, match=r"train.max_steps: 8 -> 12 \(the head budget fixes its heads"):
+        train(longer, tmp_path, resume=True, **QUIET)
+    resumed = train(cfg, tmp_path, resume=True, **QUIET)
+    assert resumed.status == "completed" and resumed.metrics[M.OPEN_HEADS + "/enc_self"] == 3

@@ -326,43 +326,37 @@ def main(argv: list[str] | None = None) -> int:
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else s.path / "report" / "sampler_study"
+    return _write_study(curves, summary(curves), out, "range",
+                        f"lookup table: {len(LookupObjective(s).table)} finished trials of {s.path}; hypervolume of "
+                        f"all of them")
+
+
+def _write_study(curves: pd.DataFrame, table: pd.DataFrame, out: Path, band: str, headline: str) -> int:
+    """curves.csv, summary.csv and the chart (PNG + HTML) into ``out``; prints the table."""
     from .charts import save
 
-    out = Path(args.out) if args.out else s.path / "report" / "sampler_study"
     out.mkdir(parents=True, exist_ok=True)
     curves.to_csv(out / "curves.csv", index=False)
-    table = summary(curves)
     table.to_csv(out / "summary.csv", index=False)
-    png, html = save(curves_chart(curves), out, "hypervolume_vs_trials")
-    print(f"lookup table: {len(LookupObjective(s).table)} finished trials of {s.path}; hypervolume of all of them "
-          f"{curves.attrs['table_hypervolume']:.4g} (reference {curves.attrs['reference']})")
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
+    png, html = save(curves_chart(curves, band=band), out, "hypervolume_vs_trials")
+    print(f"{headline} {curves.attrs['table_hypervolume']:.4g} (reference {curves.attrs['reference']})")
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"chart: {png} and {html}; curves: {out / 'curves.csv'}")
     return 0
 
 
 def _complete_sweeps(folders: Sequence[str], out: str | None) -> int:
-    from .charts import save
-    from .load import load_sweep as load
-
     try:
-        curves = sweep_curves([load(f) for f in folders])
+        curves = sweep_curves([load_sweep(f) for f in folders])
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     target = Path(out) if out else Path(folders[0]).parent / "sampler_study"
-    target.mkdir(parents=True, exist_ok=True)
-    curves.to_csv(target / "curves.csv", index=False)
-    table = interval_summary(curves)
-    table.to_csv(target / "summary.csv", index=False)
-    png, html = save(curves_chart(curves, band="ci"), target, "hypervolume_vs_trials")
-    print(f"{len(folders)} sweeps, {int(curves['trials'].max())} trials each; hypervolume of all their trials "
-          f"together {curves.attrs['table_hypervolume']:.4g} (reference {curves.attrs['reference']})")
-    with pd.option_context("display.width", 250, "display.max_columns", 20):
-        print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    print(f"chart: {png} and {html}; curves: {target / 'curves.csv'}")
-    return 0
+    return _write_study(curves, interval_summary(curves), target, "ci",
+                        f"{len(folders)} sweeps, {int(curves['trials'].max())} trials each; hypervolume of all their "
+                        f"trials together")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def test_bom_and_crlf_are_repaired_and_counted(tmp_path, record):
     stats = Counter()
     assert read_text_lines(path, stats) == ["First line", "Second line", "Third"]
     assert stats == {"bom": 1, "crlf": 2}
-    record("corpus with a BOM and CRLF line ends", repaired_and_counted=3)
+    record("corpus with a BOM and CRLF line ends", boms_repaired=stats["bom"], crlf_repaired=stats["crlf"])
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path, record):
@@ -73,17 +73,20 @@ def test_unicode_line_separators_are_not_line_breaks(tmp_path):
 
 def test_mismatched_line_counts_name_both_files(tmp_path, record):
     write_pair(tmp_path, "train", EN, DE[:-1])
-    with pytest.raises(CorpusError, match=r"train\.en has 40 lines but .*train\.de has 39"):
+    with pytest.raises(CorpusError, match=r"train\.en has 40 lines but .*train\.de has 39") as refusal:
         read_parallel(tmp_path / "train.en", tmp_path / "train.de", Counter())
-    record("parallel files with different line counts", refused=1)
+    counts = [int(n) for n in re.findall(r"has (\d+) lines?", str(refusal.value))]
+    record("parallel files with different line counts", refused_naming_counts=len(counts),
+           lines_named=" vs ".join(map(str, counts)))
 
 
 def test_tab_inside_a_tsv_field_names_the_line(tmp_path, record):
     path = tmp_path / "train.tsv"
     path.write_text("a dog\tein Hund\nthe\tcat\tdie Katze\n", encoding="utf-8")
-    with pytest.raises(CorpusError, match=r"train\.tsv:2: 3 tab-separated fields, expected 2"):
+    with pytest.raises(CorpusError, match=r"train\.tsv:2: 3 tab-separated fields, expected 2") as refusal:
         read_tsv(path, Counter())
-    record("TAB inside a TSV field", refused_with_line=1)
+    line = int(re.search(r"train\.tsv:(\d+):", str(refusal.value)).group(1))
+    record("TAB inside a TSV field", refused_at_line=line)
 
 
 def test_tsv_corpus_trains(tmp_path):
@@ -111,7 +114,9 @@ def test_empty_lines_and_extreme_ratios_are_dropped_from_training_and_counted(tm
     assert len(data.splits["train"]) == 36
     assert len(data.splits["valid"]) == 2  # held-out sentences are never dropped
     assert any("dropped_empty=2" in m and "dropped_ratio=1" in m and "dropped_long=1" in m for m in messages)
-    record("empty lines, over-long lines and extreme length ratios in training data", dropped_and_counted=4)
+    record("empty lines, over-long lines and extreme length ratios in training data",
+           pairs_written=len(src), pairs_kept=len(data.splits["train"]),
+           dropped_and_counted=stats["dropped_empty"] + stats["dropped_ratio"] + stats["dropped_long"])
 
 
 def test_empty_corpus_after_filtering_is_an_error(tmp_path, record):
@@ -119,9 +124,10 @@ def test_empty_corpus_after_filtering_is_an_error(tmp_path, record):
     valid = write_pair(tmp_path, "valid", EN[:2], DE[:2])
     cfg = DataConfig(corpus="files", files=FilesConfig(train=train, valid=valid), vocab_size=60,
                      cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(CorpusError, match="no training pair is left.*dropped_empty=2"):
+    with pytest.raises(CorpusError, match="no training pair is left.*dropped_empty=2") as refusal:
         load_data(cfg, "valid", log=lambda _: None)
-    record("nothing left after filtering", refused=1)
+    dropped = int(re.search(r"dropped_empty=(\d+)", str(refusal.value)).group(1))
+    record("nothing left after filtering", refused_naming_dropped_pairs=dropped)
 
 
 def test_missing_files_and_settings(tmp_path):
@@ -194,12 +200,15 @@ def test_a_damaged_id_cache_is_detected_and_rebuilt(tmp_path, damage, record):
     messages = []
     again = load_data(cfg, "valid", log=messages.append)
     assert any(str(cache) in m and "rebuilding" in m for m in messages), messages
-    assert [a.tolist() for a in again.splits["train"].src] == [a.tolist() for a in first.splits["train"].src]
-    assert [a.tolist() for a in again.splits["train"].tgt] == [a.tolist() for a in first.splits["train"].tgt]
+    same = all([a.tolist() for a in getattr(again.splits["train"], side)]
+               == [a.tolist() for a in getattr(first.splits["train"], side)] for side in ("src", "tgt"))
+    assert same
+    again_messages = list(messages)
     messages.clear()
     load_data(cfg, "valid", log=messages.append)  # the rebuilt cache is whole again
     assert not any("rebuilding" in m for m in messages), messages
-    record("damaged token-id cache (offsets, one token id, no checksums)", detected_and_rebuilt=1)
+    record("damaged token-id cache (offsets, one token id, no checksums)",
+           rebuild_messages=sum("rebuilding" in m for m in again_messages), ids_equal_to_first_build=int(same))
 
 
 @pytest.mark.parametrize("damage", ["one byte", "garbage", "no checksum"])
@@ -217,8 +226,11 @@ def test_a_damaged_sentencepiece_model_is_detected_and_trained_again(tmp_path, d
     again = load_data(cfg, "valid", log=messages.append)
     assert any(str(model) in m and "rebuilding" in m for m in messages), messages
     assert any("training sentencepiece" in m for m in messages)
-    assert again.tokenizers.src.proto == first.tokenizers.src.proto == model.read_bytes()  # deterministic retraining
-    record("damaged sentencepiece model (one byte, garbage, no checksum)", detected_and_rebuilt=1)
+    same = again.tokenizers.src.proto == first.tokenizers.src.proto == model.read_bytes()  # deterministic retraining
+    assert same
+    record("damaged sentencepiece model (one byte, garbage, no checksum)",
+           rebuild_messages=sum(str(model) in m and "rebuilding" in m for m in messages),
+           retrained_equal_to_first=int(same))
 
 
 def test_changed_corpus_file_gets_new_tokenizer_and_ids(tmp_path):
@@ -317,10 +329,12 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path, multi30k_mirror, reco
         f.write("not the real file\n")
     dest = tmp_path / "data" / "val.en"
     dest.parent.mkdir()
-    with pytest.raises(CorpusError, match=r"does not match the expected 1f2a23d992769b5b"):
+    with pytest.raises(CorpusError, match=r"does not match the expected 1f2a23d992769b5b") as refusal:
         fetch((bad / "val.en.gz").as_uri(), dest, Multi30kCorpus.SHA256["val.en"], gunzip=True, log=lambda _: None)
-    assert [p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")] == []
-    record("download with a wrong checksum", refused=1, files_left=0)
+    left = [p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")]
+    assert left == []
+    record("download with a wrong checksum", refusals_naming_the_checksum=str(refusal.value).count("1f2a23d992769b5b"),
+           files_left=len(left))
 
 
 @needs_shared
@@ -331,7 +345,8 @@ def test_a_corrupted_download_is_fetched_again(tmp_path, multi30k_mirror, record
     messages = []
     src, tgt = Multi30kCorpus(cfg, log=messages.append).split("valid")
     assert len(tgt) == 1014 and any("fails its checksum" in m for m in messages)
-    record("corrupted downloaded file", detected_and_fetched_again=1)
+    record("corrupted downloaded file", checksum_failures_reported=sum("fails its checksum" in m for m in messages),
+           lines_after_fetching_again=len(tgt))
 
 
 def test_unreachable_download_says_where_to_put_the_file(tmp_path):
@@ -355,7 +370,8 @@ def test_shared_multi30k_reads_as_published(tmp_path, record):
     assert "\t" in tgt[7365]
     assert sum(len(corpus.split(s)[0]) for s in ("valid", "test")) == 2014
     assert corpus.stats["train"] == Counter()
-    record("Multi30k as published (train.de line 7366 has a TAB)", read=1)
+    record("Multi30k as published (train.de line 7366 has a TAB)", training_pairs_read=len(src),
+           lines_repaired_or_dropped=sum(corpus.stats["train"].values()))
 
 
 # -- WMT news-commentary en-ru + sacrebleu test sets ------------------------------------------------
@@ -423,7 +439,7 @@ def test_lenient_tsv_skips_and_counts(tmp_path, record):
                                                        valid=str(path)))
     corpus = FilesCorpus(cfg)
     assert corpus.split("train") == (["a", "c"], ["b", "d"]) and corpus.stats["train"]["skipped_fields"] == 1
-    record("bad TSV lines with on_bad_line: skip", skipped_and_counted=2)
+    record("bad TSV lines with on_bad_line: skip", lines=len(path.read_text().splitlines()), skipped_and_counted=corpus.stats["train"]["skipped_fields"])
 
 
 def test_hugging_face_source_maps_translation_rows(tmp_path, monkeypatch):

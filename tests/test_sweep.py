@@ -213,9 +213,10 @@ BAD = [
 
 @pytest.mark.parametrize("patch, message", BAD, ids=[m for _, m in BAD])
 def test_malformed_sweeps_are_refused_with_key_and_allowed_values(patch, message, record):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as refusal:
         make(patch)
-    record("malformed sweep (load_sweep): unknown keys, wrong types, bad ranges, samplers, objectives, methods, ...", refused=1)
+    record("malformed sweep (load_sweep): unknown keys, wrong types, bad ranges, samplers, objectives, methods, ...",
+           refused_naming_the_key=int("`" in str(refusal.value)))
 
 
 def test_yaml_errors_name_the_file_and_line(tmp_path: Path):
@@ -334,7 +335,10 @@ def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkey
     import trainable
     from sweeps import tuner
 
+    ray_started = []
+
     def no_ray(*args, **kwargs):
+        ray_started.append(args)
         raise AssertionError("Ray was started for a malformed sweep")
 
     monkeypatch.setattr(tuner, "start_ray", no_ray)
@@ -345,8 +349,10 @@ def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkey
     assert trainable.main([str(path), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err), err
-    assert not (tmp_path / "r").exists()  # nothing written
-    record("malformed sweep through `python trainable.py` (the issue's list, missing corpus files and no GPUs included)", refused_before_ray=1)
+    written = int((tmp_path / "r").exists())
+    assert not written  # nothing written
+    record("malformed sweep through `python trainable.py` (the issue's list, missing corpus files and no GPUs included)",
+           refused_before_ray=int(not ray_started), results_folders_written=written)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -362,8 +368,10 @@ def test_the_command_refuses_unreadable_sweep_files_with_their_line(tmp_path, mo
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     assert trainable.main([str(path), "--results", str(tmp_path / "r")]) == 2
-    assert re.search(message, capsys.readouterr().err)
-    record("sweep file with a duplicate key, a YAML syntax error, a control character", refused_with_line=1)
+    found = re.search(message, capsys.readouterr().err)
+    assert found
+    record("sweep file with a duplicate key, a YAML syntax error, a control character",
+           refused_at_line=int(re.search(r"line (\d+)", found.group(0)).group(1)))
 
 
 def test_data_dir_is_made_absolute_for_every_stage_and_leaves_the_base_hash_alone(tmp_path: Path):

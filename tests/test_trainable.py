@@ -8,6 +8,7 @@ import glob
 import json
 import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -186,14 +187,14 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1, "max_failures": 2},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
     proc = start_cli(str(sweep), "--results", str(tmp_path), env={"HEADSWEEP_TEST_RUN": str(tmp_path)})
-    deadline, killed = time.time() + 300, False
+    deadline, killed = time.time() + 300, 0
     while time.time() < deadline and not killed:
         reported = list((tmp_path / "t").glob("prune_trainable_*/checkpoint_000000"))
         workers = trial_workers(str(tmp_path))
         if reported and not list((tmp_path / "t").glob("prune_trainable_*/checkpoint_000002")) and workers:
             for pid in workers:
                 os.kill(pid, signal.SIGKILL)
-            killed = True
+            killed = len(workers)
         assert proc.poll() is None or killed, proc.stdout.read()
         time.sleep(0.1)
     out, _ = proc.communicate(timeout=300)
@@ -214,7 +215,9 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
     a, b = (pd.read_csv(tmp_path / name / "trials.csv").query("stage == 'prune'").iloc[0] for name in ("t", "u"))
     for key in (M.STEP, M.LOSS, M.BLEU, M.CHRF, M.VALID_NLL, M.OPEN_HEADS, M.L0):
         assert a[key] == b[key], (key, a[key], b[key])
-    record("kill -9 of the trial's Ray worker process mid-trial", workers_killed=1, trials_lost=0, evaluations_redone=len(progress) - 3, final_step=300)
+    completed = int((df[df["stage"] == "prune"]["status"] == "completed").sum())
+    record("kill -9 of the trial's Ray worker process mid-trial", workers_killed=killed, trials_lost=1 - completed,
+           evaluations_redone=len(progress) - 3, final_step=int(df[df["stage"] == "prune"][M.STEP].iloc[0]))
 
 
 def test_resume_without_a_sweep_is_an_error(tmp_path: Path):
@@ -234,12 +237,13 @@ def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, recor
     assert (df["stage"] == "prune").all()  # from scratch: no base model
     by_lr = {row["param.train.lr"]: row for _, row in df.iterrows()}
     assert by_lr[1e30]["status"] == "diverged" and by_lr[1e-3]["status"] == "completed"
-    assert by_lr[1e30]["error"].startswith("non-finite loss at step ")  # the table says why
+    assert re.match(r"non-finite (loss|gradient) at step ", by_lr[1e30]["error"])  # the table says why
     assert math.isnan(by_lr[1e30][M.BLEU])
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't' / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "FAIL"]  # a diverged trial never enters the front
-    record("NaN/inf loss (lr 1e30) in one of two trials", trials=2, diverged=1, trials_completed=1)
+    record("NaN/inf loss (lr 1e30) in one of two trials", trials=len(df), diverged=int((df["status"] == "diverged").sum()),
+           trials_completed=int((df["status"] == "completed").sum()))
 
 
 def test_gpu_trials_on_a_machine_without_gpus_are_refused(tmp_path: Path):

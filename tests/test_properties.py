@@ -52,9 +52,9 @@ def accepted_or_refused(record, what: str, load, error: type[Exception] = Config
         result = load()
     except error as exc:
         assert names is None or names in str(exc), (names, str(exc))
-        record(what, examples=1, refused=1)  # noqa: literal-record (one per example: the table sums them)
+        record(what, examples=1, refused=1)  # literal-record: one per example, the table sums them
         return None
-    record(what, examples=1, accepted=1)  # noqa: literal-record (one per example: the table sums them)
+    record(what, examples=1, accepted=1)  # literal-record: one per example, the table sums them
     return result
 
 

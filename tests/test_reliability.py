@@ -138,7 +138,8 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
     for folder in [*experiment.glob("prune_trainable_*/checkpoint_*"),
                    *pretrained.glob("base-*/pretrain_trainable_*/checkpoint_*")]:
         load_checkpoint(checkpoint_file(folder))
-    rerun = sum((experiment / name / "checkpoint_000002").stat().st_mtime_ns != mtime for name, mtime in finished.items())
+    rerun = sum((experiment / name / "checkpoint_000002").stat().st_mtime_ns != mtime
+                for name, mtime in finished.items())
     assert finished and rerun == 0, finished  # a finished trial was not run again
     # repeated stretches (from the checkpoint before a kill) reproduce the same numbers
     redone = 0

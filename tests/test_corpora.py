@@ -276,22 +276,33 @@ class _Server:
         self.httpd.server_close()
 
 
-@pytest.fixture(scope="module")
-def multi30k_mirror(tmp_path_factory):
-    """The shared Multi30k files gzipped, as the upstream repository publishes them."""
-    root = tmp_path_factory.mktemp("mirror")
-    for path in (SHARED / "multi30k").iterdir():
-        with open(path, "rb") as src, gzip.open(root / f"{path.name}.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
+MIRROR_SIZES = {"train": 60, "val": 30, "test_2016_flickr": 20}
+
+
+@pytest.fixture
+def multi30k_mirror(tmp_path_factory, monkeypatch):
+    """A Multi30k mirror of the project's own files, gzipped as the upstream repository publishes them, with the
+    corpus's expected checksums set to theirs: the download, lock and checksum logic without the real corpus."""
+    from model.corpora import sha256_file
+
+    root, plain = tmp_path_factory.mktemp("mirror"), tmp_path_factory.mktemp("plain")
+    sums = {}
+    for stem, n in MIRROR_SIZES.items():
+        for lang, words in (("en", EN), ("de", DE)):
+            path = plain / f"{stem}.{lang}"
+            path.write_text("".join(f"{words[i % len(words)]} {stem} {i}\n" for i in range(n)), encoding="utf-8")
+            sums[path.name] = sha256_file(path)[:16]
+            with open(path, "rb") as src, gzip.open(root / f"{path.name}.gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    monkeypatch.setattr(Multi30kCorpus, "SHA256", sums)
     return root
 
 
-@needs_shared
 def test_multi30k_downloads_verifies_and_then_works_offline(tmp_path, multi30k_mirror):
     with _Server(multi30k_mirror) as server:
         cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"), mirror=server.url)
         src, tgt = Multi30kCorpus(cfg, log=lambda _: None).split("valid")
-        assert len(src) == len(tgt) == 1014
+        assert len(src) == len(tgt) == MIRROR_SIZES["val"]
         assert server.hits["/val.en.gz"] == 1
     # the server is gone: a filled folder needs no network
     cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"), mirror="http://127.0.0.1:9")
@@ -299,7 +310,6 @@ def test_multi30k_downloads_verifies_and_then_works_offline(tmp_path, multi30k_m
     assert not list((tmp_path / "data" / "multi30k").glob("*.part"))
 
 
-@needs_shared
 def test_concurrent_trials_download_once(tmp_path, multi30k_mirror):
     cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"))
     with _Server(multi30k_mirror) as server:
@@ -318,10 +328,10 @@ def test_concurrent_trials_download_once(tmp_path, multi30k_mirror):
         for t in threads:
             t.join()
     assert not errors and len(results) == 4 and all(r == results[0] for r in results)
+    assert len(results[0][0]) == MIRROR_SIZES["test_2016_flickr"]
     assert server.hits["/test_2016_flickr.en.gz"] == 1 and server.hits["/test_2016_flickr.de.gz"] == 1
 
 
-@needs_shared
 def test_checksum_mismatch_leaves_nothing_behind(tmp_path, multi30k_mirror, record):
     bad = tmp_path / "badmirror"
     bad.mkdir()
@@ -329,22 +339,22 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path, multi30k_mirror, reco
         f.write("not the real file\n")
     dest = tmp_path / "data" / "val.en"
     dest.parent.mkdir()
-    with pytest.raises(CorpusError, match=r"does not match the expected 1f2a23d992769b5b") as refusal:
-        fetch((bad / "val.en.gz").as_uri(), dest, Multi30kCorpus.SHA256["val.en"], gunzip=True, log=lambda _: None)
+    expected = Multi30kCorpus.SHA256["val.en"]
+    with pytest.raises(CorpusError, match=rf"does not match the expected {expected}") as refusal:
+        fetch((bad / "val.en.gz").as_uri(), dest, expected, gunzip=True, log=lambda _: None)
     left = [p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")]
     assert left == []
-    record("download with a wrong checksum", refusals_naming_the_checksum=str(refusal.value).count("1f2a23d992769b5b"),
+    record("download with a wrong checksum", refusals_naming_the_checksum=str(refusal.value).count(expected),
            files_left=len(left))
 
 
-@needs_shared
 def test_a_corrupted_download_is_fetched_again(tmp_path, multi30k_mirror, record):
     cfg = DataConfig(corpus="multi30k", data_dir=str(tmp_path / "data"), mirror=multi30k_mirror.as_uri())
     Multi30kCorpus(cfg, log=lambda _: None).split("valid")
     (tmp_path / "data" / "multi30k" / "val.de").write_text("damaged\n")
     messages = []
     src, tgt = Multi30kCorpus(cfg, log=messages.append).split("valid")
-    assert len(tgt) == 1014 and any("fails its checksum" in m for m in messages)
+    assert len(tgt) == MIRROR_SIZES["val"] and any("fails its checksum" in m for m in messages)
     record("corrupted downloaded file", checksum_failures_reported=sum("fails its checksum" in m for m in messages),
            lines_after_fetching_again=len(tgt))
 

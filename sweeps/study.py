@@ -10,6 +10,8 @@ pickled it. No Ray here.
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,53 @@ from typing import Any
 from optuna.storages import RDBStorage
 
 from .results import OPTUNA_FILE
-from .storage import download, exists, is_uri, join_storage, snapshot_sqlite
+from .storage import download, exists, filesystem, is_uri, join_storage, read_bytes, snapshot_sqlite
+
+TUNE_STATE_PREFIX = "experiment_state"  # Tune's experiment-state files: experiment_state-<time>.json
+
+
+class StateError(RuntimeError):
+    """A sweep folder cannot be resumed as it is: a damaged Tune state, a damaged or locked study."""
+
+
+def check_resumable(experiment: str) -> None:
+    """Before a sweep folder is resumed, read-only: Tune's newest experiment state parses as JSON, and the study's
+    SQLite file (on local storage) passes SQLite's quick check and is not locked by another process. A problem
+    raises :class:`StateError` naming the file and what to do; nothing is written or repaired."""
+    import pyarrow.fs
+
+    fs, path = filesystem(experiment)
+    names = sorted(f.base_name for f in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+                   if f.type == pyarrow.fs.FileType.File and f.base_name.startswith(TUNE_STATE_PREFIX)
+                   and f.base_name.endswith(".json"))
+    if names:
+        newest = join_storage(experiment, names[-1])
+        try:
+            json.loads(read_bytes(newest) or b"")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StateError(f"{newest}: Tune's experiment state is damaged ({exc}); it was left as it is. Put back "
+                             f"a copy of the file (e.g. from a backup of the sweep folder), or start a new sweep "
+                             f"(--set name=...)") from None
+    study = study_file(experiment)
+    if is_uri(experiment) or not study.exists():
+        return
+    try:
+        con = sqlite3.connect(f"file:{study}?mode=rw", uri=True, timeout=2.0, isolation_level=None)
+        try:
+            if con.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            con.execute("BEGIN IMMEDIATE")  # the write lock a resumed search needs; released at once
+            con.execute("ROLLBACK")
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise StateError(f"{study}: the Optuna study cannot be opened ({exc}); it was left as it is") from None
+        raise StateError(f"{study}: the Optuna study is locked by another process (another driver of this sweep, "
+                         f"or an open optuna-dashboard); stop it, then resume") from None
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{study}: the Optuna study is damaged ({exc}); it was left as it is. Put back a copy of "
+                         f"the file, or start a new sweep (--set name=...)") from None
 
 
 def study_file(experiment: str) -> Path:

@@ -42,7 +42,7 @@ from .results import (
 )
 from .schema import BUDGET_METHODS, RUN_LOCATION_KEYS, MethodRun
 from .storage import exists, read_bytes
-from .study import StudyStorage, ensure_study_file, fresh_study_file
+from .study import StateError, StudyStorage, check_resumable, ensure_study_file, fresh_study_file
 from .sweep import Sweep, base_hash, schema_dict
 from .validate import absolute_paths, check_gpus
 from .wandb_log import resolve_mode, unreachable_backend
@@ -452,6 +452,12 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
              ] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
     if resume and not started and not any(tune.Tuner.can_restore(base) for base in bases):
         raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
+    for folder in folders:
+        if resume and tune.Tuner.can_restore(folder):
+            try:
+                check_resumable(folder)
+            except StateError as exc:
+                raise SweepError(f"--resume: {exc}") from None
     for run, folder in zip(sweep.method_runs(), folders):
         recorded = join_storage(folder, SWEEP_FILE)
         if resume and exists(recorded):

@@ -444,3 +444,51 @@ def test_relative_corpus_paths_and_data_folders_are_resolved_on_the_driver(tmp_p
     assert recorded["data_dir"] == str(work / "corp")
     record("relative corpus paths and a relative $HEADSWEEP_DATA, trials in Tune's trial folder",
            trials_completed=int((df["stage"] == "prune").sum()))
+
+
+def test_resume_refuses_a_damaged_tune_state_and_a_damaged_or_locked_study_and_changes_nothing(tmp_path: Path,
+                                                                                                 record):
+    """Tune writes its experiment state in place, and a second driver or a dashboard may hold optuna.db: --resume
+    over a truncated or empty state file, a study that is not a database, or one locked by another process stops
+    before Ray starts with an error naming the file, and leaves every file as it was; put back, the sweep resumes."""
+    import sqlite3
+
+    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1})
+    assert run_cli(str(sweep), "--results", str(tmp_path)).returncode == 0
+    experiment = tmp_path / "t"
+    (state,) = sorted(experiment.glob("experiment_state-*.json"))[-1:]
+    study = experiment / "optuna.db"
+    originals = {p: p.read_bytes() for p in (state, study)}
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in sorted(experiment.rglob("*")) if p.is_file()}
+
+    cases = {"truncated state": (state, originals[state][: len(originals[state]) // 2], str(state)),
+             "empty state": (state, b"", str(state)),
+             "damaged study": (study, b"not a database" * 100, f"{study}: the Optuna study is damaged")}
+    refused = unchanged = 0
+    for name, (path, damage, names) in cases.items():
+        path.write_bytes(damage)
+        before = snapshot()
+        proc = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+        assert proc.returncode == 2 and names in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
+        refused += 1
+        unchanged += snapshot() == before
+        path.write_bytes(originals[path])
+    before = snapshot()  # read before the lock: closing any file of the database drops a process's POSIX locks
+    holder = sqlite3.connect(study, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's write lock
+    try:
+        proc = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert proc.returncode == 2 and "locked by another process" in proc.stderr, proc.stderr
+    refused += 1
+    unchanged += snapshot() == before
+    assert refused == unchanged == len(cases) + 1
+    again = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    record("--resume over a truncated or empty Tune state, a damaged study, a study locked by another process",
+           cases=len(cases) + 1, refused_naming_the_file=refused, folders_left_unchanged=unchanged,
+           resumed_after_repair=int(again.returncode == 0))

@@ -11,6 +11,27 @@ from pathlib import Path
 from filelock import FileLock
 
 LOCK_TIMEOUT_S = 3600.0  # a download of the largest corpus on a slow link fits well inside
+# Fault injection for the tests (docs/reliability.md): HEADSWEEP_FAULT_AT="<point>:<file name pattern>" holds the
+# process at that point of atomic_write for a file whose name matches, after announcing it in the file named by
+# HEADSWEEP_FAULT_LOG, so that a test's kill lands exactly there. Points: "partial" (half the temporary file
+# written and flushed), "before-rename" (the temporary file complete and synced, not yet renamed). Unset: no-op.
+FAULT_POINTS = ("partial", "before-rename")
+
+
+def _fault_point(point: str, path: Path, tmp: str) -> None:
+    spec = os.environ.get("HEADSWEEP_FAULT_AT")
+    if not spec:
+        return
+    import fnmatch
+    import time
+
+    where, _, pattern = spec.partition(":")
+    if where != point or not fnmatch.fnmatch(path.name, pattern or "*"):
+        return
+    with open(os.environ.get("HEADSWEEP_FAULT_LOG", os.devnull), "a", encoding="utf-8") as log:
+        log.write(f"{os.getpid()} {point} {path} {tmp}\n")
+    while True:  # held until the test kills the process
+        time.sleep(60)
 
 
 def _umask() -> int:
@@ -29,9 +50,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            if os.environ.get("HEADSWEEP_FAULT_AT"):
+                f.write(payload[: len(payload) // 2])
+                f.flush()
+                _fault_point("partial", path, tmp)
+                f.write(payload[len(payload) // 2 :])
+            else:
+                f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        _fault_point("before-rename", path, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -163,6 +163,9 @@ class Trainer:
         if resume_payload is not None:
             self._restore(resume_payload)
             save_config(cfg, self.out_dir / "config.yaml")  # it may extend max_steps or change eval_every
+            for leftover in self.ckpt_dir.glob(".step_*.pt.*.tmp"):  # a write killed before its rename
+                self.log(f"removing {leftover.name}: a checkpoint write that never finished")
+                leftover.unlink(missing_ok=True)
         else:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE):

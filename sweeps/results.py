@@ -111,5 +111,8 @@ def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_r
     rows += [trial_row(r, "prune", params) for r in grid]
     df = pd.DataFrame(rows).convert_dtypes()
     df.insert(2, METHOD, ["base" if stage == "pretrain" else method for stage in df[STAGE]])
+    if "://" not in experiment_dir:  # a write of an earlier driver killed before its rename
+        for leftover in Path(experiment_dir).glob(f".{TRIALS_FILE}.*.tmp"):
+            leftover.unlink(missing_ok=True)
     write_text(join_storage(experiment_dir, TRIALS_FILE), df.to_csv(index=False))
     return df

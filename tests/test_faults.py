@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.data import load_data
@@ -228,3 +231,53 @@ def test_no_reliability_figure_is_written_down_as_a_constant():
                         found.append(f"{path.name}:{value.lineno}: {keyword.arg}={value.value!r}")
     assert calls > 40, calls  # the scan saw the calls it is about
     assert not found, found
+
+
+HELD_RUN = """
+import sys
+from model.train import train
+from tests.conftest import tiny_config
+
+train(tiny_config("train.max_steps=9", "train.eval_every=3"), sys.argv[1], resume=sys.argv[2] == "resume",
+      log=lambda _: None)
+"""
+
+
+@pytest.mark.parametrize("point", ["partial", "before-rename"])
+def test_a_kill_held_inside_a_checkpoint_write_loses_only_that_write(tmp_path: Path, point: str, record):
+    """The checkpoint writer is held at a named point of the step-6 write (half the temporary file written, or
+    the whole file synced but not renamed) and the process is killed there: the step-3 checkpoint is intact and
+    the newest, resume removes the temporary file and ends where an unbroken run ends."""
+    run = tmp_path / "run"
+    log = tmp_path / "fault.log"
+    env = {**os.environ, "HEADSWEEP_FAULT_AT": f"{point}:step_00000006.pt", "HEADSWEEP_FAULT_LOG": str(log)}
+    proc = subprocess.Popen([sys.executable, "-c", HELD_RUN, str(run), "fresh"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.stdout else ""
+        time.sleep(0.05)
+    pid, where, target, tmp = log.read_text().split()
+    os.kill(int(pid), signal.SIGKILL)
+    proc.wait(timeout=60)
+    held_there = int(where == point and target.endswith("step_00000006.pt") and int(pid) == proc.pid)
+    assert held_there
+    names = checkpoint_names(run)
+    partial = [n for n in names if n.endswith(".tmp")]
+    assert [n for n in names if n.endswith(".pt")] == ["step_00000003.pt"] and partial == [Path(tmp).name], names
+    written = Path(tmp).stat().st_size
+    assert load_checkpoint(run / "checkpoints" / "step_00000003.pt")["counters"]["step"] == 3
+    env.pop("HEADSWEEP_FAULT_AT")
+    resumed = subprocess.run([sys.executable, "-c", HELD_RUN, str(run), "resume"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    unbroken = train(tiny_config("train.max_steps=9", "train.eval_every=3"), tmp_path / "unbroken", **QUIET)
+    after = checkpoint_names(run)
+    same = torch.equal(*(load_checkpoint(p)["model"]["encoder.0.self_attn.qkv.weight"]
+                         for p in (run / "checkpoints" / "step_00000009.pt", unbroken.checkpoint)))
+    assert not [n for n in after if n.endswith(".tmp")] and same
+    record(f"SIGKILL held inside a checkpoint write ({point}: "
+           + ("half the temporary file written" if point == "partial" else "synced, not yet renamed") + ")",
+           kills=len(log.read_text().splitlines()), landed_at_the_point=held_there,
+           bytes_written_before_the_kill=written, checkpoints_loading_after=len([n for n in names if n.endswith(".pt")]),
+           temp_files_after_resume=len([n for n in after if n.endswith(".tmp")]), resumed_equal_to_unbroken=int(same))

@@ -251,3 +251,34 @@ def test_wandb_with_a_key_but_no_reachable_backend_stays_offline_on_time_and_no_
     record("W&B online with a key, backend unreachable (connection refused); key grep over every output file",
            seconds_disabled=round(timings["disabled"]), seconds_unreachable=round(timings["online"]),
            runs_kept_offline=len(runs), files_scanned=scanned, files_with_key=len(with_key))
+
+
+def test_a_driver_killed_inside_the_trials_table_write_is_resumed_with_a_whole_table(tmp_path: Path, record):
+    """The driver is held with half of trials.csv's temporary file written (the last write of the sweep) and
+    killed there: the table on disk is absent or the previous one, never half of one; --resume reruns no trial and
+    writes the whole table, leaving no temporary file."""
+    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 2, "max_concurrent": 2})
+    marker, log = str(tmp_path), tmp_path / "fault.log"
+    env = {"HEADSWEEP_TEST_RUN": marker, "HEADSWEEP_FAULT_AT": "partial:trials.csv", "HEADSWEEP_FAULT_LOG": str(log)}
+    proc = start_cli(str(sweep), "--results", str(tmp_path), env=env)
+    wait_for(proc, lambda: log.exists() and f" partial {tmp_path / 't' / 'trials.csv'} " in log.read_text(),
+             "the driver held inside the trials table's write")
+    pid = int(log.read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    kill_all(marker)
+    landed = int(pid == proc.pid)  # the driver itself was held there
+    experiment = tmp_path / "t"
+    partial = list(experiment.glob(".trials.csv.*.tmp"))
+    tables_before = int((experiment / "trials.csv").exists())  # the first write of the table: none, never half
+    assert landed and len(partial) == 1 and tables_before == 0
+    checkpoints = {p: p.stat().st_mtime_ns for p in experiment.glob("prune_trainable_*/checkpoint_*")}
+    resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    df = check_table(experiment, trials=2)
+    rerun = sum(p.stat().st_mtime_ns != t for p, t in checkpoints.items())
+    left = list(experiment.glob(".trials.csv.*.tmp"))
+    assert rerun == 0 and left == []
+    record("driver SIGKILL held inside the trials table's write (half its temporary file written), then --resume",
+           landed_at_the_point=landed, temp_files_at_the_kill=len(partial), tables_on_disk_at_the_kill=tables_before,
+           trials=int((df["stage"] == "prune").sum()), checkpoints_rewritten=rerun, temp_files_after_resume=len(left))

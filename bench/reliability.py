@@ -23,10 +23,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_reliability.py", "tests/test_faults.py", "tests/test_trainable.py::"
          "test_a_killed_trial_worker_is_retried_from_its_last_checkpoint", "tests/test_trainable.py::"
-         "test_interrupted_sweep_resumes_without_rerunning_finished_trials", "tests/test_trainable.py::"
-         "test_diverged_trial_ends_as_such_and_the_sweep_goes_on", "tests/test_checkpoint.py", "tests/test_sweep.py",
-         "tests/test_config.py", "tests/test_corpora.py", "tests/test_properties.py", "tests/test_train.py",
-         "tests/test_wandb_log.py"]
+         "test_diverged_trial_ends_as_such_and_the_sweep_goes_on", "tests/test_trainable.py::"
+         "test_resume_refuses_a_damaged_tune_state_and_a_damaged_or_locked_study_and_changes_nothing",
+         "tests/test_storage.py::test_a_sweep_on_s3_interrupted_and_resumed_by_a_driver_with_an_empty_disk",
+         "tests/test_checkpoint.py", "tests/test_sweep.py", "tests/test_config.py", "tests/test_corpora.py",
+         "tests/test_properties.py", "tests/test_train.py", "tests/test_wandb_log.py"]
 
 HEADER = """# Reliability: faults injected, bad inputs refused
 

@@ -41,6 +41,7 @@ from model.files import atomic_write
 from sweeps.results import (
     BUDGET,
     CHECKPOINT,
+    LAYOUT,
     LAYOUT_SEED,
     PARAM_PREFIX,
     STAGE,
@@ -121,8 +122,8 @@ def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: s
     try:
         given = str(row[CHECKPOINT])
         path = given if given.endswith(".pt") else checkpoint_file(given)  # a base given as a file, or a folder
-        scores, _, refs, hyps = evaluate_checkpoint(str(path), split, EvalConfig(split=split, beam_size=beam,
-                                                    batch_size=batch_size, max_sentences=max_sentences), device, log=lambda m: None,
+        settings_now = EvalConfig(split=split, beam_size=beam, batch_size=batch_size, max_sentences=max_sentences)
+        scores, _, refs, hyps = evaluate_checkpoint(str(path), split, settings_now, device, log=lambda m: None,
                                                     data_dir=corpus_dir)
     except (CheckpointError, CorpusError, StorageError, OSError) as exc:
         raise ScoringError(f"trial {trial}: {exc}") from None
@@ -192,7 +193,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
                          "validation front" if method not in BUDGET_METHODS and method != "scratch" else "all"),
                      M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"], TEST_CHRF: found["chrf"],
                      TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
-                     "layout": row.get(PARAM_PREFIX + "baseline.layout")}
+                     "layout": row.get(PARAM_PREFIX + LAYOUT)}
             folder_rows.append(entry)
             stats[(entry[LABEL], entry[TRIAL_ID])] = sentence_stats(found["hypotheses"], found["references"])
         rows += folder_rows

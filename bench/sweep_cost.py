@@ -59,33 +59,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     sweep = load_sweep(args.sweep, data_dir=data_dir, storage=str(Path(args.out).resolve()))
-    base_cfg, trial_cfg = sweep.base_config(), sweep.trial_config({})
     out = Path(args.out)
-    base_s = seconds_per_step(base_cfg, args.steps, args.warmup, out / "base")
-    trial_s = seconds_per_step(trial_cfg, args.steps, args.warmup, out / "trial")
-    print(f"base model: {base_s:.3f} s/step on {base_cfg.train.threads} threads "
-          f"({base_cfg.data.max_tokens} tokens a batch)")
-    print(f"trial (gates on, frozen {trial_cfg.train.freeze}): {trial_s:.3f} s/step on {trial_cfg.train.threads} "
-          f"threads ({trial_cfg.data.max_tokens} tokens a batch)")
+    measured: dict[tuple, float] = {}
 
+    def per_step(cfg, label: str) -> float:
+        """Seconds per step of ``cfg``, measured once per (batch, threads, gates, frozen parts)."""
+        key = (cfg.data.max_tokens, cfg.train.threads, cfg.gates.mode, tuple(cfg.train.freeze))
+        if key not in measured:
+            measured[key] = seconds_per_step(cfg, args.steps, args.warmup, out / f"run{len(measured)}")
+            print(f"{label}: {measured[key]:.3f} s/step ({cfg.data.max_tokens} tokens a batch, {cfg.train.threads} "
+                  f"threads, gates {cfg.gates.mode}, frozen {list(cfg.train.freeze)})", flush=True)
+        return measured[key]
+
+    base_cfg = sweep.base_config()
+    points = sweep.points_to_evaluate()
+    trial_cfg = sweep.trial_config(points[0] if points else {})  # the first trial's batch size
     b, methods = sweep.schema.baselines, set(sweep.methods)
-    points = len(sweep.budgets()) * b.seeds
-    # (stage, trials, steps each, threads each, seconds per step)
-    stages = [("base model", 1, base_cfg.train.max_steps, base_cfg.train.threads, base_s)]
+    grid = len(sweep.budgets()) * b.seeds
+    # (stage, trials, steps each, config)
+    stages = [("base model", 1, base_cfg.train.max_steps, base_cfg)]
     if "gates" in methods:
-        stages.append(("gates (Optuna)", sweep.search.num_samples, trial_cfg.train.max_steps,
-                       trial_cfg.train.threads, trial_s))
+        stages.append(("gates (Optuna)", sweep.search.num_samples, trial_cfg.train.max_steps, trial_cfg))
     if "gates_budget" in methods:
         cfg = sweep.gates_budget_config({BUDGET: sweep.budgets()[0]})
-        stages.append(("gates_budget", points, cfg.train.max_steps, cfg.train.threads, trial_s))
+        stages.append(("gates_budget", grid, cfg.train.max_steps, cfg))
     for method in sorted(methods & set(LAYOUT_METHODS)):
         for n in [n for n in b.finetune_steps if n]:
-            stages.append((f"{method} + {n} steps", points, n, trial_cfg.train.threads, trial_s))
+            stages.append((f"{method} + {n} steps", grid, n, sweep.baseline_config(n, {BUDGET: sweep.budgets()[0]})))
     if "scratch" in methods:
         layouts = (b.scratch_limit if b.scratch_limit is not None else sweep.search.num_samples) + 1
         cfg = sweep.scratch_config({})
-        stages.append((f"scratch (up to {layouts} layouts)", layouts * b.scratch_seeds, cfg.train.max_steps,
-                       cfg.train.threads, base_s))
+        stages.append((f"scratch (up to {layouts} layouts)", layouts * b.scratch_seeds, cfg.train.max_steps, cfg))
+    stages = [(name, trials, steps, cfg.train.threads, per_step(cfg, name)) for name, trials, steps, cfg in stages]
     cores = sweep.resources.cpus * sweep.search.max_concurrent
     total_core_h = total_wall_h = 0.0
     print(f"\n{'stage':32} {'trials':>6} {'steps':>6} {'core-h':>8} {'wall-h':>7}")

@@ -260,6 +260,31 @@ def interval_summary(curves: pd.DataFrame, at: Sequence[int] = (10, 20)) -> pd.D
     return pd.DataFrame(rows)
 
 
+def paired_differences(curves: pd.DataFrame, reference: str = "random", at: Sequence[int] = (10, 20)) -> pd.DataFrame:
+    """Each sampler's hypervolume minus the ``reference`` sampler's, paired by seed (the same seed draws the same
+    first trials in every sampler), after ``at`` trials and at the end: mean and 95% t-interval over seeds, and
+    whether the interval excludes 0."""
+    from .stats import t_interval
+
+    last = int(curves["trials"].max())
+    base = curves[curves["sampler"] == reference]
+    if base.empty:
+        return pd.DataFrame()
+    rows = []
+    for name in [s for s in dict.fromkeys(curves["sampler"]) if s != reference]:
+        other = curves[curves["sampler"] == name]
+        for n in [*[n for n in at if n < last], last]:
+            a = other[other["trials"] == n].set_index("seed")["hypervolume"]
+            b = base[base["trials"] == n].set_index("seed")["hypervolume"]
+            seeds = sorted(set(a.index) & set(b.index))
+            mean, half = t_interval([a[s] - b[s] for s in seeds])
+            resolved = "not resolved" if math.isnan(half) or abs(mean) <= half else (
+                f"{name} higher" if mean > 0 else f"{reference} higher")
+            rows.append({"sampler": name, "minus": reference, "trials": n, "seeds": len(seeds),
+                         "difference (mean)": mean, "± (95%)": half, "verdict": resolved})
+    return pd.DataFrame(rows)
+
+
 def curves_chart(curves: pd.DataFrame, band: str = "range"):
     """Hypervolume against finished trials, mean line per sampler with a band: min-max over seeds (``range``) or
     the 95% t-interval of the mean (``ci``) (matplotlib, plotly)."""
@@ -354,9 +379,16 @@ def _complete_sweeps(folders: Sequence[str], out: str | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     target = Path(out) if out else Path(folders[0]).parent / "sampler_study"
-    return _write_study(curves, interval_summary(curves), target, "ci",
-                        f"{len(folders)} sweeps, {int(curves['trials'].max())} trials each; hypervolume of all their "
-                        f"trials together")
+    status = _write_study(curves, interval_summary(curves), target, "ci",
+                          f"{len(folders)} sweeps, {int(curves['trials'].max())} trials each; hypervolume of all "
+                          f"their trials together")
+    pairs = paired_differences(curves, at=(10, 15, 20, 25))
+    if not pairs.empty:
+        pairs.to_csv(target / "differences.csv", index=False)
+        with pd.option_context("display.width", 250, "display.max_columns", 20):
+            print("\ndifferences against random search, paired by seed:")
+            print(pairs.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    return status
 
 
 if __name__ == "__main__":

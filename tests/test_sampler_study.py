@@ -123,6 +123,13 @@ def test_complete_sweeps_are_read_in_suggestion_order_against_one_reference(tmp_
     tpe = summary_[summary_["sampler"] == "tpe"].iloc[0]
     assert tpe["seeds"] == 2 and tpe["hypervolume after 3"] == pytest.approx(best)  # both seeds end on the same front
     assert summary_[summary_["sampler"] == "random"]["seeds short of 90%"].iloc[0] == 1
+    from analysis.sampler_study import paired_differences
+
+    pairs = paired_differences(curves, at=(1,))
+    assert list(pairs["trials"]) == [1, 3] and (pairs["seeds"] == 1).all()  # tpe and random share seed 0 only
+    assert pairs["difference (mean)"].iloc[-1] == pytest.approx(
+        first[-1] - curves[curves["sampler"] == "random"]["hypervolume"].iloc[-1])
+    assert (pairs["verdict"] == "not resolved").all()  # one pair: no interval
     with pytest.raises(ResultsError, match="different numbers of trials"):
         short = complete_sweep(tmp_path, "nsga2", 0, [20.0], [20])
         sweep_curves([load_sweep(p) for p in (a, short)])

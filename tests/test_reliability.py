@@ -59,6 +59,16 @@ def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300)
         time.sleep(0.1)
 
 
+def saved_as_finished(experiment: Path) -> bool:
+    """Whether Tune's saved experiment state records a trial as finished (TERMINATED)."""
+    if not (experiment / "tuner.pkl").exists():
+        return False
+    try:
+        return any(t.status == "TERMINATED" for t in ExperimentAnalysis(str(experiment)).trials)
+    except Exception:  # the state is being written: ask again
+        return False
+
+
 def reports(folder: Path, pattern: str) -> dict[str, int]:
     """Trial folder name -> index of the newest checkpoint Tune has persisted for it plus one (0: none yet)."""
     return {p.name: max((int(c.name.split("_")[1]) + 1 for c in p.glob("checkpoint_*")), default=0)
@@ -120,10 +130,11 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
              "prune_trainable_*").values()), "a trial's checkpoint write")
     interrupt(proc, signal.SIGKILL, "checkpoint write")
 
-    # 3) SIGKILL the moment a trial has written its last checkpoint
+    # 3) SIGKILL once a trial has written its last checkpoint and Tune's saved state records one as finished (so
+    #    that the final check has a finished trial to look at: without it, it would pass on nothing)
     proc = start_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)
-    wait_for(proc, lambda: any(n >= 3 for n in reports(experiment, "prune_trainable_*").values()),
-             "a trial's last checkpoint")
+    wait_for(proc, lambda: any(n >= 3 for n in reports(experiment, "prune_trainable_*").values())
+             and saved_as_finished(experiment), "a trial's last checkpoint, recorded as finished in Tune's state")
     interrupt(proc, signal.SIGKILL, "between trials")
 
     resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)

@@ -23,7 +23,7 @@ for sampler in tpe nsga2 random; do
     echo "== $name"
     start=$(date +%s)
     "$python" trainable.py sweeps/sampler_study.yaml --results "$results" --set "search.sampler=$sampler" \
-      --set "search.seed=$seed" --set "name=$name" "${resume[@]}" > "$results/$name.log" 2>&1 \
+      --set "search.seed=$seed" --set "name=$name" --set wandb.mode=disabled "${resume[@]}" > "$results/$name.log" 2>&1 \
       || { echo "$name failed: see $results/$name.log"; exit 1; }
     echo "   $(( $(date +%s) - start )) s"
   done

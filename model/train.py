@@ -395,6 +395,9 @@ class Trainer:
         metrics, details = self.evaluate()
         if status_now == "completed":
             metrics, details = self._close_small_gates(metrics, details)
+        # every evaluation reports the same keys (Ray's progress.csv takes its columns from the first row)
+        metrics.setdefault(M.SMALL_HEADS_CLOSED, 0)
+        metrics.setdefault(M.BLEU_WITH_SMALL_HEADS, math.nan)
         metrics.update({
             M.STEP: self.step, M.EPOCH: self.epoch,
             M.LR: learning_rate(max(1, self.step), self.cfg.train, self.cfg.model.d_model),

@@ -58,8 +58,8 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
             if isinstance(baselines.get(key), int):
                 baselines[key] = 1
         steps = baselines.get("finetune_steps")
-        if isinstance(steps, list) and all(isinstance(n, int) for n in steps):
-            baselines["finetune_steps"] = sorted({min(n, 2 * SMOKE_EVAL_EVERY) for n in steps})
+        if isinstance(steps, list) and steps and all(isinstance(n, int) for n in steps):  # the longest only
+            baselines["finetune_steps"] = [min(max(steps), 2 * SMOKE_EVAL_EVERY)]
         for key in ("set", "scratch_set"):
             if isinstance(baselines.get(key), dict):
                 baselines[key] = {k: v for k, v in flatten(baselines[key]).items() if k not in tiny}

@@ -127,7 +127,7 @@ def test_a_sweep_on_s3_interrupted_and_resumed_by_a_driver_with_an_empty_disk(s3
     gate trials; the stopped sweep is refused without --resume and when changed, and finished unchanged."""
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 200, "train.eval_every": 100}},
-                        method=["gates", "importance"], baselines={"budgets": [2, 8], "importance_batches": 1},
+                        method=["gates", "importance"], baselines={"budgets": [2, 8], "importance_batches": 1, "seeds": 1},
                         wandb={"mode": "offline"})
     results = s3_server.uri("interrupted")
     cmd, env = _driver([str(sweep), "--results", results], tmp_path / "first" / "work", tmp_path / "first", s3_server.env)

@@ -28,7 +28,7 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, record):
         load_checkpoint(path)
     code_ran = int(marker.exists())  # the payload's shell command would have created it
     assert code_ran == 0
-    record("checkpoint whose pickle would run a shell command (torch.load weights_only=True)",
+    record("checkpoint whose pickle would run a shell command (torch.load with weights_only on)",
            refusals_naming_the_file=str(refusal.value).count(str(path)), code_ran=code_ran)
 
 

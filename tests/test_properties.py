@@ -52,10 +52,23 @@ def accepted_or_refused(record, what: str, load, error: type[Exception] = Config
         result = load()
     except error as exc:
         assert names is None or names in str(exc), (names, str(exc))
-        record(what, examples=1, refused=1)  # literal-record: one per example, the table sums them
+        _SEEN.setdefault(what, Counter())["refused"] += 1
         return None
-    record(what, examples=1, accepted=1)  # literal-record: one per example, the table sums them
+    _SEEN.setdefault(what, Counter())["accepted"] += 1
     return result
+
+
+_SEEN: dict[str, Counter] = {}  # per test: what -> examples refused / accepted, recorded when the test ends
+
+
+@pytest.fixture(autouse=True)
+def _record_examples(record):
+    """Each test's examples, counted as they ran, become one row of docs/reliability.md."""
+    _SEEN.clear()
+    yield
+    for what, counts in _SEEN.items():
+        record(what, examples=sum(counts.values()), **counts)
+    _SEEN.clear()
 
 
 @SETTINGS

@@ -89,13 +89,14 @@ def method_folders(gates: SweepResults) -> list[tuple[str, str, str]]:
     return out
 
 
-def chosen_for_test(s: SweepResults, method: str) -> pd.DataFrame:
-    """The rows of one method folder that the test set scores: every completed trial of a budget method or of
-    scratch; of the gate trials, the validation Pareto front (the folder's objectives)."""
+def chosen_for_test(s: SweepResults, method: str) -> tuple[pd.DataFrame, str]:
+    """The rows of one method folder that the test set scores, and what chose them: every completed trial of a
+    budget method or of scratch ("all"); of the gate trials, the validation Pareto front of the folder's
+    objectives ("validation front")."""
     done = s.completed
-    if method in BUDGET_METHODS or method == "scratch" or done.empty:
-        return done
-    return pareto_front(done, s.objectives, s.directions)
+    if method in BUDGET_METHODS or method == "scratch":
+        return done, "all"
+    return (done if done.empty else pareto_front(done, s.objectives, s.directions)), "validation front"
 
 
 def _fingerprint(values: Sequence[str]) -> str:
@@ -171,7 +172,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
     refs_seen: set[str] = set()
     for index, (method, label, folder) in enumerate(method_folders(gates)):
         s = gates if index == 0 else load_sweep(folder, label)
-        chosen = chosen_for_test(s, method)
+        chosen, chosen_on = chosen_for_test(s, method)
         if index == 0:  # the base model(s), scored once: trained by the sweep, or given as a file
             given = (s.config.get("pretrain") or {}).get("checkpoint")
             bases = s.bases if not s.bases.empty or not given else pd.DataFrame(
@@ -189,8 +190,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
                 count = _heads_of(str(row[CHECKPOINT]), heads)
             entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
                      TRIAL_ID: str(row[TRIAL_ID]), "heads": count, "budget": row.get(BUDGET_COLUMN),
-                     "seed": row.get(SEED_COLUMN), "chosen_on": "" if is_base else (
-                         "validation front" if method not in BUDGET_METHODS and method != "scratch" else "all"),
+                     "seed": row.get(SEED_COLUMN), "chosen_on": "" if is_base else chosen_on,
                      M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"], TEST_CHRF: found["chrf"],
                      TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
                      "layout": row.get(PARAM_PREFIX + LAYOUT)}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -48,6 +47,17 @@ def sweep_file(folder: Path, trials: int, steps: int, concurrent: int) -> Path:
     path = folder / f"scale-{trials}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def high_water_kib(pid: int) -> int:
+    """A live process's peak resident set (VmHWM, KiB) so far; 0 once it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def folder_bytes(folder: Path) -> int:
@@ -89,12 +99,21 @@ def main(argv: list[str] | None = None) -> int:
         if experiment.exists():
             raise SystemExit(f"{experiment} exists: remove it (or give another --out) to measure afresh")
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(REPO / "trainable.py"), str(path), "--results", str(out)],
-                              cwd=REPO, env=env, capture_output=True, text=True, check=False)
+        with open(out / f"scale-{n}.log", "w", encoding="utf-8") as output:
+            proc = subprocess.Popen([sys.executable, str(REPO / "trainable.py"), str(path), "--results", str(out)],
+                                    cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+            peak_kib, shown = 0, time.perf_counter()
+            print(f"{n} trials: running (driver output in {output.name})", flush=True)
+            while proc.poll() is None:  # the driver's own peak resident memory (Ray's processes are not counted)
+                peak_kib = max(peak_kib, high_water_kib(proc.pid))
+                time.sleep(0.5)
+                if time.perf_counter() - shown > 60:
+                    shown = time.perf_counter()
+                    started = len(list(experiment.glob("prune_trainable_*")))
+                    print(f"  {started}/{n} trials started, {shown - start:.0f} s", flush=True)
         wall = time.perf_counter() - start
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # sizes ascend: this size's driver
         if proc.returncode != 0:
-            print(proc.stdout[-3000:] + proc.stderr[-3000:], file=sys.stderr)
+            print((out / f"scale-{n}.log").read_text()[-6000:], file=sys.stderr)
             return 1
         import pandas as pd
 

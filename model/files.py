@@ -14,11 +14,13 @@ LOCK_TIMEOUT_S = 3600.0  # a download of the largest corpus on a slow link fits 
 # Fault injection for the tests (docs/reliability.md): HEADSWEEP_FAULT_AT="<point>:<file name pattern>" holds the
 # process at that point of atomic_write for a file whose name matches, after announcing it in the file named by
 # HEADSWEEP_FAULT_LOG, so that a test's kill lands exactly there. Points: "partial" (half the temporary file
-# written and flushed), "before-rename" (the temporary file complete and synced, not yet renamed). Unset: no-op.
-FAULT_POINTS = ("partial", "before-rename")
+# written and flushed), "before-rename" (the temporary file complete and synced, not yet renamed), "commit" (a
+# finished trial's row written into the Optuna study's SQLite file, not yet committed: sweeps.study). Unset: no-op.
+FAULT_POINTS = ("partial", "before-rename", "commit")
 
 
-def _fault_point(point: str, path: Path, tmp: str) -> None:
+def fault_point(point: str, path: Path, detail: str = "") -> None:
+    """Hold the process at ``point`` for a file named like ``path`` when $HEADSWEEP_FAULT_AT asks for it."""
     spec = os.environ.get("HEADSWEEP_FAULT_AT")
     if not spec:
         return
@@ -26,10 +28,12 @@ def _fault_point(point: str, path: Path, tmp: str) -> None:
     import time
 
     where, _, pattern = spec.partition(":")
+    if where not in FAULT_POINTS:
+        raise ValueError(f"HEADSWEEP_FAULT_AT={spec!r}: the point must be one of {', '.join(FAULT_POINTS)}")
     if where != point or not fnmatch.fnmatch(path.name, pattern or "*"):
         return
     with open(os.environ.get("HEADSWEEP_FAULT_LOG", os.devnull), "a", encoding="utf-8") as log:
-        log.write(f"{os.getpid()} {point} {path} {tmp}\n")
+        log.write(f"{os.getpid()} {point} {path} {detail}\n")
     while True:  # held until the test kills the process
         time.sleep(60)
 
@@ -53,13 +57,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             if os.environ.get("HEADSWEEP_FAULT_AT"):
                 f.write(payload[: len(payload) // 2])
                 f.flush()
-                _fault_point("partial", path, tmp)
+                fault_point("partial", path, tmp)
                 f.write(payload[len(payload) // 2 :])
             else:
                 f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        _fault_point("before-rename", path, tmp)
+        fault_point("before-rename", path, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

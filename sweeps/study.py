@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from model.files import fault_point
 
 from .results import OPTUNA_FILE
 from .storage import download, exists, filesystem, is_uri, join_storage, read_bytes, snapshot_sqlite
@@ -85,12 +89,32 @@ class StudyStorage(RDBStorage):
         path = study_file(experiment)
         path.parent.mkdir(parents=True, exist_ok=True)
         super().__init__(f"sqlite:///{path}")
+        self._watch_commits()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         path = study_file(state["experiment"])
         path.parent.mkdir(parents=True, exist_ok=True)
         state["url"] = f"sqlite:///{path}"
         super().__setstate__(state)
+        self._watch_commits()
+
+    def _watch_commits(self) -> None:
+        """The test-only fault point "commit" (model.files): a finished trial's row is in the SQLite file's open
+        transaction (flushed, its journal written) and not committed."""
+        self._finishing = False
+        if os.environ.get("HEADSWEEP_FAULT_AT", "").startswith("commit:"):
+            import sqlalchemy
+
+            path = study_file(self.experiment)
+            sqlalchemy.event.listen(self.engine, "commit", lambda _conn: self._finishing and fault_point(
+                "commit", path, "finished trial"))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        self._finishing = state.is_finished()
+        try:
+            return super().set_trial_state_values(trial_id, state, values)
+        finally:
+            self._finishing = False
 
     @property
     def remote(self) -> bool:

@@ -293,3 +293,39 @@ def test_a_driver_killed_inside_the_trials_table_write_is_resumed_with_a_whole_t
     record("driver SIGKILL held inside the trials table's write (half its temporary file written), then --resume",
            landed_at_the_point=landed, temp_files_at_the_kill=len(partial), tables_on_disk_at_the_kill=tables_before,
            trials=int((df["stage"] == "prune").sum()), checkpoints_rewritten=rerun, temp_files_after_resume=len(left))
+
+
+def test_a_driver_killed_inside_the_optuna_study_write_is_resumed_with_a_whole_study(tmp_path: Path, record):
+    """The driver is held inside the SQLite transaction that records the first finished trial in optuna.db (the
+    row written, SQLite's journal on disk, not committed) and killed there: --resume finds the study whole (SQLite
+    rolls the transaction back), every trial ends completed in the table, no finished checkpoint is written again,
+    and no trial in the study is COMPLETE without both objectives."""
+    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 2, "max_concurrent": 2})
+    marker, log = str(tmp_path), tmp_path / "fault.log"
+    experiment = tmp_path / "t"
+    env = {"HEADSWEEP_TEST_RUN": marker, "HEADSWEEP_FAULT_AT": "commit:optuna.db", "HEADSWEEP_FAULT_LOG": str(log)}
+    proc = start_cli(str(sweep), "--results", str(tmp_path), env=env)
+    wait_for(proc, lambda: log.exists() and f" commit {experiment / 'optuna.db'} " in log.read_text(),
+             "the driver held inside the study's write of a finished trial")
+    pid = int(log.read_text().split()[0])
+    journal = experiment / "optuna.db-journal"
+    in_transaction = int(journal.exists() and journal.stat().st_size > 0)  # the write begun, not committed
+    os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    kill_all(marker)
+    landed = int(pid == proc.pid and in_transaction == 1)
+    assert landed, (pid, proc.pid, in_transaction)
+    checkpoints = {p: p.stat().st_mtime_ns for p in experiment.glob("prune_trainable_*/checkpoint_*")}
+    resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    df = check_table(experiment, trials=2)
+    rewritten = sum(p.stat().st_mtime_ns != t for p, t in checkpoints.items())
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    half = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+            and (t.values is None or len(t.values) != 2)]
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert checkpoints and rewritten == 0 and half == [] and complete >= 1, (rewritten, half, complete)
+    record("driver SIGKILL held inside optuna.db's transaction recording a finished trial (journal on disk, not "
+           "committed), then --resume", landed_at_the_point=landed, checkpoints_at_the_kill=len(checkpoints),
+           trials=int((df["stage"] == "prune").sum()), checkpoints_rewritten=rewritten,
+           study_trials=len(study.trials), complete_in_study=complete, complete_without_values=len(half))

@@ -8,10 +8,18 @@ every node; a URI carries no query string (``?endpoint_override=...``), so that 
 What is read back from a URI (``analysis``, a resumed sweep's Optuna study) is copied into a local mirror,
 ``$HEADSWEEP_CACHE/storage/<scheme>/<bucket>/<key>`` (default ``~/.cache/headsweep``), and read there; what is
 written to it (the trials table, the report) is written locally and uploaded.
+
+Storage that goes away for a while (an S3 server restarted, a network partition) is waited out rather than failed
+on: every filesystem of a URI that this module hands out, the ones Ray gets for the sweep included, retries each
+request for up to ``HEADSWEEP_STORAGE_RETRY_S`` seconds (default 600; 0 fails at once), on the driver and in every
+trial. pyarrow's own S3 filesystem loses its retry settings when pickled, which is how Ray sends it to the trials;
+:class:`PatientS3FileSystem` keeps them.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
 import os
 import sqlite3
 import tempfile
@@ -19,7 +27,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
+
 from model.files import atomic_write
+
+RETRY_ENV = "HEADSWEEP_STORAGE_RETRY_S"
+DEFAULT_PATIENCE_S = 600.0
+FIRST_RETRY_S = 0.025  # the AWS SDK's default retry strategy: 25 ms before the first retry, doubling each time
 
 
 class StorageError(OSError):
@@ -46,16 +60,96 @@ def check_uri(uri: str) -> str:
     return uri.rstrip("/")
 
 
-def filesystem(target: str) -> tuple[Any, str]:
-    """(pyarrow filesystem, path inside it) of a local path or a URI."""
-    import pyarrow.fs
+def storage_patience() -> float:
+    """How long a request to the storage is retried before it fails: ``$HEADSWEEP_STORAGE_RETRY_S`` seconds."""
+    raw = os.environ.get(RETRY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_PATIENCE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise StorageError(f"{RETRY_ENV}={raw!r}: expected the seconds a storage request is retried for, a number "
+                           f">= 0 (default {DEFAULT_PATIENCE_S:g}; 0 fails at the first error)")
+    return value
 
+
+def s3_retries(patience: float) -> int:
+    """The fewest retries whose doubling delays (25 ms, 50 ms, ...) add up to ``patience`` seconds: an outage of
+    up to ``patience`` is waited out, and the wait after the storage is back is at most about as long as the
+    outage had lasted."""
+    retries = 0
+    while FIRST_RETRY_S * (2 ** retries - 1) < patience:
+        retries += 1
+    return retries
+
+
+class PatientS3FileSystem(pyarrow.fs.S3FileSystem):
+    """pyarrow's S3 filesystem that retries a failed request (a refused connection, a timeout, a 5xx) for up to
+    ``patience`` seconds, and keeps doing so after pickling: Ray pickles the storage filesystem to every trial."""
+
+    def __init__(self, patience: float, **options: Any) -> None:
+        retries = pyarrow.fs.AwsDefaultS3RetryStrategy(max_attempts=s3_retries(patience))
+        super().__init__(retry_strategy=retries, **options)
+        self.patience = patience
+        self._options = options
+
+    def __reduce__(self):
+        return PatientS3FileSystem._rebuild, (self.patience, self._options)
+
+    @staticmethod
+    def _rebuild(patience: float, options: dict[str, Any]) -> "PatientS3FileSystem":
+        return PatientS3FileSystem(patience, **options)
+
+
+def patient(fs: Any, patience: float | None = None) -> Any:
+    """``fs`` retrying its requests for ``patience`` seconds (default: :func:`storage_patience`): S3 through
+    :class:`PatientS3FileSystem`, GCS through its own ``retry_time_limit``; other filesystems as they are."""
+    patience = storage_patience() if patience is None else patience
+    if fs.type_name not in ("s3", "gcs"):
+        return fs
+    options = dict(fs.__reduce__()[1][0])  # the options pyarrow itself pickles the filesystem with
+    if fs.type_name == "s3":
+        return PatientS3FileSystem(patience, **options)
+    options["retry_time_limit"] = datetime.timedelta(seconds=patience)
+    return pyarrow.fs.GcsFileSystem(**options)
+
+
+@functools.lru_cache(maxsize=32)
+def _bucket_filesystem(root: str, patience: float, environment: tuple[tuple[str, str], ...]) -> Any:
+    """One filesystem per bucket, patience and storage settings in the environment: opening one can itself need
+    the network (S3 looks up the bucket's region), so it is done once, not for every file."""
+    fs, _ = pyarrow.fs.FileSystem.from_uri(root)
+    return patient(fs, patience)
+
+
+def filesystem(target: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path inside it) of a local path or a URI; a URI's filesystem waits out outages of
+    the storage (:func:`storage_patience`)."""
     if not is_uri(target):
         return pyarrow.fs.LocalFileSystem(), str(Path(target).resolve())
+    scheme, _, rest = target.partition("://")
+    bucket = rest.strip("/").split("/", 1)[0]
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_"))))
     try:
+        fs = _bucket_filesystem(f"{scheme}://{bucket}", storage_patience(), settings)
+        if fs.type_name in ("s3", "gcs"):
+            return fs, rest.strip("/")
         return pyarrow.fs.FileSystem.from_uri(target)
+    except StorageError:
+        raise
     except Exception as exc:
         raise StorageError(f"{target}: cannot open this storage ({exc})") from exc
+
+
+def ray_storage(target: str) -> tuple[str, Any]:
+    """What Ray Tune gets for a storage path (``storage_path``, ``storage_filesystem``): a local path and None, or
+    a URI's path inside its bucket and its patient filesystem."""
+    if not is_uri(target):
+        return target, None
+    fs, path = filesystem(target)
+    return path, fs
 
 
 def uri_of(fs: Any, path: str) -> str:
@@ -67,8 +161,6 @@ def uri_of(fs: Any, path: str) -> str:
 
 
 def exists(target: str) -> bool:
-    import pyarrow.fs
-
     fs, path = filesystem(target)
     return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
@@ -101,8 +193,6 @@ def mirror_path(uri: str) -> Path:
 
 
 def _files(fs: Any, path: str) -> list[Any]:
-    import pyarrow.fs
-
     info = fs.get_file_info(path)
     if info.type == pyarrow.fs.FileType.File:
         return [info]
@@ -138,8 +228,6 @@ def download(uri: str, local: str | os.PathLike | None = None, skip: Iterable[st
 
 def upload(local: str | os.PathLike, uri: str) -> None:
     """Copy a local file or folder to a URI of the storage (a folder's tree under it)."""
-    import pyarrow.fs
-
     local = Path(local)
     fs, path = filesystem(uri)
     if local.is_file():

@@ -41,7 +41,7 @@ from .results import (
     write_trials_table,
 )
 from .schema import BUDGET_METHODS, RUN_LOCATION_KEYS, MethodRun
-from .storage import exists, read_bytes
+from .storage import exists, ray_storage, read_bytes
 from .study import StateError, StudyStorage, check_resumable, ensure_study_file, fresh_study_file
 from .sweep import Sweep, base_hash, schema_dict
 from .validate import absolute_paths, check_gpus
@@ -161,8 +161,9 @@ def _run_config(sweep: Sweep, name: str, storage: str, keep: int, params: list[s
 
     columns = [o.metric for o in sweep.objectives] + [M.STEP]
     params = [d.key for d in sweep.space] if params is None else params
+    storage_path, storage_filesystem = ray_storage(storage)
     return tune.RunConfig(
-        name=name, storage_path=storage, verbose=1,
+        name=name, storage_path=storage_path, storage_filesystem=storage_filesystem, verbose=1,
         failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
         # Tune keeps every checkpoint; CheckpointRetention deletes old ones only when no resume can need them
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
@@ -172,19 +173,28 @@ def _run_config(sweep: Sweep, name: str, storage: str, keep: int, params: list[s
     )
 
 
+def _can_restore(experiment: str) -> bool:
+    """Whether ``experiment`` (a folder or URI) holds a Tune experiment's state."""
+    from ray import tune
+
+    path, fs = ray_storage(experiment)
+    return tune.Tuner.can_restore(path, storage_filesystem=fs)
+
+
 def _fit(tuner_factory, trainable, experiment: str, resume: bool, keep: int):
     from ray import tune
 
     from .retention import prune_checkpoints, state_period
 
     state_period()  # before Tune starts, also for a restored sweep (its callbacks come from the stored tuner)
-    if tune.Tuner.can_restore(experiment):
+    if _can_restore(experiment):
         if not resume:
             raise SweepError(f"{experiment} already holds a sweep: pass --resume to continue it, or choose another "
                              f"name (--set name=...) or --results folder")
         print(f"resuming {experiment}", flush=True)
         ensure_study_file(experiment)  # a remote sweep's study, as the state being restored left it
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+        path, fs = ray_storage(experiment)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     else:  # with --resume too: the sweep stopped before this stage began (the driver checked it exists)
         tuner = tuner_factory()
     grid = tuner.fit()
@@ -206,7 +216,7 @@ def pretrain_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables) -> t
         experiment = join_storage(root, name)
         trainable = tune.with_resources(tune.with_parameters(trainables.pretrain, setup=setup),
                                         _resources(sweep.pretrain_resources))
-        fresh = not tune.Tuner.can_restore(experiment)
+        fresh = not _can_restore(experiment)
         print(f"base model {name} ({variant or 'the base config'}): "
               + ("training" if fresh else "found, reusing or finishing it"), flush=True)
         def new_tuner(trainable=trainable, variant=variant, name=name):
@@ -276,7 +286,7 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
         trainable = tune.with_resources(tune.with_parameters(function, setup=setup, run=run),
                                         _resources(sweep.resources))
     experiment = join_storage(sweep.storage, run.name)
-    found = tune.Tuner.can_restore(experiment)
+    found = _can_restore(experiment)
     if found and not resume:
         raise SweepError(f"{experiment} already holds the {run.label} trials of a sweep: pass --resume to continue "
                          f"it, or choose another name (--set name=...) or --results folder")
@@ -444,16 +454,16 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
     from ray import tune
 
     folders = [join_storage(sweep.storage, run.name) for run in sweep.method_runs()]
-    started = any(tune.Tuner.can_restore(folder) for folder in folders)
+    started = any(_can_restore(folder) for folder in folders)
     if started and not resume:
         raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
                          f"another name (--set name=...) or --results folder")
     bases = [join_storage(sweep.storage, PRETRAINED_DIR, name) for _, _, name in sweep.base_experiments()
              ] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
-    if resume and not started and not any(tune.Tuner.can_restore(base) for base in bases):
+    if resume and not started and not any(_can_restore(base) for base in bases):
         raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
     for folder in folders:
-        if resume and tune.Tuner.can_restore(folder):
+        if resume and _can_restore(folder):
             try:
                 check_resumable(folder)
             except StateError as exc:

@@ -141,6 +141,109 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
                 os.environ[k] = v
 
 
+class Outage:
+    """A TCP relay on 127.0.0.1 in front of a server, which can take the server away: :meth:`stop` cuts every open
+    connection and resets every new one at once (as a server that has died or is restarting does), counting them,
+    until :meth:`start`. Clients reach the server through ``port``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.down = threading.Event()
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+        self.open: set[Any] = set()
+        self.relayed = 0  # connections passed through to the server
+        self.reset = 0  # connections that met the outage (cut while open, or reset on arrival)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def _kill(conn: Any) -> None:
+        import socket
+        import struct
+
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+        except OSError:
+            pass
+        conn.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                self.reset += 1
+                self._kill(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                self._kill(client)
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                self.open.update((client, upstream))
+                self.relayed += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open.discard(source)
+                self.open.discard(sink)
+            for conn in (source, sink):
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.down.set()
+        with self.lock:
+            cut, self.open = list(self.open), set()
+        self.reset += len(cut) // 2
+        for conn in cut:
+            self._kill(conn)
+
+    def start(self) -> None:
+        self.down.clear()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+        self.stop()
+
+
+@pytest.fixture
+def s3_outage(s3_server):
+    """An :class:`Outage` in front of the S3 server; ``env``: what a process needs to reach S3 through it."""
+    from urllib.parse import urlparse
+
+    address = urlparse(s3_server.endpoint)
+    outage = Outage((address.hostname, address.port))
+    outage.env = dict(s3_server.env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{outage.port}")
+    try:
+        yield outage
+    finally:
+        outage.close()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     import socket

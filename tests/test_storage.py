@@ -65,6 +65,63 @@ def test_upload_and_download_round_trip_and_leave_out_what_is_skipped(s3_server,
         download(s3_server.uri("nothing-here"), tmp_path / "none")
 
 
+def test_storage_requests_wait_out_an_s3_server_that_goes_away_and_comes_back(s3_outage, tmp_path: Path,
+                                                                             monkeypatch, record):
+    """Every request to a URI, through the helpers and through the filesystem Ray pickles to its trials, waits
+    for a server that stops answering and returns; with no patience it fails at once; a bad setting is refused."""
+    import threading
+
+    from sweeps import storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_outage.env["AWS_ENDPOINT_URL"])
+    monkeypatch.setenv(storage.RETRY_ENV, "60")
+    uri = "s3://headsweep/outage"
+    storage.write_text(uri + "/before.txt", "before")
+    path, fs = storage.ray_storage(uri)
+    assert path == "headsweep/outage" and isinstance(fs, storage.PatientS3FileSystem)
+    shipped = pickle.loads(pickle.dumps(fs))  # what a trial gets from Ray
+    assert type(shipped) is storage.PatientS3FileSystem and shipped.patience == 60 and shipped == fs
+
+    outage_s, durations = 3.0, {}
+    operations = {
+        "write": lambda: storage.write_text(uri + "/during.txt", "during"),
+        "read": lambda: storage.read_bytes(uri + "/before.txt"),
+        "exists": lambda: storage.exists(uri + "/before.txt"),
+        "pickled": lambda: shipped.get_file_info(path + "/before.txt").size,
+        "upload": lambda: storage.upload(tmp_path, uri + "/folder"),
+    }
+    (tmp_path / "a.txt").write_text("a")
+    for name, operation in operations.items():
+        s3_outage.stop()
+        back = threading.Timer(outage_s, s3_outage.start)
+        back.start()
+        start = time.perf_counter()
+        result = operation()
+        durations[name] = time.perf_counter() - start
+        back.join()
+        assert durations[name] >= outage_s * 0.9, (name, durations[name])  # it did meet the outage
+        assert result in (None, True, 6, b"before"), (name, result)
+    assert storage.read_bytes(uri + "/during.txt") == b"during"
+    assert storage.read_bytes(uri + "/folder/a.txt") == b"a"
+    met = s3_outage.reset
+    assert met >= len(operations), met
+
+    monkeypatch.setenv(storage.RETRY_ENV, "0")
+    s3_outage.stop()
+    start = time.perf_counter()
+    with pytest.raises(OSError):
+        storage.read_bytes(uri + "/before.txt")
+    impatient_s = time.perf_counter() - start
+    s3_outage.start()
+    assert impatient_s < outage_s
+    monkeypatch.setenv(storage.RETRY_ENV, "soon")
+    with pytest.raises(StorageError, match=f"{storage.RETRY_ENV}='soon'.*>= 0"):
+        storage.filesystem(uri)
+    record("S3 server gone for 3 s during each storage request (helpers, a pickled filesystem)",
+           requests=len(operations), requests_completed=len(durations), connections_reset=met,
+           slowest_request_s=round(max(durations.values()), 1), without_patience_failed_after_s=round(impatient_s, 1))
+
+
 def test_a_remote_sweeps_study_opens_on_the_unpickling_machine(tmp_path: Path, monkeypatch):
     """Tune pickles the searcher with Optuna's storage; unpickled on another machine (another temporary folder),
     the storage opens that machine's copy of the study, never the path of the machine that pickled it."""

@@ -276,3 +276,56 @@ def test_a_sweep_on_s3_interrupted_and_resumed_by_a_driver_with_an_empty_disk(s3
            trials=len(prune), finished_before_stop=len(finished), trials_rerun=sum(
                any(k.startswith(f"interrupted/t/{n}/checkpoint_000002") for k in keys) for n in finished),
            objects_in_storage=len(keys), mb_in_storage=round(sent / 1e6, 1), resume_s=round(resume_seconds))
+
+
+def test_a_sweep_rides_out_the_s3_server_going_away_mid_sweep(s3_server, s3_outage, tmp_path: Path, record):
+    """The S3 server goes away for 20 s while a trial is reporting (every open connection cut, every new one
+    reset) and comes back: the sweep finishes by itself, no trial errors, every evaluation is in the storage
+    exactly once, the study and the trials table are complete."""
+    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
+                        prune={"set": {"gates.mode": "learned", "train.max_steps": 200, "train.eval_every": 50}})
+    results = s3_server.uri("outage")
+    cmd, env = _driver([str(sweep), "--results", results], tmp_path / "work", tmp_path, s3_outage.env)
+    proc = subprocess.Popen(cmd, cwd=tmp_path / "work", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    outage_s, deadline = 20.0, time.time() + 300
+    while time.time() < deadline:  # the first trial has saved a checkpoint and is still training
+        keys = s3_server.keys("outage/t")
+        if any("/prune_trainable_" in k and "/checkpoint_000000/" in k for k in keys):
+            break
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    else:
+        pytest.fail("no trial saved a checkpoint within 300 s")
+    before = len(s3_server.keys("outage"))
+    s3_outage.stop()
+    time.sleep(outage_s)
+    met = s3_outage.reset
+    alive_through_outage = proc.poll() is None
+    s3_outage.start()
+    out, _ = proc.communicate(timeout=900)
+    assert alive_through_outage, out[-3000:]
+    assert proc.returncode == 0, out[-4000:]
+    assert met > 0, "no request met the outage"
+    keys = s3_server.keys("outage")
+    assert len(keys) > before
+
+    df = pd.read_csv(download(results + "/t/trials.csv", tmp_path / "trials.csv"))
+    prune = df[df["stage"] == "prune"]
+    assert len(prune) == 3 and (prune["status"] == "completed").all(), prune[["trial_id", "status", "error"]]
+    trial_names = sorted({k.split("/")[2] for k in keys if k.startswith("outage/t/prune_trainable_")})
+    assert len(trial_names) == 3, trial_names
+    expected, found = [50, 100, 150, 200], {}
+    for name in trial_names:
+        found[name] = list(pd.read_csv(download(f"{results}/t/{name}/progress.csv", tmp_path / name / "p.csv"))[M.STEP])
+    lost = sum(len(set(expected) - set(steps)) for steps in found.values())
+    doubled = sum(len(steps) - len(set(steps)) for steps in found.values())
+    assert lost == 0 and doubled == 0 and all(steps == expected for steps in found.values()), found
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{download(results + '/t/optuna.db', tmp_path / 'o.db')}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3, [t.state for t in study.trials]
+    record("S3 server gone for 20 s mid-sweep (open connections cut, new ones reset), then back",
+           outage_s=outage_s, connections_reset=met, trials=len(prune),
+           trials_completed=int((prune["status"] == "completed").sum()), trials_errored=int(
+               (df["status"] == "error").sum()), evaluations_lost=lost, evaluations_doubled=doubled,
+           study_trials_complete=len(complete))

@@ -28,6 +28,8 @@ TESTS = ["tests/test_reliability.py", "tests/test_faults.py", "tests/test_traina
          "test_diverged_trial_ends_as_such_and_the_sweep_goes_on", "tests/test_trainable.py::"
          "test_resume_refuses_a_damaged_tune_state_and_a_damaged_or_locked_study_and_changes_nothing",
          "tests/test_storage.py::test_a_sweep_on_s3_interrupted_and_resumed_by_a_driver_with_an_empty_disk",
+         "tests/test_storage.py::test_storage_requests_wait_out_an_s3_server_that_goes_away_and_comes_back",
+         "tests/test_storage.py::test_a_sweep_rides_out_the_s3_server_going_away_mid_sweep",
          "tests/test_checkpoint.py", "tests/test_sweep.py", "tests/test_config.py", "tests/test_corpora.py",
          "tests/test_properties.py", "tests/test_train.py", "tests/test_wandb_log.py"]
 
@@ -59,10 +61,15 @@ FOOTER = """
   base model's training was there to continue; it now continues it.
 - A control character or a non-UTF-8 byte in a config escaped as yaml's own `ReaderError` (found by the
   property tests); it is a `ConfigError` with the line now.
+- **A storage outage failed trials within seconds.** With `s3://` results, a trial's `tune.report` reaches the
+  storage at once (Ray checks the trial folder, then uploads the checkpoint), and pyarrow's S3 filesystem gives
+  up after three quick attempts; Ray also pickles that filesystem to the trials without its retry settings. Every
+  filesystem of a results URI now retries for `HEADSWEEP_STORAGE_RETRY_S` seconds (default 600), pickled ones too
+  (`sweeps.storage.PatientS3FileSystem`); with the setting at 0 the 20-second outage above fails the sweep.
 - Not covered here: a real multi-machine cluster (the two-node cluster runs on one machine, on loopback), cloud
-  storage (`s3://`: checkpoints are listed and deleted through the storage's own filesystem, but only the local
-  one is exercised here), GPUs, and an HTTP-level W&B failure at sweep scale (the unit test covers a failing backend inside
-  a trial; the sweep test covers a refused connection).
+  storage other than an S3-compatible server on loopback (moto's; a real bucket's latency and consistency are not
+  exercised), GPUs, and an HTTP-level W&B failure at sweep scale (the unit test covers a failing backend inside a
+  trial; the sweep test covers a refused connection).
 """
 
 

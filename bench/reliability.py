@@ -61,6 +61,12 @@ FOOTER = """
   base model's training was there to continue; it now continues it.
 - A control character or a non-UTF-8 byte in a config escaped as yaml's own `ReaderError` (found by the
   property tests); it is a `ConfigError` with the line now.
+- **No evaluation is ever reported twice.** Tune writes a trial's `progress.csv` on the driver and copies it to
+  the storage together with the experiment state, so a trial resumed from the checkpoint that state names (after
+  a killed driver, worker or node) goes on from the evaluation after it. The tests therefore assert that every
+  evaluation is in the results once (evaluations redone = 0 is counted, per trial); that the resumed training is
+  the same training is checked against the same sweep run unbroken (the killed-worker row: the final loss, BLEU,
+  chrF, NLL, open heads and L0 equal bit for bit).
 - **A storage outage failed trials within seconds.** With `s3://` results, a trial's `tune.report` reaches the
   storage at once (Ray checks the trial folder, then uploads the checkpoint), and pyarrow's S3 filesystem gives
   up after three quick attempts; Ray also pickles that filesystem to the trials without its retry settings. Every

@@ -152,14 +152,15 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
     rerun = sum((experiment / name / "checkpoint_000002").stat().st_mtime_ns != mtime
                 for name, mtime in finished.items())
     assert finished and rerun == 0, finished  # a finished trial was not run again
-    # repeated stretches (from the checkpoint before a kill) reproduce the same numbers
-    redone = 0
-    for trial in experiment.glob("prune_trainable_*"):
-        progress = pd.read_csv(trial / "progress.csv")
-        assert set(progress[M.STEP]) == {100, 200, 300}, (trial.name, list(progress[M.STEP]))
-        for _, same in progress.groupby(M.STEP):
-            assert same[M.LOSS].nunique() == 1 and same[M.BLEU].nunique() == 1, (trial.name, same)
-        redone += len(progress) - 3
+    # every evaluation is in the results once: Tune syncs a trial's progress.csv to the storage together with the
+    # experiment state, so a resumed trial (from the checkpoint that state names) never reports one twice
+    redone, evaluations, trial_folders = 0, 0, sorted(experiment.glob("prune_trainable_*"))
+    assert len(trial_folders) == 3, [p.name for p in trial_folders]
+    for trial in trial_folders:
+        steps = list(pd.read_csv(trial / "progress.csv")[M.STEP])
+        redone += len(steps) - len(set(steps))
+        evaluations += len(set(steps))
+        assert steps == [100, 200, 300], (trial.name, steps)
     # the table agrees with Ray's results, and every trial Optuna counts as complete is in the table with its values
     objectives = [M.BLEU, M.OPEN_HEADS]
     for _, row in prune.iterrows():
@@ -176,7 +177,7 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
            interruptions=len(interruptions), trials=len(prune),
            trials_lost=3 - int((prune["status"] == "completed").sum()), finished_before_last_stop=len(finished),
            finished_trials_rerun=rerun,
-           evaluations_redone=redone, evaluations=3 * len(prune), optuna_complete=len(complete))
+           evaluations_redone=redone, evaluations=evaluations, optuna_complete=len(complete))
 
 
 def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_another_node(tmp_path: Path, record,
@@ -202,7 +203,11 @@ def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_an
         wait_for(proc, lambda: any(k.endswith("checkpoint_000000/metrics.jsonl") for k in s3_server.keys(
             "node-removed/t")), "the trial's first checkpoint in the bucket")
         cluster.remove_node(node_a)
+        deadline = time.time() + 60
+        while node_a.remaining_processes_alive() and time.time() < deadline:
+            time.sleep(0.2)
         removed = int(not node_a.remaining_processes_alive())  # its raylet and workers are gone
+        assert removed == 1, "node A's processes outlived its removal by 60 s"
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         out, _ = proc.communicate(timeout=300)
@@ -222,10 +227,10 @@ def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_an
     # from its checkpoint in the bucket, not from scratch: the first evaluation, persisted before the node went,
     # is never redone
     assert (progress[M.STEP] == 100).sum() == 1, list(progress[M.STEP])
-    repeated = 0
-    for _, same in progress.groupby(M.STEP):  # a repeated evaluation is the same evaluation
-        assert same[M.LOSS].nunique() == 1, same
-        repeated += len(same) - 1
+    # the driver lived on, so Tune resumes the trial from the checkpoint of its last reported evaluation: none
+    # is reported twice
+    repeated = len(progress) - progress[M.STEP].nunique()
+    assert repeated == 0, list(progress[M.STEP])
     record("worker node removed mid-trial (two-node local cluster, results on S3); a new node joins",
            nodes_removed=removed, trials=len(prune), trials_completed=int((prune["status"] == "completed").sum()),
            evaluations_redone=repeated, evaluations=int(progress[M.STEP].nunique()))

@@ -204,12 +204,10 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
     df = check_table(tmp_path / "t", trials=1, evaluations=len(progress))
     assert df[df["stage"] == "prune"][M.STEP].tolist() == [300]
     steps = list(progress[M.STEP])
-    assert steps == sorted(steps) and set(steps) == {100, 200, 300}, steps
-    # Killed between Ray writing an evaluation and recording its checkpoint, the trial redoes that stretch from
-    # the checkpoint before: the repeated evaluation must then be identical (exact resume), never a new trajectory.
-    for _, same in progress.groupby(M.STEP):
-        assert same[M.LOSS].nunique() == 1 and same[M.BLEU].nunique() == 1, same[[M.STEP, M.LOSS, M.BLEU]]
-    # the same sweep unbroken (same trial parameters and seed, same base model): the same final numbers
+    # retried from the checkpoint of its last reported evaluation: every evaluation is reported once
+    assert steps == [100, 200, 300], steps
+    # exact resume: the same sweep unbroken (same trial parameters and seed, same base model) ends with the same
+    # numbers, bit for bit, although the killed trial trained again the steps it had gone past its last checkpoint
     unbroken = run_cli(str(sweep), "--results", str(tmp_path), "--set", "name=u")
     assert unbroken.returncode == 0, unbroken.stdout[-3000:] + unbroken.stderr[-3000:]
     a, b = (pd.read_csv(tmp_path / name / "trials.csv").query("stage == 'prune'").iloc[0] for name in ("t", "u"))
@@ -217,7 +215,7 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
         assert a[key] == b[key], (key, a[key], b[key])
     completed = int((df[df["stage"] == "prune"]["status"] == "completed").sum())
     record("kill -9 of the trial's Ray worker process mid-trial", workers_killed=killed, trials_lost=1 - completed,
-           evaluations_redone=len(progress) - 3, final_step=int(df[df["stage"] == "prune"][M.STEP].iloc[0]))
+           evaluations_redone=len(steps) - len(set(steps)), final_step=int(df[df["stage"] == "prune"][M.STEP].iloc[0]))
 
 
 def test_resume_without_a_sweep_is_an_error(tmp_path: Path):

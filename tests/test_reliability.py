@@ -204,9 +204,9 @@ def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_an
             "node-removed/t")), "the trial's first checkpoint in the bucket")
         cluster.remove_node(node_a)
         deadline = time.time() + 60
-        while node_a.remaining_processes_alive() and time.time() < deadline:
+        while node_a.live_processes() and time.time() < deadline:
             time.sleep(0.2)
-        removed = int(not node_a.remaining_processes_alive())  # its raylet and workers are gone
+        removed = int(not node_a.live_processes())  # its raylet and the processes it started are gone
         assert removed == 1, "node A's processes outlived its removal by 60 s"
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()

@@ -389,30 +389,29 @@ def test_shared_multi30k_reads_as_published(tmp_path, record):
 
 @pytest.fixture
 def wmt_offline(tmp_path, monkeypatch):
-    """A news-commentary mirror built from the shared EN-RU pool, and sacrebleu's folders pre-filled with the
-    shared newstest2013/2014 files, so that sacrebleu's own API serves them without a network."""
+    """A news-commentary mirror of 300 EN-RU pairs (and two malformed lines), and sacrebleu's folders pre-filled
+    with newstest2013/2014 of their published sizes (3000 and 3003 lines), so that sacrebleu's own API serves them
+    without a network. Built here: the test needs neither a network nor the shared corpora."""
     from sacrebleu.dataset import DATASETS
 
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    en = (SHARED / "en-ru" / "train_pool.en").read_text(encoding="utf-8").splitlines()[:300]
-    ru = (SHARED / "en-ru" / "train_pool.ru").read_text(encoding="utf-8").splitlines()[:300]
+    en = [f"Sentence {i} is about the markets." for i in range(300)]
+    ru = [f"Предложение {i} о рынках." for i in range(300)]
     lines = [f"{a}\t{b}" for a, b in zip(en, ru)] + ["only one field", "a\tb\tc"]
     with gzip.open(mirror / "news-commentary-v14.en-ru.tsv.gz", "wt", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    for name, stem in (("wmt13", "newstest2013"), ("wmt14", "newstest2014-enru")):
+    for name, n in (("wmt13", 3000), ("wmt14", 3003)):
         out = tmp_path / "sacrebleu" / name
         out.mkdir(parents=True)
-        n = len((SHARED / "en-ru" / f"{stem}.en").read_text(encoding="utf-8").splitlines())
-        shutil.copy(SHARED / "en-ru" / f"{stem}.en", out / f"{name}.en-ru.src")
-        shutil.copy(SHARED / "en-ru" / f"{stem}.ru", out / f"{name}.en-ru.ref")
+        (out / f"{name}.en-ru.src").write_text("".join(f"{name} line {i}.\n" for i in range(n)), encoding="utf-8")
+        (out / f"{name}.en-ru.ref").write_text("".join(f"{name} строка {i}.\n" for i in range(n)), encoding="utf-8")
         for field in ("docid", "genre", "origlang"):
             (out / f"{name}.en-ru.{field}").write_text("x\n" * n)
         monkeypatch.setattr(DATASETS[name], "_outdir", str(out))
     return mirror
 
 
-@needs_shared
 def test_wmt_en_ru_reads_news_commentary_and_sacrebleu_sets(tmp_path, wmt_offline):
     from model.corpora import WmtEnRuCorpus
 

@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
                         help="results root, a folder or s3://bucket/prefix (default: the sweep's storage)")
     add_data_dir(parser)
     add_set(parser, "sweep", "search.num_samples=20")
+    parser.add_argument("--no-report", action="store_true",
+                        help="leave out the report (and the W&B summary run) at the end; write it later with "
+                             "`headsweep report RESULTS/NAME`")
     parser.add_argument("--dashboard", action="store_true", help="local Ray: serve the dashboard (on 127.0.0.1)")
     parser.add_argument("--dashboard-host", default="127.0.0.1", metavar="ADDRESS",
                         help="with --dashboard: the address it listens on (0.0.0.0: every network interface; "
@@ -361,7 +364,10 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
         return 2
     for run, df in tables.items():
         print_pareto(sweep, df, run.label if len(tables) > 1 else None)
-    write_reports(sweep, tables)
+    if args.no_report:
+        print(f"\nno report (--no-report): headsweep report {sweep.experiment_dir}")
+    else:
+        write_reports(sweep, tables)
     if sweep.schema.test.enabled and not any(unfinished_trials(sweep, run, df) for run, df in tables.items()) \
             and len(tables) == len(sweep.method_runs()):
         score_test_set(sweep)

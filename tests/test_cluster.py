@@ -115,7 +115,7 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
     try:
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 2, "max_concurrent": 2, "seed": 1})
-        proc = run_cli(str(sweep), "--results", str(tmp_path / "r"), env=loopback, timeout=480)
+        proc = run_cli(str(sweep), "--no-report", "--results", str(tmp_path / "r"), env=loopback, timeout=480)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert f"joined the Ray cluster at 127.0.0.1:{port} (started on this node): 1 node, 0 CPUs" in proc.stdout
         waits = proc.stdout.count("resources: no node offers 1 CPU yet (nodes: 0 CPUs); trials wait for the "
@@ -129,7 +129,7 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
         # with --local, the same node's driver starts a private Ray instead of joining
         alone = write_sweep(tmp_path / "alone.yaml", pretrain={"enabled": False},
                             search={"num_samples": 1, "max_concurrent": 1})
-        private = run_cli(str(alone), "--results", str(tmp_path / "private"), "--local", env=loopback)
+        private = run_cli(str(alone), "--no-report", "--results", str(tmp_path / "private"), "--local", env=loopback)
         privates = private.stdout.count("started a private local Ray")
         assert private.returncode == 0 and privates == 1, private.stdout[-3000:] + private.stderr[-3000:]
         assert "joined the Ray cluster" not in private.stdout
@@ -157,7 +157,7 @@ def test_a_corpus_missing_on_the_node_that_runs_the_trial_is_refused_naming_the_
     sweep = write_sweep(tmp_path / "s.yaml", base=base, search={"num_samples": 1, "max_concurrent": 1})
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        proc = run_cli(str(sweep), "--address", cluster.address, "--results", str(tmp_path / "r"))
+        proc = run_cli(str(sweep), "--address", cluster.address, "--no-report", "--results", str(tmp_path / "r"))
     finally:
         cluster.shutdown()
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -112,19 +112,19 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
         return out
 
     # 1) SIGINT while the base model trains
-    proc = start_cli(str(sweep), "--results", str(tmp_path), env=env)
+    proc = start_cli(str(sweep), "--no-report", "--results", str(tmp_path), env=env)
     wait_for(proc, lambda: any(n == 1 for n in reports(pretrained, "base-*/pretrain_trainable_*").values()),
              "the base model's first checkpoint")
     out = interrupt(proc, signal.SIGINT, "pretraining")
     assert "--resume" in out or "rerun the same command" in out, out[-3000:]
     # ... and SIGKILL once it has gone on from there
-    proc = start_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)
+    proc = start_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path), env=env)
     wait_for(proc, lambda: any(n == 2 for n in reports(pretrained, "base-*/pretrain_trainable_*").values()),
              "the base model's second checkpoint")
     interrupt(proc, signal.SIGKILL, "pretraining")
 
     # 2) SIGKILL while a trial writes a checkpoint (each write is held open for 2 s)
-    proc = start_cli(str(sweep), "--resume", "--results", str(tmp_path), env=slow)
+    proc = start_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path), env=slow)
     writes = tmp_path / "writes.log"
     wait_for(proc, lambda: writes.exists() and "headsweep-" in writes.read_text() and any(reports(experiment,
              "prune_trainable_*").values()), "a trial's checkpoint write")
@@ -132,12 +132,12 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
 
     # 3) SIGKILL once a trial has written its last checkpoint and Tune's saved state records one as finished (so
     #    that the final check has a finished trial to look at: without it, it would pass on nothing)
-    proc = start_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)
+    proc = start_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path), env=env)
     wait_for(proc, lambda: any(n >= 3 for n in reports(experiment, "prune_trainable_*").values())
              and saved_as_finished(experiment), "a trial's last checkpoint, recorded as finished in Tune's state")
     interrupt(proc, signal.SIGKILL, "between trials")
 
-    resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path), env=env)
+    resumed = run_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path), env=env)
     kill_all(marker)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert [p for p, _, _ in interruptions] == ["pretraining", "pretraining", "checkpoint write", "between trials"]
@@ -199,7 +199,7 @@ def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_an
         recipe = {"set": {"gates.mode": "learned", "train.max_steps": 1000, "train.eval_every": 100}}
         sweep = write_sweep(tmp_path / "s.yaml", pretrain={"enabled": False}, prune=recipe,
                             search={"num_samples": 1, "max_concurrent": 1, "max_failures": 2})
-        proc = start_cli(str(sweep), "--address", cluster.address, "--results", results)
+        proc = start_cli(str(sweep), "--address", cluster.address, "--no-report", "--results", results)
         wait_for(proc, lambda: any(k.endswith("checkpoint_000000/metrics.jsonl") for k in s3_server.keys(
             "node-removed/t")), "the trial's first checkpoint in the bucket")
         cluster.remove_node(node_a)
@@ -276,7 +276,7 @@ def test_a_driver_killed_inside_the_trials_table_write_is_resumed_with_a_whole_t
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 2, "max_concurrent": 2})
     marker, log = str(tmp_path), tmp_path / "fault.log"
     env = {"HEADSWEEP_TEST_RUN": marker, "HEADSWEEP_FAULT_AT": "partial:trials.csv", "HEADSWEEP_FAULT_LOG": str(log)}
-    proc = start_cli(str(sweep), "--results", str(tmp_path), env=env)
+    proc = start_cli(str(sweep), "--no-report", "--results", str(tmp_path), env=env)
     wait_for(proc, lambda: log.exists() and f" partial {tmp_path / 't' / 'trials.csv'} " in log.read_text(),
              "the driver held inside the trials table's write")
     pid = int(log.read_text().split()[0])
@@ -289,7 +289,7 @@ def test_a_driver_killed_inside_the_trials_table_write_is_resumed_with_a_whole_t
     tables_before = int((experiment / "trials.csv").exists())  # the first write of the table: none, never half
     assert landed and len(partial) == 1 and tables_before == 0
     checkpoints = {p: p.stat().st_mtime_ns for p in experiment.glob("prune_trainable_*/checkpoint_*")}
-    resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+    resumed = run_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     df = check_table(experiment, trials=2)
     rerun = sum(p.stat().st_mtime_ns != t for p, t in checkpoints.items())
@@ -309,7 +309,7 @@ def test_a_driver_killed_inside_the_optuna_study_write_is_resumed_with_a_whole_s
     marker, log = str(tmp_path), tmp_path / "fault.log"
     experiment = tmp_path / "t"
     env = {"HEADSWEEP_TEST_RUN": marker, "HEADSWEEP_FAULT_AT": "commit:optuna.db", "HEADSWEEP_FAULT_LOG": str(log)}
-    proc = start_cli(str(sweep), "--results", str(tmp_path), env=env)
+    proc = start_cli(str(sweep), "--no-report", "--results", str(tmp_path), env=env)
     wait_for(proc, lambda: log.exists() and f" commit {experiment / 'optuna.db'} " in log.read_text(),
              "the driver held inside the study's write of a finished trial")
     pid = int(log.read_text().split()[0])
@@ -321,7 +321,7 @@ def test_a_driver_killed_inside_the_optuna_study_write_is_resumed_with_a_whole_s
     landed = int(pid == proc.pid and in_transaction == 1)
     assert landed, (pid, proc.pid, in_transaction)
     checkpoints = {p: p.stat().st_mtime_ns for p in experiment.glob("prune_trainable_*/checkpoint_*")}
-    resumed = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+    resumed = run_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     df = check_table(experiment, trials=2)
     rewritten = sum(p.stat().st_mtime_ns != t for p, t in checkpoints.items())

@@ -285,7 +285,7 @@ def test_a_sweep_rides_out_the_s3_server_going_away_mid_sweep(s3_server, s3_outa
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 200, "train.eval_every": 50}})
     results = s3_server.uri("outage")
-    cmd, env = _driver([str(sweep), "--results", results], tmp_path / "work", tmp_path, s3_outage.env)
+    cmd, env = _driver([str(sweep), "--no-report", "--results", results], tmp_path / "work", tmp_path, s3_outage.env)
     proc = subprocess.Popen(cmd, cwd=tmp_path / "work", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     outage_s, deadline = 20.0, time.time() + 300

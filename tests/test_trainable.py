@@ -186,7 +186,7 @@ def trial_workers(marker: str) -> list[int]:
 def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path, record):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1, "max_failures": 2},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}})
-    proc = start_cli(str(sweep), "--results", str(tmp_path), env={"HEADSWEEP_TEST_RUN": str(tmp_path)})
+    proc = start_cli(str(sweep), "--no-report", "--results", str(tmp_path), env={"HEADSWEEP_TEST_RUN": str(tmp_path)})
     deadline, killed = time.time() + 300, 0
     while time.time() < deadline and not killed:
         reported = list((tmp_path / "t").glob("prune_trainable_*/checkpoint_000000"))
@@ -208,7 +208,7 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
     assert steps == [100, 200, 300], steps
     # exact resume: the same sweep unbroken (same trial parameters and seed, same base model) ends with the same
     # numbers, bit for bit, although the killed trial trained again the steps it had gone past its last checkpoint
-    unbroken = run_cli(str(sweep), "--results", str(tmp_path), "--set", "name=u")
+    unbroken = run_cli(str(sweep), "--no-report", "--results", str(tmp_path), "--set", "name=u")
     assert unbroken.returncode == 0, unbroken.stdout[-3000:] + unbroken.stderr[-3000:]
     a, b = (pd.read_csv(tmp_path / name / "trials.csv").query("stage == 'prune'").iloc[0] for name in ("t", "u"))
     for key in (M.STEP, M.LOSS, M.BLEU, M.CHRF, M.VALID_NLL, M.OPEN_HEADS, M.L0):
@@ -229,7 +229,7 @@ def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, recor
         prune={"set": {"gates.mode": "learned", "train.max_steps": 6, "train.eval_every": 3, "train.grad_clip": None,
                        "gates.penalty": 0.05}},
         pretrain={"enabled": False}, search={"sampler": "grid", "num_samples": 2, "max_concurrent": 2})
-    proc = run_cli(str(sweep), "--results", str(tmp_path))
+    proc = run_cli(str(sweep), "--no-report", "--results", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     df = pd.read_csv(tmp_path / "t" / "trials.csv")
     assert (df["stage"] == "prune").all()  # from scratch: no base model
@@ -252,10 +252,12 @@ def test_gpu_trials_on_a_machine_without_gpus_are_refused(tmp_path: Path):
 
 def test_a_second_sweep_with_the_same_base_reuses_its_base_model(tmp_path: Path):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1})
-    first = run_cli(str(sweep), "--results", str(tmp_path))
-    second = run_cli(str(sweep), "--results", str(tmp_path), "--set", "name=u", "--set", "search.seed=9")
+    first = run_cli(str(sweep), "--no-report", "--results", str(tmp_path))
+    second = run_cli(str(sweep), "--no-report", "--results", str(tmp_path), "--set", "name=u", "--set", "search.seed=9")
     assert first.returncode == 0 and second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "training" in first.stdout and "found, reusing" in second.stdout
+    assert f"no report (--no-report): headsweep report {tmp_path / 't'}" in first.stdout
+    assert not (tmp_path / "t" / "report").exists()  # left for later, as asked
     assert len(list((tmp_path / "pretrained").iterdir())) == 1
     a, b = (pd.read_csv(tmp_path / name / "trials.csv") for name in ("t", "u"))
     assert a[a["stage"] == "pretrain"]["checkpoint"].tolist() == b[b["stage"] == "pretrain"]["checkpoint"].tolist()
@@ -274,7 +276,7 @@ def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         sweep = write_sweep(tmp_path / "s.yaml")
-        proc = run_cli(str(sweep), "--address", cluster.address, "--results", str(tmp_path))
+        proc = run_cli(str(sweep), "--address", cluster.address, "--no-report", "--results", str(tmp_path))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         df = check_table(tmp_path / "t", trials=2)
         assert len(df[df["stage"] == "pretrain"]) == 1
@@ -448,7 +450,7 @@ def test_resume_refuses_a_damaged_tune_state_and_a_damaged_or_locked_study_and_c
     import sqlite3
 
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1})
-    assert run_cli(str(sweep), "--results", str(tmp_path)).returncode == 0
+    assert run_cli(str(sweep), "--no-report", "--results", str(tmp_path)).returncode == 0
     experiment = tmp_path / "t"
     (state,) = sorted(experiment.glob("experiment_state-*.json"))[-1:]
     study = experiment / "optuna.db"
@@ -464,7 +466,7 @@ def test_resume_refuses_a_damaged_tune_state_and_a_damaged_or_locked_study_and_c
     for name, (path, damage, names) in cases.items():
         path.write_bytes(damage)
         before = snapshot()
-        proc = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+        proc = run_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path))
         assert proc.returncode == 2 and names in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
         refused += 1
         unchanged += snapshot() == before
@@ -473,7 +475,7 @@ def test_resume_refuses_a_damaged_tune_state_and_a_damaged_or_locked_study_and_c
     holder = sqlite3.connect(study, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another process's write lock
     try:
-        proc = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+        proc = run_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path))
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -481,7 +483,7 @@ def test_resume_refuses_a_damaged_tune_state_and_a_damaged_or_locked_study_and_c
     refused += 1
     unchanged += snapshot() == before
     assert refused == unchanged == len(cases) + 1
-    again = run_cli(str(sweep), "--resume", "--results", str(tmp_path))
+    again = run_cli(str(sweep), "--resume", "--no-report", "--results", str(tmp_path))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     record("--resume over a truncated or empty Tune state, a damaged study, a study locked by another process",
            cases=len(cases) + 1, refused_naming_the_file=refused, folders_left_unchanged=unchanged,

@@ -244,6 +244,17 @@ def s3_outage(s3_server):
         outage.close()
 
 
+@pytest.fixture(scope="session")
+def quickstart_smoke(tmp_path_factory: pytest.TempPathFactory):
+    """The quickstart sweep's smoke test (2 trials x 2 evaluations, a base model, the report at its end), run once
+    through the real command: (the finished process, its results root). The smoke test of the shipped sweeps and
+    the analysis tests share it; they only read it."""
+    from tests.test_trainable import run_cli
+
+    root = tmp_path_factory.mktemp("quickstart")
+    return run_cli("sweeps/quickstart.yaml", "--smoke-test", "--results", str(root)), root
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     import socket

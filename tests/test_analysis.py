@@ -17,15 +17,13 @@ from analysis import charts
 from analysis.load import ResultsError, load_sweep, load_sweeps, trial_gates, trial_history
 from analysis.pareto import pareto_front
 from analysis.report import main as report_main
-from tests.test_trainable import run_cli
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sweep_dir(quickstart_smoke) -> Path:
     """The quickstart sweep's smoke test (2 trials x 2 evaluations, a base model), run through the real command.
     It writes the report at its end, as every sweep does."""
-    root = tmp_path_factory.mktemp("sweep")
-    proc = run_cli("sweeps/quickstart.yaml", "--smoke-test", "--results", str(root))
+    proc, root = quickstart_smoke
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "report: " in proc.stdout
     return root / "quickstart-smoke"

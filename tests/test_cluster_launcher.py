@@ -167,13 +167,14 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
 
         start = time.perf_counter()
         job = _run([ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
-                    "--", "python", "trainable.py", "sweeps/quickstart.yaml", "--smoke-test", "--results",
-                    s3_server.uri("e2e-job")], launcher, REPO, timeout=900)
+                    "--", "python", "trainable.py", "sweeps/quickstart.yaml", "--smoke-test", "--no-report", "--set",
+                    "name=job", "--results", results], launcher, REPO, timeout=900)
         timings["ray_job_submit_s"] = time.perf_counter() - start
         job_out = job.stdout + job.stderr
         assert job.returncode == 0 and "succeeded" in job_out, job_out[-5000:]
         assert f"joined the Ray cluster at 127.0.0.1:{gcs}" in job_out and "3 nodes, 2 CPUs" in job_out
-        job_df = pd.read_csv(download(s3_server.uri("e2e-job", "quickstart-smoke", "trials.csv"), root / "job.csv"))
+        assert "found, reusing" in job_out  # the base model the first submission trained, from the bucket
+        job_df = pd.read_csv(download(results + "/job-smoke/trials.csv", root / "job.csv"))
         assert int((job_df[job_df["stage"] == "prune"]["status"] == "completed").sum()) == 2
         stored = s3_server.keys("e2e")
     finally:

@@ -104,10 +104,13 @@ def check_table(experiment: Path, trials: int, evaluations: int = 2) -> pd.DataF
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
-def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path):
+def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path, request: pytest.FixtureRequest):
     if path.stem in NEEDS_DATA and not NEEDS_DATA[path.stem].is_dir():
         pytest.skip(f"{path.stem} needs the corpus in {NEEDS_DATA[path.stem]} (absent here)")
-    proc = run_cli(str(path), "--smoke-test", "--results", str(tmp_path))
+    if path.stem == "quickstart":  # the run the analysis tests read
+        proc, tmp_path = request.getfixturevalue("quickstart_smoke")
+    else:
+        proc = run_cli(str(path), "--smoke-test", "--results", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Pareto-optimal trials" in proc.stdout
     # a clean first run: W&B (offline) closed in every worker, no traceback anywhere in a successful sweep

@@ -43,6 +43,32 @@ def test_ray_paths_get_their_scheme_back():
     assert uri_of(pyarrow.fs.S3FileSystem(region="us-east-1"), "bucket/r/t") == "s3://bucket/r/t"
 
 
+def test_every_uri_filesystem_retries_for_the_patience_asked_and_keeps_it_when_pickled(monkeypatch):
+    import datetime
+
+    import pyarrow.fs
+
+    from sweeps import storage
+
+    gcs = storage.patient(pyarrow.fs.GcsFileSystem(anonymous=True), 42)
+    assert pickle.loads(pickle.dumps(gcs)).__reduce__()[1][0]["retry_time_limit"] == datetime.timedelta(seconds=42)
+    s3 = storage.patient(pyarrow.fs.S3FileSystem(region="us-east-1", endpoint_override="http://127.0.0.1:1"), 42)
+    assert isinstance(pickle.loads(pickle.dumps(s3)), storage.PatientS3FileSystem) and s3.patience == 42
+    local = pyarrow.fs.LocalFileSystem()
+    assert storage.patient(local, 42) is local
+    # the doubling delays add up to at least the patience, and one retry fewer would not
+    for patience in (0.0, 1.0, 20.0, 600.0):
+        n = storage.s3_retries(patience)
+        assert storage.FIRST_RETRY_S * (2 ** n - 1) >= patience and (n == 0 or storage.FIRST_RETRY_S * (
+            2 ** (n - 1) - 1) < patience)
+    monkeypatch.delenv(storage.RETRY_ENV, raising=False)
+    assert storage.storage_patience() == storage.DEFAULT_PATIENCE_S
+    for bad in ("-1", "inf", "nan", "ten"):
+        monkeypatch.setenv(storage.RETRY_ENV, bad)
+        with pytest.raises(StorageError, match=storage.RETRY_ENV):
+            storage.storage_patience()
+
+
 def test_upload_and_download_round_trip_and_leave_out_what_is_skipped(s3_server, tmp_path: Path):
     src = tmp_path / "src"
     (src / "checkpoint_000001").mkdir(parents=True)

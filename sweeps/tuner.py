@@ -125,12 +125,35 @@ def make_searcher(sweep: Sweep):
                 self._storage.save_snapshot(checkpoint_dir)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id not in self._ot_trials and trial_id not in self._completed_trials:
+                self._tell_unknown(trial_id, result, error)
+                return
             if result and result.get(WANDB_RUN) and trial_id in self._ot_trials:
                 self._ot_trials[trial_id].set_user_attr(WANDB_RUN_ATTR, result[WANDB_RUN])
             values = [(result or {}).get(m) for m in self.metric] if isinstance(self.metric, list) else []
             if result and any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
                 result, error = None, True
             super().on_trial_complete(trial_id, result, error)
+
+        def _tell_unknown(self, trial_id: str, result: dict | None, error: bool) -> None:
+            """A trial that Tune restored but this searcher's restored state does not know (the two states were
+            saved apart): recorded in the study from its own config and result, instead of failing the sweep on
+            every resume (OptunaSearch looks the trial up and raises KeyError)."""
+            result = result or {}
+            config = result.get("config") or {k.removeprefix("config/"): v for k, v in result.items()
+                                              if k.startswith("config/")}
+            space = self._space if isinstance(self._space, dict) else {}
+            params = {k: config[k] for k in space if k in config}
+            values = [result.get(m) for m in self.metric] if isinstance(self.metric, list) else []
+            done = not error and values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            state = optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.FAIL
+            attrs = {RAY_TRIAL_ATTR: trial_id, **({WANDB_RUN_ATTR: result[WANDB_RUN]} if result.get(WANDB_RUN) else {})}
+            self._ot_study.add_trial(optuna.trial.create_trial(
+                params=params, distributions={k: space[k] for k in params}, values=values if done else None,
+                state=state, user_attrs=attrs))
+            self._completed_trials.add(trial_id)
+            print(f"trial {trial_id}: unknown to the restored Optuna searcher; recorded in the study as "
+                  f"{state.name} from its result", flush=True)
 
     s = sweep.search
     tpe = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}

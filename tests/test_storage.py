@@ -308,7 +308,7 @@ def test_a_sweep_rides_out_the_s3_server_going_away_mid_sweep(s3_server, s3_outa
     """The S3 server goes away for 20 s while a trial is reporting (every open connection cut, every new one
     reset) and comes back: the sweep finishes by itself, no trial errors, every evaluation is in the storage
     exactly once, the study and the trials table are complete."""
-    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 3, "max_concurrent": 1, "seed": 0},
+    sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 2, "max_concurrent": 1, "seed": 0},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 200, "train.eval_every": 50}})
     results = s3_server.uri("outage")
     cmd, env = _driver([str(sweep), "--no-report", "--results", results], tmp_path / "work", tmp_path, s3_outage.env)
@@ -338,9 +338,9 @@ def test_a_sweep_rides_out_the_s3_server_going_away_mid_sweep(s3_server, s3_outa
 
     df = pd.read_csv(download(results + "/t/trials.csv", tmp_path / "trials.csv"))
     prune = df[df["stage"] == "prune"]
-    assert len(prune) == 3 and (prune["status"] == "completed").all(), prune[["trial_id", "status", "error"]]
+    assert len(prune) == 2 and (prune["status"] == "completed").all(), prune[["trial_id", "status", "error"]]
     trial_names = sorted({k.split("/")[2] for k in keys if k.startswith("outage/t/prune_trainable_")})
-    assert len(trial_names) == 3, trial_names
+    assert len(trial_names) == 2, trial_names
     expected, found = [50, 100, 150, 200], {}
     for name in trial_names:
         found[name] = list(pd.read_csv(download(f"{results}/t/{name}/progress.csv", tmp_path / name / "p.csv"))[M.STEP])
@@ -349,7 +349,7 @@ def test_a_sweep_rides_out_the_s3_server_going_away_mid_sweep(s3_server, s3_outa
     assert lost == 0 and doubled == 0 and all(steps == expected for steps in found.values()), found
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{download(results + '/t/optuna.db', tmp_path / 'o.db')}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 3, [t.state for t in study.trials]
+    assert len(complete) == 2, [t.state for t in study.trials]
     record("S3 server gone for 20 s mid-sweep (open connections cut, new ones reset), then back",
            outage_s=outage_s, connections_reset=met, trials=len(prune),
            trials_completed=int((prune["status"] == "completed").sum()), trials_errored=int(

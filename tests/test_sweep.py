@@ -436,3 +436,28 @@ def test_the_shipped_multi30k_sweep_trains_every_method_equally_and_scores_the_t
     assert sweep.scratch_config({"enc_self": [1, 1, 1]}).train.max_steps == sweep.base_config().train.max_steps
     assert sweep.schema.test.enabled and sweep.schema.test.beam_size == 5
     assert set(sweep.methods) == {"gates", "gates_budget", "importance", "iterative", "random", "scratch"}
+
+
+def test_a_trial_the_restored_searcher_does_not_know_is_recorded_not_a_crash(tmp_path: Path):
+    """Tune can restore a trial that the searcher's restored state never suggested (the two states saved apart);
+    its completion is recorded in the study from its config and result (OptunaSearch alone raises KeyError,
+    which stopped every resume of such a sweep), and the known trials are told as before."""
+    import optuna
+
+    from sweeps.tuner import make_searcher, tune_space
+
+    sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", storage=str(tmp_path))
+    searcher = make_searcher(sweep)
+    searcher.set_search_properties(None, None, tune_space(sweep))
+    known = searcher.suggest("known")
+    searcher.on_trial_complete("known", {"bleu": 20.0, "open_heads": 10, "config": known})
+    config = {"gates.penalty": 0.05, "train.lr": 1.0e-3, "data.max_tokens": 2048}
+    searcher.on_trial_complete("ghost", {"bleu": 25.0, "open_heads": 6, "wandb_run": "w/g",
+                                         **{f"config/{k}": v for k, v in config.items()}})
+    searcher.on_trial_complete("ghost-failed", None, error=True)
+    searcher.on_trial_complete("ghost", {"bleu": 1.0, "open_heads": 1})  # told twice: the first one stands
+    trials = {t.user_attrs["ray_trial_id"]: t for t in searcher._ot_study.trials}
+    assert set(trials) == {"known", "ghost", "ghost-failed"}
+    assert trials["known"].values == [20.0, 10] and trials["ghost"].values == [25.0, 6]
+    assert trials["ghost"].params == config and trials["ghost"].user_attrs["wandb_run"] == "w/g"
+    assert trials["ghost-failed"].state == optuna.trial.TrialState.FAIL

@@ -67,12 +67,13 @@ FOOTER = """
   evaluation is in the results once (evaluations redone = 0 is counted, per trial); that the resumed training is
   the same training is checked against the same sweep run unbroken (the killed-worker row: the final loss, BLEU,
   chrF, NLL, open heads and L0 equal bit for bit).
-- **A resume could stop on a trial the Optuna searcher did not know.** Once, in a driver killed right after
-  Tune saved a finished trial, the restored Tune state held a trial that the restored searcher had never
-  suggested; when it finished, OptunaSearch raised `KeyError` and the driver stopped, on that resume and on every
-  later one. Such a trial is now recorded in the study from its own config and result
-  (`tests/test_sweep.py::test_a_trial_the_restored_searcher_does_not_know_is_recorded_not_a_crash` feeds that
-  case directly; the sweep-level kill did not bring it back in four further runs).
+- **A resume could stop for good on a trial the Optuna searcher did not know.** Tune copies its experiment
+  state, the search wrappers' state and the Optuna searcher's pickle to the results folder one file after another;
+  a driver killed in between (the interrupted-driver test met it once, killing right after a state save) leaves a
+  state that names a trial the saved searcher never suggested. When that trial finished, OptunaSearch raised
+  `KeyError` and the driver stopped, on that resume and on every later one. The trial is now told to the study
+  (its RUNNING record, written live, or a new one from its config and result); the row above that puts an older
+  searcher pickle back fails with the `KeyError` without this.
 - **A storage outage failed trials within seconds.** With `s3://` results, a trial's `tune.report` reaches the
   storage at once (Ray checks the trial folder, then uploads the checkpoint), and pyarrow's S3 filesystem gives
   up after three quick attempts; Ray also pickles that filesystem to the trials without its retry settings. Every

@@ -136,21 +136,31 @@ def make_searcher(sweep: Sweep):
             super().on_trial_complete(trial_id, result, error)
 
         def _tell_unknown(self, trial_id: str, result: dict | None, error: bool) -> None:
-            """A trial that Tune restored but this searcher's restored state does not know (the two states were
-            saved apart): recorded in the study from its own config and result, instead of failing the sweep on
-            every resume (OptunaSearch looks the trial up and raises KeyError)."""
+            """A trial that Tune restored but this searcher's restored state does not know: Tune copies its
+            experiment state, the search wrappers' state and this searcher's pickle to the storage one file after
+            another, and a driver killed in between leaves them apart. OptunaSearch would raise KeyError (and stop
+            every resume of the sweep); the trial is told to the study instead: its own RUNNING record when the
+            study has one (Optuna's storage is written live), else a new record from its config and result."""
             result = result or {}
-            config = result.get("config") or {k.removeprefix("config/"): v for k, v in result.items()
-                                              if k.startswith("config/")}
-            space = self._space if isinstance(self._space, dict) else {}
-            params = {k: config[k] for k in space if k in config}
             values = [result.get(m) for m in self.metric] if isinstance(self.metric, list) else []
             done = not error and values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
             state = optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.FAIL
             attrs = {RAY_TRIAL_ATTR: trial_id, **({WANDB_RUN_ATTR: result[WANDB_RUN]} if result.get(WANDB_RUN) else {})}
-            self._ot_study.add_trial(optuna.trial.create_trial(
-                params=params, distributions={k: space[k] for k in params}, values=values if done else None,
-                state=state, user_attrs=attrs))
+            running = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                       if t.user_attrs.get(RAY_TRIAL_ATTR) == trial_id]
+            if running:
+                trial = optuna.trial.Trial(self._ot_study, running[0]._trial_id)
+                for key, value in attrs.items():
+                    trial.set_user_attr(key, value)
+                self._ot_study.tell(trial, values if done else None, state=state)
+            else:
+                config = result.get("config") or {k.removeprefix("config/"): v for k, v in result.items()
+                                                  if k.startswith("config/")}
+                space = self._space if isinstance(self._space, dict) else {}
+                params = {k: config[k] for k in space if k in config}
+                self._ot_study.add_trial(optuna.trial.create_trial(
+                    params=params, distributions={k: space[k] for k in params}, values=values if done else None,
+                    state=state, user_attrs=attrs))
             self._completed_trials.add(trial_id)
             print(f"trial {trial_id}: unknown to the restored Optuna searcher; recorded in the study as "
                   f"{state.name} from its result", flush=True)

@@ -461,3 +461,21 @@ def test_a_trial_the_restored_searcher_does_not_know_is_recorded_not_a_crash(tmp
     assert trials["known"].values == [20.0, 10] and trials["ghost"].values == [25.0, 6]
     assert trials["ghost"].params == config and trials["ghost"].user_attrs["wandb_run"] == "w/g"
     assert trials["ghost-failed"].state == optuna.trial.TrialState.FAIL
+
+
+def test_an_unknown_trial_that_the_study_holds_as_running_is_told_on_that_record(tmp_path: Path):
+    """Optuna's study is written live, so a trial the restored searcher lost is usually still there, RUNNING,
+    with its Ray trial id: that record is the one told (no second record of the same trial)."""
+    import optuna
+
+    from sweeps.tuner import make_searcher, tune_space
+
+    sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", storage=str(tmp_path))
+    searcher = make_searcher(sweep)
+    searcher.set_search_properties(None, None, tune_space(sweep))
+    config = searcher.suggest("lost")  # in the study, RUNNING ...
+    searcher._ot_trials.pop("lost")  # ... and not in the searcher's own records, as after a restore that lost it
+    searcher.on_trial_complete("lost", {"bleu": 30.0, "open_heads": 4, "config": config})
+    records = [t for t in searcher._ot_study.trials if t.user_attrs.get("ray_trial_id") == "lost"]
+    assert len(records) == 1 and records[0].state == optuna.trial.TrialState.COMPLETE
+    assert records[0].values == [30.0, 4] and records[0].params == config

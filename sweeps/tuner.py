@@ -484,8 +484,6 @@ def _check_resume(sweep: Sweep, resume: bool) -> None:
     """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep.
 
     A sweep exists once one of its base models or method folders does (it may have stopped during pretraining)."""
-    from ray import tune
-
     folders = [join_storage(sweep.storage, run.name) for run in sweep.method_runs()]
     started = any(_can_restore(folder) for folder in folders)
     if started and not resume:

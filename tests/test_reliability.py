@@ -340,29 +340,41 @@ def test_a_resume_whose_searcher_state_is_older_than_tunes_finishes_every_trial(
     """Tune copies its experiment state, the search wrappers' state and the Optuna searcher's pickle to the results
     folder one file after another; a driver killed in between leaves a state naming a trial that the saved
     searcher never suggested (the interrupted-driver test met it once: OptunaSearch's KeyError then stopped every
-    resume). Made here on purpose: the searcher's pickle from when Tune's saved state named one trial is put back
-    after the driver is killed with two named. --resume finishes every trial, and the study holds each once."""
-    sweep = write_sweep(tmp_path / "s.yaml", prune=LONG_PRUNE, search={"num_samples": 3, "max_concurrent": 1, "seed": 0})
+    resume). Made here on purpose: the searcher's pickle read before Tune's saved state named an unfinished trial
+    is put back after the driver is killed. --resume finishes every trial, and the study holds each once."""
+    # trials of ~10 s, longer than Tune's state period, so that a new trial is saved while it runs
+    recipe = {"set": {"gates.mode": "learned", "train.max_steps": 600, "train.eval_every": 200}}
+    sweep = write_sweep(tmp_path / "s.yaml", prune=recipe, search={"num_samples": 3, "max_concurrent": 1, "seed": 0})
     experiment, marker = tmp_path / "t", str(tmp_path)
     env = {"HEADSWEEP_TEST_RUN": marker}
 
-    def named() -> set[str]:  # the trials Tune's saved state names
+    def named() -> dict[str, str]:  # trial -> status, as Tune's saved state has them
         if not (experiment / "tuner.pkl").exists():
-            return set()
+            return {}
         try:
-            return {t.trial_id for t in ExperimentAnalysis(str(experiment)).trials}
+            return {t.trial_id: t.status for t in ExperimentAnalysis(str(experiment)).trials}
         except Exception:  # the state is being written: ask again
-            return set()
+            return {}
 
     proc = start_cli(str(sweep), "--no-report", "--results", str(tmp_path), env=env)
     old: dict[Path, bytes] = {}
+    known: set[str] = set()  # the trials Tune's state named when `old` was read
 
-    def capture() -> bool:
-        if len(named()) == 1:
-            old.update({p: p.read_bytes() for p in experiment.glob("searcher-state-*.pkl")})
-        return bool(old) and len(named()) == 2
+    def ahead() -> bool:
+        """Tune's state names an unfinished trial it did not name when the searcher's pickle was read; else the
+        pickle is read again."""
+        trials = named()
+        if old and any(t not in known and status != "TERMINATED" for t, status in trials.items()):
+            return True
+        files = {p: p.read_bytes() for p in experiment.glob("searcher-state-*.pkl")}
+        if trials and files:
+            old.clear()
+            old.update(files)
+            known.clear()
+            known.update(trials)
+        return False
 
-    wait_for(proc, capture, "Tune's saved state naming a second trial")
+    wait_for(proc, ahead, "Tune's saved state naming an unfinished trial the saved searcher may not know")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     kill_all(marker)

@@ -157,7 +157,6 @@ class Outage:
         self.closed = threading.Event()
         self.lock = threading.Lock()
         self.open: set[Any] = set()
-        self.relayed = 0  # connections passed through to the server
         self.reset = 0  # connections that met the outage (cut while open, or reset on arrival)
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -193,7 +192,6 @@ class Outage:
             upstream.settimeout(None)
             with self.lock:
                 self.open.update((client, upstream))
-                self.relayed += 1
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 

@@ -15,7 +15,9 @@ LOCK_TIMEOUT_S = 3600.0  # a download of the largest corpus on a slow link fits 
 # process at that point of atomic_write for a file whose name matches, after announcing it in the file named by
 # HEADSWEEP_FAULT_LOG, so that a test's kill lands exactly there. Points: "partial" (half the temporary file
 # written and flushed), "before-rename" (the temporary file complete and synced, not yet renamed), "commit" (a
-# finished trial's row written into the Optuna study's SQLite file, not yet committed: sweeps.study). Unset: no-op.
+# finished trial's row written into the Optuna study's SQLite file, not yet committed: sweeps.study). With a log, a
+# fault lands once: a process that reaches the point after one was held there (a retried trial worker writing the
+# same checkpoint again) goes on. Unset: no-op.
 FAULT_POINTS = ("partial", "before-rename", "commit")
 
 
@@ -24,6 +26,7 @@ def fault_point(point: str, path: Path, detail: str = "") -> None:
     spec = os.environ.get("HEADSWEEP_FAULT_AT")
     if not spec:
         return
+    import fcntl
     import fnmatch
     import time
 
@@ -32,7 +35,12 @@ def fault_point(point: str, path: Path, detail: str = "") -> None:
         raise ValueError(f"HEADSWEEP_FAULT_AT={spec!r}: the point must be one of {', '.join(FAULT_POINTS)}")
     if where != point or not fnmatch.fnmatch(path.name, pattern or "*"):
         return
-    with open(os.environ.get("HEADSWEEP_FAULT_LOG", os.devnull), "a", encoding="utf-8") as log:
+    log_path = os.environ.get("HEADSWEEP_FAULT_LOG", os.devnull)
+    with open(log_path, "a+", encoding="utf-8") as log:
+        fcntl.flock(log, fcntl.LOCK_EX)  # two processes at the point at once: one is held, the other goes on
+        log.seek(0)
+        if log_path != os.devnull and any(line.split()[1:2] == [point] for line in log):
+            return  # this fault has landed already
         log.write(f"{os.getpid()} {point} {path} {detail}\n")
     while True:  # held until the test kills the process
         time.sleep(60)

@@ -281,3 +281,24 @@ def test_a_kill_held_inside_a_checkpoint_write_loses_only_that_write(tmp_path: P
            kills=len(log.read_text().splitlines()), landed_at_the_point=held_there,
            bytes_written_before_the_kill=written, checkpoints_loading_after=len([n for n in names if n.endswith(".pt")]),
            temp_files_after_resume=len([n for n in after if n.endswith(".tmp")]), resumed_equal_to_unbroken=int(same))
+
+
+def test_a_fault_with_a_log_lands_once_and_a_process_reaching_it_again_goes_on(tmp_path: Path):
+    """A retried trial worker writes the checkpoint it was killed writing again: the first process at the point
+    is held (and logged), a later one is not; a different point is a different fault."""
+    log = tmp_path / "fault.log"
+    env = {**os.environ, "HEADSWEEP_FAULT_AT": "partial:step_*.pt", "HEADSWEEP_FAULT_LOG": str(log)}
+    reach = ("import sys; from pathlib import Path; from model.files import atomic_write; "
+             "atomic_write(Path(sys.argv[1]), b'x' * 64)")
+    first = subprocess.Popen([sys.executable, "-c", reach, str(tmp_path / "step_00000002.pt")], cwd=REPO, env=env)
+    deadline = time.time() + 60
+    while not (log.exists() and log.read_text().strip()):
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    assert first.poll() is None  # held
+    again = subprocess.run([sys.executable, "-c", reach, str(tmp_path / "step_00000002.pt")], cwd=REPO, env=env,
+                           timeout=60, check=False)
+    first.kill()
+    first.wait(timeout=30)
+    assert again.returncode == 0 and (tmp_path / "step_00000002.pt").read_bytes() == b"x" * 64
+    assert [line.split()[:2] for line in log.read_text().splitlines()] == [[str(first.pid), "partial"]]

@@ -285,7 +285,7 @@ def test_a_kill_held_inside_a_checkpoint_write_loses_only_that_write(tmp_path: P
 
 def test_a_fault_with_a_log_lands_once_and_a_process_reaching_it_again_goes_on(tmp_path: Path):
     """A retried trial worker writes the checkpoint it was killed writing again: the first process at the point
-    is held (and logged), a later one is not; a different point is a different fault."""
+    is held (and logged), a later one is not."""
     log = tmp_path / "fault.log"
     env = {**os.environ, "HEADSWEEP_FAULT_AT": "partial:step_*.pt", "HEADSWEEP_FAULT_LOG": str(log)}
     reach = ("import sys; from pathlib import Path; from model.files import atomic_write; "

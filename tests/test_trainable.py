@@ -224,7 +224,8 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
     for key in (M.STEP, M.LOSS, M.BLEU, M.CHRF, M.VALID_NLL, M.OPEN_HEADS, M.L0):
         assert a[key] == b[key], (key, a[key], b[key])
     completed = int((df[df["stage"] == "prune"]["status"] == "completed").sum())
-    record("kill -9 of the trial's Ray worker process held writing its step-200 checkpoint", workers_killed=len(held), trials_lost=1 - completed,
+    record("kill -9 of the trial's Ray worker process held writing its step-200 checkpoint",
+           workers_killed=len(held), trials_lost=1 - completed,
            evaluations_redone=len(steps) - len(set(steps)), final_step=int(df[df["stage"] == "prune"][M.STEP].iloc[0]))
 
 

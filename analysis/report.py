@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from model import metrics as M
+from model.checkpoint import CheckpointError
 from model.cli import add_out, command_parser
 from model.files import atomic_write
 from sweeps.results import (
@@ -206,7 +207,11 @@ def _gates_section(page: Page, s: SweepResults, table: pd.DataFrame, out: Path) 
         samples = trial_samples(trial)
         if samples:
             page.table(pd.DataFrame(samples))
-            maps = attention_maps(checkpoint_file(trial[CHECKPOINT]), samples[0]["source"])
+            try:
+                maps = attention_maps(checkpoint_file(trial[CHECKPOINT]), samples[0]["source"])
+            except CheckpointError as exc:  # a sweep kept without its weights: the logs above are all there is
+                page.p(f"No attention maps: the trial's weights are not in this copy of the sweep ({exc}).")
+                continue
             figs = attention_chart(maps)
             page.p("Attention of the remaining heads on the first sample (rows: queries, columns: keys):")
             page.plot(figs[1])

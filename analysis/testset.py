@@ -6,7 +6,8 @@ What is scored: the base model; in each method folder, every completed trial of 
 importance, iterative, random: each (budget, seed) point) and of ``scratch``; of the Optuna gate trials, those on the
 Pareto front **chosen on the validation split**. The test split never chooses anything: it scores what validation
 chose. Each score is sacrebleu's (BLEU and chrF with their signatures), with beam search, and is kept with its
-translations in ``<method folder>/test/<trial id>.json``, so a second call scores only what is new.
+translations in ``<method folder>/test/<trial id>.json``, so a second call scores only what is new, also where the
+trials' weights are gone (a sweep kept without its checkpoints) or the folder has moved.
 
 The statistics:
 - per (method, budget): the mean test BLEU over seeds and its 95% t-interval (seeds are the method's own
@@ -103,6 +104,15 @@ def _fingerprint(values: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(values).encode()).hexdigest()[:16]
 
 
+def checkpoint_key(checkpoint: str) -> str:
+    """What a cached test score is keyed by: a trial's checkpoint folder by its last two parts (``<trial
+    folder>/checkpoint_<n>``), so that a sweep folder read from another place (a copy on another machine, a clone of
+    a repository that keeps a sweep's results without its weights, a bucket's local mirror) keeps its cached scores;
+    a base model given as a file, by its path."""
+    given = str(checkpoint).replace("\\", "/").rstrip("/")
+    return given if given.endswith(".pt") else "/".join(given.split("/")[-2:])
+
+
 def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: str = "test", device: str = "cpu",
               corpus_dir: str | None = None, log: Callable[[str], None] = print,
               max_sentences: int | None = None) -> dict[str, Any]:
@@ -116,7 +126,8 @@ def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: s
     if cache.exists():
         try:
             found = json.loads(cache.read_text(encoding="utf-8"))
-            if all(found.get(k) == v for k, v in settings.items()):
+            same = checkpoint_key(found.get("checkpoint", "")) == checkpoint_key(settings["checkpoint"])
+            if same and all(found.get(k) == v for k, v in settings.items() if k != "checkpoint"):
                 return found
         except (OSError, json.JSONDecodeError):
             pass  # a damaged cache file is scored again
@@ -212,6 +223,9 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
 # The comparison
 
 
+POINT_COLUMNS = [LABEL, "method", "point", "heads", "seeds", "test_bleu_mean", "ci95", "test_bleu_sd", "val_bleu_mean"]
+
+
 def point_table(scores: HeldOutScores) -> pd.DataFrame:
     """Mean test BLEU and its 95% interval per (method, budget) of the budget methods, and per layout of scratch."""
     df = scores.table
@@ -226,7 +240,7 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
                         "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
                         "test_bleu_sd": float(runs[TEST_BLEU].std(ddof=1)) if len(runs) > 1 else math.nan,
                         "val_bleu_mean": val_mean})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=POINT_COLUMNS)  # the columns also when no folder has points (gates alone)
 
 
 def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:

@@ -339,9 +339,11 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
 
 
 def _where_not_what(key: str) -> bool:
-    """A recorded sweep key that says where or how fast trials run (W&B, folders, threads) or how they are scored
-    afterwards (test.*), not what they learn."""
-    return key.startswith(("wandb.", "test.")) or key == "storage_shared" or any(
+    """A recorded sweep key that says where or how fast trials run (W&B, folders, threads, the CPUs and GPUs a trial
+    or a base model is given, the results root the folder was moved to) or how they are scored afterwards (test.*),
+    not what they learn."""
+    return key.startswith(("wandb.", "test.", "resources.", "pretrain.resources.")) or key in (
+        "storage", "storage_shared") or any(
         key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.") for k in RUN_LOCATION_KEYS)
 
 

@@ -136,6 +136,12 @@ def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on()
     scored = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2},
                                "test": {"enabled": True, "beam_size": 4}}))
     assert sweep_differences(_settings_of(gates, a), _settings_of(gates, scored)) == []  # scoring comes afterwards
+    moved = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2}, "resources": {"cpus": 4, "gpus": 0.5},
+                              "pretrain": {"resources": {"cpus": 8, "gpus": 1}}}, storage="/elsewhere/results"))
+    # a resume may move the sweep to other hardware or its folder to another place: not what its trials learn
+    assert a["resources"] != moved["resources"] and a["storage"] != moved["storage"]
+    assert sweep_differences(_settings_of(gates, a), _settings_of(gates, moved)) == []
+    assert sweep_differences(_settings_of(random, a), _settings_of(random, moved)) == []
     importance = MethodRun("importance", 0, "t-importance")
     assert sweep_differences(_settings_of(importance, a), _settings_of(importance, c)) == ["baselines.seeds: 2 -> 3"]
     iterative = MethodRun("iterative", 0, "t-iterative")

@@ -43,10 +43,14 @@ def data_dir(args: argparse.Namespace) -> str | None:
 
 
 def out_file(folder: str | Path, name: str) -> Path:
-    """``name`` inside the ``--out`` folder, which is created; refuses a path that is an existing file."""
+    """``name`` inside the ``--out`` folder, which is created; or, where ``--out`` is no folder and ends like
+    ``name`` (``--out base.pt`` for a checkpoint), that file. An existing file is never overwritten."""
     folder = Path(folder)
     if folder.is_file():
-        raise NotADirectoryError(f"--out {folder}: an existing file; --out names a folder (the command writes "
-                                 f"{name} into it)")
+        raise FileExistsError(f"--out {folder}: the file exists and is left as it is; name a folder (the command "
+                              f"writes {name} into it) or a new file")
+    if not folder.is_dir() and folder.suffix and folder.suffix == Path(name).suffix:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name

@@ -39,6 +39,11 @@ def test_average_and_evaluate_commands(run_dir, tmp_path, capsys):
     assert average_main(["--last", "3", str(run_dir), "--out", str(tmp_path)]) == 0  # --out: a folder
     out = tmp_path / "averaged.pt"
     assert out.is_file()
+    named = tmp_path / "new" / "base.pt"  # --out: a file of the kind the command writes
+    assert average_main(["--last", "1", str(run_dir), "--out", str(named)]) == 0 and named.is_file()
+    before = named.read_bytes()
+    assert average_main(["--last", "3", str(run_dir), "--out", str(named)]) == 2  # an existing file is kept
+    assert named.read_bytes() == before and "the file exists" in capsys.readouterr().err
     assert evaluate_main([str(out), "--split", "test", "--beam", "2", "--out", str(tmp_path / "eval")]) == 0
     report = tmp_path / "eval" / "evaluation-test.json"
     printed = capsys.readouterr().out

@@ -336,7 +336,7 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
     root = tmp_path / "r"
     gates = check_table(root / "t", trials=2)
     # the finished gate folder kept without its weights (as a repository keeps a sweep's record): the resume below
-    # reruns none of its trials and takes their test scores from the cache, whatever path the folder was read from
+    # reruns none of its trials and takes their test scores from the cache
     weights = sorted((root / "t").rglob("step_*.pt"))
     assert weights and sorted((root / "t" / "test").glob("*.json"))
     for path in weights:

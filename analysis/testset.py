@@ -16,7 +16,9 @@ The statistics:
   their seed-mean test BLEU, its 95% interval and p-value from a paired bootstrap over the test sentences
   (sacrebleu's resampling and statistics; each resample also redraws each method's seeds, so the interval carries
   the seed spread as well as the test set's). With one seed per method this is exactly sacrebleu's paired
-  bootstrap test. A method "beats" another only where the interval excludes 0.
+  bootstrap test. A method "beats" another only where the interval excludes 0;
+- Table 2 (Voita et al. 2019): each layout ``scratch`` trained from random initialisation against the same layout
+  pruned from the trained model (the gate front trial with it; the base model for the full layout), the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from model.cli import add_data_dir, command_parser, data_dir
 from model.config import EvalConfig
 from model.corpora import CorpusError
 from model.files import atomic_write
+from sweeps.baselines import layout_name
 from sweeps.results import (
     BUDGET,
     CHECKPOINT,
@@ -168,6 +171,44 @@ def _heads_of(path: str, metric: str) -> int:
                for kind in kinds for layer in range(cfg.layers(kind)))
 
 
+def gated_kinds(s: SweepResults) -> list[str]:
+    """The attention types the sweep's gates prune (its prune.set's gates.attention; the config's default)."""
+    kinds = ((s.config.get("prune") or {}).get("set") or {}).get("gates.attention")
+    if kinds is None:
+        from model.config import GateConfig
+
+        kinds = GateConfig().attention
+    return [kinds] if isinstance(kinds, str) else list(kinds)
+
+
+def row_layout(row: pd.Series, kinds: Sequence[str]) -> str | None:
+    """The layout name (``enc_self=4,0,2``, as scratch's layouts) of a trials-table row's per-layer open-head
+    columns; None where a column is missing."""
+    heads = {}
+    for kind in kinds:
+        counts, layer = [], 0
+        while (key := M.open_heads_layer_key(kind, layer)) in row.index:
+            if pd.isna(row[key]):
+                return None
+            counts.append(int(row[key]))
+            layer += 1
+        if not counts:
+            return None
+        heads[kind] = counts
+    return layout_name(heads) if heads else None
+
+
+def _checkpoint_layout(path: str, kinds: Sequence[str]) -> str | None:
+    """The layout of a plain checkpoint (a base given as a file): its config's heads per layer."""
+    from model.checkpoint import checkpoint_config, load_checkpoint
+
+    try:
+        m = checkpoint_config(load_checkpoint(path)).model
+    except CheckpointError:
+        return None
+    return layout_name({k: list((m.heads or {}).get(k) or [m.n_heads] * m.layers(k)) for k in kinds})
+
+
 def _heads_metric(s: SweepResults) -> str:
     return next((o for o in s.objectives if o.startswith(M.OPEN_HEADS)), M.OPEN_HEADS)
 
@@ -179,6 +220,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
     ``test_scores.csv`` into each folder (uploaded beside a sweep in remote storage)."""
     gates = load_sweep(gates_folder)
     heads = _heads_metric(gates)
+    kinds = gated_kinds(gates)
     rows, stats = [], {}
     refs_seen: set[str] = set()
     for index, (method, label, folder) in enumerate(method_folders(gates)):
@@ -199,12 +241,16 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
             count = row.get(heads)
             if is_base and (count is None or pd.isna(count)):  # a base given as a file: its config says
                 count = _heads_of(str(row[CHECKPOINT]), heads)
+            layout = row.get(PARAM_PREFIX + LAYOUT)
+            if method == "gates" or is_base:  # what scratch's Table 2 matches its layouts against
+                layout = row_layout(row, kinds) or (_checkpoint_layout(str(row[CHECKPOINT]), kinds) if is_base
+                                                    else None)
             entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
                      TRIAL_ID: str(row[TRIAL_ID]), "heads": count, "budget": row.get(BUDGET_COLUMN),
                      "seed": row.get(SEED_COLUMN), "chosen_on": "" if is_base else chosen_on,
                      M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"], TEST_CHRF: found["chrf"],
                      TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
-                     "layout": row.get(PARAM_PREFIX + LAYOUT)}
+                     "layout": layout}
             folder_rows.append(entry)
             stats[(entry[LABEL], entry[TRIAL_ID])] = sentence_stats(found["hypotheses"], found["references"])
         rows += folder_rows
@@ -265,6 +311,43 @@ def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def table_two(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
+    """Voita et al.'s Table 2: each layout scratch trained (from random initialisation, as long as the base model)
+    against the same layout pruned from the trained model: the gate front trial with that layout (the best on
+    validation if several), or for the full layout the trained base model itself. Paired bootstrap over test
+    sentences, the scratch seeds redrawn in each resample."""
+    df = scores.table
+    scratch = df[df["method"] == "scratch"]
+    if scratch.empty:
+        return pd.DataFrame()
+    pruned = df[df["method"].isin(["base", "gates"])]
+    out = []
+    for (label, layout), runs in scratch.groupby([LABEL, "layout"], sort=False):
+        match = pruned[pruned["layout"] == layout]
+        base = match[match["method"] == "base"]
+        if base.empty and not match.empty:
+            match = match.loc[[match[M.BLEU].astype(float).idxmax()]]  # chosen on validation
+        else:
+            match = base
+        mean, half = t_interval(runs[TEST_BLEU].tolist())
+        row = {"layout": layout, "heads": float(runs["heads"].mean()),
+               "pruned from trained": "" if match.empty else
+               ("base model" if match["method"].iloc[0] == "base" else f"gates {match[TRIAL_ID].iloc[0]}"),
+               "BLEU pruned": float(match[TEST_BLEU].iloc[0]) if not match.empty else math.nan,
+               "scratch seeds": len(runs), "BLEU scratch": mean, "scratch ci95": half}
+        if not match.empty:
+            m = match.iloc[0]
+            c = paired_bootstrap([scores.stats[(m[LABEL], m[TRIAL_ID])]],
+                                 [scores.stats[(label, t)] for t in runs.sort_values("seed")[TRIAL_ID]], samples)
+            row.update({"pruned - scratch": c.difference, "95% low": c.low, "95% high": c.high, "p": c.p_value,
+                        "verdict": {"A better": "pruned better", "B better": "scratch better"}.get(c.verdict,
+                                                                                                  c.verdict)})
+        else:
+            row["verdict"] = "no pruned model with this layout"
+        out.append(row)
+    return pd.DataFrame(out).sort_values("heads", kind="stable").reset_index(drop=True)
+
+
 def settled_steps(s: SweepResults, heads: str) -> pd.DataFrame:
     """Per completed gate trial: the first evaluation step from which its head count no longer changed, and the
     run's last step (how long fine-tuning needs before lambda, not the step count, decides the heads)."""
@@ -305,12 +388,19 @@ def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0
         candidates.append((lab, g["heads"], g["test_bleu_mean"], g["test_bleu_mean"] - g["ci95"]))
     for lab, heads, bleu, low in candidates:
         ok = bleu >= line
-        fewest = float(heads[ok].min()) if ok.any() else math.nan
+        if not ok.any():  # nothing within tolerance: say so, with the best the method reached
+            best = bleu.idxmax()
+            rows.append({LABEL: lab, "fewest heads within tolerance": "none", "test BLEU there": math.nan,
+                         "best test BLEU (heads)": f"{bleu[best]:.2f} ({heads[best]:g})", "target": "missed"})
+            continue
+        fewest = float(heads[ok].min())
         at = ok & (heads == fewest)
-        robust = bool((low[at] >= line).any()) if ok.any() else False
-        met = ok.any() and fewest <= limit
-        rows.append({LABEL: lab, "fewest heads within tolerance": fewest,
-                     "target": ("met (interval)" if robust else "met (mean)") if met else "missed"})
+        robust = bool((low[at] >= line).any())
+        best = bleu.idxmax()
+        rows.append({LABEL: lab, "fewest heads within tolerance": f"{fewest:g}",
+                     "test BLEU there": float(bleu[at].max()),
+                     "best test BLEU (heads)": f"{bleu[best]:.2f} ({heads[best]:g})",
+                     "target": ("met (interval)" if robust else "met (mean)") if fewest <= limit else "missed"})
     return pd.DataFrame(rows), base_bleu
 
 
@@ -366,12 +456,14 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     pairs = comparisons(scores, samples)
     targets, base_bleu = target_table(scores, points, removed, tolerance)
     settled = settled_steps(gates, scores.heads)
+    table2 = table_two(scores, samples)
     figs = comparison_chart(scores, points, base_bleu, tolerance)
     charts.save(figs, out, "comparison")
     signature = "; ".join(sorted(set(scores.table[TEST_SIGNATURE].dropna())))
     scores.table.to_csv(out / "test_scores.csv", index=False)
     points.to_csv(out / "test_points.csv", index=False)
     pairs.to_csv(out / "test_comparisons.csv", index=False)
+    table2.to_csv(out / "test_table2.csv", index=False)
     lines = [f"# Test-set comparison: {gates.label}", "",
              f"Chosen on the validation split (the sweep's objectives); scored on the test split ({signature}). "
              f"Intervals: 95%, t over seeds per point; paired bootstrap over test sentences ({samples} resamples, "
@@ -389,6 +481,18 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
                      f"(95% interval {r['95% low']:.2f} to {r['95% high']:.2f}, p = {r['p']:.3f}).")
     if not pairs.empty and resolved.empty:
         lines.append("- No difference between methods is resolved at any budget: every interval includes 0.")
+    if not table2.empty:
+        title = "## Pruned from the trained model against the same layout trained from scratch (Voita et al., Table 2)"
+        lines += ["", title, "", _markdown(table2), ""]
+        for _, r in table2[table2["verdict"].isin(["pruned better", "scratch better"])].iterrows():
+            pruned_won = r["verdict"] == "pruned better"
+            better, worse = ("pruned", "from scratch") if pruned_won else ("from scratch", "pruned")
+            lines.append(f"- Layout {r['layout']} ({r['heads']:g} heads): {better} beats {worse} by "
+                         f"{abs(r['pruned - scratch']):.2f} BLEU (95% interval {r['95% low']:.2f} to "
+                         f"{r['95% high']:.2f}, p = {r['p']:.3f}).")
+        if not table2["verdict"].isin(["pruned better", "scratch better"]).any():
+            lines.append("- No layout's difference between pruned and from scratch is resolved: every interval "
+                         "includes 0.")
     if not settled.empty:
         lines += ["", "## When the gate trials' head counts stopped moving", "",
                   f"Median over {len(settled)} gate trials: step {settled['settled_step'].median():.0f} of "
@@ -401,7 +505,9 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     page.p(lines[2])
     page.plot(figs[1])
     for title, df in (("Target", targets), ("Mean test BLEU per point", points),
-                      ("Methods compared at equal budgets", pairs), ("Head counts settled", settled),
+                      ("Methods compared at equal budgets", pairs),
+                      ("Pruned against the same layout from scratch (Table 2)", table2),
+                      ("Head counts settled", settled),
                       ("Every scored trial", scores.table)):
         if not df.empty:
             page.h(title)

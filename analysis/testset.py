@@ -464,10 +464,12 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     points.to_csv(out / "test_points.csv", index=False)
     pairs.to_csv(out / "test_comparisons.csv", index=False)
     table2.to_csv(out / "test_table2.csv", index=False)
-    lines = [f"# Test-set comparison: {gates.label}", "",
+    lines = [f"# Test-set comparison: {gates.config.get('name') or gates.label}", "",
              f"Chosen on the validation split (the sweep's objectives); scored on the test split ({signature}). "
              f"Intervals: 95%, t over seeds per point; paired bootstrap over test sentences ({samples} resamples, "
-             f"seeds redrawn) per comparison.", ""]
+             f"seeds redrawn) per comparison.", "",
+             "![Test BLEU against heads kept, mean and 95% interval over seeds per method](comparison.png) "
+             "([interactive](comparison.html))", ""]
     if math.isfinite(base_bleu):
         lines += [f"Base model: test BLEU {base_bleu:.2f}. Target: at least {removed:.0%} of the heads removed "
                   f"within {tolerance} BLEU of it (test BLEU >= {base_bleu - tolerance:.2f}).", "",

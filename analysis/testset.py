@@ -199,12 +199,13 @@ def row_layout(row: pd.Series, kinds: Sequence[str]) -> str | None:
 
 
 def _checkpoint_layout(path: str, kinds: Sequence[str]) -> str | None:
-    """The layout of a plain checkpoint (a base given as a file): its config's heads per layer."""
+    """The layout of a plain checkpoint (a base given as a file, or a checkpoint folder): its config's heads per
+    layer; None where the weights are gone."""
     from model.checkpoint import checkpoint_config, load_checkpoint
 
     try:
-        m = checkpoint_config(load_checkpoint(path)).model
-    except CheckpointError:
+        m = checkpoint_config(load_checkpoint(path if path.endswith(".pt") else checkpoint_file(path))).model
+    except (CheckpointError, OSError):
         return None
     return layout_name({k: list((m.heads or {}).get(k) or [m.n_heads] * m.layers(k)) for k in kinds})
 

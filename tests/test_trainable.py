@@ -412,6 +412,16 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
         assert f"At {r['budget']} heads, {r['A']} beats {r['B']}" not in md
         assert f"At {r['budget']} heads, {r['B']} beats {r['A']}" not in md
     assert (root / "t" / "report" / "comparison.png").stat().st_size > 10_000
+    # Table 2: every scratch layout against the same layout pruned from the trained model (the base for the full)
+    table2 = pd.read_csv(root / "t" / "report" / "test_table2.csv")
+    assert sorted(table2["layout"]) == sorted(set(scratch["param.baseline.layout"]))
+    assert dict(zip(table2["layout"], table2["scratch seeds"])) == scratch.groupby("param.baseline.layout").size(
+        ).to_dict()
+    by_layout = dict(zip(table2["layout"], table2["pruned from trained"]))
+    assert by_layout.pop("enc_self=4,4") == "base model"
+    assert all(v.startswith("gates ") for v in by_layout.values()), by_layout  # front trials have those layouts
+    assert ((table2["95% low"] <= table2["pruned - scratch"]) & (table2["pruned - scratch"] <= table2["95% high"])).all()
+    assert "Voita et al., Table 2" in md
     assert (root / "t-importance" / "test_scores.csv").exists()
     again = subprocess.run([sys.executable, "-m", "analysis.testset", str(root / "t")], cwd=REPO,
                            capture_output=True, text=True, timeout=600, check=False)

@@ -12,7 +12,8 @@ trials' weights are gone (a sweep kept without its checkpoints) or the folder ha
 The statistics:
 - per (method, budget): the mean test BLEU over seeds and its 95% t-interval (seeds are the method's own
   randomness: the fine-tuning seed, random's layout, importance's training batches);
-- per budget, each method against the reference method (gates_budget where the sweep has it): the difference of
+- per budget, among the methods fine-tuned equally long (those evaluated right after pruning apart), each
+  against the reference method (gates_budget where the sweep has it): the difference of
   their seed-mean test BLEU, its 95% interval and p-value from a paired bootstrap over the test sentences
   (sacrebleu's resampling and statistics; each resample also redraws each method's seeds, so the interval carries
   the seed spread as well as the test set's). With one seed per method this is exactly sacrebleu's paired
@@ -75,12 +76,12 @@ class ScoringError(RuntimeError):
 # Scoring
 
 
-def method_folders(gates: SweepResults) -> list[tuple[str, str, str]]:
-    """(method, label, folder or URI) of every method folder of the sweep whose gate folder is ``gates``, in the
-    order they ran, from its recorded sweep (``sweep.json``); only those that exist."""
+def method_folders(gates: SweepResults) -> list[tuple[str, str, str, int]]:
+    """(method, label, folder or URI, fine-tuning steps) of every method folder of the sweep whose gate folder is
+    ``gates``, in the order they ran, from its recorded sweep (``sweep.json``); only those that exist."""
     record = gates.config
     if not record.get("name"):
-        return [("gates", gates.label, gates.source)]
+        return [("gates", gates.label, gates.source, 0)]
     methods = record.get("method") or "gates"
     runs = method_runs(record["name"], [methods] if isinstance(methods, str) else list(methods),
                        list((record.get("baselines") or {}).get("finetune_steps") or [0]))
@@ -89,7 +90,7 @@ def method_folders(gates: SweepResults) -> list[tuple[str, str, str]]:
     for run in runs:
         folder = join_storage(parent, run.name) if gates.remote else str(Path(parent) / run.name)
         if gates.remote or Path(folder).is_dir():
-            out.append((run.method, run.label, folder))
+            out.append((run.method, run.label, folder, run.finetune_steps))
     return out
 
 
@@ -224,7 +225,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
     kinds = gated_kinds(gates)
     rows, stats = [], {}
     refs_seen: set[str] = set()
-    for index, (method, label, folder) in enumerate(method_folders(gates)):
+    for index, (method, label, folder, steps) in enumerate(method_folders(gates)):
         s = gates if index == 0 else load_sweep(folder, label)
         chosen, chosen_on = chosen_for_test(s, method)
         if index == 0:  # the base model(s), scored once: trained by the sweep, or given as a file
@@ -249,6 +250,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
             entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
                      TRIAL_ID: str(row[TRIAL_ID]), "heads": count, "budget": row.get(BUDGET_COLUMN),
                      "seed": row.get(SEED_COLUMN), "chosen_on": "" if is_base else chosen_on,
+                     "finetune_steps": steps if method in BUDGET_METHODS else math.nan,
                      M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"], TEST_CHRF: found["chrf"],
                      TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
                      "layout": layout}
@@ -291,12 +293,19 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
 
 
 def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
-    """Each budget method against the reference (gates_budget if present, else the first budget method) at every
-    budget both have: paired bootstrap over test sentences with the seeds of each."""
-    df = scores.table[scores.table["method"].isin(BUDGET_METHODS)]
+    """Among the budget methods fine-tuned the same number of steps (equal training: the methods evaluated right
+    after pruning apart from those fine-tuned), each against the reference (gates_budget if present, else the first)
+    at every budget both have: paired bootstrap over test sentences with the seeds of each."""
+    budget_rows = scores.table[scores.table["method"].isin(BUDGET_METHODS)]
+    out = []
+    groups = budget_rows.groupby(budget_rows["finetune_steps"].fillna(0))
+    for steps, df in sorted(groups, key=lambda group: -group[0]):  # the longest fine-tuning (every method's) first
+        out += _compare_group(df, int(steps), scores, samples)
+    return pd.DataFrame(out)
+
+
+def _compare_group(df: pd.DataFrame, steps: int, scores: HeldOutScores, samples: int) -> list[dict[str, Any]]:
     labels = list(dict.fromkeys(df[LABEL]))
-    if len(labels) < 2:
-        return pd.DataFrame()
     reference = next((lab for lab in labels if (df[df[LABEL] == lab]["method"] == "gates_budget").all()), labels[0])
     out = []
     for other in [lab for lab in labels if lab != reference]:
@@ -306,10 +315,11 @@ def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
                 return [scores.stats[(label, t)] for t in runs[TRIAL_ID]]
 
             c = paired_bootstrap(systems(reference), systems(other), samples)
-            out.append({"budget": int(budget), "A": reference, "B": other, "seeds A": c.seeds_a, "seeds B": c.seeds_b,
+            out.append({"fine-tuning steps": steps, "budget": int(budget), "A": reference, "B": other,
+                        "seeds A": c.seeds_a, "seeds B": c.seeds_b,
                         "BLEU A": c.bleu_a, "BLEU B": c.bleu_b, "A - B": c.difference, "95% low": c.low,
                         "95% high": c.high, "p": c.p_value, "verdict": c.verdict})
-    return pd.DataFrame(out)
+    return out
 
 
 def table_two(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
@@ -469,8 +479,8 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
              f"Chosen on the validation split (the sweep's objectives); scored on the test split ({signature}). "
              f"Intervals: 95%, t over seeds per point; paired bootstrap over test sentences ({samples} resamples, "
              f"seeds redrawn) per comparison.", "",
-             "![Test BLEU against heads kept, mean and 95% interval over seeds per method](comparison.png) "
-             "([interactive](comparison.html))", ""]
+             ("![Test BLEU against heads kept, mean and 95% interval over seeds per method](comparison.png) "
+              "([interactive](comparison.html))"), ""]
     if math.isfinite(base_bleu):
         lines += [f"Base model: test BLEU {base_bleu:.2f}. Target: at least {removed:.0%} of the heads removed "
                   f"within {tolerance} BLEU of it (test BLEU >= {base_bleu - tolerance:.2f}).", "",
@@ -480,7 +490,8 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     resolved = pairs[pairs["verdict"] != "not resolved"] if not pairs.empty else pairs
     for _, r in resolved.iterrows():
         better, worse = (r["A"], r["B"]) if r["verdict"] == "A better" else (r["B"], r["A"])
-        lines.append(f"- At {r['budget']} heads, {better} beats {worse} by {abs(r['A - B']):.2f} BLEU "
+        training = f"{r['fine-tuning steps']} fine-tuning steps" if r["fine-tuning steps"] else "no fine-tuning"
+        lines.append(f"- At {r['budget']} heads with {training}, {better} beats {worse} by {abs(r['A - B']):.2f} BLEU "
                      f"(95% interval {r['95% low']:.2f} to {r['95% high']:.2f}, p = {r['p']:.3f}).")
     if not pairs.empty and resolved.empty:
         lines.append("- No difference between methods is resolved at any budget: every interval includes 0.")

@@ -272,7 +272,8 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
 # The comparison
 
 
-POINT_COLUMNS = [LABEL, "method", "point", "heads", "seeds", "test_bleu_mean", "ci95", "test_bleu_sd", "val_bleu_mean"]
+POINT_COLUMNS = [LABEL, "method", "finetune_steps", "point", "heads", "seeds", "test_bleu_mean", "ci95", "test_bleu_sd",
+                 "val_bleu_mean"]
 
 
 def point_table(scores: HeldOutScores) -> pd.DataFrame:
@@ -285,7 +286,8 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
         for point, runs in group.groupby(key, sort=True):
             mean, half = t_interval(runs[TEST_BLEU].tolist())
             val_mean, _ = t_interval(runs[M.BLEU].astype(float).tolist())
-            out.append({LABEL: label, "method": method, "point": point, "heads": float(runs["heads"].mean()),
+            out.append({LABEL: label, "method": method, "finetune_steps": runs["finetune_steps"].iloc[0],
+                        "point": point, "heads": float(runs["heads"].mean()),
                         "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
                         "test_bleu_sd": float(runs[TEST_BLEU].std(ddof=1)) if len(runs) > 1 else math.nan,
                         "val_bleu_mean": val_mean})
@@ -416,27 +418,40 @@ def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0
 
 
 def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: float, tolerance: float):
-    """Test BLEU against heads: budget methods as mean ± 95% interval over seeds, gate front trials as points,
-    scratch layouts as diamonds, the base model and the tolerance line."""
+    """Test BLEU against heads: budget methods as mean ± 95% interval over seeds (a colour per method; dashed with
+    open markers where evaluated right after pruning; side by side at a budget so the intervals stay apart), gate
+    front trials as black squares, scratch layouts as diamonds, the base model and the tolerance line."""
     import plotly.graph_objects as go
 
     fig, ax = charts.figure_axes(figsize=(8, 5))
     pfig = go.Figure()
-    for label, g in points.groupby(LABEL, sort=False):
+    colours = {m: f"C{i}" for i, m in enumerate([*BUDGET_METHODS, "scratch"])}
+    plotly_colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]  # matplotlib's C0..C5
+    groups = list(points.groupby(LABEL, sort=False))
+    width = 0.6 * min(1.0, float(np.diff(np.unique(points["heads"])).min()) if points["heads"].nunique() > 1 else 1.0)
+    for index, (label, g) in enumerate(groups):
         g = g.sort_values("heads")
+        x = g["heads"] + (index - (len(groups) - 1) / 2) * width / max(1, len(groups))  # dodged
         err = g["ci95"].fillna(0)
-        marker = "D" if (g["method"] == "scratch").all() else "o"
-        ax.errorbar(g["heads"], g["test_bleu_mean"], yerr=err, marker=marker, capsize=3, label=label,
-                    linestyle="" if marker == "D" else "-")
-        pfig.add_trace(go.Scatter(x=g["heads"], y=g["test_bleu_mean"], name=label,
-                                  mode="markers" if marker == "D" else "lines+markers",
+        method = g["method"].iloc[0]
+        colour = colours.get(method, "C5")
+        scratch, untuned = method == "scratch", method != "gates_budget" and not (g["finetune_steps"].fillna(0) > 0).any()
+        marker = "D" if scratch else "o"
+        ax.errorbar(x, g["test_bleu_mean"], yerr=err, marker=marker, capsize=3, label=label, color=colour,
+                    linestyle="" if scratch else ("--" if untuned else "-"),
+                    markerfacecolor="white" if untuned and not scratch else colour)
+        pfig.add_trace(go.Scatter(x=x, y=g["test_bleu_mean"], name=label,
+                                  mode="markers" if scratch else "lines+markers",
+                                  line={"color": plotly_colours[int(colour[1:])],
+                                        "dash": "dash" if untuned and not scratch else "solid"},
+                                  marker={"symbol": "diamond" if scratch else ("circle-open" if untuned else "circle")},
                                   error_y={"type": "data", "array": err.tolist()},
                                   text=[f"{label}: {p} ({n} seeds)" for p, n in zip(g["point"], g["seeds"])]))
     gates = scores.table[scores.table["method"] == "gates"]
     for label, g in gates.groupby(LABEL):
-        ax.scatter(g["heads"], g[TEST_BLEU], marker="s", label=f"{label} (validation front)", zorder=3)
+        ax.scatter(g["heads"], g[TEST_BLEU], marker="s", color="black", label=f"{label} (validation front)", zorder=3)
         pfig.add_trace(go.Scatter(x=g["heads"], y=g[TEST_BLEU], mode="markers", name=f"{label} (validation front)",
-                                  marker={"symbol": "square"}, text=g[TRIAL_ID]))
+                                  marker={"symbol": "square", "color": "black"}, text=g[TRIAL_ID]))
     if math.isfinite(base_bleu):
         for y, style, name in ((base_bleu, "-", "base model"), (base_bleu - tolerance, ":", f"base - {tolerance}")):
             ax.axhline(y, color="grey", linestyle=style, linewidth=1, label=name)

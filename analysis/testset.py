@@ -286,7 +286,7 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
         for point, runs in group.groupby(key, sort=True):
             mean, half = t_interval(runs[TEST_BLEU].tolist())
             val_mean, _ = t_interval(runs[M.BLEU].astype(float).tolist())
-            out.append({LABEL: label, "method": method, "finetune_steps": runs["finetune_steps"].iloc[0],
+            out.append({LABEL: label, "method": method, "finetune_steps": runs.get("finetune_steps", pd.Series([math.nan])).iloc[0],
                         "point": point, "heads": float(runs["heads"].mean()),
                         "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
                         "test_bleu_sd": float(runs[TEST_BLEU].std(ddof=1)) if len(runs) > 1 else math.nan,

@@ -395,6 +395,7 @@ COMMANDS = {
     "prune": ("model.prune", "remove a gated model's closed heads: a smaller plain model"),
     "export": ("analysis.export", "the Pareto-optimal trials of a sweep as pruned models"),
     "report": ("analysis.report", "a sweep's report, or several sweeps' fronts compared"),
+    "writeup": ("analysis.writeup", "rewrite a write-up's sections generated from a sweep's report"),
 }
 
 

@@ -105,7 +105,9 @@ def score_signatures(s: SweepResults) -> str:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    def cell(v) -> str:
+    def cell(v) -> str:  # a missing value (NaN, None) is a blank cell, not "nan"
+        if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)):
+            return ""
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]

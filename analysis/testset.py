@@ -12,11 +12,14 @@ trials' weights are gone (a sweep kept without its checkpoints) or the folder ha
 The statistics:
 - per (method, budget): the mean test BLEU over seeds and its 95% t-interval (seeds are the method's own
   randomness: the fine-tuning seed, random's layout, importance's training batches);
-- per budget, each method against the reference method (gates_budget where the sweep has it): the difference of
+- per budget, among the methods fine-tuned equally long (those evaluated right after pruning apart), each
+  against the reference method (gates_budget where the sweep has it): the difference of
   their seed-mean test BLEU, its 95% interval and p-value from a paired bootstrap over the test sentences
   (sacrebleu's resampling and statistics; each resample also redraws each method's seeds, so the interval carries
   the seed spread as well as the test set's). With one seed per method this is exactly sacrebleu's paired
-  bootstrap test. A method "beats" another only where the interval excludes 0.
+  bootstrap test. A method "beats" another only where the interval excludes 0;
+- Table 2 (Voita et al. 2019): each layout ``scratch`` trained from random initialisation against the same layout
+  pruned from the trained model (the gate front trial with it; the base model for the full layout), the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from model.cli import add_data_dir, command_parser, data_dir
 from model.config import EvalConfig
 from model.corpora import CorpusError
 from model.files import atomic_write
+from sweeps.baselines import layout_name
 from sweeps.results import (
     BUDGET,
     CHECKPOINT,
@@ -72,12 +76,12 @@ class ScoringError(RuntimeError):
 # Scoring
 
 
-def method_folders(gates: SweepResults) -> list[tuple[str, str, str]]:
-    """(method, label, folder or URI) of every method folder of the sweep whose gate folder is ``gates``, in the
-    order they ran, from its recorded sweep (``sweep.json``); only those that exist."""
+def method_folders(gates: SweepResults) -> list[tuple[str, str, str, int]]:
+    """(method, label, folder or URI, fine-tuning steps) of every method folder of the sweep whose gate folder is
+    ``gates``, in the order they ran, from its recorded sweep (``sweep.json``); only those that exist."""
     record = gates.config
     if not record.get("name"):
-        return [("gates", gates.label, gates.source)]
+        return [("gates", gates.label, gates.source, 0)]
     methods = record.get("method") or "gates"
     runs = method_runs(record["name"], [methods] if isinstance(methods, str) else list(methods),
                        list((record.get("baselines") or {}).get("finetune_steps") or [0]))
@@ -86,7 +90,7 @@ def method_folders(gates: SweepResults) -> list[tuple[str, str, str]]:
     for run in runs:
         folder = join_storage(parent, run.name) if gates.remote else str(Path(parent) / run.name)
         if gates.remote or Path(folder).is_dir():
-            out.append((run.method, run.label, folder))
+            out.append((run.method, run.label, folder, run.finetune_steps))
     return out
 
 
@@ -168,6 +172,45 @@ def _heads_of(path: str, metric: str) -> int:
                for kind in kinds for layer in range(cfg.layers(kind)))
 
 
+def gated_kinds(s: SweepResults) -> list[str]:
+    """The attention types the sweep's gates prune (its prune.set's gates.attention; the config's default)."""
+    kinds = ((s.config.get("prune") or {}).get("set") or {}).get("gates.attention")
+    if kinds is None:
+        from model.config import GateConfig
+
+        kinds = GateConfig().attention
+    return [kinds] if isinstance(kinds, str) else list(kinds)
+
+
+def row_layout(row: pd.Series, kinds: Sequence[str]) -> str | None:
+    """The layout name (``enc_self=4,0,2``, as scratch's layouts) of a trials-table row's per-layer open-head
+    columns; None where a column is missing."""
+    heads = {}
+    for kind in kinds:
+        counts, layer = [], 0
+        while (key := M.open_heads_layer_key(kind, layer)) in row.index:
+            if pd.isna(row[key]):
+                return None
+            counts.append(int(row[key]))
+            layer += 1
+        if not counts:
+            return None
+        heads[kind] = counts
+    return layout_name(heads) if heads else None
+
+
+def _checkpoint_layout(path: str, kinds: Sequence[str]) -> str | None:
+    """The layout of a plain checkpoint (a base given as a file, or a checkpoint folder): its config's heads per
+    layer; None where the weights are gone."""
+    from model.checkpoint import checkpoint_config, load_checkpoint
+
+    try:
+        m = checkpoint_config(load_checkpoint(path if path.endswith(".pt") else checkpoint_file(path))).model
+    except (CheckpointError, OSError):
+        return None
+    return layout_name({k: list((m.heads or {}).get(k) or [m.n_heads] * m.layers(k)) for k in kinds})
+
+
 def _heads_metric(s: SweepResults) -> str:
     return next((o for o in s.objectives if o.startswith(M.OPEN_HEADS)), M.OPEN_HEADS)
 
@@ -179,9 +222,10 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
     ``test_scores.csv`` into each folder (uploaded beside a sweep in remote storage)."""
     gates = load_sweep(gates_folder)
     heads = _heads_metric(gates)
+    kinds = gated_kinds(gates)
     rows, stats = [], {}
     refs_seen: set[str] = set()
-    for index, (method, label, folder) in enumerate(method_folders(gates)):
+    for index, (method, label, folder, steps) in enumerate(method_folders(gates)):
         s = gates if index == 0 else load_sweep(folder, label)
         chosen, chosen_on = chosen_for_test(s, method)
         if index == 0:  # the base model(s), scored once: trained by the sweep, or given as a file
@@ -199,12 +243,17 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
             count = row.get(heads)
             if is_base and (count is None or pd.isna(count)):  # a base given as a file: its config says
                 count = _heads_of(str(row[CHECKPOINT]), heads)
+            layout = row.get(PARAM_PREFIX + LAYOUT)
+            if method == "gates" or is_base:  # what scratch's Table 2 matches its layouts against
+                layout = row_layout(row, kinds) or (_checkpoint_layout(str(row[CHECKPOINT]), kinds) if is_base
+                                                    else None)
             entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
                      TRIAL_ID: str(row[TRIAL_ID]), "heads": count, "budget": row.get(BUDGET_COLUMN),
                      "seed": row.get(SEED_COLUMN), "chosen_on": "" if is_base else chosen_on,
+                     "finetune_steps": steps if method in BUDGET_METHODS else math.nan,
                      M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"], TEST_CHRF: found["chrf"],
                      TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
-                     "layout": row.get(PARAM_PREFIX + LAYOUT)}
+                     "layout": layout}
             folder_rows.append(entry)
             stats[(entry[LABEL], entry[TRIAL_ID])] = sentence_stats(found["hypotheses"], found["references"])
         rows += folder_rows
@@ -223,7 +272,8 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
 # The comparison
 
 
-POINT_COLUMNS = [LABEL, "method", "point", "heads", "seeds", "test_bleu_mean", "ci95", "test_bleu_sd", "val_bleu_mean"]
+POINT_COLUMNS = [LABEL, "method", "finetune_steps", "point", "heads", "seeds", "test_bleu_mean", "ci95", "test_bleu_sd",
+                 "val_bleu_mean"]
 
 
 def point_table(scores: HeldOutScores) -> pd.DataFrame:
@@ -236,7 +286,8 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
         for point, runs in group.groupby(key, sort=True):
             mean, half = t_interval(runs[TEST_BLEU].tolist())
             val_mean, _ = t_interval(runs[M.BLEU].astype(float).tolist())
-            out.append({LABEL: label, "method": method, "point": point, "heads": float(runs["heads"].mean()),
+            out.append({LABEL: label, "method": method, "finetune_steps": runs.get("finetune_steps", pd.Series([math.nan])).iloc[0],
+                        "point": point, "heads": float(runs["heads"].mean()),
                         "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
                         "test_bleu_sd": float(runs[TEST_BLEU].std(ddof=1)) if len(runs) > 1 else math.nan,
                         "val_bleu_mean": val_mean})
@@ -244,12 +295,19 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
 
 
 def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
-    """Each budget method against the reference (gates_budget if present, else the first budget method) at every
-    budget both have: paired bootstrap over test sentences with the seeds of each."""
-    df = scores.table[scores.table["method"].isin(BUDGET_METHODS)]
+    """Among the budget methods fine-tuned the same number of steps (equal training: the methods evaluated right
+    after pruning apart from those fine-tuned), each against the reference (gates_budget if present, else the first)
+    at every budget both have: paired bootstrap over test sentences with the seeds of each."""
+    budget_rows = scores.table[scores.table["method"].isin(BUDGET_METHODS)]
+    out = []
+    groups = budget_rows.groupby(budget_rows["finetune_steps"].fillna(0))
+    for steps, df in sorted(groups, key=lambda group: -group[0]):  # the longest fine-tuning (every method's) first
+        out += _compare_group(df, int(steps), scores, samples)
+    return pd.DataFrame(out)
+
+
+def _compare_group(df: pd.DataFrame, steps: int, scores: HeldOutScores, samples: int) -> list[dict[str, Any]]:
     labels = list(dict.fromkeys(df[LABEL]))
-    if len(labels) < 2:
-        return pd.DataFrame()
     reference = next((lab for lab in labels if (df[df[LABEL] == lab]["method"] == "gates_budget").all()), labels[0])
     out = []
     for other in [lab for lab in labels if lab != reference]:
@@ -259,10 +317,48 @@ def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
                 return [scores.stats[(label, t)] for t in runs[TRIAL_ID]]
 
             c = paired_bootstrap(systems(reference), systems(other), samples)
-            out.append({"budget": int(budget), "A": reference, "B": other, "seeds A": c.seeds_a, "seeds B": c.seeds_b,
+            out.append({"fine-tuning steps": steps, "budget": int(budget), "A": reference, "B": other,
+                        "seeds A": c.seeds_a, "seeds B": c.seeds_b,
                         "BLEU A": c.bleu_a, "BLEU B": c.bleu_b, "A - B": c.difference, "95% low": c.low,
                         "95% high": c.high, "p": c.p_value, "verdict": c.verdict})
-    return pd.DataFrame(out)
+    return out
+
+
+def table_two(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
+    """Voita et al.'s Table 2: each layout scratch trained (from random initialisation, as long as the base model)
+    against the same layout pruned from the trained model: the gate front trial with that layout (the best on
+    validation if several), or for the full layout the trained base model itself. Paired bootstrap over test
+    sentences, the scratch seeds redrawn in each resample."""
+    df = scores.table
+    scratch = df[df["method"] == "scratch"]
+    if scratch.empty:
+        return pd.DataFrame()
+    pruned = df[df["method"].isin(["base", "gates"])]
+    out = []
+    for (label, layout), runs in scratch.groupby([LABEL, "layout"], sort=False):
+        match = pruned[pruned["layout"] == layout]
+        base = match[match["method"] == "base"]
+        if base.empty and not match.empty:
+            match = match.loc[[match[M.BLEU].astype(float).idxmax()]]  # chosen on validation
+        else:
+            match = base
+        mean, half = t_interval(runs[TEST_BLEU].tolist())
+        row = {"layout": layout, "heads": float(runs["heads"].mean()),
+               "pruned from trained": "" if match.empty else
+               ("base model" if match["method"].iloc[0] == "base" else f"gates {match[TRIAL_ID].iloc[0]}"),
+               "BLEU pruned": float(match[TEST_BLEU].iloc[0]) if not match.empty else math.nan,
+               "scratch seeds": len(runs), "BLEU scratch": mean, "scratch ci95": half}
+        if not match.empty:
+            m = match.iloc[0]
+            c = paired_bootstrap([scores.stats[(m[LABEL], m[TRIAL_ID])]],
+                                 [scores.stats[(label, t)] for t in runs.sort_values("seed")[TRIAL_ID]], samples)
+            row.update({"pruned - scratch": c.difference, "95% low": c.low, "95% high": c.high, "p": c.p_value,
+                        "verdict": {"A better": "pruned better", "B better": "scratch better"}.get(c.verdict,
+                                                                                                  c.verdict)})
+        else:
+            row["verdict"] = "no pruned model with this layout"
+        out.append(row)
+    return pd.DataFrame(out).sort_values("heads", kind="stable").reset_index(drop=True)
 
 
 def settled_steps(s: SweepResults, heads: str) -> pd.DataFrame:
@@ -305,37 +401,57 @@ def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0
         candidates.append((lab, g["heads"], g["test_bleu_mean"], g["test_bleu_mean"] - g["ci95"]))
     for lab, heads, bleu, low in candidates:
         ok = bleu >= line
-        fewest = float(heads[ok].min()) if ok.any() else math.nan
+        if not ok.any():  # nothing within tolerance: say so, with the best the method reached
+            best = bleu.idxmax()
+            rows.append({LABEL: lab, "fewest heads within tolerance": "none", "test BLEU there": math.nan,
+                         "best test BLEU (heads)": f"{bleu[best]:.2f} ({heads[best]:g})", "target": "missed"})
+            continue
+        fewest = float(heads[ok].min())
         at = ok & (heads == fewest)
-        robust = bool((low[at] >= line).any()) if ok.any() else False
-        met = ok.any() and fewest <= limit
-        rows.append({LABEL: lab, "fewest heads within tolerance": fewest,
-                     "target": ("met (interval)" if robust else "met (mean)") if met else "missed"})
+        robust = bool((low[at] >= line).any())
+        best = bleu.idxmax()
+        rows.append({LABEL: lab, "fewest heads within tolerance": f"{fewest:g}",
+                     "test BLEU there": float(bleu[at].max()),
+                     "best test BLEU (heads)": f"{bleu[best]:.2f} ({heads[best]:g})",
+                     "target": ("met (interval)" if robust else "met (mean)") if fewest <= limit else "missed"})
     return pd.DataFrame(rows), base_bleu
 
 
 def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: float, tolerance: float):
-    """Test BLEU against heads: budget methods as mean ± 95% interval over seeds, gate front trials as points,
-    scratch layouts as diamonds, the base model and the tolerance line."""
+    """Test BLEU against heads: budget methods as mean ± 95% interval over seeds (a colour per method; dashed with
+    open markers where evaluated right after pruning; side by side at a budget so the intervals stay apart), gate
+    front trials as black squares, scratch layouts as diamonds, the base model and the tolerance line."""
     import plotly.graph_objects as go
 
     fig, ax = charts.figure_axes(figsize=(8, 5))
     pfig = go.Figure()
-    for label, g in points.groupby(LABEL, sort=False):
+    colours = {m: f"C{i}" for i, m in enumerate([*BUDGET_METHODS, "scratch"])}
+    plotly_colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]  # matplotlib's C0..C5
+    groups = list(points.groupby(LABEL, sort=False))
+    width = 0.6 * min(1.0, float(np.diff(np.unique(points["heads"])).min()) if points["heads"].nunique() > 1 else 1.0)
+    for index, (label, g) in enumerate(groups):
         g = g.sort_values("heads")
+        x = g["heads"] + (index - (len(groups) - 1) / 2) * width / max(1, len(groups))  # dodged
         err = g["ci95"].fillna(0)
-        marker = "D" if (g["method"] == "scratch").all() else "o"
-        ax.errorbar(g["heads"], g["test_bleu_mean"], yerr=err, marker=marker, capsize=3, label=label,
-                    linestyle="" if marker == "D" else "-")
-        pfig.add_trace(go.Scatter(x=g["heads"], y=g["test_bleu_mean"], name=label,
-                                  mode="markers" if marker == "D" else "lines+markers",
+        method = g["method"].iloc[0]
+        colour = colours.get(method, "C5")
+        scratch, untuned = method == "scratch", method != "gates_budget" and not (g["finetune_steps"].fillna(0) > 0).any()
+        marker = "D" if scratch else "o"
+        ax.errorbar(x, g["test_bleu_mean"], yerr=err, marker=marker, capsize=3, label=label, color=colour,
+                    linestyle="" if scratch else ("--" if untuned else "-"),
+                    markerfacecolor="white" if untuned and not scratch else colour)
+        pfig.add_trace(go.Scatter(x=x, y=g["test_bleu_mean"], name=label,
+                                  mode="markers" if scratch else "lines+markers",
+                                  line={"color": plotly_colours[int(colour[1:])],
+                                        "dash": "dash" if untuned and not scratch else "solid"},
+                                  marker={"symbol": "diamond" if scratch else ("circle-open" if untuned else "circle")},
                                   error_y={"type": "data", "array": err.tolist()},
                                   text=[f"{label}: {p} ({n} seeds)" for p, n in zip(g["point"], g["seeds"])]))
     gates = scores.table[scores.table["method"] == "gates"]
     for label, g in gates.groupby(LABEL):
-        ax.scatter(g["heads"], g[TEST_BLEU], marker="s", label=f"{label} (validation front)", zorder=3)
+        ax.scatter(g["heads"], g[TEST_BLEU], marker="s", color="black", label=f"{label} (validation front)", zorder=3)
         pfig.add_trace(go.Scatter(x=g["heads"], y=g[TEST_BLEU], mode="markers", name=f"{label} (validation front)",
-                                  marker={"symbol": "square"}, text=g[TRIAL_ID]))
+                                  marker={"symbol": "square", "color": "black"}, text=g[TRIAL_ID]))
     if math.isfinite(base_bleu):
         for y, style, name in ((base_bleu, "-", "base model"), (base_bleu - tolerance, ":", f"base - {tolerance}")):
             ax.axhline(y, color="grey", linestyle=style, linewidth=1, label=name)
@@ -366,16 +482,20 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     pairs = comparisons(scores, samples)
     targets, base_bleu = target_table(scores, points, removed, tolerance)
     settled = settled_steps(gates, scores.heads)
+    table2 = table_two(scores, samples)
     figs = comparison_chart(scores, points, base_bleu, tolerance)
     charts.save(figs, out, "comparison")
     signature = "; ".join(sorted(set(scores.table[TEST_SIGNATURE].dropna())))
     scores.table.to_csv(out / "test_scores.csv", index=False)
     points.to_csv(out / "test_points.csv", index=False)
     pairs.to_csv(out / "test_comparisons.csv", index=False)
-    lines = [f"# Test-set comparison: {gates.label}", "",
+    table2.to_csv(out / "test_table2.csv", index=False)
+    lines = [f"# Test-set comparison: {gates.config.get('name') or gates.label}", "",
              f"Chosen on the validation split (the sweep's objectives); scored on the test split ({signature}). "
              f"Intervals: 95%, t over seeds per point; paired bootstrap over test sentences ({samples} resamples, "
-             f"seeds redrawn) per comparison.", ""]
+             f"seeds redrawn) per comparison.", "",
+             ("![Test BLEU against heads kept, mean and 95% interval over seeds per method](comparison.png) "
+              "([interactive](comparison.html))"), ""]
     if math.isfinite(base_bleu):
         lines += [f"Base model: test BLEU {base_bleu:.2f}. Target: at least {removed:.0%} of the heads removed "
                   f"within {tolerance} BLEU of it (test BLEU >= {base_bleu - tolerance:.2f}).", "",
@@ -385,10 +505,23 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     resolved = pairs[pairs["verdict"] != "not resolved"] if not pairs.empty else pairs
     for _, r in resolved.iterrows():
         better, worse = (r["A"], r["B"]) if r["verdict"] == "A better" else (r["B"], r["A"])
-        lines.append(f"- At {r['budget']} heads, {better} beats {worse} by {abs(r['A - B']):.2f} BLEU "
+        training = f"{r['fine-tuning steps']} fine-tuning steps" if r["fine-tuning steps"] else "no fine-tuning"
+        lines.append(f"- At {r['budget']} heads with {training}, {better} beats {worse} by {abs(r['A - B']):.2f} BLEU "
                      f"(95% interval {r['95% low']:.2f} to {r['95% high']:.2f}, p = {r['p']:.3f}).")
     if not pairs.empty and resolved.empty:
         lines.append("- No difference between methods is resolved at any budget: every interval includes 0.")
+    if not table2.empty:
+        title = "## Pruned from the trained model against the same layout trained from scratch (Voita et al., Table 2)"
+        lines += ["", title, "", _markdown(table2), ""]
+        for _, r in table2[table2["verdict"].isin(["pruned better", "scratch better"])].iterrows():
+            pruned_won = r["verdict"] == "pruned better"
+            better, worse = ("pruned", "from scratch") if pruned_won else ("from scratch", "pruned")
+            lines.append(f"- Layout {r['layout']} ({r['heads']:g} heads): {better} beats {worse} by "
+                         f"{abs(r['pruned - scratch']):.2f} BLEU (95% interval {r['95% low']:.2f} to "
+                         f"{r['95% high']:.2f}, p = {r['p']:.3f}).")
+        if not table2["verdict"].isin(["pruned better", "scratch better"]).any():
+            lines.append("- No layout's difference between pruned and from scratch is resolved: every interval "
+                         "includes 0.")
     if not settled.empty:
         lines += ["", "## When the gate trials' head counts stopped moving", "",
                   f"Median over {len(settled)} gate trials: step {settled['settled_step'].median():.0f} of "
@@ -401,7 +534,9 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     page.p(lines[2])
     page.plot(figs[1])
     for title, df in (("Target", targets), ("Mean test BLEU per point", points),
-                      ("Methods compared at equal budgets", pairs), ("Head counts settled", settled),
+                      ("Methods compared at equal budgets", pairs),
+                      ("Pruned against the same layout from scratch (Table 2)", table2),
+                      ("Head counts settled", settled),
                       ("Every scored trial", scores.table)):
         if not df.empty:
             page.h(title)

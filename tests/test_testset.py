@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+from sacrebleu.metrics import BLEU
 
 from analysis.stats import paired_bootstrap, sentence_stats, t_interval
 
@@ -26,7 +27,6 @@ def degrade(refs: list[str], rate: float, seed: int) -> list[str]:
 
 
 def test_with_one_seed_each_it_is_sacrebleus_paired_bootstrap(monkeypatch):
-    from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
     monkeypatch.setenv("SACREBLEU_SEED", "12345")
@@ -117,3 +117,74 @@ def test_scoring_takes_the_validation_front_and_a_given_base_and_caches_each_sco
     assert len(calls) == 3 and again.table[TEST_BLEU].tolist() == scores.table[TEST_BLEU].tolist()  # cached
     score_sweep(folder, beam=3, log=lambda _: None)  # other settings: scored again
     assert len(calls) == 6
+
+
+def test_the_target_is_met_only_where_the_mean_clears_the_line_with_enough_heads_removed():
+    """Base 36.0 on 24 heads, tolerance 0.5, 75% removed (<= 6 heads): a method within tolerance at 6 heads meets it
+    (by its interval when the interval's low end clears the line too); one within tolerance only at 12 misses it;
+    one never within tolerance says none, with the best it reached; the base row is no candidate."""
+    import pandas as pd
+
+    from analysis.load import LABEL
+    from analysis.testset import TEST_BLEU, HeldOutScores, point_table, target_table
+
+    rows = [{"method": "base", LABEL: "base model", "trial_id": "base", "heads": 24, "budget": math.nan,
+             "seed": math.nan, "bleu": math.nan, TEST_BLEU: 36.0}]
+    means = {"good": {3: 34.0, 6: 35.8, 12: 36.1}, "late": {3: 33.0, 6: 35.0, 12: 35.9},
+             "poor": {3: 30.0, 6: 31.0, 12: 34.5}}
+    for label, per_budget in means.items():
+        for budget, mean in per_budget.items():
+            for seed, offset in enumerate((-0.05, 0.0, 0.05)):
+                rows.append({"method": "importance", LABEL: label, "trial_id": f"{label}{budget}{seed}",
+                             "heads": budget, "budget": budget, "seed": seed, "bleu": mean, TEST_BLEU: mean + offset})
+    rows.append({"method": "gates", LABEL: "gates", "trial_id": "g", "heads": 5, "budget": math.nan,
+                 "seed": math.nan, "bleu": 36.0, TEST_BLEU: 35.7})  # one run on the front: the mean is the run
+    scores = HeldOutScores(pd.DataFrame(rows), {}, "open_heads")
+    points = point_table(scores)
+    table, base = target_table(scores, points, removed=0.75, tolerance=0.5)
+    got = table.set_index(LABEL)
+    assert base == 36.0 and "base model" not in got.index
+    assert got.loc["good", "fewest heads within tolerance"] == "6" and got.loc["good", "target"] == "met (interval)"
+    assert got.loc["late", "fewest heads within tolerance"] == "12" and got.loc["late", "target"] == "missed"
+    assert got.loc["poor", "fewest heads within tolerance"] == "none" and got.loc["poor", "target"] == "missed"
+    assert got.loc["poor", "best test BLEU (heads)"] == "34.50 (12)"
+    assert got.loc["gates", "target"] == "met (mean)"  # a single run has no interval to clear the line with
+    assert got.loc["good", "test BLEU there"] == pytest.approx(35.8)
+
+
+def test_table_two_pairs_each_scratch_layout_with_the_pruned_model_of_that_layout():
+    """Scratch layouts against the gate trial with the same per-layer heads (the better one on validation of two),
+    the full layout against the base model, and a layout no pruned model has is said to have none. A clearly worse
+    scratch model is resolved as worse; the full model from scratch with the base's own translations is not."""
+    import pandas as pd
+
+    from analysis.load import LABEL
+    from analysis.testset import TEST_BLEU, HeldOutScores, row_layout, table_two
+
+    refs = corpus()
+    good, bad = degrade(refs, 0.05, 1), degrade(refs, 0.40, 2)
+    systems = {"base": good, "g1": bad, "g2": good, "s0": bad, "s1": degrade(refs, 0.41, 3), "f0": good, "f1": good,
+               "o0": bad}
+    gate_row = pd.Series({"open_heads/enc_self/0": 2, "open_heads/enc_self/1": 1, "open_heads/dec_self/0": 4})
+    assert row_layout(gate_row, ["enc_self"]) == "enc_self=2,1"
+    assert row_layout(gate_row, ["enc_self", "dec_cross"]) is None  # no column of that type: no layout
+    rows = [("base", "base model", "base", 8, math.nan, 40.0, "enc_self=4,4"),
+            ("gates", "gates", "g1", 3, math.nan, 30.0, "enc_self=2,1"),
+            ("gates", "gates", "g2", 3, math.nan, 31.0, "enc_self=2,1"),
+            ("scratch", "scratch", "s0", 3, 0, math.nan, "enc_self=2,1"),
+            ("scratch", "scratch", "s1", 3, 1, math.nan, "enc_self=2,1"),
+            ("scratch", "scratch", "f0", 8, 0, math.nan, "enc_self=4,4"),
+            ("scratch", "scratch", "f1", 8, 1, math.nan, "enc_self=4,4"),
+            ("scratch", "scratch", "o0", 1, 0, math.nan, "enc_self=1,0")]
+    table = pd.DataFrame([{"method": m, LABEL: lab, "trial_id": t, "heads": h, "seed": seed, "bleu": val,
+                           TEST_BLEU: BLEU().corpus_score(systems[t], [refs]).score, "layout": layout}
+                          for m, lab, t, h, seed, val, layout in rows])
+    stats = {(lab, t): sentence_stats(systems[t], refs) for _, lab, t, *_ in rows}
+    got = table_two(HeldOutScores(table, stats, "open_heads/enc_self"), samples=200).set_index("layout")
+    assert list(got["heads"]) == [1, 3, 8]  # smallest first
+    assert got.loc["enc_self=2,1", "pruned from trained"] == "gates g2"
+    assert got.loc["enc_self=2,1", "scratch seeds"] == 2
+    assert got.loc["enc_self=2,1", "verdict"] == "pruned better" and got.loc["enc_self=2,1", "95% low"] > 0
+    assert got.loc["enc_self=4,4", "pruned from trained"] == "base model"
+    assert got.loc["enc_self=4,4", "verdict"] == "not resolved" and got.loc["enc_self=4,4", "pruned - scratch"] == 0
+    assert got.loc["enc_self=1,0", "verdict"] == "no pruned model with this layout"

@@ -400,18 +400,34 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
         assert (scored["method"] == method).sum() == (8 if method != "gates_budget" else 4)
     assert (scored["sentences"] == 20).all() and scored["test_bleu_signature"].str.contains("nrefs:1").all()
     pairs = pd.read_csv(root / "t" / "report" / "test_comparisons.csv")
-    assert set(pairs["A"]) == {"gates at budget (3 steps)"} and len(pairs) == 2 * 6  # 6 other folders, 2 budgets
+    # compared only at equal training: gates_budget with the 3-step folders, importance with the 0-step ones
+    references = dict(zip(pairs["fine-tuning steps"], pairs["A"]))
+    assert references == {3: "gates at budget (3 steps)", 0: "importance"}, references
+    assert sorted(pairs[pairs["fine-tuning steps"] == 3]["B"].unique()) == [
+        "importance + 3 steps", "iterative + 3 steps", "random + 3 steps"]
+    assert sorted(pairs[pairs["fine-tuning steps"] == 0]["B"].unique()) == ["iterative", "random"]
+    assert len(pairs) == 2 * (3 + 2)  # 2 budgets
     assert ((pairs["95% low"] <= pairs["A - B"]) & (pairs["A - B"] <= pairs["95% high"])).all()
     assert (pairs["seeds A"] == 2).all() and (pairs["seeds B"] == 2).all()
-    # a method against itself at 8 heads (the unpruned model, fine-tuned or not): importance and random agree
-    at8 = pairs[(pairs["budget"] == 8) & pairs["B"].isin(["importance", "random"])]
-    assert at8["A - B"].nunique() == 1
+    # at 8 heads without fine-tuning every method evaluates the unpruned model: no difference at all
+    at8 = pairs[(pairs["budget"] == 8) & (pairs["fine-tuning steps"] == 0)]
+    assert len(at8) == 2 and (at8["A - B"] == 0).all() and (at8["verdict"] == "not resolved").all()
     md = (root / "t" / "report" / "comparison.md").read_text()
     assert "Chosen on the validation split" in md and "Base model: test BLEU" in md
     for _, r in pairs[pairs["verdict"] == "not resolved"].iterrows():  # a claim only where the interval says so
-        assert f"At {r['budget']} heads, {r['A']} beats {r['B']}" not in md
-        assert f"At {r['budget']} heads, {r['B']} beats {r['A']}" not in md
+        claims = [ln for ln in md.splitlines() if ln.startswith(f"- At {r['budget']} heads with ")]
+        assert not [ln for ln in claims if f"{r['A']} beats {r['B']} by" in ln or f"{r['B']} beats {r['A']} by" in ln]
     assert (root / "t" / "report" / "comparison.png").stat().st_size > 10_000
+    # Table 2: every scratch layout against the same layout pruned from the trained model (the base for the full)
+    table2 = pd.read_csv(root / "t" / "report" / "test_table2.csv")
+    assert sorted(table2["layout"]) == sorted(set(scratch["param.baseline.layout"]))
+    assert dict(zip(table2["layout"], table2["scratch seeds"])) == scratch.groupby("param.baseline.layout").size(
+        ).to_dict()
+    by_layout = dict(zip(table2["layout"], table2["pruned from trained"]))
+    assert by_layout.pop("enc_self=4,4") == "base model"
+    assert all(v.startswith("gates ") for v in by_layout.values()), by_layout  # front trials have those layouts
+    assert ((table2["95% low"] <= table2["pruned - scratch"]) & (table2["pruned - scratch"] <= table2["95% high"])).all()
+    assert "Voita et al., Table 2" in md
     assert (root / "t-importance" / "test_scores.csv").exists()
     again = subprocess.run([sys.executable, "-m", "analysis.testset", str(root / "t")], cwd=REPO,
                            capture_output=True, text=True, timeout=600, check=False)

@@ -56,7 +56,7 @@ from sweeps.results import (
     TRIAL_ID,
     checkpoint_file,
 )
-from sweeps.schema import BUDGET_METHODS, method_runs
+from sweeps.schema import BUDGET_METHODS, METHODS, method_runs
 from sweeps.storage import StorageError, is_uri, join_storage, upload
 
 from . import charts
@@ -78,12 +78,15 @@ class ScoringError(RuntimeError):
 
 def method_folders(gates: SweepResults) -> list[tuple[str, str, str, int]]:
     """(method, label, folder or URI, fine-tuning steps) of every method folder of the sweep whose gate folder is
-    ``gates``, in the order they ran, from its recorded sweep (``sweep.json``); only those that exist."""
+    ``gates``, in the order they run, from its recorded sweep (``sweep.json``); only those that exist. Locally that
+    is every method's folder beside it, also of methods an earlier ``--resume`` part ran and the last one did not
+    name; in remote storage, the recorded methods'."""
     record = gates.config
     if not record.get("name"):
         return [("gates", gates.label, gates.source, 0)]
     methods = record.get("method") or "gates"
-    runs = method_runs(record["name"], [methods] if isinstance(methods, str) else list(methods),
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    runs = method_runs(record["name"], methods if gates.remote else list(METHODS),
                        list((record.get("baselines") or {}).get("finetune_steps") or [0]))
     parent = gates.source.rsplit("/", 1)[0] if gates.remote else str(Path(gates.source).parent)
     out = []

@@ -507,10 +507,12 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
               _markdown(pairs), ""]
     resolved = pairs[pairs["verdict"] != "not resolved"] if not pairs.empty else pairs
     for _, r in resolved.iterrows():
-        better, worse = (r["A"], r["B"]) if r["verdict"] == "A better" else (r["B"], r["A"])
+        a_won = r["verdict"] == "A better"
+        better, worse = (r["A"], r["B"]) if a_won else (r["B"], r["A"])
+        low, high = (r["95% low"], r["95% high"]) if a_won else (-r["95% high"], -r["95% low"])  # better - worse
         training = f"{r['fine-tuning steps']} fine-tuning steps" if r["fine-tuning steps"] else "no fine-tuning"
         lines.append(f"- At {r['budget']} heads with {training}, {better} beats {worse} by {abs(r['A - B']):.2f} BLEU "
-                     f"(95% interval {r['95% low']:.2f} to {r['95% high']:.2f}, p = {r['p']:.3f}).")
+                     f"(95% interval {low:.2f} to {high:.2f}, p = {r['p']:.3f}).")
     if not pairs.empty and resolved.empty:
         lines.append("- No difference between methods is resolved at any budget: every interval includes 0.")
     if not table2.empty:
@@ -519,9 +521,10 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
         for _, r in table2[table2["verdict"].isin(["pruned better", "scratch better"])].iterrows():
             pruned_won = r["verdict"] == "pruned better"
             better, worse = ("pruned", "from scratch") if pruned_won else ("from scratch", "pruned")
+            low, high = (r["95% low"], r["95% high"]) if pruned_won else (-r["95% high"], -r["95% low"])
             lines.append(f"- Layout {r['layout']} ({r['heads']:g} heads): {better} beats {worse} by "
-                         f"{abs(r['pruned - scratch']):.2f} BLEU (95% interval {r['95% low']:.2f} to "
-                         f"{r['95% high']:.2f}, p = {r['p']:.3f}).")
+                         f"{abs(r['pruned - scratch']):.2f} BLEU (95% interval {low:.2f} to {high:.2f}, "
+                         f"p = {r['p']:.3f}).")
         if not table2["verdict"].isin(["pruned better", "scratch better"]).any():
             lines.append("- No layout's difference between pruned and from scratch is resolved: every interval "
                          "includes 0.")

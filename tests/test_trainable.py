@@ -417,6 +417,9 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
     for _, r in pairs[pairs["verdict"] == "not resolved"].iterrows():  # a claim only where the interval says so
         claims = [ln for ln in md.splitlines() if ln.startswith(f"- At {r['budget']} heads with ")]
         assert not [ln for ln in claims if f"{r['A']} beats {r['B']} by" in ln or f"{r['B']} beats {r['A']} by" in ln]
+    for line in [ln for ln in md.splitlines() if ln.startswith("- ") and " beats " in ln]:  # the winner's margin
+        low, high = (float(v) for v in line.split("95% interval ")[1].split(",")[0].split(" to "))
+        assert 0 < low <= high, line
     assert (root / "t" / "report" / "comparison.png").stat().st_size > 10_000
     # Table 2: every scratch layout against the same layout pruned from the trained model (the base for the full)
     table2 = pd.read_csv(root / "t" / "report" / "test_table2.csv")

@@ -289,9 +289,9 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
         for point, runs in group.groupby(key, sort=True):
             mean, half = t_interval(runs[TEST_BLEU].tolist())
             val_mean, _ = t_interval(runs[M.BLEU].astype(float).tolist())
-            out.append({LABEL: label, "method": method, "finetune_steps": runs.get("finetune_steps", pd.Series([math.nan])).iloc[0],
-                        "point": point, "heads": float(runs["heads"].mean()),
-                        "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
+            steps = runs["finetune_steps"].iloc[0] if "finetune_steps" in runs else math.nan
+            out.append({LABEL: label, "method": method, "finetune_steps": steps, "point": point,
+                        "heads": float(runs["heads"].mean()), "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
                         "test_bleu_sd": float(runs[TEST_BLEU].std(ddof=1)) if len(runs) > 1 else math.nan,
                         "val_bleu_mean": val_mean})
     return pd.DataFrame(out, columns=POINT_COLUMNS)  # the columns also when no folder has points (gates alone)
@@ -438,7 +438,8 @@ def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: flo
         err = g["ci95"].fillna(0)
         method = g["method"].iloc[0]
         colour = colours.get(method, "C5")
-        scratch, untuned = method == "scratch", method != "gates_budget" and not (g["finetune_steps"].fillna(0) > 0).any()
+        scratch = method == "scratch"
+        untuned = method != "gates_budget" and not (g["finetune_steps"].fillna(0) > 0).any()
         marker = "D" if scratch else "o"
         ax.errorbar(x, g["test_bleu_mean"], yerr=err, marker=marker, capsize=3, label=label, color=colour,
                     linestyle="" if scratch else ("--" if untuned else "-"),

@@ -188,3 +188,26 @@ def test_table_two_pairs_each_scratch_layout_with_the_pruned_model_of_that_layou
     assert got.loc["enc_self=4,4", "pruned from trained"] == "base model"
     assert got.loc["enc_self=4,4", "verdict"] == "not resolved" and got.loc["enc_self=4,4", "pruned - scratch"] == 0
     assert got.loc["enc_self=1,0", "verdict"] == "no pruned model with this layout"
+
+
+def test_the_comparison_takes_every_method_folder_of_the_sweep_beside_its_gate_folder(tmp_path):
+    """A sweep run in --resume parts records only the last part's methods: locally, every method folder of the sweep
+    beside the gate folder is compared (in the order methods run), another sweep's never; in remote storage the
+    recorded methods' folders."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from analysis.testset import method_folders
+
+    for name in ("s", "s-importance", "s-importance-ft5", "s-random", "s-iterative-ft5", "other-random",
+                 "s-random-ft9"):  # ft9: no fine-tuning length of this sweep
+        (tmp_path / name).mkdir()
+    record = {"name": "s", "method": ["gates", "importance"], "baselines": {"finetune_steps": [0, 5]}}
+    local = SimpleNamespace(config=record, remote=False, source=str(tmp_path / "s"), label="gates")
+    got = [(method, label, Path(folder).name, steps) for method, label, folder, steps in method_folders(local)]
+    assert got == [("gates", "gates", "s", 0), ("importance", "importance", "s-importance", 0),
+                   ("importance", "importance + 5 steps", "s-importance-ft5", 5),
+                   ("iterative", "iterative + 5 steps", "s-iterative-ft5", 5), ("random", "random", "s-random", 0)]
+    remote = SimpleNamespace(config=record, remote=True, source="s3://bucket/sweeps/s", label="gates")
+    assert [folder for _, _, folder, _ in method_folders(remote)] == [
+        "s3://bucket/sweeps/s", "s3://bucket/sweeps/s-importance", "s3://bucket/sweeps/s-importance-ft5"]

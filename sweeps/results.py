@@ -104,11 +104,12 @@ def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
 
 def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_results: list[Any],
                        method: str = "gates"):
-    """trials.csv in a sweep (or method) folder (the file ``analysis/`` reads); returns the DataFrame."""
+    """trials.csv in a sweep (or method) folder (the file ``analysis/`` reads); returns the DataFrame. Rows in
+    trial-ID order (the order Tune created them): a resumed sweep lists its trials as the first run did."""
     import pandas as pd
 
     rows = [trial_row(r, "pretrain", params) for r in base_results]
-    rows += [trial_row(r, "prune", params) for r in grid]
+    rows += sorted((trial_row(r, "prune", params) for r in grid), key=lambda row: str(row[TRIAL_ID] or ""))
     df = pd.DataFrame(rows).convert_dtypes()
     df.insert(2, METHOD, ["base" if stage == "pretrain" else method for stage in df[STAGE]])
     if "://" not in experiment_dir:  # a write of an earlier driver killed before its rename

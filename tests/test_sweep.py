@@ -479,3 +479,25 @@ def test_an_unknown_trial_that_the_study_holds_as_running_is_told_on_that_record
     records = [t for t in searcher._ot_study.trials if t.user_attrs.get("ray_trial_id") == "lost"]
     assert len(records) == 1 and records[0].state == optuna.trial.TrialState.COMPLETE
     assert records[0].values == [30.0, 4] and records[0].params == config
+
+
+def test_the_trials_table_lists_trials_in_the_order_tune_created_them(tmp_path: Path):
+    """A resumed sweep's results come back in another order than the first run's; the table must not reorder its
+    rows with them (a reordered table reads as a changed result in the record of a sweep kept under git)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from sweeps.results import write_trials_table
+
+    def result(trial_id: str, bleu: float) -> SimpleNamespace:
+        history = pd.DataFrame({"bleu": [bleu - 1, bleu], "step": [100, 200]})
+        return SimpleNamespace(metrics={"trial_id": trial_id, "bleu": bleu, "step": 200, "status": "completed"},
+                               config={"gates.penalty": bleu / 100}, error=None, metrics_dataframe=history,
+                               checkpoint=None, path=str(tmp_path / trial_id), filesystem=None)
+
+    created = [result("ab_00000", 30.0), result("ab_00001", 31.0), result("ab_00002", 29.0)]
+    first = write_trials_table(str(tmp_path), ["gates.penalty"], created, [])
+    resumed = write_trials_table(str(tmp_path), ["gates.penalty"], [created[2], created[0], created[1]], [])
+    assert list(first["trial_id"]) == list(resumed["trial_id"]) == ["ab_00000", "ab_00001", "ab_00002"]
+    assert list(pd.read_csv(tmp_path / "trials.csv")["bleu"]) == [30.0, 31.0, 29.0]

@@ -148,7 +148,7 @@ def _from_ray(path: Path) -> pd.DataFrame:
                      **{k: v for k, v in last.items() if not isinstance(v, dict)},
                      "evaluations": len(lines), CHECKPOINT: str(checkpoints[-1]) if checkpoints else "",
                      TRIAL_PATH: str(result_file.parent), WALL_SECONDS: last.get("time_total_s")})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else [TRIAL_ID, STAGE, STATUS])  # no trial has reported yet
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:

@@ -117,6 +117,16 @@ def test_scoring_takes_the_validation_front_and_a_given_base_and_caches_each_sco
     assert len(calls) == 3 and again.table[TEST_BLEU].tolist() == scores.table[TEST_BLEU].tolist()  # cached
     score_sweep(folder, beam=3, log=lambda _: None)  # other settings: scored again
     assert len(calls) == 6
+    # method folders of a sweep part still running beside it: one made but empty, one whose trial has not reported
+    # yet; both are left out, and said to be, while the finished folders are compared
+    (folder.parent / "t-importance").mkdir()
+    (folder.parent / "t-random" / "layout_trainable_0").mkdir(parents=True)
+    (folder.parent / "t-random" / "layout_trainable_0" / "result.json").write_text("")
+    said = []
+    _, partial = score_sweep(folder, beam=3, log=said.append)  # the settings cached last: nothing translated
+    assert sorted(partial.table["trial_id"]) == ["a", "base", "c"] and len(calls) == 6
+    assert any(line.startswith("test set: importance: left out (") for line in said), said
+    assert any(line.startswith("test set: random: left out (no finished trial in ") for line in said), said
 
 
 def test_the_target_is_met_only_where_the_mean_clears_the_line_with_enough_heads_removed():
@@ -137,6 +147,11 @@ def test_the_target_is_met_only_where_the_mean_clears_the_line_with_enough_heads
             for seed, offset in enumerate((-0.05, 0.0, 0.05)):
                 rows.append({"method": "importance", LABEL: label, "trial_id": f"{label}{budget}{seed}",
                              "heads": budget, "budget": budget, "seed": seed, "bleu": mean, TEST_BLEU: mean + offset})
+    # within tolerance at 3 heads on the mean only (seeds far apart), at 6 by the interval too
+    for budget, mean, spread in ((3, 35.6, 1.0), (6, 36.0, 0.05), (12, 36.2, 0.05)):
+        for seed, offset in enumerate((-spread, 0.0, spread)):
+            rows.append({"method": "random", LABEL: "split", "trial_id": f"split{budget}{seed}", "heads": budget,
+                         "budget": budget, "seed": seed, "bleu": mean, TEST_BLEU: mean + offset})
     rows.append({"method": "gates", LABEL: "gates", "trial_id": "g", "heads": 5, "budget": math.nan,
                  "seed": math.nan, "bleu": 36.0, TEST_BLEU: 35.7})  # one run on the front: the mean is the run
     scores = HeldOutScores(pd.DataFrame(rows), {}, "open_heads")
@@ -149,6 +164,14 @@ def test_the_target_is_met_only_where_the_mean_clears_the_line_with_enough_heads
     assert got.loc["poor", "fewest heads within tolerance"] == "none" and got.loc["poor", "target"] == "missed"
     assert got.loc["poor", "best test BLEU (heads)"] == "34.50 (12)"
     assert got.loc["gates", "target"] == "met (mean)"  # a single run has no interval to clear the line with
+    assert pd.isna(got.loc["gates", "fewest heads, interval above the line"])
+    assert got.loc["good", "fewest heads, interval above the line"] == "6"
+    assert got.loc["late", "fewest heads, interval above the line"] == "12"
+    assert got.loc["poor", "fewest heads, interval above the line"] == "none"
+    # the fewest heads on the mean (3) have an interval reaching below the line; 6 heads clear it: met by interval
+    assert got.loc["split", "fewest heads within tolerance"] == "3"
+    assert got.loc["split", "fewest heads, interval above the line"] == "6"
+    assert got.loc["split", "target"] == "met (interval)"
     assert got.loc["good", "test BLEU there"] == pytest.approx(35.8)
 
 

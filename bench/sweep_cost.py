@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in [n for n in b.finetune_steps if n]:
             stages.append((f"{method} + {n} steps", grid, n, sweep.baseline_config(n, {BUDGET: sweep.budgets()[0]})))
     if "scratch" in methods:
-        layouts = (b.scratch_limit if b.scratch_limit is not None else sweep.search.num_samples) + 1
+        layouts = (b.scratch_limit if b.scratch_limit is not None else sweep.search.num_samples) + b.scratch_full
         cfg = sweep.scratch_config({})
         stages.append((f"scratch (up to {layouts} layouts)", layouts * b.scratch_seeds, cfg.train.max_steps, cfg))
     stages = [(name, trials, steps, cfg.train.threads, per_step(cfg, name)) for name, trials, steps, cfg in stages]

@@ -79,7 +79,8 @@ def describe_plan(sweep: Sweep) -> str:
         grid = f"{len(sweep.budgets())} budgets {sweep.budgets()} x {b.seeds} seeds"
         count = {"gates": f"{s.num_samples} trials", "gates_budget": f"{grid}, {run.finetune_steps} steps",
                  "importance": grid, "iterative": grid, "random": grid,
-                 "scratch": f"the gate front's layouts + the full model, x {b.scratch_seeds} seeds"}[run.method]
+                 "scratch": f"the gate front's layouts{' + the full model' * b.scratch_full}, "
+                            f"x {b.scratch_seeds} seeds"}[run.method]
         state = " (holds a sweep: needs --resume)" if _restorable(folder) else ""
         lines.append(f"  {run.label}: {count}; {folder}{state}")
     if sweep.schema.test.enabled:

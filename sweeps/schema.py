@@ -88,6 +88,9 @@ class BaselinesConfig:
     scratch_limit: int | None = None  # at most this many of them (spread over the head counts); null: all
     scratch_set: dict[str, Any] = field(default_factory=dict)  # overrides of the base recipe for `scratch` models
     scratch_seeds: int = 1  # scratch: trainings per layout (initialisation and data order)
+    # scratch: the full model too (the base recipe again with other seeds: how far training from scratch alone
+    # moves BLEU); false where the base model already answers that and its trainings would cost the most
+    scratch_full: bool = True
 
 
 @dataclass(frozen=True)

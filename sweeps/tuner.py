@@ -284,7 +284,7 @@ def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume:
 
 def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
     """The layouts ``scratch`` trains: those of the gate trials (Pareto-optimal or all completed ones), and the
-    full model's, smallest first."""
+    full model's unless ``baselines.scratch_full`` is false, smallest first."""
     from analysis.pareto import pareto_front
 
     done = gate_trials[(gate_trials[STAGE] == "prune") & (gate_trials[STATUS] == "completed")]
@@ -298,6 +298,12 @@ def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
     limit = sweep.schema.baselines.scratch_limit
     if limit is not None and len(found) > limit:  # evenly spread from the smallest to the largest
         found = [found[round(i * (len(found) - 1) / max(1, limit - 1))] for i in range(limit)]
+    if not sweep.schema.baselines.scratch_full:
+        if not found:
+            raise SweepError("method scratch: the gate trials left no layout but the full model's, and "
+                             "baselines.scratch_full is false: nothing to train from scratch (set it to true, or "
+                             "scratch_layouts: all, and continue with --resume)")
+        return found
     return found + [layout_name(full)]
 
 
@@ -459,14 +465,16 @@ BASELINE_KEYS = {"gates": (), "gates_budget": ("budgets", "seeds", "finetune_ste
                  "importance": ("budgets", "seeds", "importance_batches"),
                  "iterative": ("budgets", "seeds", "importance_batches", "iterative_fraction"),
                  "random": ("budgets", "seeds"),
-                 "scratch": ("scratch_layouts", "scratch_limit", "scratch_set", "scratch_seeds")}
+                 "scratch": ("scratch_layouts", "scratch_limit", "scratch_set", "scratch_seeds", "scratch_full")}
+# what a sweep recorded before a key existed had: the key's default (so that such a sweep resumes)
+RECORDED_BEFORE = {"scratch_full": True}
 
 
 def _settings_of(run: MethodRun, record: dict[str, Any]) -> dict[str, Any]:
     """The part of a recorded sweep that decides the trials of one method folder."""
     keys = BASELINE_KEYS[run.method] + (("set",) if run.finetune_steps else ())
     out = {k: v for k, v in record.items() if k not in ("label", "run", "method", "baselines")}
-    out["baselines"] = {k: v for k, v in (record.get("baselines") or {}).items() if k in keys}
+    out["baselines"] = {k: v for k, v in {**RECORDED_BEFORE, **(record.get("baselines") or {})}.items() if k in keys}
     return out
 
 

@@ -54,6 +54,7 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
     if isinstance(baselines, dict):
         baselines.pop("budgets", None)  # the smoke test's own budget (Sweep.budgets)
         baselines["scratch_limit"] = 1
+        baselines["scratch_full"] = True  # two tiny trials may close no head: the full layout is then all there is
         for key in ("seeds", "scratch_seeds"):
             if isinstance(baselines.get(key), int):
                 baselines[key] = 1

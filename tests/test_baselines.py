@@ -115,6 +115,13 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
     assert "enc_self=3,3" in scratch_layouts(every, table)
     two = make({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2}})
     assert scratch_layouts(two, table) == ["enc_self=1,0", "enc_self=4,3", "enc_self=4,4"]
+    # without the full model (the base model is that layout trained from scratch already)
+    no_full = make({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2, "scratch_full": False}})
+    assert scratch_layouts(no_full, table) == ["enc_self=1,0", "enc_self=4,3"]
+    from sweeps.tuner import SweepError
+
+    with pytest.raises(SweepError, match=r"no layout but the full model's.*scratch_full is false"):
+        scratch_layouts(no_full, table[table["trial_id"] == "4"])  # the front: the full model alone
 
 
 def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on():
@@ -148,3 +155,12 @@ def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on()
     more = schema_dict(make({"method": ["gates", "iterative"], "baselines": {"seeds": 2, "iterative_fraction": 0.2}}))
     assert sweep_differences(_settings_of(iterative, a), _settings_of(iterative, more)) == [
         "baselines.iterative_fraction: 0.1 -> 0.2"]
+    # scratch: a sweep recorded before baselines.scratch_full existed trained the full model: it resumes as true
+    scratch = MethodRun("scratch", 0, "t-scratch")
+    old = schema_dict(make({"method": ["gates", "scratch"]}))
+    old["baselines"].pop("scratch_full")
+    without = schema_dict(make({"method": ["gates", "scratch"], "baselines": {"scratch_full": False}}))
+    assert sweep_differences(_settings_of(scratch, old), _settings_of(scratch, schema_dict(make(
+        {"method": ["gates", "scratch"]})))) == []
+    assert sweep_differences(_settings_of(scratch, old), _settings_of(scratch, without)) == [
+        "baselines.scratch_full: True -> False"]

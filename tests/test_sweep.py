@@ -197,6 +197,7 @@ BAD = [
     ({"method": "random", "baselines": {"scratch_layouts": "best"}}, r"`baselines.scratch_layouts`.*'pareto', 'all'"),
     ({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 0}}, r"`baselines.scratch_limit`: 0"),
     ({"method": ["gates", "scratch"], "baselines": {"scratch_seeds": 0}}, r"`baselines.scratch_seeds`: 0"),
+    ({"method": ["gates", "scratch"], "baselines": {"scratch_full": "yes"}}, r"`baselines.scratch_full`.*true/false"),
     ({"method": "iterative", "baselines": {"iterative_fraction": 0.0}}, r"`baselines.iterative_fraction`: 0.0.*\(0, 1\]"),
     ({"method": "gates_budget", "baselines": {"finetune_steps": [0]}},
      r"`baselines.finetune_steps`.*gates_budget fine-tunes"),
@@ -276,6 +277,9 @@ def test_smoke_test_shrinks_the_baselines_too():
                                                                "finetune_steps": [0, 500]}}, smoke_test=True)
     assert sweep.budgets() == [2] and sweep.schema.baselines.seeds == 1
     assert sweep.schema.baselines.finetune_steps == [10] and sweep.schema.baselines.scratch_limit == 1  # the longest
+    # two tiny gate trials may close no head: the smoke test keeps the full layout, so scratch has a model to train
+    smoke = make({"method": ["gates", "scratch"], "baselines": {"scratch_full": False}}, smoke_test=True)
+    assert smoke.schema.baselines.scratch_full is True
 
 
 def test_the_readmes_head_budget_sweep_loads(monkeypatch):

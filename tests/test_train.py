@@ -340,7 +340,7 @@ def test_heads_with_tiny_gates_stay_when_removing_them_costs_bleu(tmp_path, monk
     assert alphas and all(torch.allclose(a, torch.full_like(a, -2.0), atol=1e-4) for a in alphas)  # restored
 
 
-def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_the_weights(tmp_path):
+def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_the_weights(tmp_path, record):
     """A NaN in one parameter's gradient from step 3 on, the loss finite: the run ends as diverged at step 3, the
     weights stay those of step 2, and the last checkpoint (step 2) holds only finite values."""
     from model.train import Trainer
@@ -363,9 +363,16 @@ def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_the_weights(tmp_
     assert all(torch.isfinite(v).all() for v in _state(result.checkpoint).values() if v.is_floating_point())
     status = json.loads((tmp_path / STATUS_FILE).read_text())
     assert status["status"] == "diverged" and "non-finite gradient" in status["reason"]
+    record("NaN in one parameter's gradient from step 3 on, the loss finite, gradient clipping on",
+           poisoned_backward_passes=calls["backward"] - 2,
+           stopped_at_step=int(result.metrics[M.REASON].split("at step ")[1].split()[0]),
+           non_finite_weights=sum(int((~torch.isfinite(p)).sum()) for p in trainer.model.parameters()),
+           last_checkpoint_step=int(result.checkpoint.stem.split("_")[1]),
+           non_finite_in_last_checkpoint=sum(int((~torch.isfinite(v)).sum()) for v in
+                                             _state(result.checkpoint).values() if v.is_floating_point()))
 
 
-def test_a_head_budget_run_resumed_with_another_length_is_refused(tmp_path):
+def test_a_head_budget_run_resumed_with_another_length_is_refused(tmp_path, record):
     """Under gates.target_open the kept heads are fixed at target_fix_at x max_steps: resuming with another
     max_steps would move that step, so it is refused, naming the key; the same length resumes."""
     cfg = tiny_config("gates.mode=learned", "gates.target_open=3", "train.max_steps=8", "train.eval_every=2")
@@ -376,8 +383,19 @@ def test_a_head_budget_run_resumed_with_another_length_is_refused(tmp_path):
 
     with pytest.raises(Interrupt):
         train(cfg, tmp_path, report=stop, **QUIET)
-    longer = tiny_config("gates.mode=learned", "gates.target_open=3", "train.max_steps=12", "train.eval_every=2")
-    with pytest.raises(TrainingError, match=r"train.max_steps: 8 -> 12 \(the head budget fixes its heads"):
-        train(longer, tmp_path, resume=True, **QUIET)
+    before = {f: f.stat().st_mtime_ns for f in tmp_path.rglob("*") if f.is_file()}
+    refused = 0
+    for steps in (12, 6):  # longer and shorter
+        other = tiny_config("gates.mode=learned", "gates.target_open=3", f"train.max_steps={steps}",
+                            "train.eval_every=2")
+        with pytest.raises(TrainingError, match=rf"train.max_steps: 8 -> {steps} \(the head budget fixes its heads"):
+            train(other, tmp_path, resume=True, **QUIET)
+        refused += 1
+    changed = sum(f.stat().st_mtime_ns != t for f, t in before.items() if f.exists()) + sum(
+        not f.exists() for f in before)
+    assert changed == 0  # a refused resume writes nothing
     resumed = train(cfg, tmp_path, resume=True, **QUIET)
     assert resumed.status == "completed" and resumed.metrics[M.OPEN_HEADS + "/enc_self"] == 3
+    record("resume of a head-budget run (gates.target_open) with another train.max_steps, longer and shorter",
+           refused=refused, files_changed_by_refusals=changed, resumed_with_same_length=int(resumed.step == 8),
+           heads_open_at_end=int(resumed.metrics[M.OPEN_HEADS + "/enc_self"]))

@@ -306,8 +306,9 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
 
 def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
     """Among the budget methods fine-tuned the same number of steps (equal training: the methods evaluated right
-    after pruning apart from those fine-tuned), each against the reference (gates_budget if present, else the first)
-    at every budget both have: paired bootstrap over test sentences with the seeds of each."""
+    after pruning apart from those fine-tuned), at every budget both have: gates_budget against each layout method
+    (the question the sweep asks), then importance against the other layout methods (the informed choice against
+    iterative re-scoring and against chance); paired bootstrap over test sentences with the seeds of each."""
     budget_rows = scores.table[scores.table["method"].isin(BUDGET_METHODS)]
     out = []
     groups = budget_rows.groupby(budget_rows["finetune_steps"].fillna(0))
@@ -318,9 +319,14 @@ def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
 
 def _compare_group(df: pd.DataFrame, steps: int, scores: HeldOutScores, samples: int) -> list[dict[str, Any]]:
     labels = list(dict.fromkeys(df[LABEL]))
-    reference = next((lab for lab in labels if (df[df[LABEL] == lab]["method"] == "gates_budget").all()), labels[0])
+
+    def first(method: str) -> list[str]:
+        return [lab for lab in labels if (df[df[LABEL] == lab]["method"] == method).all()][:1]
+
+    references = first("gates_budget") + first("importance") or labels[:1]
+    pairs = [(ref, other) for i, ref in enumerate(references) for other in labels if other not in references[:i + 1]]
     out = []
-    for other in [lab for lab in labels if lab != reference]:
+    for reference, other in pairs:
         for budget in sorted(set(df[df[LABEL] == reference]["budget"]) & set(df[df[LABEL] == other]["budget"])):
             def systems(label: str, budget=budget) -> list[np.ndarray]:
                 runs = df[(df[LABEL] == label) & (df["budget"] == budget)].sort_values("seed")

@@ -400,13 +400,14 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
         assert (scored["method"] == method).sum() == (8 if method != "gates_budget" else 4)
     assert (scored["sentences"] == 20).all() and scored["test_bleu_signature"].str.contains("nrefs:1").all()
     pairs = pd.read_csv(root / "t" / "report" / "test_comparisons.csv")
-    # compared only at equal training: gates_budget with the 3-step folders, importance with the 0-step ones
-    references = dict(zip(pairs["fine-tuning steps"], pairs["A"]))
-    assert references == {3: "gates at budget (3 steps)", 0: "importance"}, references
-    assert sorted(pairs[pairs["fine-tuning steps"] == 3]["B"].unique()) == [
-        "importance + 3 steps", "iterative + 3 steps", "random + 3 steps"]
-    assert sorted(pairs[pairs["fine-tuning steps"] == 0]["B"].unique()) == ["iterative", "random"]
-    assert len(pairs) == 2 * (3 + 2)  # 2 budgets
+    # compared only at equal training: gates_budget with the 3-step folders, then importance with the other layout
+    # methods, at 3 steps and among the 0-step folders
+    compared = {steps: sorted(set(zip(g["A"], g["B"]))) for steps, g in pairs.groupby("fine-tuning steps")}
+    gb, imp = "gates at budget (3 steps)", "importance + 3 steps"
+    assert compared == {3: [(gb, imp), (gb, "iterative + 3 steps"), (gb, "random + 3 steps"),
+                            (imp, "iterative + 3 steps"), (imp, "random + 3 steps")],
+                        0: [("importance", "iterative"), ("importance", "random")]}, compared
+    assert len(pairs) == 2 * (5 + 2)  # 2 budgets
     assert ((pairs["95% low"] <= pairs["A - B"]) & (pairs["A - B"] <= pairs["95% high"])).all()
     assert (pairs["seeds A"] == 2).all() and (pairs["seeds B"] == 2).all()
     # at 8 heads without fine-tuning every method evaluates the unpruned model: no difference at all

@@ -212,6 +212,18 @@ def test_the_reliability_table_sums_the_cases_of_a_test_and_counts_lost_trials()
     assert "Trials lost across all rows: **2**" in text
 
 
+def test_the_reliability_page_ends_with_what_its_generator_writes():
+    """docs/reliability.md is rewritten by bench/reliability.py: prose edited in the page alone would be lost at
+    the next run, so the page's findings must be the generator's own."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reliability", REPO / "bench" / "reliability.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    page = (REPO / "docs" / "reliability.md").read_text()
+    assert page.startswith(bench.HEADER) and page.rstrip("\n").endswith(bench.FOOTER.rstrip("\n"))
+
+
 def test_no_reliability_figure_is_written_down_as_a_constant():
     """docs/reliability.md is generated from record(...) calls: each figure must come from what the test counted.
     A number or true/false written into the call is a claim, not a measurement (a per-example record of 1, summed

@@ -448,7 +448,8 @@ def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: flo
     colours = {m: f"C{i}" for i, m in enumerate([*BUDGET_METHODS, "scratch"])}
     plotly_colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]  # matplotlib's C0..C5
     groups = list(points.groupby(LABEL, sort=False))
-    width = 0.6 * min(1.0, float(np.diff(np.unique(points["heads"])).min()) if points["heads"].nunique() > 1 else 1.0)
+    # the methods at a budget spread over half the gap to the next budget, so that their intervals stay apart
+    width = 0.5 * (float(np.diff(np.unique(points["heads"])).min()) if points["heads"].nunique() > 1 else 1.0)
     for index, (label, g) in enumerate(groups):
         g = g.sort_values("heads")
         x = g["heads"] + (index - (len(groups) - 1) / 2) * width / max(1, len(groups))  # dodged

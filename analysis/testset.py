@@ -24,6 +24,7 @@ The statistics:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -165,11 +166,26 @@ class HeldOutScores:
     heads: str  # the heads objective the chart uses (e.g. open_heads/enc_self)
 
 
-def _heads_of(path: str, metric: str) -> int:
-    """The heads a plain checkpoint has of the attention type ``metric`` names (all types for open_heads)."""
+def _model_config(path: str):
+    """The model config a plain checkpoint file was saved with, read once per version of the file (a base model
+    given as a file is asked for its heads and its layout)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return _read_model_config.__wrapped__(path, 0, 0)  # not there: load_checkpoint's error names it
+    return _read_model_config(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_model_config(path: str, mtime_ns: int, size: int):
     from model.checkpoint import checkpoint_config, load_checkpoint
 
-    cfg = checkpoint_config(load_checkpoint(path)).model
+    return checkpoint_config(load_checkpoint(path)).model
+
+
+def _heads_of(path: str, metric: str) -> int:
+    """The heads a plain checkpoint has of the attention type ``metric`` names (all types for open_heads)."""
+    cfg = _model_config(path)
     kinds = [metric.split("/")[1]] if "/" in metric else ["enc_self", "dec_self", "dec_cross"]
     return sum((cfg.heads or {}).get(kind, [cfg.n_heads] * cfg.layers(kind))[layer]
                for kind in kinds for layer in range(cfg.layers(kind)))
@@ -205,10 +221,8 @@ def row_layout(row: pd.Series, kinds: Sequence[str]) -> str | None:
 def _checkpoint_layout(path: str, kinds: Sequence[str]) -> str | None:
     """The layout of a plain checkpoint (a base given as a file, or a checkpoint folder): its config's heads per
     layer; None where the weights are gone."""
-    from model.checkpoint import checkpoint_config, load_checkpoint
-
     try:
-        m = checkpoint_config(load_checkpoint(path if path.endswith(".pt") else checkpoint_file(path))).model
+        m = _model_config(path if path.endswith(".pt") else str(checkpoint_file(path)))
     except (CheckpointError, OSError):
         return None
     return layout_name({k: list((m.heads or {}).get(k) or [m.n_heads] * m.layers(k)) for k in kinds})
@@ -427,9 +441,10 @@ def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0
             fewest = float(heads[ok].min())
             row.update({"fewest heads within tolerance": f"{fewest:g}",
                         "test BLEU there": float(bleu[ok & (heads == fewest)].max())})
+            fewest_clear = float(heads[clear].min()) if clear.any() else math.inf
             if clear.any():
-                row["fewest heads, interval above the line"] = f"{float(heads[clear].min()):g}"
-            if clear.any() and float(heads[clear].min()) <= limit:
+                row["fewest heads, interval above the line"] = f"{fewest_clear:g}"
+            if fewest_clear <= limit:
                 row["target"] = "met (interval)"
             elif fewest <= limit:
                 row["target"] = "met (mean)"

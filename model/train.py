@@ -46,6 +46,7 @@ from .transformer import Transformer
 ReportFn = Callable[[dict[str, Any], Path | None], None]
 STATUS_FILE, METRICS_FILE, SAMPLES_FILE, GATES_FILE = "status.json", "metrics.jsonl", "samples.jsonl", "gates.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+PROGRESS_LINE_SECONDS = 300  # without a progress bar (sweep trials): a line of where training is, this often
 DATA_STATS_FILE = "data_stats.json"  # per split: lines repaired (bom, crlf) and pairs dropped or cut, with reasons
 
 # Keys that may differ between a checkpoint's config and the config it is resumed with: they change how long
@@ -458,11 +459,22 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{ce / max(1, n_tok):.3f}", epoch=self.epoch,
                                      tok_s=f"{self.window.tokens_per_s():.0f}")
+            elif time.perf_counter() - self._line_at >= PROGRESS_LINE_SECONDS:
+                self._progress_line()
             if (t.eval_unit == "steps" and self.step % t.eval_every == 0) or self.step == t.max_steps:
                 self._checkpoint_and_report("running" if self.step < t.max_steps else "completed")
             if self._out_of_time():
                 return "timed_out", self.batch_pos >= len(batches)
         return None, self.batch_pos >= len(batches)
+
+    def _progress_line(self) -> None:
+        """Where training is, for logs without a progress bar (a trial's evaluations may be many minutes apart)."""
+        t, w = self.cfg.train, self.window
+        per_step = w.seconds / max(1, self.step - self.evaluated_at)
+        self.log(f"step {self.step}/{t.max_steps}: loss {w.ce / max(1, w.tokens):.3f}, {per_step:.2f} s/step "
+                 f"({w.tokens_per_s():.0f} tokens/s); at this pace {(t.max_steps - self.step) * per_step / 60:.0f} "
+                 f"min of training steps left")
+        self._line_at = time.perf_counter()
 
     def _end_epoch(self) -> None:
         t = self.cfg.train
@@ -489,6 +501,7 @@ class Trainer:
         self.history, self.last_metrics, self.last_checkpoint = [], {}, None
         self.window, self.evaluated_at = LossWindow(), self.step
         self._wall_start, self._wall_base = time.perf_counter(), self.wall_seconds
+        self._line_at = self._wall_start
         self._write_status("running")
         progress = self._progress_bar()
         ended = None

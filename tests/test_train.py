@@ -399,3 +399,19 @@ def test_a_head_budget_run_resumed_with_another_length_is_refused(tmp_path, reco
     record("resume of a head-budget run (gates.target_open) with another train.max_steps, longer and shorter",
            refused=refused, files_changed_by_refusals=changed, resumed_with_same_length=int(resumed.step == 8),
            heads_open_at_end=int(resumed.metrics[M.OPEN_HEADS + "/enc_self"]))
+
+
+def test_a_run_without_a_progress_bar_logs_where_it_is(tmp_path, monkeypatch):
+    """Sweep trials train without a progress bar and may evaluate minutes apart: a line says the step, the pace
+    and what is left, and the steps it names only go forward."""
+    import model.train as train_module
+
+    monkeypatch.setattr(train_module, "PROGRESS_LINE_SECONDS", 0.0)
+    lines = []
+    train(tiny_config("train.max_steps=6", "train.eval_every=3"), tmp_path, log=lines.append)
+    progress = [line for line in lines if "s/step" in line]
+    steps = [int(line.split("/")[0].split()[-1]) for line in progress]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert all(line.startswith(f"step {s}/6: loss ") and "min of training steps left" in line
+               for s, line in zip(steps, progress))
+    assert float(progress[0].split("loss ")[1].split(",")[0]) > 0

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'stage':32} {'trials':>6} {'steps':>6} {'core-h':>8} {'wall-h':>7}")
     for name, trials, steps, threads, per_step in stages:
         core_h = trials * steps * per_step * threads / 3600
-        at_once = 1 if name == "base model" or name.startswith("scratch") else max(1, int(cores // threads))
+        at_once = 1 if name == "base model" else max(1, int(cores // threads))  # scratch: on its resources
         wall_h = trials * steps * per_step / 3600 / min(at_once, trials)
         total_core_h, total_wall_h = total_core_h + core_h, total_wall_h + wall_h
         print(f"{name:32} {trials:>6} {steps:>6} {core_h:>8.2f} {wall_h:>7.2f}")

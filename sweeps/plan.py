@@ -80,7 +80,8 @@ def describe_plan(sweep: Sweep) -> str:
         count = {"gates": f"{s.num_samples} trials", "gates_budget": f"{grid}, {run.finetune_steps} steps",
                  "importance": grid, "iterative": grid, "random": grid,
                  "scratch": f"the gate front's layouts{' + the full model' * b.scratch_full}, "
-                            f"x {b.scratch_seeds} seeds"}[run.method]
+                            f"x {b.scratch_seeds} seeds, each on {sweep.scratch_resources.cpus:g} CPUs, "
+                            f"{sweep.scratch_resources.gpus:g} GPUs"}[run.method]
         state = " (holds a sweep: needs --resume)" if _restorable(folder) else ""
         lines.append(f"  {run.label}: {count}; {folder}{state}")
     if sweep.schema.test.enabled:

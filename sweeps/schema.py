@@ -91,6 +91,9 @@ class BaselinesConfig:
     # scratch: the full model too (the base recipe again with other seeds: how far training from scratch alone
     # moves BLEU); false where the base model already answers that and its trainings would cost the most
     scratch_full: bool = True
+    # where each scratch model trains; null: pretrain.resources. Scratch trains several models as long as the base
+    # one, so several at once on fewer cores each may finish them sooner than one at a time on all of them
+    scratch_resources: ResourcesConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,10 @@ class Sweep:
         return self.schema.pretrain.resources or self.schema.resources
 
     @property
+    def scratch_resources(self) -> ResourcesConfig:
+        return self.schema.baselines.scratch_resources or self.pretrain_resources
+
+    @property
     def pretraining(self) -> bool:
         """True when trials start from a base model (trained here or given as a checkpoint)."""
         return self.schema.pretrain.enabled
@@ -211,13 +215,14 @@ class Sweep:
     def scratch_config(self, heads: dict[str, list[int]], seed: int = 0) -> Config:
         """A ``scratch`` trial: the base recipe (``pretrain.set``), the prune stage's evaluation settings,
         ``baselines.scratch_set`` and the layout ``heads``, from random initialisation with the base recipe's
-        train.seed plus ``seed`` (seed 0 of the full layout is the base model's own training)."""
+        train.seed plus ``seed`` (seed 0 of the full layout is the base model's own training), placed on
+        ``baselines.scratch_resources``."""
         evaluation = {k: v for k, v in flatten(self.schema.prune.set).items() if k.startswith("eval.")}
         layout = {"model.heads": copy.deepcopy(heads), "gates.mode": "none"}
         overrides = [self.schema.pretrain.set, evaluation, self.schema.baselines.scratch_set, layout]
         if seed:
             overrides.append({"train.seed": run_config(self.base, overrides).train.seed + seed})
-        return run_config(self.base, overrides, resources=self.pretrain_resources)
+        return run_config(self.base, overrides, resources=self.scratch_resources)
 
     def points_to_evaluate(self) -> list[dict[str, Any]]:
         """The configured first points, completed with the prune config's own values for unnamed keys."""

@@ -318,7 +318,7 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
         space = {LAYOUT: tune.grid_search(scratch_layouts(sweep, gate_trials)),
                  LAYOUT_SEED: tune.grid_search(list(range(b.scratch_seeds)))}
         trainable = tune.with_resources(tune.with_parameters(trainables.scratch, setup=setup),
-                                        _resources(sweep.pretrain_resources))
+                                        _resources(sweep.scratch_resources))
     else:
         space = {BUDGET: tune.grid_search(sweep.budgets()), LAYOUT_SEED: tune.grid_search(list(range(b.seeds)))}
         function = trainables.gates_budget if run.method == "gates_budget" else trainables.layout
@@ -348,7 +348,8 @@ def _where_not_what(key: str) -> bool:
     """A recorded sweep key that says where or how fast trials run (W&B, folders, threads, the CPUs and GPUs a trial
     or a base model is given, the results root the folder was moved to) or how they are scored afterwards (test.*),
     not what they learn."""
-    return key.startswith(("wandb.", "test.", "resources.", "pretrain.resources.")) or key in (
+    return key.startswith(("wandb.", "test.", "resources.", "pretrain.resources.",
+                            "baselines.scratch_resources.")) or key in (
         "storage", "storage_shared") or any(
         key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.") for k in RUN_LOCATION_KEYS)
 
@@ -441,9 +442,11 @@ def check_cluster(sweep: Sweep) -> None:
 
     nodes = [{**n.get("Resources", {}), "host": n.get("NodeManagerAddress")} for n in ray.nodes() if n.get("Alive")]
     autoscaler = read_autoscaler()
-    stages = [("resources", sweep.resources)]  # base models and scratch trials: pretrain.resources
+    stages = [("resources", sweep.resources)]  # base models: pretrain.resources; scratch trials: their own
     if sweep.schema.pretrain.resources is not None:
         stages.append(("pretrain.resources", sweep.pretrain_resources))
+    if "scratch" in sweep.methods and sweep.schema.baselines.scratch_resources is not None:
+        stages.append(("baselines.scratch_resources", sweep.scratch_resources))
     for where, res in stages:
         note = check_placement(where, res.cpus, res.gpus, nodes, autoscaler, res.autoscale)
         if note:
@@ -547,6 +550,8 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
         devices = float(torch.cuda.device_count())
         check_gpus(sweep.resources.gpus, devices, False)
         check_gpus(sweep.pretrain_resources.gpus, devices, False, "pretrain.resources.gpus")
+        if "scratch" in sweep.methods:
+            check_gpus(sweep.scratch_resources.gpus, devices, False, "baselines.scratch_resources.gpus")
         check_corpus_files(sweep)
     mode = resolve_mode(sweep.schema.wandb.mode)
     if mode == "online" and (reason := unreachable_backend()):

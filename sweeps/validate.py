@@ -55,6 +55,7 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
         baselines.pop("budgets", None)  # the smoke test's own budget (Sweep.budgets)
         baselines["scratch_limit"] = 1
         baselines["scratch_full"] = True  # two tiny trials may close no head: the full layout is then all there is
+        baselines.pop("scratch_resources", None)  # every smoke trial on one CPU
         for key in ("seeds", "scratch_seeds"):
             if isinstance(baselines.get(key), int):
                 baselines[key] = 1
@@ -270,7 +271,8 @@ def _check_search(schema: SweepSchema, space: list) -> None:
         require(s.num_samples <= size, "search.num_samples", s.num_samples,
                f"at most the grid's {size} points with sampler 'grid'")
     r = schema.resources
-    for where, res in (("resources", r), ("pretrain.resources", schema.pretrain.resources)):
+    for where, res in (("resources", r), ("pretrain.resources", schema.pretrain.resources),
+                       ("baselines.scratch_resources", schema.baselines.scratch_resources)):
         if res is not None:
             require(res.cpus > 0, f"{where}.cpus", res.cpus, "a number > 0")
             require(res.gpus >= 0, f"{where}.gpus", res.gpus, "a number >= 0")

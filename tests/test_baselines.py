@@ -148,6 +148,10 @@ def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on()
     # a resume may move the sweep to other hardware or its folder to another place: not what its trials learn
     assert a["resources"] != moved["resources"] and a["storage"] != moved["storage"]
     assert sweep_differences(_settings_of(gates, a), _settings_of(gates, moved)) == []
+    scratch = MethodRun("scratch", 0, "t-scratch")
+    placed = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2, "scratch_resources": {"cpus": 1}}}))
+    assert sweep_differences(_settings_of(scratch, a), _settings_of(scratch, placed)) == []
+    assert sweep_differences(a, placed) == []  # where scratch models run, not what they learn
     assert sweep_differences(_settings_of(random, a), _settings_of(random, moved)) == []
     importance = MethodRun("importance", 0, "t-importance")
     assert sweep_differences(_settings_of(importance, a), _settings_of(importance, c)) == ["baselines.seeds: 2 -> 3"]

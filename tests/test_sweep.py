@@ -168,6 +168,8 @@ BAD = [
     ({"resources": {"gpus": -1}}, r"`resources.gpus`: -1.*>= 0"),
     ({"resources": {"gpus": 1.5}}, r"`resources.gpus`: 1.5.*fraction of one GPU, or 1"),
     ({"resources": {"gpus": 2}}, r"`resources.gpus`: 2.*data-parallel training across several GPUs is not"),
+    ({"baselines": {"scratch_resources": {"cpus": 0}}}, r"`baselines.scratch_resources.cpus`: 0.*> 0"),
+    ({"baselines": {"scratch_resources": {"gpus": 3}}}, r"`baselines.scratch_resources.gpus`: 3.*fraction"),
     ({"prune": {"set": {"gates.mode": "open"}}}, r"`prune.set.gates.mode`: 'open'.*'learned'"),
     ({"prune": {"set": {"gates.mode": "learned", "model.d_model": 32}}}, r"`prune.set`.*model.d_model"),
     ({"prune": {"set": {"gates.mode": "learned"}, "freeze": ["everything"]}}, r"`prune.freeze`.*'auto'"),
@@ -270,6 +272,25 @@ def test_baseline_configs_keep_the_prune_recipe_without_gates_and_scratch_keeps_
     assert scratch.model.heads == {"enc_self": [1, 3]} and scratch.gates.mode == "none"
     assert (scratch.train.max_steps, scratch.train.lr, scratch.eval.max_sentences) == (40, 5e-3, 4)
     assert scratch.train.freeze == []
+
+
+def test_scratch_models_train_on_their_own_resources_else_the_base_models():
+    """Scratch trains several models as long as the base one: `baselines.scratch_resources` places them (threads and
+    device), and without it they take `pretrain.resources`, as the base model does."""
+    pretrain = {"set": {"train.max_steps": 50}, "resources": {"cpus": 2, "gpus": 0}}
+    shared = make({"method": ["gates", "scratch"], "pretrain": pretrain})
+    assert shared.scratch_resources == shared.pretrain_resources
+    assert shared.scratch_config({"enc_self": [1, 3]}).train.threads == 2
+    own = make({"method": ["gates", "scratch"], "pretrain": pretrain,
+                "baselines": {"scratch_resources": {"cpus": 1, "gpus": 0}}})
+    assert own.scratch_config({"enc_self": [1, 3]}).train.threads == 1
+    assert own.base_config().train.threads == 2  # the base model keeps pretrain.resources
+    from sweeps.plan import describe_plan
+
+    assert "each on 1 CPUs, 0 GPUs" in describe_plan(own)
+    smoke = make({"method": ["gates", "scratch"], "baselines": {"scratch_resources": {"cpus": 4, "gpus": 1}}},
+                 smoke_test=True)
+    assert smoke.scratch_resources.gpus == 0 and smoke.scratch_config({"enc_self": [1, 1]}).train.device == "cpu"
 
 
 def test_smoke_test_shrinks_the_baselines_too():

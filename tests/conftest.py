@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,9 @@ import torch
 # Every Ray a test starts, in this process or a child, stays on 127.0.0.1; read by Ray when it is first imported,
 # so set before any test module imports it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Every process a test starts inherits this mark: a Ray on this machine without it is someone else's (a sweep
+# running beside the tests), which no test may stop.
+TEST_SESSION = os.environ.setdefault("HEADSWEEP_TEST_SESSION", f"{os.getpid()}-{secrets.token_hex(4)}")
 
 from model.config import Config, apply_overrides, config_from_dict
 
@@ -269,4 +275,55 @@ def ray_command() -> Path:
     found = Path(sys.executable).parent / "ray"
     if not found.exists():
         pytest.skip(f"no Ray command line at {found}")
+    return found
+
+
+def _environ(pid: int) -> list[bytes] | None:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or another user's (which this user's `ray stop` cannot stop either)
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != os.getpid()]
+
+
+def stop_ray_in(ray_tmpdir: str | Path, timeout: float = 30) -> None:
+    """Stop the Ray a test started with ``RAY_TMPDIR=ray_tmpdir``: its daemons, workers and the nodes a fake
+    autoscaler added, found by that setting in their environment or that folder in their command line. Never
+    `ray stop`, which stops every Ray process on the machine, a sweep running beside the tests included."""
+    folder = str(ray_tmpdir)
+    mark = f"RAY_TMPDIR={folder}".encode()
+
+    def started_there() -> list[int]:
+        return [pid for pid in _pids() if mark in (_environ(pid) or []) or f"{folder}/" in _cmdline(pid)]
+
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, timeout)):
+        for pid in started_there():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait
+        while started_there() and time.time() < deadline:
+            time.sleep(0.2)
+
+
+def ray_not_started_by_tests() -> list[int]:
+    """PIDs of Ray daemons (raylet, GCS server) on this machine that no test of this session started."""
+    daemons = ("/raylet/raylet ", "/gcs/gcs_server ")
+    found = []
+    for pid in _pids():
+        environ = _environ(pid)
+        if environ is not None and any(d in _cmdline(pid) for d in daemons) \
+                and f"HEADSWEEP_TEST_SESSION={TEST_SESSION}".encode() not in environ:
+            found.append(pid)
     return found

@@ -18,7 +18,7 @@ import yaml
 
 from model.config import ConfigError
 from sweeps.placement import check_placement, check_shared_storage, read_autoscaler
-from tests.conftest import REPO, free_port, ray_command
+from tests.conftest import REPO, free_port, ray_command, stop_ray_in
 from tests.test_trainable import check_table, run_cli, write_sweep
 
 CPU_HEAD = {"CPU": 0.0, "host": "10.0.0.1"}
@@ -134,7 +134,7 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
         assert private.returncode == 0 and privates == 1, private.stdout[-3000:] + private.stderr[-3000:]
         assert "joined the Ray cluster" not in private.stdout
     finally:
-        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+        stop_ray_in(ray_tmp)  # this test's Ray only: `ray stop` would stop every Ray on the machine
         shutil.rmtree(ray_tmp, ignore_errors=True)
     record("driver on the head of Ray's fake autoscaler (no RAY_ADDRESS, a head without CPUs): joins it, trials wait "
            "for added worker nodes; with --local a private Ray", wait_notes=waits,
@@ -163,3 +163,40 @@ def test_a_corpus_missing_on_the_node_that_runs_the_trial_is_refused_naming_the_
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"on node [0-9.]+ \(\S+\): data\.files\.train: no such file", proc.stderr), proc.stderr[-3000:]
     assert str(missing / "train") in proc.stderr
+
+
+def test_the_tests_stop_only_a_ray_they_started(tmp_path: Path):
+    """A sweep may run beside the test suite: a Ray started without this session's mark counts as another's (the
+    `ray up` test skips while one runs, since `ray up` and `ray down` stop every Ray of the head), and stopping a
+    test's own Ray by its folder leaves the other one running."""
+    from tests.conftest import _cmdline, _pids, ray_not_started_by_tests
+
+    ray_cli = ray_command()
+    theirs, ours = (tempfile.mkdtemp(prefix="rt", dir="/tmp") for _ in range(2))
+    loopback = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    unmarked = {k: v for k, v in os.environ.items() if k not in ("HEADSWEEP_TEST_SESSION", "RAY_ADDRESS")}
+
+    def start(env: dict[str, str]) -> None:
+        done = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                               "--num-cpus=0", "--include-dashboard=false", "--disable-usage-stats"],
+                              env={**env, **loopback}, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    def daemons_in(folder: str) -> list[int]:
+        return [pid for pid in _pids() if f"{folder}/" in _cmdline(pid) and ("raylet/raylet " in _cmdline(pid) or
+                                                                            "gcs/gcs_server " in _cmdline(pid))]
+
+    try:
+        start({**unmarked, "RAY_TMPDIR": theirs})
+        start({**os.environ, "RAY_TMPDIR": ours})
+        other, own = daemons_in(theirs), daemons_in(ours)
+        assert len(other) == 2 and len(own) == 2, (other, own)  # a GCS server and a raylet each
+        found = ray_not_started_by_tests()
+        assert set(other) <= set(found) and not set(own) & set(found), (found, other, own)
+        stop_ray_in(ours)
+        assert daemons_in(ours) == [] and daemons_in(theirs) == other
+    finally:
+        stop_ray_in(ours)
+        stop_ray_in(theirs)
+        for folder in (theirs, ours):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -7,7 +7,8 @@ cluster, and `ray down`.
 
 Needs root (an sshd that logs in as root; the login's HOME is set to the test's folder), OpenSSH's server and rsync
 (Debian: openssh-server rsync; .ci/run installs them) and Ray's full install (`.[cluster]`); it skips, saying which
-is missing, otherwise."""
+is missing, otherwise. It also skips while a Ray that no test started runs on this machine (a sweep beside the
+tests): `ray up` and `ray down` stop every Ray process of the head node, which here is this machine."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import pytest
 import yaml
 
 from sweeps.storage import download
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, ray_not_started_by_tests, stop_ray_in
 
 RELAY = """import os, socket, sys, threading
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
@@ -42,7 +43,7 @@ while (d := s.recv(65536)):
 # A worker node that joins the head on 127.0.0.1. `ray start --address` refuses to start a worker while Ray is
 # kept on loopback (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), and without that it replaces 127.0.0.1 by the machine's
 # address; so the node is started the way Ray's own multi-node test helpers (ray.cluster_utils, the fake
-# autoscaler) start theirs: a raylet of its own, through ray._private.node.Node, left running for `ray stop`.
+# autoscaler) start theirs: a raylet of its own, through ray._private.node.Node, left running until the test stops it.
 WORKER = """import os, sys
 import ray._private.node, ray._private.parameter
 params = ray._private.parameter.RayParams(gcs_address=sys.argv[1], node_ip_address="127.0.0.1", num_cpus=1,
@@ -78,6 +79,9 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -
 
 @pytest.mark.skipif(bool(_missing()), reason=_missing() or "runs")
 def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server, record):
+    if others := ray_not_started_by_tests():
+        pytest.skip(f"another Ray runs on this machine (PIDs {others}): `ray up` and `ray down` stop every Ray "
+                    f"process of the head node, which here is this machine")
     venv_bin = Path(sys.executable).parent
     ray_cli = str(venv_bin / "ray")
     root = Path(tempfile.mkdtemp(prefix="hs-e2e-", dir="/tmp"))
@@ -179,8 +183,7 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
         stored = s3_server.keys("e2e")
     finally:
         for folder in workers:
-            _run([ray_cli, "stop", "--force"], {"PATH": f"{venv_bin}:/usr/bin:/bin", "RAY_TMPDIR": str(folder),
-                                                "HOME": str(folder / "home")}, folder, timeout=120)
+            stop_ray_in(folder)  # the worker nodes it started: `ray stop` would stop every Ray on the machine
         down = _run([ray_cli, "down", "-y", str(config)], launcher, root, timeout=300)
         sshd.terminate()
         sshd.wait(timeout=30)

@@ -196,7 +196,7 @@ def _driver(args: list[str], cwd: Path, home: Path, s3_env: dict[str, str]) -> t
         (home / sub).mkdir(parents=True, exist_ok=True)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADSWEEP_", "WANDB_", "RAY_"))}
-    env.update(s3_env, HOME=str(home), TMPDIR=str(home / "tmp"), RAY_TMPDIR=ray_tmp,
+    env.update(s3_env, HEADSWEEP_TEST_SESSION=os.environ["HEADSWEEP_TEST_SESSION"], HOME=str(home), TMPDIR=str(home / "tmp"), RAY_TMPDIR=ray_tmp,
                HEADSWEEP_CACHE=str(home / "cache"), HEADSWEEP_DATA=str(SHARED_DATA), RAY_DEDUP_LOGS="0",
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     cwd.mkdir(parents=True, exist_ok=True)

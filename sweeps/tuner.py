@@ -425,8 +425,7 @@ def start_ray(cluster: tuple[str, str] | None, dashboard: bool, dashboard_host: 
         print(f"joined the Ray cluster at {address}{found}: {describe_cluster()}"
               + (f"; passed to its workers: {', '.join(sorted(env_vars))}" if env_vars else ""), flush=True)
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on 127.0.0.1
-    try:
+    try:  # on 127.0.0.1 (run_sweep set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray was imported)
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host=dashboard_host)
     except Exception as exc:
         if not dashboard:
@@ -540,10 +539,12 @@ def check_corpus_files(sweep: Sweep) -> None:
 def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, address: str | None = None,
               dashboard: bool = False, dashboard_host: str = "127.0.0.1", local: bool = False):
     """The base models, then each method's trials and table; returns {method run: trials DataFrame}."""
+    cluster = cluster_to_join(address, local)
+    if cluster is None:  # a private local Ray stays on 127.0.0.1: Ray reads this once, when it is first imported
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     _check_resume(sweep, resume)
-    cluster = cluster_to_join(address, local)
     if cluster is None:  # a private local Ray: this machine's GPUs are all there is
         import torch
 

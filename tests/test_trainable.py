@@ -32,8 +32,10 @@ NEEDS_DATA = {"multi30k_en_de": SHARED_DATA / "multi30k", "wmt_en_ru": SHARED_DA
 SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.name != "cluster.yaml")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The sweep command, run to its end; ``env`` adds variables to this process's (None: leaves one out)."""
     full_env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA), "RAY_DEDUP_LOGS": "0", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     full_env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, str(REPO / "trainable.py"), *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
@@ -242,9 +244,13 @@ def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, recor
         prune={"set": {"gates.mode": "learned", "train.max_steps": 6, "train.eval_every": 3, "train.grad_clip": None,
                        "gates.penalty": 0.05}},
         pretrain={"enabled": False}, search={"sampler": "grid", "num_samples": 2, "max_concurrent": 2})
-    proc = run_cli(str(sweep), "--no-report", "--results", str(tmp_path))
+    # the local default, in an environment that says nothing of where Ray listens (as a user's shell)
+    proc = run_cli(str(sweep), "--no-report", "--results", str(tmp_path), env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": None})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     df = pd.read_csv(tmp_path / "t" / "trials.csv")
+    # a private local Ray stays on loopback: its node (where each trial ran) has the address 127.0.0.1
+    assert "started a private local Ray" in proc.stdout
+    assert all(str(node).endswith("@127.0.0.1") for node in df["node"]), df["node"].tolist()
     assert (df["stage"] == "prune").all()  # from scratch: no base model
     by_lr = {row["param.train.lr"]: row for _, row in df.iterrows()}
     assert by_lr[1e30]["status"] == "diverged" and by_lr[1e-3]["status"] == "completed"

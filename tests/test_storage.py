@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 from model import metrics as M
 from model.config import ConfigError
 from sweeps.storage import StorageError, check_uri, download, upload, uri_of
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_ray_in
 from tests.test_trainable import SHARED_DATA, write_sweep
 
 
@@ -189,12 +190,27 @@ def test_a_sqlite_snapshot_taken_during_writes_is_a_consistent_database(tmp_path
     assert not list(tmp_path.glob(".copy.db.*"))  # no temporary file left
 
 
+_DRIVER_RAY_DIRS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_driver_ray_dirs():
+    """Each driver's Ray folder (in /tmp: Ray's socket paths must stay short) is removed after its test, once
+    whatever Ray it started is stopped."""
+    yield
+    while _DRIVER_RAY_DIRS:
+        folder = _DRIVER_RAY_DIRS.pop()
+        stop_ray_in(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _driver(args: list[str], cwd: Path, home: Path, s3_env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """The sweep command as a driver on its own machine would run it: its own working folder, HOME, temporary
     folder, Ray folder and cache; the storage reached through AWS_ENDPOINT_URL."""
     for sub in ("tmp", "cache"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
+    _DRIVER_RAY_DIRS.append(ray_tmp)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEADSWEEP_", "WANDB_", "RAY_"))}
     env.update(s3_env, HEADSWEEP_TEST_SESSION=os.environ["HEADSWEEP_TEST_SESSION"], HOME=str(home), TMPDIR=str(home / "tmp"), RAY_TMPDIR=ray_tmp,
                HEADSWEEP_CACHE=str(home / "cache"), HEADSWEEP_DATA=str(SHARED_DATA), RAY_DEDUP_LOGS="0",

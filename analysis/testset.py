@@ -417,8 +417,10 @@ def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0
     """Per method: the fewest heads whose mean test BLEU is within ``tolerance`` of the base model's, the fewest
     whose 95% interval lies wholly above that line (not the same point where the fewest heads' interval is wide),
     and whether at least ``removed`` of the heads go: 'met (interval)' where a point with few enough heads clears
-    the line with its interval, 'met (mean)' where one does only on its mean, else 'missed'. A single run (a gate
-    front trial) has no interval. Returns the table and the base model's test BLEU."""
+    the line with its interval, 'met (mean)' where one does only on its mean, else 'missed'. The budget methods
+    by their points, the gate trials by their front, scratch by its layouts (each trained without the heads it
+    lacks: the same question asked of a model that never had them). A single run (a gate front trial) has no
+    interval. Returns the table and the base model's test BLEU."""
     base = scores.table[scores.table["method"] == "base"]
     if base.empty:
         return pd.DataFrame(), math.nan
@@ -429,7 +431,7 @@ def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0
     gates = scores.table[scores.table["method"] == "gates"]
     candidates = [(lab, g["heads"].astype(float), g[TEST_BLEU], g[TEST_BLEU] * np.nan)
                   for lab, g in gates.groupby(LABEL)]
-    for lab, g in points[points["method"].isin(BUDGET_METHODS)].groupby(LABEL, sort=False):
+    for lab, g in points[points["method"].isin([*BUDGET_METHODS, "scratch"])].groupby(LABEL, sort=False):
         candidates.append((lab, g["heads"], g["test_bleu_mean"], g["test_bleu_mean"] - g["ci95"]))
     for lab, heads, bleu, low in candidates:
         ok, clear = bleu >= line, low >= line

@@ -154,6 +154,11 @@ def test_the_target_is_met_only_where_the_mean_clears_the_line_with_enough_heads
                          "budget": budget, "seed": seed, "bleu": mean, TEST_BLEU: mean + offset})
     rows.append({"method": "gates", LABEL: "gates", "trial_id": "g", "heads": 5, "budget": math.nan,
                  "seed": math.nan, "bleu": 36.0, TEST_BLEU: 35.7})  # one run on the front: the mean is the run
+    # scratch: each layout by its seeds; 0 heads within tolerance on the mean, its two seeds far apart
+    for layout, heads, seeds in (("enc_self=0,0,0", 0, (35.2, 36.4)), ("enc_self=7,6,3", 16, (37.0, 37.2))):
+        for seed, bleu in enumerate(seeds):
+            rows.append({"method": "scratch", LABEL: "scratch", "trial_id": f"s{heads}{seed}", "heads": heads,
+                         "budget": math.nan, "seed": seed, "bleu": bleu, TEST_BLEU: bleu, "layout": layout})
     scores = HeldOutScores(pd.DataFrame(rows), {}, "open_heads")
     points = point_table(scores)
     table, base = target_table(scores, points, removed=0.75, tolerance=0.5)
@@ -173,6 +178,10 @@ def test_the_target_is_met_only_where_the_mean_clears_the_line_with_enough_heads
     assert got.loc["split", "fewest heads, interval above the line"] == "6"
     assert got.loc["split", "target"] == "met (interval)"
     assert got.loc["good", "test BLEU there"] == pytest.approx(35.8)
+    # scratch by its layouts: 0 heads clears the line on the mean (35.8), not with two seeds' interval; 16 does
+    assert got.loc["scratch", "fewest heads within tolerance"] == "0"
+    assert got.loc["scratch", "fewest heads, interval above the line"] == "16"
+    assert got.loc["scratch", "target"] == "met (mean)"
 
 
 def test_table_two_pairs_each_scratch_layout_with_the_pruned_model_of_that_layout():

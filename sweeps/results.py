@@ -84,6 +84,8 @@ def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
     per_type = sorted(k for k in m if k.startswith(M.OPEN_HEADS + "/"))
     row.update({k: m[k] for k in per_type})
     history = result.metrics_dataframe
+    if history is not None and M.STEP in history.columns:  # a trial resumed from an older checkpoint than its last
+        history = history.drop_duplicates(M.STEP, keep="last")  # report repeats steps: the rerun's rows count
     if history is not None and M.BLEU in history.columns and history[M.BLEU].notna().any():
         best = history.loc[history[M.BLEU].idxmax()]
         row[BEST_BLEU], row[BEST_BLEU_STEP] = float(best[M.BLEU]), int(best[M.STEP])

@@ -37,6 +37,7 @@ from model.corpora import CorpusError
 from model.train import TrainingError
 from sweeps.baselines import parse_layout_name, pruned_start
 from sweeps.plan import describe_plan
+from sweeps.raycluster import ClusterError
 from sweeps.results import (
     BASE,
     BUDGET,
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
             return 0
         tables = run_sweep(sweep, TRAINABLES, resume=args.resume, address=args.address, dashboard=args.dashboard,
                            dashboard_host=args.dashboard_host, local=args.local)
-    except (ConfigError, SweepError, TrainingError, CheckpointError, CorpusError) as exc:
+    except (ConfigError, SweepError, ClusterError, TrainingError, CheckpointError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for run, df in tables.items():

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ from model.corpora import CorpusError, FilesCorpus
 
 from .baselines import layout_heads, layout_name, parse_layout_name
 from .placement import check_placement, check_shared_storage, read_autoscaler
+from .raycluster import cluster_to_join, start_ray
 from .results import (
     BUDGET,
     LAYOUT,
@@ -360,78 +359,6 @@ def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = flatten(old), flatten(new)
     keys = sorted(k for k in set(a) | set(b) if not _where_not_what(k) and a.get(k) != b.get(k))
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
-
-
-def running_cluster() -> str | None:
-    """The address of a Ray cluster started on this node (``ray start``, which ``ray up`` runs on the head, so
-    ``ray submit`` and ``ray exec`` drivers find it), or None. Ray records it in ``<ray temp dir>/ray_current_cluster``
-    ($RAY_TMPDIR, else the system's temporary folder); a stopped cluster leaves that file behind, so it counts
-    only while the address accepts a connection."""
-    record = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    try:
-        found = record.read_text().strip()
-        host, _, port = found.rpartition(":")
-        with socket.create_connection((host, int(port)), timeout=2.0):
-            return found
-    except (OSError, ValueError):
-        return None
-
-
-def cluster_to_join(address: str | None, local: bool) -> tuple[str, str] | None:
-    """(address, how it was found) of the cluster the driver uses: --address, else RAY_ADDRESS, else (unless
-    ``local``) one started on this node; None: a private local Ray."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        return address or os.environ["RAY_ADDRESS"], ""
-    found = None if local else running_cluster()
-    return (found, " (started on this node)") if found else None
-
-
-# What trials on other nodes need from the driver's environment, sent in Ray's runtime_env (a job-level setting, so
-# shown on the Ray dashboard and by `ray job`/`ray list` to whoever reaches the cluster): the project's folders and
-# settings, W&B's mode and where it logs, the S3 endpoint and region. Never a secret: W&B and storage keys reach
-# nodes through their own environment (cluster launcher setup, instance profile, ~/.netrc).
-FORWARDED_PREFIXES = ("HEADSWEEP_",)
-FORWARDED_NAMES = ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_SILENT",
-                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
-SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
-
-
-def forwarded_environment() -> dict[str, str]:
-    """The driver's variables a trial on any node needs (see FORWARDED_NAMES), secrets never among them."""
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
-    return {k: v for k, v in env.items() if not any(word in k for word in SECRET_WORDS)}
-
-
-def describe_cluster() -> str:
-    """The nodes and resources of the Ray cluster this driver is connected to."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    total = ray.cluster_resources()
-    return (f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}, {total.get('CPU', 0):g} CPUs, "
-            f"{total.get('GPU', 0):g} GPUs")
-
-
-def start_ray(cluster: tuple[str, str] | None, dashboard: bool, dashboard_host: str = "127.0.0.1") -> None:
-    """Join ``cluster`` (from :func:`cluster_to_join`) or, when None, start a private local Ray on loopback; its
-    dashboard (with --dashboard) listens on ``dashboard_host``, 127.0.0.1 unless the user names another address.
-    Says which it did, with the cluster's nodes and resources."""
-    import ray
-
-    if cluster is not None:
-        address, found = cluster
-        env_vars = forwarded_environment()
-        ray.init(address=address, include_dashboard=None, runtime_env={"env_vars": env_vars} if env_vars else None)
-        print(f"joined the Ray cluster at {address}{found}: {describe_cluster()}"
-              + (f"; passed to its workers: {', '.join(sorted(env_vars))}" if env_vars else ""), flush=True)
-        return
-    try:  # on 127.0.0.1 (run_sweep set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray was imported)
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=dashboard, dashboard_host=dashboard_host)
-    except Exception as exc:
-        if not dashboard:
-            raise
-        raise SweepError(f"--dashboard needs Ray's full install: pip install -e '.[cluster]' ({exc})") from exc
-    print(f"started a private local Ray: {describe_cluster()}", flush=True)
 
 
 def check_cluster(sweep: Sweep) -> None:

@@ -327,3 +327,37 @@ def ray_not_started_by_tests() -> list[int]:
                 and f"HEADSWEEP_TEST_SESSION={TEST_SESSION}".encode() not in environ:
             found.append(pid)
     return found
+
+
+RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def user_environment(home: Path, ray_tmp: str | Path, **extra: str) -> dict[str, str]:
+    """This process's environment as a user's shell on a node has it: their HOME (where Ray keeps
+    ``.ray/auth_token``), the node's Ray folder, Ray kept on 127.0.0.1, no RAY_ADDRESS and no RAY_AUTH_* variable
+    (Ray's defaults) unless ``extra`` sets them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *RAY_AUTH_VARIABLES)}
+    return {**env, "HOME": str(home), "RAY_TMPDIR": str(ray_tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
+
+
+def generate_ray_token(home: Path) -> str:
+    """A Ray authentication token in ``home/.ray/auth_token``, made by Ray's own `ray get-auth-token --generate` (as
+    a user does, or Ray itself on a first private ``ray.init()``)."""
+    import subprocess
+
+    made = subprocess.run([str(ray_command()), "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert made.returncode == 0 and (home / ".ray" / "auth_token").is_file(), made.stderr[-2000:]
+    return (home / ".ray" / "auth_token").read_text().strip()
+
+
+def start_ray_head(env: dict[str, str], port: int, *flags: str) -> str:
+    """`ray start --head` on 127.0.0.1:``port`` in ``env`` (see :func:`user_environment`), otherwise with Ray's
+    defaults; returns what it printed. The caller stops it with :func:`stop_ray_in` (env's RAY_TMPDIR)."""
+    import subprocess
+
+    started = subprocess.run([str(ray_command()), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                              "--disable-usage-stats", *flags], env=env, capture_output=True, text=True, timeout=300,
+                             check=False)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    return started.stdout + started.stderr

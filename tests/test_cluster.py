@@ -68,16 +68,18 @@ def test_local_storage_is_refused_where_trials_run_on_other_machines(tmp_path: P
 
 
 def test_what_the_driver_sends_to_workers_holds_no_secret(monkeypatch):
-    from sweeps.tuner import forwarded_environment
+    from sweeps.raycluster import forwarded_environment
 
     for name, value in {"HEADSWEEP_DATA": "/data", "HEADSWEEP_CACHE": "/c", "WANDB_MODE": "offline",
                         "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "WANDB_API_KEY": "k" * 40,
                         "AWS_SECRET_ACCESS_KEY": "s", "AWS_ACCESS_KEY_ID": "a", "HEADSWEEP_TOKEN": "t",
+                        "RAY_AUTH_TOKEN": "r", "RAY_AUTH_TOKEN_PATH": "/home/me/.ray/auth_token", "RAY_AUTH_MODE": "token",
                         "HOME": "/home/me"}.items():
         monkeypatch.setenv(name, value)
     sent = forwarded_environment()
     assert {"HEADSWEEP_DATA", "HEADSWEEP_CACHE", "WANDB_MODE", "AWS_ENDPOINT_URL"} <= set(sent)
     assert not {"WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "HEADSWEEP_TOKEN", "HOME"} & set(sent)
+    assert not [k for k in sent if k.startswith("RAY_")]  # Ray's token reaches nodes through their own setup
 
 
 def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, record):

@@ -33,10 +33,11 @@ SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.name != "cluste
 
 
 def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The sweep command, run to its end; ``env`` adds variables to this process's (None: leaves one out)."""
-    full_env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA), "RAY_DEDUP_LOGS": "0", **(env or {})}
+    """The sweep command, run to its end; ``env`` adds variables to this process's, less its RAY_ADDRESS (None:
+    leaves one out)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    full_env = {**inherited, "HEADSWEEP_DATA": str(SHARED_DATA), "RAY_DEDUP_LOGS": "0", **(env or {})}
     full_env = {k: v for k, v in full_env.items() if v is not None}
-    full_env.pop("RAY_ADDRESS", None)
     return subprocess.run([sys.executable, str(REPO / "trainable.py"), *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 

@@ -10,7 +10,9 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,15 @@ import yaml
 
 from model.config import ConfigError
 from sweeps.placement import check_placement, check_shared_storage, read_autoscaler
-from tests.conftest import REPO, free_port, ray_command, stop_ray_in
+from tests.conftest import (
+    REPO,
+    free_port,
+    generate_ray_token,
+    ray_command,
+    start_ray_head,
+    stop_ray_in,
+    user_environment,
+)
 from tests.test_trainable import check_table, run_cli, write_sweep
 
 CPU_HEAD = {"CPU": 0.0, "host": "10.0.0.1"}
@@ -38,6 +48,54 @@ def test_the_launcher_configs_worker_types_are_what_the_driver_checks_trials_aga
     assert read_autoscaler(tmp_path / "missing.yaml") is None
     (tmp_path / "broken.yaml").write_text("available_node_types: [\n")
     assert read_autoscaler(tmp_path / "broken.yaml") is None
+
+
+def test_no_tracked_symlink_dangles_or_leaves_the_repository():
+    """`ray up` reads every file of its file mounts, and a clone holds links as they were committed: one that
+    points outside the repository (into a machine's cache) or at nothing fails `ray up` on every other machine."""
+    listed = subprocess.run(["git", "ls-files", "-s", "-z"], cwd=REPO, capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip(f"{REPO} is not a git checkout")
+    links = [entry.split("\t", 1)[1] for entry in listed.stdout.decode().split("\0") if entry.startswith("120000 ")]
+    bad = []
+    for name in links:
+        path = REPO / name
+        target = (path.parent / os.readlink(path)).resolve() if path.is_symlink() else None
+        if target is None or not target.exists() or not target.is_relative_to(REPO.resolve()):
+            bad.append(f"{name} -> {os.readlink(path) if path.is_symlink() else '(not a link here)'}")
+    assert not bad, bad
+
+
+def test_the_launcher_copies_to_the_nodes_what_builds_the_package_and_nothing_else(tmp_path: Path):
+    """sweeps/cluster.yaml's file mounts of the project are exactly what `pip install -e ~/headsweep` needs (the
+    package's modules, pyproject.toml and the readme it names): a wheel builds from them alone."""
+    import tomllib
+
+    config = yaml.safe_load((REPO / "sweeps" / "cluster.yaml").read_text())
+    project = {remote.removeprefix("~/headsweep/"): local for remote, local in config["file_mounts"].items()
+               if remote.startswith("~/headsweep/")}
+    assert all(local == f"./{name}" for name, local in project.items()), project  # each to its own name
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    setup = meta["tool"]["setuptools"]
+    needed = {"pyproject.toml", meta["project"]["readme"], *setup["packages"],
+              *(f"{m}.py" for m in setup["py-modules"])}
+    assert set(project) == needed
+    assert not [r for r in config["file_mounts"] if r.rstrip("/") in ("~/headsweep", "~")]  # never the whole tree
+    mounted = tmp_path / "headsweep"
+    mounted.mkdir()
+    for name in project:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, mounted / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, mounted / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "wheel"), str(mounted)], capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("headsweep-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        assert {"trainable.py", "model/train.py", "sweeps/tuner.py", "analysis/report.py",
+                "sweeps/quickstart.yaml"} <= set(z.namelist())
 
 
 def test_trials_no_node_can_hold_are_refused_unless_an_autoscaler_is_declared():
@@ -105,17 +163,15 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
     bootstrap = home / "ray_bootstrap_config.yaml"
     bootstrap.write_text(yaml.safe_dump(config))
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
-    loopback = {"HOME": str(home), "RAY_TMPDIR": ray_tmp, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_FAKE_CLUSTER": "1",
-                "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    env = {**os.environ, **loopback}
-    env.pop("RAY_ADDRESS", None)
-    started = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                              "--num-cpus=0", f"--autoscaling-config={bootstrap}", "--include-dashboard=false",
-                              "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=300,
-                             check=False)
+    generate_ray_token(home)  # Ray's defaults then turn token authentication on
+    env = user_environment(home, ray_tmp, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
+    loopback = {k: env[k] for k in ("HOME", "RAY_TMPDIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_FAKE_CLUSTER",
+                                    "AUTOSCALER_UPDATE_INTERVAL_S")}
+    loopback.update(RAY_AUTH_MODE=None, RAY_AUTH_TOKEN=None, RAY_AUTH_TOKEN_PATH=None)  # run_cli: left out
     try:
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        started = start_ray_head(env, port, "--num-cpus=0", f"--autoscaling-config={bootstrap}",
+                                 "--include-dashboard=false")
+        assert "Token authentication is enabled" in started
         sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 2, "max_concurrent": 2, "seed": 1})
         proc = run_cli(str(sweep), "--no-report", "--results", str(tmp_path / "r"), env=loopback, timeout=480)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -124,7 +180,8 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
                                   "autoscaler to add cpu_worker (1 CPU)")
         assert waits == 1, proc.stdout[:3000]
         df = check_table(tmp_path / "r" / "t", trials=2)
-        status = subprocess.run([str(ray_cli), "status", f"--address=127.0.0.1:{port}"], env=env,
+        status = subprocess.run([str(ray_cli), "status", f"--address=127.0.0.1:{port}"],
+                                env={**env, "RAY_AUTH_MODE": "token"},  # Ray's CLI presents the token when told
                                 capture_output=True, text=True, timeout=120, check=False)
         added = status.stdout.count("cpu_worker")
         assert added >= 1, status.stdout[-2000:]

@@ -1,9 +1,13 @@
 """End to end, the way a user runs a cluster sweep, with Ray's own tools on this machine: an S3 server (moto's) on
-127.0.0.1, `ray up` of a cluster config with Ray's `local` provider over SSH to 127.0.0.1 (an sshd and a key of the
-test's, logging in to a HOME of the test's), worker nodes that join from another folder with a clean environment
-and another HOME, then the README's `ray submit CLUSTER.yaml trainable.py sweeps/quickstart.yaml --smoke-test
---results s3://...` as written, `ray job submit --working-dir . -- python trainable.py ...` against the same
-cluster, and `ray down`.
+127.0.0.1, `ray up` of the shipped `sweeps/cluster.yaml` (its file mounts, rsync filter and start commands, token
+authentication included) with Ray's `local` provider in place of AWS, over SSH to 127.0.0.1 (an sshd and a key of
+the test's, logging in to a HOME of the test's), run from a copy of the repository's tracked files (a fresh clone)
+by a user whose HOME holds nothing but the Ray token `ray get-auth-token --generate` made; worker nodes that join
+from another folder with a clean environment and another HOME holding the token the file mount copies; then the
+README's `ray submit CLUSTER.yaml trainable.py sweeps/quickstart.yaml --smoke-test --results s3://...` as written,
+`ray job submit --working-dir . -- python trainable.py ...` against the same cluster, and `ray down`. No RAY_AUTH_*
+variable is set for the launcher or the driver; Ray's own `ray job submit` gets RAY_AUTH_MODE=token, as
+docs/cluster.md tells users.
 
 Needs root (an sshd that logs in as root; the login's HOME is set to the test's folder), OpenSSH's server and rsync
 (Debian: openssh-server rsync; .ci/run installs them) and Ray's full install (`.[cluster]`); it skips, saying which
@@ -26,8 +30,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from sweeps.storage import download
-from tests.conftest import REPO, free_port, ray_not_started_by_tests, stop_ray_in
+from sweeps.storage import download, read_bytes
+from tests.conftest import (
+    REPO,
+    free_port,
+    generate_ray_token,
+    ray_not_started_by_tests,
+    stop_ray_in,
+    user_environment,
+)
 
 RELAY = """import os, socket, sys, threading
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
@@ -53,6 +64,41 @@ params = ray._private.parameter.RayParams(gcs_address=sys.argv[1], node_ip_addre
 ray._private.node.Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False)
 print("joined", sys.argv[1], flush=True)
 """
+
+
+def fresh_clone(dest: Path) -> None:
+    """The repository's tracked files as the working tree has them, symlinks copied as links: what a clone holds."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip(f"{REPO} is not a git checkout: no tracked files to clone")
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = REPO / name
+        if source.exists() or source.is_symlink():  # a file deleted in the working tree is not copied
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name, follow_symlinks=False)
+
+
+def local_cluster(shipped: Path, gcs: int, dashboard: int, objects: int, auth: dict[str, str]) -> dict:
+    """The shipped launcher config as a user of on-premise machines adapts it (docs/cluster.md): Ray's `local`
+    provider with this machine as the head and no workers, the test's SSH login, free ports for the head; the
+    project already on the 'image' (this machine's venv), so no setup commands. Its file mounts, rsync filter and
+    head start command are the shipped ones."""
+    config = yaml.safe_load(shipped.read_text())
+    for key in ("available_node_types", "head_node_type"):
+        config.pop(key)
+    head = []
+    for command in config["head_start_ray_commands"]:
+        if "ray start" in command:
+            for old, new in ((r"--port=\d+", f"--port={gcs}"), (r"--object-manager-port=\d+",
+                                                                 f"--object-manager-port={objects}")):
+                command, found = re.subn(old, new, command)
+                assert found == 1, f"sweeps/cluster.yaml's head start command has no {old}: {command}"
+            command += (f" --node-ip-address=127.0.0.1 --include-dashboard=true --dashboard-port={dashboard} "
+                        "--disable-usage-stats")
+        head.append(command)
+    return {**config, "cluster_name": f"hs-e2e-{gcs}", "max_workers": 0,
+            "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []}, "auth": auth,
+            "setup_commands": [], "head_start_ray_commands": head, "worker_start_ray_commands": []}
 
 
 def _missing() -> str:
@@ -85,19 +131,21 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
     venv_bin = Path(sys.executable).parent
     ray_cli = str(venv_bin / "ray")
     root = Path(tempfile.mkdtemp(prefix="hs-e2e-", dir="/tmp"))
-    home, key = root / "home", root / "id_ed25519"
-    token = secrets.token_hex(16)
-    gcs, dashboard, sshd_port = free_port(), free_port(), free_port()
+    home, laptop, key, clone = root / "home", root / "laptop", root / "id_ed25519", root / "clone"
+    gcs, dashboard, sshd_port, objects = free_port(), free_port(), free_port(), free_port()
     home.mkdir()
+    laptop.mkdir()
+    fresh_clone(clone)
+    token = generate_ray_token(laptop)  # the user's one step before `ray up` (sweeps/cluster.yaml's first lines)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True)
     shutil.copy(f"{key}.pub", root / "authorized_keys")
     head_tmp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's folder of the head (short: socket paths)
-    # the head's own environment, as a node's image would set it: the project's Python, its S3 credentials
+    # the head's own environment, as a node's image would set it: the project's Python, its S3 credentials; no Ray
+    # authentication variable (the token comes with the file mount)
     (home / ".bashrc").write_text("\n".join([
         'cd "$HOME"', f"export PATH={venv_bin}:$PATH", f"export RAY_TMPDIR={head_tmp}",
-        "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0",
-        "export RAY_AUTH_MODE=token", f"export RAY_AUTH_TOKEN={token}", "export WANDB_MODE=offline",
+        "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0", "export WANDB_MODE=offline",
         *(f"export {k}={v}" for k, v in s3_server.env.items())]) + "\n")
     (root / "relay.py").write_text(RELAY)
     sshd_config = root / "sshd_config"
@@ -111,36 +159,28 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
         sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config)],
                                 stderr=sshd_log)
     config = root / "cluster.yaml"
-    config.write_text(yaml.safe_dump({
-        "cluster_name": f"hs-e2e-{gcs}", "max_workers": 0, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
-        "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
-        "auth": {"ssh_user": "root", "ssh_private_key": str(key),
-                 "ssh_proxy_command": f"{sys.executable} {root / 'relay.py'} 127.0.0.1 {sshd_port}"},
-        "file_mounts": {"~/headsweep": str(REPO), "~/sweeps": str(REPO / "sweeps")},
-        "rsync_filter": [".gitignore"],
-        "setup_commands": [],  # the image already holds the project (the venv on this machine)
-        "head_start_ray_commands": [
-            "ray stop",
-            f"ray start --head --node-ip-address=127.0.0.1 --port={gcs} --num-cpus=0 --include-dashboard=true "
-            f"--dashboard-host=127.0.0.1 --dashboard-port={dashboard} --disable-usage-stats "
-            "--autoscaling-config=~/ray_bootstrap_config.yaml"],
-        "worker_start_ray_commands": [],
-    }))
-    launcher = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    launcher.pop("RAY_ADDRESS", None)
+    config.write_text(yaml.safe_dump(local_cluster(clone / "sweeps" / "cluster.yaml", gcs, dashboard, objects, {
+        "ssh_user": "root", "ssh_private_key": str(key),
+        "ssh_proxy_command": f"{sys.executable} {root / 'relay.py'} 127.0.0.1 {sshd_port}"})))
+    launcher = user_environment(laptop, tempfile.gettempdir())  # the user's shell: no RAY_AUTH_* variable
+    launcher.pop("RAY_TMPDIR")
     workers: list[Path] = []
     timings: dict[str, float] = {}
     try:
         start = time.perf_counter()
-        up = _run([ray_cli, "up", "-y", "--no-config-cache", str(config)], launcher, root, timeout=180)
+        up = _run([ray_cli, "up", "-y", "--no-config-cache", str(config)], launcher, clone, timeout=180)
         timings["ray_up_s"] = time.perf_counter() - start
         assert up.returncode == 0, up.stdout[-4000:] + up.stderr[-4000:] + (root / "sshd.log").read_text()[-2000:]
+        # the file mounts copied the code and the sweeps, not the experiment record, and the launcher's token
+        assert sorted(p.name for p in (home / "headsweep").iterdir()) == [
+            "README.md", "analysis", "model", "pyproject.toml", "sweeps", "trainable.py"]
+        assert (home / ".ray" / "auth_token").read_text().strip() == token and token not in up.stdout + up.stderr
         for i in range(2):  # worker nodes: another folder, another HOME, nothing of the driver's environment
             folder = Path(tempfile.mkdtemp(prefix=f"rw{i}", dir="/tmp"))
-            (folder / "home").mkdir()
+            (folder / "home" / ".ray").mkdir(parents=True)
+            shutil.copy(laptop / ".ray" / "auth_token", folder / "home" / ".ray")  # what the file mount copies
             clean = {"PATH": f"{venv_bin}:/usr/bin:/bin", "HOME": str(folder / "home"), "RAY_TMPDIR": str(folder),
-                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+                     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",  # as worker_start_ray_commands
                      **s3_server.env}  # a node's own storage credentials (an instance profile's, on a cloud)
             (folder / "worker.py").write_text(WORKER)
             joined = _run([sys.executable, str(folder / "worker.py"), f"127.0.0.1:{gcs}"], clean, folder, timeout=300)
@@ -150,13 +190,14 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
         results = s3_server.uri("e2e")
         start = time.perf_counter()  # the README's command, as written
         submitted = _run([ray_cli, "submit", str(config), "trainable.py", "sweeps/quickstart.yaml", "--smoke-test",
-                          "--results", results], launcher, REPO, timeout=900)
+                          "--results", results], launcher, clone, timeout=900)
         timings["ray_submit_s"] = time.perf_counter() - start
         out = submitted.stdout + submitted.stderr
         assert submitted.returncode == 0, out[-5000:]
         join_line = re.search(rf"joined the Ray cluster at 127\.0\.0\.1:{gcs} \(started on this node\): (\d+) nodes, "
                               r"2 CPUs, 0 GPUs", out)
         assert join_line and join_line.group(1) == "3", out[-5000:]  # the head (0 CPUs) and both workers
+        assert f"token authentication (token from {home / '.ray' / 'auth_token'})" in out, out[-5000:]
         took = int(re.search(r"sweep quickstart-smoke took (\d+) s", out).group(1))
         assert "Traceback" not in out, out[-5000:]
         df = pd.read_csv(download(results + "/quickstart-smoke/trials.csv", root / "submitted.csv"))
@@ -172,7 +213,7 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
         start = time.perf_counter()
         job = _run([ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".",
                     "--", "python", "trainable.py", "sweeps/quickstart.yaml", "--smoke-test", "--no-report", "--set",
-                    "name=job", "--results", results], launcher, REPO, timeout=900)
+                    "name=job", "--results", results], {**launcher, "RAY_AUTH_MODE": "token"}, clone, timeout=900)
         timings["ray_job_submit_s"] = time.perf_counter() - start
         job_out = job.stdout + job.stderr
         assert job.returncode == 0 and "succeeded" in job_out, job_out[-5000:]
@@ -181,6 +222,9 @@ def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server,
         job_df = pd.read_csv(download(results + "/job-smoke/trials.csv", root / "job.csv"))
         assert int((job_df[job_df["stage"] == "prune"]["status"] == "completed").sum()) == 2
         stored = s3_server.keys("e2e")
+        assert token not in out + job_out
+        holding = [k for k in stored if token.encode() in read_bytes(s3_server.uri(k))]
+        assert not holding, holding  # no table, checkpoint, config, log or report in the bucket holds the token
     finally:
         for folder in workers:
             stop_ray_in(folder)  # the worker nodes it started: `ray stop` would stop every Ray on the machine

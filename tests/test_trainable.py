@@ -321,6 +321,10 @@ def test_cluster_launcher_config_passes_rays_own_validation():
     pins = [c.split("==")[1].split("'")[0] for c in config["setup_commands"] if "ray[" in c and "==" in c]
     assert pins == [ray.__version__], f"cluster.yaml pins Ray {pins}; this machine runs {ray.__version__}"
     assert config["rsync_filter"] == [".gitignore"] and "results/" in (REPO / ".gitignore").read_text()
+    # token authentication on every node, with the launcher's token copied to each
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    starts = [c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(c.startswith("RAY_AUTH_MODE=token ray start") for c in starts), starts
     keys = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "- "))]
     assert all("#" in ln for ln in keys), [ln for ln in keys if "#" not in ln]  # every key commented
     broken = copy.deepcopy(config)

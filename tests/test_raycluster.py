@@ -14,14 +14,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.raycluster import ClusterError, authenticate, driver_token
-from tests.conftest import (
-    free_port,
-    generate_ray_token,
-    ray_command,
-    start_ray_head,
-    stop_ray_in,
-    user_environment,
-)
+from tests.conftest import free_port, generate_ray_token, ray_command, start_ray_head, stop_ray_in, user_environment
 from tests.test_trainable import check_table, run_cli, write_sweep
 
 

@@ -96,9 +96,10 @@ def _gcs_refuses(address: str, token: str | None) -> bool | None:
     return False
 
 
-def _present_token() -> None:
-    """From now on this process's Ray presents its token (what ``ray.init()`` does for a cluster it finds itself)."""
-    os.environ[AUTH_MODE] = "token"
+def _use_auth_mode(mode: str) -> None:
+    """From now on this process's Ray runs in authentication ``mode`` ("token": it presents its token, what
+    ``ray.init()`` does for a cluster it finds itself; "disabled": it presents none and asks none of the workers)."""
+    os.environ[AUTH_MODE] = mode
     from ray._raylet import Config
 
     Config.initialize("")  # Ray reads RAY_AUTH_MODE into its config once; read it again
@@ -109,7 +110,12 @@ def authenticate(address: str) -> str:
     docstring); returns how it authenticates, for the join line ('' where the cluster asks for nothing). Raises
     :class:`ClusterError` where the cluster wants a token this driver lacks or it refuses this driver's."""
     bare = address.split("://", 1)[-1]
-    if ":" not in bare or not _gcs_refuses(bare, None):  # "auto": Ray's own discovery, which presents the token
+    refuses = _gcs_refuses(bare, None) if ":" in bare else None  # "auto": Ray's own discovery presents the token
+    if refuses is False and os.environ.get(AUTH_MODE, "").lower() == "token":
+        # a driver in token mode on a cluster without authentication joins, but its trials' actors die unstarted
+        _use_auth_mode("disabled")
+        return f"no authentication: the cluster asks for none ({AUTH_MODE}=token set aside for this driver)"
+    if not refuses:
         return ""
     if os.environ.get(AUTH_MODE, "").lower() == "disabled":
         raise ClusterError(f"the Ray cluster at {address} requires token authentication, and {AUTH_MODE}=disabled "
@@ -123,7 +129,7 @@ def authenticate(address: str) -> str:
         raise ClusterError(f"the Ray cluster at {address} refused this driver's authentication token (from {where}): "
                            f"it is not the cluster's; {WHAT_TO_SET}")
     if os.environ.get(AUTH_MODE, "").lower() != "token":
-        _present_token()
+        _use_auth_mode("token")
     return f"token authentication (token from {where})"
 
 

@@ -128,6 +128,14 @@ def test_a_cluster_without_authentication_is_joined_as_it_is(tmp_path: Path, mon
         assert f"joined the Ray cluster at 127.0.0.1:{port} (started on this node): 1 node, 1 CPUs, 0 GPUs" \
             in proc.stdout and "token authentication" not in proc.stdout, proc.stdout[-3000:]
         check_table(tmp_path / "r" / "t", trials=1)
+        # a driver in token mode (set for Ray's CLI, say) joins as the cluster asks: in token mode its trials'
+        # actors would die unstarted
+        proc = run_cli(str(sweep), "--no-report", "--results", str(tmp_path / "r"), "--set", "name=tokened",
+                       env={**off, "RAY_AUTH_MODE": "token"}, timeout=480)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "no authentication: the cluster asks for none (RAY_AUTH_MODE=token set aside for this driver)" \
+            in proc.stdout, proc.stdout[-3000:]
+        check_table(tmp_path / "r" / "tokened", trials=1)
         for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("HOME", str(home))

@@ -5,7 +5,8 @@ A cluster may demand Ray's token authentication (``RAY_AUTH_MODE=token`` on its 
 on by itself where a token already lies in ``~/.ray/auth_token``, and later Rays do so everywhere). Ray's own
 ``ray.init()`` presents the token only to a cluster it finds by itself, never to an address it is given, and a
 refused driver retries for 20 s with a warning a second. So before joining, :func:`authenticate` asks the cluster's
-GCS once without a token: a cluster that answers is joined as it is; one that demands a token gets the one this
+GCS once without a token: a cluster that answers is joined as it is (and in its mode: a driver left in token
+mode joins such a cluster, but its trials' actors die before they start); one that demands a token gets the one this
 driver holds, where Ray's clients look for it (``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names, else
 ``~/.ray/auth_token``), and the driver presents it from then on; a cluster that refuses it, or a driver without one,
 stops the sweep with one line that names the cluster and what to set. The token itself is never printed, logged or

@@ -52,6 +52,18 @@ def _seed() -> None:
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fixtures that run a sweep, train a model or start a server: a test that uses one is slow by that alone
+SLOW_FIXTURES = {"quickstart_smoke", "sweep_dir", "trained_run", "model_and_sources", "s3_server", "s3_outage"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `slow` marker (pyproject.toml) on every test that uses a slow fixture, besides those marked by hand
+    (they start Ray, run the sweep command or train for more than a few seconds): `pytest -m "not slow"` is the
+    fast loop."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 LEARN = ("model.d_model=64", "model.d_ff=128", "model.dropout=0.0", "gates.mode=learned",
          "gates.attention=[enc_self, dec_self, dec_cross]", "data.synthetic.train_size=3000", "data.vocab_size=300",

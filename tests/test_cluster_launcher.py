@@ -40,6 +40,8 @@ from tests.conftest import (
     user_environment,
 )
 
+pytestmark = pytest.mark.slow  # every test here runs sweeps or a cluster
+
 RELAY = """import os, socket, sys, threading
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 def up():

@@ -255,6 +255,7 @@ train(tiny_config("train.max_steps=9", "train.eval_every=3"), sys.argv[1], resum
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["partial", "before-rename"])
 def test_a_kill_held_inside_a_checkpoint_write_loses_only_that_write(tmp_path: Path, point: str, record):
     """The checkpoint writer is held at a named point of the step-6 write (half the temporary file written, or

@@ -58,6 +58,7 @@ def test_a_cuda_run_resumes_exactly_on_the_same_device(tmp_path: Path):
     assert resumed.metrics[M.BLEU] == full.metrics[M.BLEU] and resumed.metrics[M.LOSS] == full.metrics[M.LOSS]
 
 
+@pytest.mark.slow
 def test_two_trials_share_one_gpu(tmp_path: Path, record):
     """resources.gpus: 0.5 and two concurrent trials on a one-GPU machine: both run on it at the same time."""
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 2, "max_concurrent": 2, "seed": 0},

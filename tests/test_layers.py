@@ -131,3 +131,31 @@ def test_a_trials_run_config_is_validated_once(monkeypatch):
     assert len(calls) == 1
     assert cfg.gates.penalty == 0.2 and cfg.train.lr == 1e-3 and cfg.data.max_tokens == 1024
     assert cfg.gates.mode == "learned" and cfg.train.progress is False and cfg.train.threads == 1
+
+
+SLOW_CALLS = {"run_cli", "start_cli", "Cluster", "start_ray_head", "_run"}  # the sweep command, Ray, `ray up`
+
+
+def _marked_slow(decorators: list[ast.expr]) -> bool:
+    return any(ast.unparse(d).startswith("pytest.mark.slow") for d in decorators)
+
+
+def test_every_test_that_runs_the_sweep_command_or_starts_ray_is_marked_slow():
+    """The fast loop (`pytest -m "not slow"`) stays fast: a test that runs the sweep command, starts a Ray cluster
+    or `ray up` carries the `slow` marker (by hand, for its module, or through a slow fixture: conftest)."""
+    from tests.conftest import SLOW_FIXTURES
+
+    unmarked = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        module_slow = any(isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in n.targets)
+                          and "slow" in ast.unparse(n.value) for n in tree.body)
+        for node in tree.body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            calls = {getattr(c.func, "id", getattr(c.func, "attr", "")) for c in ast.walk(node)
+                     if isinstance(c, ast.Call)}
+            fixtures = {a.arg for a in node.args.args}
+            if calls & SLOW_CALLS and not (module_slow or _marked_slow(node.decorator_list) or fixtures & SLOW_FIXTURES):
+                unmarked.append(f"{path.name}::{node.name} ({', '.join(sorted(calls & SLOW_CALLS))})")
+    assert not unmarked, unmarked

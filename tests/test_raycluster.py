@@ -54,6 +54,7 @@ def _ray_status(env: dict[str, str], port: int) -> subprocess.CompletedProcess:
                           text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_a_default_cluster_with_token_authentication_is_joined_every_way_a_driver_reaches_it(tmp_path: Path, record):
     home, other, empty = (tmp_path / n for n in ("home", "other", "empty"))
     for h in (home, other, empty):
@@ -111,6 +112,7 @@ def test_a_default_cluster_with_token_authentication_is_joined_every_way_a_drive
            ways_joined=joined, refused_in_one_line=refused, files_holding_token=len(_outputs_hold(results, token)))
 
 
+@pytest.mark.slow
 def test_a_cluster_without_authentication_is_joined_as_it_is(tmp_path: Path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()

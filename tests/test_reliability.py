@@ -13,12 +13,15 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 from ray.tune import ExperimentAnalysis
 
 from model import metrics as M
 from model.checkpoint import load_checkpoint
 from sweeps.results import checkpoint_file
 from tests.test_trainable import check_table, marked_processes, run_cli, start_cli, write_sweep
+
+pytestmark = pytest.mark.slow  # every test here runs sweeps or a cluster
 
 LONG_PRUNE = {"set": {"gates.mode": "learned", "train.max_steps": 300, "train.eval_every": 100}}
 LONG_PRETRAIN = {"set": {"train.max_steps": 300, "train.eval_every": 100}}

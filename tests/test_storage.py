@@ -219,6 +219,7 @@ def _driver(args: list[str], cwd: Path, home: Path, s3_env: dict[str, str]) -> t
     return [sys.executable, str(REPO / "trainable.py"), *args], env
 
 
+@pytest.mark.slow
 def test_a_sweep_on_s3_interrupted_and_resumed_by_a_driver_with_an_empty_disk(s3_server, tmp_path: Path, record):
     """Everything a local sweep has, on s3://: base checkpoints and trials in the bucket, full URIs in trials.csv,
     the Optuna study, the report (written from yet another machine), offline W&B runs; a driver stopped mid-sweep, and the sweep finished by another

@@ -108,6 +108,7 @@ def check_table(experiment: Path, trials: int, evaluations: int = 2, weights: bo
     return df
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path, request: pytest.FixtureRequest):
     if path.stem in NEEDS_DATA and not NEEDS_DATA[path.stem].is_dir():
@@ -191,6 +192,7 @@ def trial_workers(marker: str) -> list[int]:
     return marked_processes(marker, "ray::ImplicitFunc")
 
 
+@pytest.mark.slow
 def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Path, record):
     """The trial's worker is held writing its step-200 checkpoint and killed there. It got that far only once Tune
     had registered the step-100 checkpoint (a function trainable's report returns after the driver has processed
@@ -234,11 +236,13 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
            evaluations_redone=len(steps) - len(set(steps)), final_step=int(df[df["stage"] == "prune"][M.STEP].iloc[0]))
 
 
+@pytest.mark.slow
 def test_resume_without_a_sweep_is_an_error(tmp_path: Path):
     proc = run_cli(str(write_sweep(tmp_path / "s.yaml")), "--resume", "--results", str(tmp_path))
     assert proc.returncode == 2 and "--resume: there is no sweep in" in proc.stderr
 
 
+@pytest.mark.slow
 def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, record):
     sweep = write_sweep(
         tmp_path / "s.yaml", space={"train.lr": {"choice": [1.0e-3, 1.0e+30]}},
@@ -264,12 +268,14 @@ def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, recor
            trials_completed=int((df["status"] == "completed").sum()))
 
 
+@pytest.mark.slow
 def test_gpu_trials_on_a_machine_without_gpus_are_refused(tmp_path: Path):
     proc = run_cli(str(write_sweep(tmp_path / "s.yaml", resources={"cpus": 1, "gpus": 1})),
                    "--results", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 2 and "`resources.gpus`: 1" in proc.stderr and "0 GPUs" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_second_sweep_with_the_same_base_reuses_its_base_model(tmp_path: Path):
     sweep = write_sweep(tmp_path / "s.yaml", search={"num_samples": 1, "max_concurrent": 1})
     first = run_cli(str(sweep), "--no-report", "--results", str(tmp_path))
@@ -287,6 +293,7 @@ def test_a_second_sweep_with_the_same_base_reuses_its_base_model(tmp_path: Path)
     assert ": found: reused (or finished);" in plan.stdout and "(holds a sweep: needs --resume)" in plan.stdout
 
 
+@pytest.mark.slow
 def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
     from ray.cluster_utils import Cluster
@@ -333,6 +340,7 @@ def test_cluster_launcher_config_passes_rays_own_validation():
         validate_config(prepare_config(broken))
 
 
+@pytest.mark.slow
 def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_path: Path, record):
     """method: every one of them: each in its own folder with its own table, the budget methods at every (budget,
     seed), gates_budget fine-tuned as long as the baselines, scratch on the gate front's layouts, one comparison
@@ -465,6 +473,7 @@ def test_a_sigterm_inside_a_callback_of_a_finished_worker_prints_no_traceback():
     assert "SystemExit" not in proc.stderr and "ValueError: a real error" in proc.stderr
 
 
+@pytest.mark.slow
 def test_relative_corpus_paths_and_data_folders_are_resolved_on_the_driver(tmp_path: Path, record):
     """Trials run in Tune's trial folder: a corpus named relative to the user's working folder (and
     $HEADSWEEP_DATA given relative, used inside data.files) must still be found there."""
@@ -495,6 +504,7 @@ def test_relative_corpus_paths_and_data_folders_are_resolved_on_the_driver(tmp_p
            trials_completed=int((df["stage"] == "prune").sum()))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_damaged_tune_state_and_a_damaged_or_locked_study_and_changes_nothing(tmp_path: Path,
                                                                                                  record):
     """Tune writes its experiment state in place, and a second driver or a dashboard may hold optuna.db: --resume

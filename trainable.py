@@ -273,7 +273,8 @@ def write_reports(sweep: Sweep, tables: dict[MethodRun, Any]) -> None:
     """The gate sweep's report (and its W&B summary run), and with several methods their fronts compared."""
     from analysis.load import load_sweep as load_results
     from analysis.load import load_sweeps
-    from analysis.report import REPORT_DIR, compare_report, publish, sweep_report
+    from analysis.pages import REPORT_DIR, publish
+    from analysis.report import compare_report, sweep_report
     from sweeps.wandb_log import log_sweep_summary
 
     try:

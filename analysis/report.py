@@ -10,8 +10,6 @@ several folders a comparison (their Pareto fronts overlaid, with hypervolumes) g
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import sys
 from collections.abc import Sequence
@@ -36,56 +34,16 @@ from sweeps.results import (
     WALL_SECONDS,
     checkpoint_file,
 )
-from sweeps.storage import StorageError, join_storage, upload
+from sweeps.storage import StorageError
 
 from . import charts
 from .attention import attention_chart, attention_maps
 from .load import ResultsError, SweepResults, load_sweeps, trial_gates, trial_history, trial_samples
+from .pages import REPORT_DIR, Page, markdown_table, publish
 from .pareto import default_reference, hypervolume, pareto_front
 
-REPORT_DIR = "report"
 MAX_GATE_TRIALS = 3  # front trials whose gate maps are shown
 MAX_CURVES = 12  # trials drawn in the learning curves
-
-
-class Page:
-    """An HTML page assembled from sections; plotly.js is embedded once, in the first chart."""
-
-    def __init__(self, title: str) -> None:
-        self.title, self.parts, self._plotly_js = title, [], True
-
-    def h(self, text: str, level: int = 2) -> None:
-        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def p(self, text: str) -> None:
-        self.parts.append(f"<p>{html.escape(text)}</p>")
-
-    def plot(self, pfig) -> None:
-        self.parts.append(pfig.to_html(full_html=False, include_plotlyjs="inline" if self._plotly_js else False))
-        self._plotly_js = False
-
-    def image(self, path: Path, alt: str) -> None:
-        data = base64.b64encode(path.read_bytes()).decode()
-        kind = path.suffix.lstrip(".").replace("jpg", "jpeg")
-        self.parts.append(f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}">')
-
-    def table(self, df: pd.DataFrame) -> None:
-        self.parts.append(df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0,
-                                     classes="t", escape=True))
-
-    def pre(self, text: str) -> None:
-        self.parts.append(f"<pre>{html.escape(text)}</pre>")
-
-    def write(self, path: Path) -> Path:
-        style = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
-                 "table.t{border-collapse:collapse;font-size:13px}table.t td,table.t th{padding:3px 8px;"
-                 "border-bottom:1px solid #ddd;text-align:right}pre{background:#f6f6f6;padding:1em;overflow:auto;"
-                 "font-size:12px}img{max-width:100%}")
-        doc = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}"
-               f"</title><style>{style}</style></head><body>\n<h1>{html.escape(self.title)}</h1>\n"
-               + "\n".join(self.parts) + "\n</body></html>\n")
-        atomic_write(path, doc)
-        return path
 
 
 def front_table(s: SweepResults) -> pd.DataFrame:
@@ -104,17 +62,6 @@ def score_signatures(s: SweepResults) -> str:
     return "; ".join(found) if found else "no sacrebleu signature recorded (a table from before they were)"
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    def cell(v) -> str:  # a missing value (NaN, None) is a blank cell, not "nan"
-        if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)):
-            return ""
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 @dataclass
 class Report:
     """A written sweep report: its HTML file, the folder of its charts, the front's table and summary values."""
@@ -124,16 +71,6 @@ class Report:
     front: pd.DataFrame
     values: dict[str, float]
     uploaded: str = ""  # the report folder's URI, for a sweep in remote storage
-
-
-def publish(s: SweepResults, folder: Path) -> str:
-    """A report written into the local copy of a sweep in remote storage goes up beside the sweep
-    (``<sweep URI>/report``); returns that URI ('' for a local sweep, or a report written elsewhere)."""
-    if not s.remote or folder.resolve() != (s.path / REPORT_DIR).resolve():
-        return ""
-    target = join_storage(s.source, REPORT_DIR)
-    upload(folder, target)
-    return target
 
 
 def sweep_report(s: SweepResults, out: Path | None = None) -> Report:

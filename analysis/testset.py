@@ -62,6 +62,7 @@ from sweeps.storage import StorageError, is_uri, join_storage, upload
 
 from . import charts
 from .load import LABEL, ResultsError, SweepResults, load_sweep, trial_history
+from .pages import REPORT_DIR, Page, markdown_table, publish
 from .pareto import pareto_front
 from .stats import paired_bootstrap, sentence_stats, t_interval
 
@@ -505,7 +506,6 @@ def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: flo
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    from .report import markdown_table
 
     return markdown_table(df) if not df.empty else "(none)"
 
@@ -514,7 +514,6 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
                       tolerance: float = 0.5, out: Path | None = None) -> Path:
     """``report/comparison.{html,md}``, the chart (PNG + HTML) and the tables as CSV, in the gate folder's
     report folder (uploaded beside a sweep in remote storage)."""
-    from .report import REPORT_DIR, Page, publish
 
     out = out or gates.path / REPORT_DIR
     points = point_table(scores)

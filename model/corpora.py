@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import DataConfig
-from .files import atomic_write, file_lock
+from .files import atomic_write, cache_root, file_lock
 
 BOM = b"\xef\xbb\xbf"
 
@@ -172,9 +172,7 @@ class FilesCorpus(_FileBacked):
 
 def data_root(cfg: DataConfig) -> Path:
     """Where downloaded corpora live: ``data.data_dir``, else ``$HEADSWEEP_DATA``, else ``<cache>/data``."""
-    from .data import cache_root
-
-    root = cfg.data_dir or os.environ.get("HEADSWEEP_DATA") or cache_root(cfg) / "data"
+    root = cfg.data_dir or os.environ.get("HEADSWEEP_DATA") or cache_root(cfg.cache_dir) / "data"
     return Path(root).expanduser().resolve()
 
 

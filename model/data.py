@@ -27,7 +27,7 @@ import torch
 
 from .config import DataConfig
 from .corpora import CorpusError, FilesCorpus, HuggingFaceCorpus, Multi30kCorpus, WmtEnRuCorpus, describe_stats
-from .files import atomic_write
+from .files import atomic_write, cache_root
 from .synthetic import generate_splits
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -86,12 +86,6 @@ CORPUS_SOURCES: dict[str, Callable[..., Corpus]] = {
 def build_corpus(cfg: DataConfig, log: Callable[[str], None] = print) -> Corpus:
     """The corpus source named by ``data.corpus``; each takes (config, log)."""
     return CORPUS_SOURCES[cfg.corpus](cfg, log)
-
-
-def cache_root(cfg: DataConfig) -> Path:
-    """Where tokenizers are cached: ``data.cache_dir``, else ``$HEADSWEEP_CACHE``, else ~/.cache/headsweep."""
-    root = cfg.cache_dir or os.environ.get("HEADSWEEP_CACHE") or Path.home() / ".cache" / "headsweep"
-    return Path(root).expanduser().resolve()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -186,7 +180,7 @@ def build_tokenizers(corpus: Corpus, cfg: DataConfig, log: Callable[[str], None]
     """Load cached sentencepiece models for ``corpus``, training (and caching) any that are missing."""
     models = {}
     for side in ("joint",) if cfg.joint_vocab else ("src", "tgt"):
-        path = cache_root(cfg) / "spm" / f"{corpus.name}-{side}-{tokenizer_key(corpus, cfg, side)}.model"
+        path = cache_root(cfg.cache_dir) / "spm" / f"{corpus.name}-{side}-{tokenizer_key(corpus, cfg, side)}.model"
         cached = _cached_tokenizer(path, log)
         if cached is not None:
             models[side] = cached
@@ -389,7 +383,7 @@ def _ids_cache_dir(corpus: Corpus, tok: Tokenizers, cfg: DataConfig) -> Path:
     settings = {"corpus": corpus.fingerprint(), "src": _proto_hash(tok.src), "tgt": _proto_hash(tok.tgt),
                 "max_len": cfg.max_len, "max_ratio": cfg.max_ratio, "format": 2}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root(cfg) / "ids" / f"{corpus.name}-train-{key}"
+    return cache_root(cfg.cache_dir) / "ids" / f"{corpus.name}-train-{key}"
 
 
 def _save_ids(folder: Path, split: EncodedSplit) -> None:

@@ -21,6 +21,13 @@ LOCK_TIMEOUT_S = 3600.0  # a download of the largest corpus on a slow link fits 
 FAULT_POINTS = ("partial", "before-rename", "commit")
 
 
+def cache_root(folder: str | Path | None = None) -> Path:
+    """Where headsweep caches tokenizers, token ids, corpora and local copies of remote results: ``folder`` (a run
+    config's ``data.cache_dir``), else ``$HEADSWEEP_CACHE``, else ~/.cache/headsweep; absolute."""
+    root = folder or os.environ.get("HEADSWEEP_CACHE") or Path.home() / ".cache" / "headsweep"
+    return Path(root).expanduser().resolve()
+
+
 def fault_point(point: str, path: Path, detail: str = "") -> None:
     """Hold the process at ``point`` for a file named like ``path`` when $HEADSWEEP_FAULT_AT asks for it."""
     spec = os.environ.get("HEADSWEEP_FAULT_AT")

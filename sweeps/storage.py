@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow.fs
 
-from model.files import atomic_write
+from model.files import atomic_write, cache_root
 
 RETRY_ENV = "HEADSWEEP_STORAGE_RETRY_S"
 DEFAULT_PATIENCE_S = 600.0
@@ -180,10 +180,6 @@ def read_bytes(target: str) -> bytes:
     fs, path = filesystem(target)
     with fs.open_input_stream(path) as f:
         return f.readall()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HEADSWEEP_CACHE") or Path.home() / ".cache" / "headsweep")
 
 
 def mirror_path(uri: str) -> Path:

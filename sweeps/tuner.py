@@ -22,6 +22,7 @@ from model.config import flatten
 from model.corpora import CorpusError, FilesCorpus
 
 from .baselines import layout_heads, layout_name, parse_layout_name
+from .pareto import pareto_front
 from .placement import check_placement, check_shared_storage, read_autoscaler
 from .raycluster import cluster_to_join, start_ray
 from .results import (
@@ -284,8 +285,6 @@ def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume:
 def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
     """The layouts ``scratch`` trains: those of the gate trials (Pareto-optimal or all completed ones), and the
     full model's unless ``baselines.scratch_full`` is false, smallest first."""
-    from analysis.pareto import pareto_front
-
     done = gate_trials[(gate_trials[STAGE] == "prune") & (gate_trials[STATUS] == "completed")]
     if sweep.schema.baselines.scratch_layouts == "pareto" and not done.empty:
         done = pareto_front(done, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])

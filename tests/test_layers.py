@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 LAYERS = {"model": 0, "sweeps": 1, "analysis": 1, "trainable": 2}  # what each package may import: its own or lower
 FORBIDDEN = {"model": {"ray", "optuna", "wandb", "sweeps", "analysis", "trainable"},
-             "sweeps": {"trainable"}, "analysis": {"ray", "wandb", "trainable", "sweeps.tuner", "sweeps.raycluster",
+             "sweeps": {"trainable", "analysis"}, "analysis": {"ray", "wandb", "trainable", "sweeps.tuner", "sweeps.raycluster",
                                                    "sweeps.wandb_log", "sweeps.retention"}}
 
 

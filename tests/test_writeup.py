@@ -3,6 +3,7 @@ the page's folder; refusals name the page and line; the project's own docs are u
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from analysis.writeup import END, main
@@ -70,7 +71,8 @@ def test_bad_pages_are_refused_naming_the_page_the_line_and_what_is_missing(tmp_
 
 
 def test_the_projects_write_ups_quote_their_reports_as_they_are():
-    pages = [p for p in sorted((ROOT / "docs").rglob("*.md")) if "by python -m analysis.writeup -->" in p.read_text()]
+    marker = re.compile(r"^<!-- generated from \S+ by python -m analysis\.writeup -->$", re.M)
+    pages = [p for p in sorted((ROOT / "docs").rglob("*.md")) if marker.search(p.read_text())]
     assert pages, "docs/ has no page with a generated section (docs/experiments/multi30k.md should)"
     stale = [str(p.relative_to(ROOT)) for p in pages if main([str(p), "--check"]) != 0]
     assert not stale, f"rewrite them: python -m analysis.writeup {' '.join(stale)}"

@@ -57,10 +57,11 @@ from sweeps.results import (
     last_record,
     uri_of,
 )
+from sweeps.resume import SweepError
 from sweeps.schema import MethodRun
 from sweeps.sweep import Sweep, base_hash
 from sweeps.trial import run_trial
-from sweeps.tuner import SweepError, Trainables, TrialSetup, expected_trials, run_sweep, unfinished_trials
+from sweeps.tuner import Trainables, TrialSetup, expected_trials, run_sweep, unfinished_trials
 from sweeps.validate import load_sweep
 from sweeps.wandb_log import TrialLogger
 

@@ -1,4 +1,5 @@
-"""Ray Tune and Optuna for a sweep: the search, the two stages, the methods' grids, resume checks, the driver.
+"""Ray Tune for a sweep: the two stages, the methods' grids and the driver (the search: sweeps/search.py; resume
+checks: sweeps/resume.py; joining or starting Ray: sweeps/raycluster.py).
 
 :func:`run_sweep` runs a validated :class:`~sweeps.sweep.Sweep` with the trainables it is given (``trainable.py``
 defines them), so calls go from the entry point down: ``trainable.main`` -> ``run_sweep`` -> Tune -> a trainable ->
@@ -8,9 +9,7 @@ defines them), so calls go from the entry point down: ``trainable.main`` -> ``ru
 from __future__ import annotations
 
 import json
-import math
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 
 from model import metrics as M
 from model.checkpoint import git_commit, package_versions
-from model.config import flatten
 from model.corpora import CorpusError, FilesCorpus
 
 from .baselines import layout_heads, layout_name, parse_layout_name
@@ -34,25 +32,19 @@ from .results import (
     STATUS,
     SWEEP_FILE,
     WANDB_DIR,
-    WANDB_RUN,
     join_storage,
     uri_of,
     write_text,
     write_trials_table,
 )
-from .schema import BUDGET_METHODS, RUN_LOCATION_KEYS, MethodRun
-from .storage import exists, ray_storage, read_bytes
-from .study import StateError, StudyStorage, check_resumable, ensure_study_file, fresh_study_file
-from .sweep import Sweep, base_hash, schema_dict
-from .validate import absolute_paths, check_gpus
+from .resume import SweepError, can_restore, check_resume, sweep_record
+from .schema import BUDGET_METHODS, MethodRun
+from .search import make_searcher, tune_space
+from .storage import ray_storage
+from .study import ensure_study_file
+from .sweep import Sweep, base_hash
+from .validate import check_gpus
 from .wandb_log import resolve_mode, unreachable_backend
-
-# Optuna trial user attributes that tie a study's trial to its Ray trial and its W&B run
-RAY_TRIAL_ATTR, WANDB_RUN_ATTR = "ray_trial_id", WANDB_RUN
-
-
-class SweepError(RuntimeError):
-    """The sweep cannot start or continue (nothing to resume, a folder in use, a failed base model)."""
 
 
 @dataclass
@@ -81,108 +73,6 @@ class Trainables:
 # Ray objects from the sweep
 
 
-def tune_space(sweep: Sweep) -> dict[str, Any]:
-    """The YAML search space as Tune domains (the one place this translation happens)."""
-    from ray import tune
-
-    out: dict[str, Any] = {}
-    for d in sweep.space:
-        if d.kind == "loguniform":
-            out[d.key] = tune.loguniform(*d.args)
-        elif d.kind == "uniform":
-            out[d.key] = tune.uniform(*d.args)
-        elif d.kind == "randint":
-            out[d.key] = tune.randint(d.args[0], d.args[1] + 1)  # Tune's upper bound is exclusive
-        else:
-            out[d.key] = tune.choice(list(d.args))
-    return out
-
-
-def make_searcher(sweep: Sweep):
-    """OptunaSearch with the objective lists (never metric/mode in TuneConfig: that makes it single-objective)."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    class HeadsweepSearch(OptunaSearch):
-        """OptunaSearch that names the study's objectives, ties each Optuna trial to its Ray trial and W&B run
-        (user attributes), and tells a trial whose final objectives are not finite (it diverged) to Optuna as
-        FAIL, not left RUNNING (Optuna refuses NaN values for a COMPLETE trial)."""
-
-        def _setup_study(self, mode):
-            super()._setup_study(mode)
-            with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what the dashboard shows
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                self._ot_study.set_metric_names(list(self.metric))
-
-        def suggest(self, trial_id: str) -> dict | None:
-            params = super().suggest(trial_id)
-            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
-            return params
-
-        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
-            super().save_to_dir(checkpoint_dir, session_str)
-            if isinstance(self._storage, StudyStorage):  # a remote sweep's study travels with the searcher's state
-                self._storage.save_snapshot(checkpoint_dir)
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            if trial_id not in self._ot_trials and trial_id not in self._completed_trials:
-                self._tell_unknown(trial_id, result, error)
-                return
-            if result and result.get(WANDB_RUN) and trial_id in self._ot_trials:
-                self._ot_trials[trial_id].set_user_attr(WANDB_RUN_ATTR, result[WANDB_RUN])
-            values = [(result or {}).get(m) for m in self.metric] if isinstance(self.metric, list) else []
-            if result and any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-                result, error = None, True
-            super().on_trial_complete(trial_id, result, error)
-
-        def _tell_unknown(self, trial_id: str, result: dict | None, error: bool) -> None:
-            """A trial that Tune restored but this searcher's restored state does not know: Tune copies its
-            experiment state, the search wrappers' state and this searcher's pickle to the storage one file after
-            another, and a driver killed in between leaves them apart. OptunaSearch would raise KeyError (and stop
-            every resume of the sweep); the trial is told to the study instead: its own RUNNING record when the
-            study has one (Optuna's storage is written live), else a new record from its config and result."""
-            result = result or {}
-            values = [result.get(m) for m in self.metric] if isinstance(self.metric, list) else []
-            done = not error and values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-            state = optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.FAIL
-            attrs = {RAY_TRIAL_ATTR: trial_id, **({WANDB_RUN_ATTR: result[WANDB_RUN]} if result.get(WANDB_RUN) else {})}
-            running = [t for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                       if t.user_attrs.get(RAY_TRIAL_ATTR) == trial_id]
-            if running:
-                trial = optuna.trial.Trial(self._ot_study, running[0]._trial_id)
-                for key, value in attrs.items():
-                    trial.set_user_attr(key, value)
-                self._ot_study.tell(trial, values if done else None, state=state)
-            else:
-                config = result.get("config") or {k.removeprefix("config/"): v for k, v in result.items()
-                                                  if k.startswith("config/")}
-                space = self._space if isinstance(self._space, dict) else {}
-                params = {k: config[k] for k in space if k in config}
-                self._ot_study.add_trial(optuna.trial.create_trial(
-                    params=params, distributions={k: space[k] for k in params}, values=values if done else None,
-                    state=state, user_attrs=attrs))
-            self._completed_trials.add(trial_id)
-            print(f"trial {trial_id}: unknown to the restored Optuna searcher; recorded in the study as "
-                  f"{state.name} from its result", flush=True)
-
-    s = sweep.search
-    tpe = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}
-    nsga2 = {} if s.population_size is None else {"population_size": s.population_size}
-    samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed, **tpe),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed, **nsga2),
-        "random": lambda: optuna.samplers.RandomSampler(seed=s.seed),
-        "grid": lambda: optuna.samplers.GridSampler({d.key: d.grid() for d in sweep.space}, seed=s.seed),
-    }
-    fresh_study_file(sweep.experiment_dir)  # a new sweep (a restored one gets its searcher from Tune's state)
-    storage = StudyStorage(sweep.experiment_dir)
-    return HeadsweepSearch(
-        metric=[o.metric for o in sweep.objectives], mode=[o.mode for o in sweep.objectives],
-        sampler=samplers[s.sampler](), study_name=sweep.name, storage=storage,
-        points_to_evaluate=sweep.points_to_evaluate() or None,
-    )
-
-
 def _resources(res) -> dict[str, float]:
     return {"cpu": res.cpus, "gpu": res.gpus}
 
@@ -206,21 +96,13 @@ def _run_config(sweep: Sweep, name: str, storage: str, keep: int, params: list[s
     )
 
 
-def _can_restore(experiment: str) -> bool:
-    """Whether ``experiment`` (a folder or URI) holds a Tune experiment's state."""
-    from ray import tune
-
-    path, fs = ray_storage(experiment)
-    return tune.Tuner.can_restore(path, storage_filesystem=fs)
-
-
 def _fit(tuner_factory, trainable, experiment: str, resume: bool, keep: int):
     from ray import tune
 
     from .retention import prune_checkpoints, state_period
 
     state_period()  # before Tune starts, also for a restored sweep (its callbacks come from the stored tuner)
-    if _can_restore(experiment):
+    if can_restore(experiment):
         if not resume:
             raise SweepError(f"{experiment} already holds a sweep: pass --resume to continue it, or choose another "
                              f"name (--set name=...) or --results folder")
@@ -249,7 +131,7 @@ def pretrain_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables) -> t
         experiment = join_storage(root, name)
         trainable = tune.with_resources(tune.with_parameters(trainables.pretrain, setup=setup),
                                         _resources(sweep.pretrain_resources))
-        fresh = not _can_restore(experiment)
+        fresh = not can_restore(experiment)
         print(f"base model {name} ({variant or 'the base config'}): "
               + ("training" if fresh else "found, reusing or finishing it"), flush=True)
         def new_tuner(trainable=trainable, variant=variant, name=name):
@@ -323,7 +205,7 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
         trainable = tune.with_resources(tune.with_parameters(function, setup=setup, run=run),
                                         _resources(sweep.resources))
     experiment = join_storage(sweep.storage, run.name)
-    found = _can_restore(experiment)
+    found = can_restore(experiment)
     if found and not resume:
         raise SweepError(f"{experiment} already holds the {run.label} trials of a sweep: pass --resume to continue "
                          f"it, or choose another name (--set name=...) or --results folder")
@@ -340,24 +222,6 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
 
 # --------------------------------------------------------------------------------------------------
 # Driver
-
-
-def _where_not_what(key: str) -> bool:
-    """A recorded sweep key that says where or how fast trials run (W&B, folders, threads, the CPUs and GPUs a trial
-    or a base model is given, the results root the folder was moved to) or how they are scored afterwards (test.*),
-    not what they learn."""
-    return key.startswith(("wandb.", "test.", "resources.", "pretrain.resources.",
-                            "baselines.scratch_resources.")) or key in (
-        "storage", "storage_shared") or any(
-        key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.") for k in RUN_LOCATION_KEYS)
-
-
-def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Keys (dotted) whose values differ between two resolved sweeps, W&B settings and the run-location keys
-    (corpus and cache folders, threads, device) aside: they may change between a sweep and its resume."""
-    a, b = flatten(old), flatten(new)
-    keys = sorted(k for k in set(a) | set(b) if not _where_not_what(k) and a.get(k) != b.get(k))
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
 def check_cluster(sweep: Sweep) -> None:
@@ -377,75 +241,6 @@ def check_cluster(sweep: Sweep) -> None:
         if note:
             print(note, flush=True)
     check_shared_storage(sweep.storage, nodes, autoscaler, sweep.schema.storage_shared)
-
-
-def _sweep_record(sweep: Sweep, run: MethodRun) -> dict[str, Any]:
-    """sweep.json of one method folder: the resolved sweep, and which of its methods the folder holds."""
-    record = schema_dict(sweep)
-    if len(sweep.method_runs()) > 1:
-        record.update(label=run.label, run={"method": run.method, "finetune_steps": run.finetune_steps,
-                                            "name": run.name})
-    return record
-
-
-# the baselines' settings each method's trials depend on (methods and fine-tuning variants may be added later)
-BASELINE_KEYS = {"gates": (), "gates_budget": ("budgets", "seeds", "finetune_steps"),
-                 "importance": ("budgets", "seeds", "importance_batches"),
-                 "iterative": ("budgets", "seeds", "importance_batches", "iterative_fraction"),
-                 "random": ("budgets", "seeds"),
-                 "scratch": ("scratch_layouts", "scratch_limit", "scratch_set", "scratch_seeds", "scratch_full")}
-# what a sweep recorded before a key existed had: the key's default (so that such a sweep resumes)
-RECORDED_BEFORE = {"scratch_full": True}
-
-
-def _settings_of(run: MethodRun, record: dict[str, Any]) -> dict[str, Any]:
-    """The part of a recorded sweep that decides the trials of one method folder."""
-    keys = BASELINE_KEYS[run.method] + (("set",) if run.finetune_steps else ())
-    out = {k: v for k, v in record.items() if k not in ("label", "run", "method", "baselines")}
-    out["baselines"] = {k: v for k, v in {**RECORDED_BEFORE, **(record.get("baselines") or {})}.items() if k in keys}
-    return out
-
-
-def with_absolute_paths(record: dict[str, Any]) -> dict[str, Any]:
-    """A recorded sweep (``sweep.json``) with its base config's paths made absolute as the driver now makes them
-    (a sweep recorded before that, with ``$HEADSWEEP_DATA/...`` or relative corpus paths, compares equal)."""
-    record = dict(record)
-    if isinstance(record.get("base"), dict):
-        record["base"] = absolute_paths(record["base"])
-    pretrain = record.get("pretrain")
-    if isinstance(pretrain, dict) and isinstance(pretrain.get("set"), dict):
-        record["pretrain"] = {**pretrain, "set": absolute_paths(pretrain["set"], nested=False)}
-    return record
-
-
-def _check_resume(sweep: Sweep, resume: bool) -> None:
-    """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep.
-
-    A sweep exists once one of its base models or method folders does (it may have stopped during pretraining)."""
-    folders = [join_storage(sweep.storage, run.name) for run in sweep.method_runs()]
-    started = any(_can_restore(folder) for folder in folders)
-    if started and not resume:
-        raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
-                         f"another name (--set name=...) or --results folder")
-    bases = [join_storage(sweep.storage, PRETRAINED_DIR, name) for _, _, name in sweep.base_experiments()
-             ] if sweep.pretraining and sweep.schema.pretrain.checkpoint is None else []
-    if resume and not started and not any(_can_restore(base) for base in bases):
-        raise SweepError(f"--resume: there is no sweep in {sweep.experiment_dir} to resume")
-    for folder in folders:
-        if resume and _can_restore(folder):
-            try:
-                check_resumable(folder)
-            except StateError as exc:
-                raise SweepError(f"--resume: {exc}") from None
-    for run, folder in zip(sweep.method_runs(), folders):
-        recorded = join_storage(folder, SWEEP_FILE)
-        if resume and exists(recorded):
-            old = _settings_of(run, with_absolute_paths(json.loads(read_bytes(recorded))))
-            new = _settings_of(run, schema_dict(sweep))
-            changed = sweep_differences(old, new)
-            if changed:
-                raise SweepError(f"--resume: the sweep differs from the one in {recorded}: {'; '.join(changed)}. "
-                                 f"Resume it unchanged, or start a new sweep (--set name=...).")
 
 
 def check_corpus_files(sweep: Sweep) -> None:
@@ -470,7 +265,7 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    _check_resume(sweep, resume)
+    check_resume(sweep, resume)
     if cluster is None:  # a private local Ray: this machine's GPUs are all there is
         import torch
 
@@ -503,7 +298,7 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
         setup.bases, base_results = pretrain_stage(sweep, setup, trainables)
         for run in runs:
             folder = join_storage(sweep.storage, run.name)
-            write_text(join_storage(folder, SWEEP_FILE), json.dumps(_sweep_record(sweep, run), indent=2) + "\n")
+            write_text(join_storage(folder, SWEEP_FILE), json.dumps(sweep_record(sweep, run), indent=2) + "\n")
             if run.method == "gates":
                 grid = prune_stage(sweep, setup, trainables, resume)
                 params = [d.key for d in sweep.space]

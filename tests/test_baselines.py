@@ -118,7 +118,7 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
     # without the full model (the base model is that layout trained from scratch already)
     no_full = make({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2, "scratch_full": False}})
     assert scratch_layouts(no_full, table) == ["enc_self=1,0", "enc_self=4,3"]
-    from sweeps.tuner import SweepError
+    from sweeps.resume import SweepError
 
     with pytest.raises(SweepError, match=r"no layout but the full model's.*scratch_full is false"):
         scratch_layouts(no_full, table[table["trial_id"] == "4"])  # the front: the full model alone
@@ -127,7 +127,7 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
 def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on():
     from sweeps.schema import MethodRun
     from sweeps.sweep import schema_dict
-    from sweeps.tuner import _settings_of, sweep_differences
+    from sweeps.resume import _settings_of, sweep_differences
     from tests.test_sweep import make
 
     a = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2}}))

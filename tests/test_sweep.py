@@ -409,7 +409,7 @@ def test_data_dir_is_made_absolute_for_every_stage_and_leaves_the_base_hash_alon
 
 
 def test_resume_compares_what_trials_learn_not_where_they_read_it():
-    from sweeps.tuner import sweep_differences
+    from sweeps.resume import sweep_differences
 
     old = {"base": {"data": {"data_dir": "/a", "vocab_size": 100}}, "wandb": {"mode": "offline"},
            "pretrain": {"set": {"train.threads": 1}}}
@@ -436,7 +436,7 @@ def test_paths_of_a_sweep_are_absolute_before_any_trial_sees_them(tmp_path: Path
 
 
 def test_a_sweep_recorded_with_unexpanded_corpus_paths_compares_equal_on_resume(tmp_path: Path, monkeypatch):
-    from sweeps.tuner import sweep_differences, with_absolute_paths
+    from sweeps.resume import sweep_differences, with_absolute_paths
 
     monkeypatch.setenv("HEADSWEEP_DATA", str(tmp_path))
     before = {"base": {"data": {"files": {"train": "$HEADSWEEP_DATA/en-ru/train"}}}, "pretrain": {"set": {}}}
@@ -469,7 +469,7 @@ def test_a_trial_the_restored_searcher_does_not_know_is_recorded_not_a_crash(tmp
     which stopped every resume of such a sweep), and the known trials are told as before."""
     import optuna
 
-    from sweeps.tuner import make_searcher, tune_space
+    from sweeps.search import make_searcher, tune_space
 
     sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", storage=str(tmp_path))
     searcher = make_searcher(sweep)
@@ -493,7 +493,7 @@ def test_an_unknown_trial_that_the_study_holds_as_running_is_told_on_that_record
     with its Ray trial id: that record is the one told (no second record of the same trial)."""
     import optuna
 
-    from sweeps.tuner import make_searcher, tune_space
+    from sweeps.search import make_searcher, tune_space
 
     sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml", storage=str(tmp_path))
     searcher = make_searcher(sweep)

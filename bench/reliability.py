@@ -2,7 +2,7 @@
 
     python bench/reliability.py [--out docs/reliability.md] [-- PYTEST ARGS]
     HEADSWEEP_RELIABILITY_OUT=figures.jsonl python -m pytest -q          # or: the figures of any test run,
-    python bench/reliability.py --figures figures.jsonl --minutes 28      # rendered without running again
+    python bench/reliability.py --figures figures.jsonl                   # rendered without running again
 
 Each test in the list below calls the ``record`` fixture (tests/conftest.py) with what it injected and what it
 counted (trials lost, evaluations redone, inputs refused, ...); this script points $HEADSWEEP_RELIABILITY_OUT at a
@@ -18,11 +18,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections import OrderedDict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+SESSION_KEY = "session_seconds"  # the line tests/conftest.py appends when the test run ends: how long it took
 TESTS = ["tests/test_reliability.py", "tests/test_faults.py", "tests/test_trainable.py::"
          "test_a_killed_trial_worker_is_retried_from_its_last_checkpoint", "tests/test_trainable.py::"
          "test_diverged_trial_ends_as_such_and_the_sweep_goes_on", "tests/test_trainable.py::"
@@ -100,7 +100,18 @@ def function_of(nodeid: str) -> str:
     return nodeid.split("[", 1)[0]
 
 
+def _per_case(values: list[float]) -> str:
+    """A figure of a parametrized test: its one value, the value every case had, each case's, or their range."""
+    if len(set(values)) == 1:
+        return f"{values[0]:g}" + (f" (each of {len(values)})" if len(values) > 1 else "")
+    if len(values) <= 4:
+        return " / ".join(f"{v:g}" for v in values)
+    return f"{min(values):g} to {max(values):g} (cases: {len(values)})"
+
+
 def render(rows: list[dict], seconds: float, how: str = "`python bench/reliability.py`") -> str:
+    """The page: one table row per test function, each figure per case (never summed across cases), the trials
+    lost summed over everything, and how long the run that recorded them took."""
     groups: OrderedDict[str, dict] = OrderedDict()
     for row in rows:
         key = function_of(row["test"])
@@ -110,20 +121,32 @@ def render(rows: list[dict], seconds: float, how: str = "`python bench/reliabili
             if name in ("test", "what"):
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                group["figures"][name] = group["figures"].get(name, 0) + value
+                group["figures"].setdefault(name, []).append(value)
             else:
                 group["figures"].setdefault(name, value)
     lines = [HEADER,
              "| test | injected / fed | cases | what happened (counted) |", "| --- | --- | ---: | --- |"]
     for key, group in groups.items():
         file, _, name = key.partition("::")
-        figures = ", ".join(f"{k.replace('_', ' ')} = {v:g}" if isinstance(v, (int, float)) else f"{k}: {v}"
+        figures = ", ".join(f"{k.replace('_', ' ')} = {_per_case(v)}" if isinstance(v, list) else f"{k}: {v}"
                             for k, v in group["figures"].items())
         lines.append(f"| `{Path(file).name}::{name}` | {group['what']} | {group['cases']} | {figures} |")
-    lost = sum(g["figures"].get("trials_lost", 0) for g in groups.values())
-    lines += ["", f"Trials lost across all rows: **{lost}**. Figures recorded by {how} in "
-              f"{seconds / 60:.1f} minutes.", FOOTER]
+    lost = sum(sum(g["figures"].get("trials_lost", [])) for g in groups.values())
+    lines += ["", f"Trials lost across all rows: **{lost:g}**. Figures recorded by {how} in "
+              f"{seconds / 60:.1f} minutes (measured by that run).", FOOTER]
     return "\n".join(lines) + "\n"
+
+
+def read_figures(path: Path) -> tuple[list[dict], float | None]:
+    """The rows a test run recorded and how long that run took (the line its end wrote; None if it did not end)."""
+    rows, seconds = [], None
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if SESSION_KEY in entry:
+            seconds = entry[SESSION_KEY]
+        else:
+            rows.append(entry)
+    return rows, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,30 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "docs" / "reliability.md"))
     parser.add_argument("--figures", help="render the figures file of a test run made with "
                         "HEADSWEEP_RELIABILITY_OUT=FILE instead of running the tests")
-    parser.add_argument("--minutes", type=float, help="with --figures: how long that test run took")
     parser.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
     args = parser.parse_args(argv)
     if args.figures:
-        rows = [json.loads(line) for line in Path(args.figures).read_text().splitlines()]
+        rows, seconds = read_figures(Path(args.figures))
         missing = sorted({t for t in TESTS if "::" in t} - {function_of(r["test"]) for r in rows})
-        if missing or args.minutes is None:
+        if missing or seconds is None:
             raise SystemExit(f"{args.figures}: " + (f"no figures from {', '.join(missing)}" if missing
-                             else "--minutes (how long the run took) is needed with --figures"))
-        Path(args.out).write_text(render(rows, 60 * args.minutes, how="the README's test command"))
+                             else "the run that wrote it did not finish (no session time at its end)"))
+        Path(args.out).write_text(render(rows, seconds, how="the README's test command"))
         print(f"wrote {args.out}: {len({function_of(r['test']) for r in rows})} rows")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "figures.jsonl"
         env = {**os.environ, "HEADSWEEP_RELIABILITY_OUT": str(log)}
-        start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", *TESTS, *args.pytest_args], cwd=REPO, env=env,
                               check=False)
-        seconds = time.perf_counter() - start
         if proc.returncode != 0:
             print("some tests failed: docs/reliability.md is left as it was", file=sys.stderr)
             return proc.returncode
-        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    Path(args.out).write_text(render(rows, seconds))
+        rows, seconds = read_figures(log) if log.exists() else ([], 0.0)
+    Path(args.out).write_text(render(rows, seconds or 0.0))
     print(f"wrote {args.out}: {len({function_of(r['test']) for r in rows})} rows")
     return 0
 

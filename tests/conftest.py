@@ -56,6 +56,22 @@ REPO = Path(__file__).resolve().parent.parent
 SLOW_FIXTURES = {"quickstart_smoke", "sweep_dir", "trained_run", "model_and_sources", "s3_server", "s3_outage"}
 
 
+_SESSION_START: list[float] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _SESSION_START.append(time.perf_counter())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With $HEADSWEEP_RELIABILITY_OUT set, the run's own duration ends the figures file (bench/reliability.py
+    states it on the page: measured, never typed in)."""
+    out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
+    if out and _SESSION_START and not hasattr(session.config, "workerinput"):
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"session_seconds": round(time.perf_counter() - _SESSION_START[0], 1)}) + "\n")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The `slow` marker (pyproject.toml) on every test that uses a slow fixture, besides those marked by hand
     (they start Ray, run the sweep command or train for more than a few seconds): `pytest -m "not slow"` is the

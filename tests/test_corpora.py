@@ -75,7 +75,8 @@ def test_mismatched_line_counts_name_both_files(tmp_path, record):
     write_pair(tmp_path, "train", EN, DE[:-1])
     with pytest.raises(CorpusError, match=r"train\.en has 40 lines but .*train\.de has 39") as refusal:
         read_parallel(tmp_path / "train.en", tmp_path / "train.de", Counter())
-    counts = [int(n) for n in re.findall(r"has (\d+) lines?", str(refusal.value))]
+    counts = [int(n) for n in re.findall(r"has (\d+)", str(refusal.value))]
+    assert counts == [40, 39], refusal.value
     record("parallel files with different line counts", refused_naming_counts=len(counts),
            lines_named=" vs ".join(map(str, counts)))
 

@@ -197,19 +197,24 @@ def test_the_local_dashboard_listens_on_loopback_unless_asked_otherwise(tmp_path
            starts_listening_where_asked=sum(c["dashboard_host"] == host for c in calls))
 
 
-def test_the_reliability_table_sums_the_cases_of_a_test_and_counts_lost_trials():
+def test_the_reliability_table_reports_each_case_of_a_test_and_counts_lost_trials(tmp_path: Path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("reliability", REPO / "bench" / "reliability.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = [{"test": "tests/a.py::test_x[one]", "what": "bad input", "refused": 1},
-            {"test": "tests/a.py::test_x[two]", "what": "bad input", "refused": 1},
-            {"test": "tests/b.py::test_y", "what": "kill", "trials_lost": 2, "final_step": 300}]
+    rows = [{"test": "tests/a.py::test_x[one]", "what": "bad input", "refused": 1, "at_line": 4},
+            {"test": "tests/a.py::test_x[two]", "what": "bad input", "refused": 1, "at_line": 3},
+            {"test": "tests/b.py::test_y", "what": "kill", "trials_lost": 2, "final_step": 300},
+            *({"test": f"tests/c.py::test_z[{i}]", "what": "random", "examples": 10 + i} for i in range(6))]
     text = bench.render(rows, 90.0)
-    assert "| `a.py::test_x` | bad input | 2 | refused = 2 |" in text
+    assert "| `a.py::test_x` | bad input | 2 | refused = 1 (each of 2), at line = 4 / 3 |" in text  # never 7
     assert "| `b.py::test_y` | kill | 1 | trials lost = 2, final step = 300 |" in text
-    assert "Trials lost across all rows: **2**" in text
+    assert "| `c.py::test_z` | random | 6 | examples = 10 to 15 (cases: 6) |" in text
+    assert "Trials lost across all rows: **2**" in text and "in 1.5 minutes (measured by that run)" in text
+    figures = tmp_path / "figures.jsonl"
+    figures.write_text("\n".join(json.dumps(r) for r in rows[:3]) + '\n{"session_seconds": 75.5}\n')
+    assert bench.read_figures(figures) == (rows[:3], 75.5)  # the run's own duration, not a typed-in one
 
 
 def test_the_reliability_page_ends_with_what_its_generator_writes():

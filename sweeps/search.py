@@ -15,8 +15,6 @@ from .sweep import Sweep
 RAY_TRIAL_ATTR, WANDB_RUN_ATTR = "ray_trial_id", WANDB_RUN
 
 
-
-
 def tune_space(sweep: Sweep) -> dict[str, Any]:
     """The YAML search space as Tune domains (the one place this translation happens)."""
     from ray import tune

@@ -67,7 +67,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With $HEADSWEEP_RELIABILITY_OUT set, the run's own duration ends the figures file (bench/reliability.py
     states it on the page: measured, never typed in)."""
     out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
-    if out and _SESSION_START and not hasattr(session.config, "workerinput"):
+    if out and _SESSION_START:
         with open(out, "a", encoding="utf-8") as f:
             f.write(json.dumps({"session_seconds": round(time.perf_counter() - _SESSION_START[0], 1)}) + "\n")
 

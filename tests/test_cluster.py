@@ -233,16 +233,12 @@ def test_the_tests_stop_only_a_ray_they_started(tmp_path: Path):
     test's own Ray by its folder leaves the other one running."""
     from tests.conftest import _cmdline, _pids, ray_not_started_by_tests
 
-    ray_cli = ray_command()
     theirs, ours = (tempfile.mkdtemp(prefix="rt", dir="/tmp") for _ in range(2))
     loopback = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     unmarked = {k: v for k, v in os.environ.items() if k not in ("HEADSWEEP_TEST_SESSION", "RAY_ADDRESS")}
 
     def start(env: dict[str, str]) -> None:
-        done = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-                               "--num-cpus=0", "--include-dashboard=false", "--disable-usage-stats"],
-                              env={**env, **loopback}, capture_output=True, text=True, timeout=300, check=False)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        start_ray_head({**env, **loopback}, free_port(), "--num-cpus=0", "--include-dashboard=false")
 
     def daemons_in(folder: str) -> list[int]:
         return [pid for pid in _pids() if f"{folder}/" in _cmdline(pid) and ("raylet/raylet " in _cmdline(pid) or

@@ -399,6 +399,7 @@ COMMANDS = {
     "export": ("analysis.export", "the Pareto-optimal trials of a sweep as pruned models"),
     "report": ("analysis.report", "a sweep's report, or several sweeps' fronts compared"),
     "writeup": ("analysis.writeup", "rewrite a write-up's sections generated from a sweep's report"),
+    "record": ("sweeps.record", "keep a finished sweep folder as a record: table, logs, test scores, reports"),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,17 @@ from sweeps.results import (
     SWEEP_FILE,
     TEST_SCORES_FILE,
     TRIAL_ID,
+    TRIAL_LOGS_FILE,
     TRIAL_PATH,
     TRIALS_FILE,
     WALL_SECONDS,
-    last_record,
+    is_record,
+    local_logs,
 )
 from sweeps.storage import StorageError, check_uri, download, is_uri, local_copy
 
 LABEL = "sweep"  # column naming the sweep (or method) a row came from
+LOGS = "logs"  # column: where a trial's logs are read from on this machine (not in trials.csv)
 DEFAULT_OBJECTIVES = ((M.BLEU, "max"), (M.OPEN_HEADS, "min"))
 
 
@@ -103,6 +107,8 @@ def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
         raise ResultsError(f"{path} holds neither {TRIALS_FILE} nor Ray trial folders (*/result.json)")
     label = label or config.get("label") or config.get("name") or path.name
     trials = with_test_scores(trials, path / TEST_SCORES_FILE)
+    if not is_uri(source):
+        trials = with_log_locations(trials, path)
     trials.insert(0, LABEL, label)
     return SweepResults(label, path, trials, config, source if is_uri(source) else str(path))
 
@@ -155,38 +161,63 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def _logs(row: pd.Series, column: str = CHECKPOINT) -> Path:
-    """A trial's checkpoint (or trial) folder as a local path: itself, or the local copy of its logs (model
-    weights left out) when it lies in remote storage."""
-    where = str(row.get(column) or "")
-    if not is_uri(where):
-        return Path(where)
-    try:
-        return local_copy(where, skip=(".pt",))
-    except StorageError as exc:
-        raise ResultsError(f"trial {row.get(TRIAL_ID)}: {exc}") from None
+def with_log_locations(trials: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """The table with a column (:data:`LOGS`) saying where each trial's logs are read from on this machine: the
+    record's trial_logs.jsonl, or the checkpoint folder (moved with its sweep folder where the recorded path is gone),
+    or nothing (a folder in remote storage: its checkpoints are copied when read)."""
+    if is_record(folder):
+        where = [str(folder / TRIAL_LOGS_FILE)] * len(trials)
+    else:
+        where = [str(local_logs(folder, str(c)) or "") if isinstance(c, str) else "" for c in trials.get(
+            CHECKPOINT, pd.Series([""] * len(trials)))]
+    return trials.assign(**{LOGS: where})
+
+
+@lru_cache(maxsize=8)
+def _record_logs(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    return {str(entry[TRIAL_ID]): entry for entry in _jsonl(Path(path))}
+
+
+def _log(row: pd.Series, name: str) -> list[dict[str, Any]] | None:
+    """One log of a trial (``metrics.jsonl``, ``gates.jsonl`` or ``samples.jsonl``), or None where it has none: read
+    from its sweep's record, its local checkpoint folder, or the local copy of one in remote storage (model weights
+    left out)."""
+    where = str(row.get(LOGS) or "")
+    if where.endswith(TRIAL_LOGS_FILE):
+        entry = _record_logs(where, Path(where).stat().st_mtime_ns).get(str(row.get(TRIAL_ID)))
+        return None if entry is None else entry.get(name.removesuffix(".jsonl"))
+    where = where or str(row.get(CHECKPOINT) or "")
+    if is_uri(where):
+        try:
+            where = str(local_copy(where, skip=(".pt",)))
+        except StorageError as exc:
+            raise ResultsError(f"trial {row.get(TRIAL_ID)}: {exc}") from None
+    path = Path(where) / name
+    return _jsonl(path) if where and path.is_file() else None
 
 
 def trial_history(row: pd.Series) -> pd.DataFrame:
     """Every evaluation of one trial (from its last checkpoint's metrics.jsonl, else Ray's progress.csv)."""
-    ckpt = _logs(row)
-    if ckpt.is_dir() and (ckpt / METRICS_FILE).exists():
-        return pd.DataFrame(_jsonl(ckpt / METRICS_FILE))
+    found = _log(row, METRICS_FILE)
+    if found is not None:
+        return pd.DataFrame(found)
     progress = Path(str(row.get(TRIAL_PATH) or "")) / "progress.csv"
     if progress.exists():
         return pd.read_csv(progress)
-    raise ResultsError(f"trial {row.get(TRIAL_ID)}: no metrics.jsonl in {ckpt} and no {progress}")
+    raise ResultsError(f"trial {row.get(TRIAL_ID)}: no metrics.jsonl in {row.get(LOGS) or row.get(CHECKPOINT)} and "
+                       f"no {progress}")
 
 
 def trial_gates(row: pd.Series) -> list[dict[str, Any]]:
     """The gate report of every evaluation of one trial: [{step, gates: {type: {gate, p_open, ...}}}]."""
-    ckpt = _logs(row)
-    if not (ckpt / GATES_FILE).exists():
-        raise ResultsError(f"trial {row.get(TRIAL_ID)}: no gates.jsonl in its checkpoint {ckpt}")
-    return _jsonl(ckpt / GATES_FILE)
+    found = _log(row, GATES_FILE)
+    if not found:
+        raise ResultsError(f"trial {row.get(TRIAL_ID)}: no gates.jsonl in its checkpoint "
+                           f"{row.get(LOGS) or row.get(CHECKPOINT)}")
+    return found
 
 
 def trial_samples(row: pd.Series) -> list[dict[str, str]]:
     """The translation samples of the trial's last evaluation."""
-    last = last_record(_logs(row) / SAMPLES_FILE)
-    return last.get("samples", []) if last else []
+    found = _log(row, SAMPLES_FILE)
+    return found[-1].get("samples", []) if found else []

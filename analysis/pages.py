@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from model.files import atomic_write
+from sweeps.results import REPORT_DIR
 from sweeps.storage import join_storage, upload
 
 from .load import SweepResults
 
-REPORT_DIR = "report"
 LONG_PATH = 40  # characters of a path or URI shown in a table cell (its end); the rest on hover
 
 

@@ -25,6 +25,7 @@ The statistics:
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import math
@@ -122,6 +123,9 @@ def checkpoint_key(checkpoint: str) -> str:
     return given if given.endswith(".pt") else "/".join(given.split("/")[-2:])
 
 
+MODEL_HEADS = "model_heads"  # in a base model's cached score: heads per layer of each attention type
+
+
 def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: str = "test", device: str = "cpu",
               corpus_dir: str | None = None, log: Callable[[str], None] = print,
               max_sentences: int | None = None) -> dict[str, Any]:
@@ -132,13 +136,19 @@ def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: s
     trial = str(row[TRIAL_ID])
     cache = folder / f"{trial}.json"
     settings = {"checkpoint": str(row[CHECKPOINT]), "split": split, "beam": beam, "max_sentences": max_sentences}
-    if cache.exists():
+    kept = cache.with_name(cache.name + ".gz")  # compressed in a sweep kept as a record (sweeps.record)
+    if cache.exists() or kept.exists():
         try:
-            found = json.loads(cache.read_text(encoding="utf-8"))
+            text = cache.read_bytes() if cache.exists() else gzip.decompress(kept.read_bytes())
+            found = json.loads(text.decode("utf-8"))
             same = checkpoint_key(found.get("checkpoint", "")) == checkpoint_key(settings["checkpoint"])
             if same and all(found.get(k) == v for k, v in settings.items() if k != "checkpoint"):
+                if settings["checkpoint"].endswith(".pt") and MODEL_HEADS not in found:  # cached before the key
+                    found[MODEL_HEADS] = model_heads(settings["checkpoint"])
+                    if found[MODEL_HEADS] is not None:
+                        atomic_write(cache, json.dumps(found, ensure_ascii=False) + "\n")
                 return found
-        except (OSError, json.JSONDecodeError):
+        except (OSError, EOFError, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError):
             pass  # a damaged cache file is scored again
     try:
         given = str(row[CHECKPOINT])
@@ -152,6 +162,8 @@ def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: s
               "bleu_signature": scores.bleu_signature, "chrf_signature": scores.chrf_signature,
               "sentences": len(hyps), "references_sha256": _fingerprint(refs), "hypotheses": hyps,
               "references": refs}
+    if given.endswith(".pt"):  # a base given as a file: its heads stay known where its weights are not kept
+        record[MODEL_HEADS] = model_heads(given)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(cache, json.dumps(record, ensure_ascii=False) + "\n")
     log(f"  {trial}: test BLEU {scores.bleu:.2f} ({len(hyps)} sentences, beam {beam})")
@@ -184,12 +196,20 @@ def _read_model_config(path: str, mtime_ns: int, size: int):
     return checkpoint_config(load_checkpoint(path)).model
 
 
-def _heads_of(path: str, metric: str) -> int:
-    """The heads a plain checkpoint has of the attention type ``metric`` names (all types for open_heads)."""
-    cfg = _model_config(path)
-    kinds = [metric.split("/")[1]] if "/" in metric else ["enc_self", "dec_self", "dec_cross"]
-    return sum((cfg.heads or {}).get(kind, [cfg.n_heads] * cfg.layers(kind))[layer]
-               for kind in kinds for layer in range(cfg.layers(kind)))
+def model_heads(path: str) -> dict[str, list[int]] | None:
+    """Heads per layer of every attention type of a plain checkpoint (a base model given as a file, or a checkpoint
+    folder), from its config; None where the weights are gone."""
+    try:
+        m = _model_config(path if path.endswith(".pt") else str(checkpoint_file(path)))
+    except (CheckpointError, OSError):
+        return None
+    return {k: list((m.heads or {}).get(k) or [m.n_heads] * m.layers(k)) for k in ("enc_self", "dec_self", "dec_cross")}
+
+
+def _heads_of(per_layer: dict[str, list[int]], metric: str) -> int:
+    """The heads of the attention type ``metric`` names (all types for open_heads)."""
+    kinds = [metric.split("/")[1]] if "/" in metric else list(per_layer)
+    return sum(sum(per_layer[kind]) for kind in kinds)
 
 
 def gated_kinds(s: SweepResults) -> list[str]:
@@ -217,16 +237,6 @@ def row_layout(row: pd.Series, kinds: Sequence[str]) -> str | None:
             return None
         heads[kind] = counts
     return layout_name(heads) if heads else None
-
-
-def _checkpoint_layout(path: str, kinds: Sequence[str]) -> str | None:
-    """The layout of a plain checkpoint (a base given as a file, or a checkpoint folder): its config's heads per
-    layer; None where the weights are gone."""
-    try:
-        m = _model_config(path if path.endswith(".pt") else str(checkpoint_file(path)))
-    except (CheckpointError, OSError):
-        return None
-    return layout_name({k: list((m.heads or {}).get(k) or [m.n_heads] * m.layers(k)) for k in kinds})
 
 
 def _heads_metric(s: SweepResults) -> str:
@@ -266,11 +276,15 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
             refs_seen.add(found["references_sha256"])
             is_base = row[STAGE] == "pretrain"
             count = row.get(heads)
-            if is_base and (count is None or pd.isna(count)):  # a base given as a file: its config says
-                count = _heads_of(str(row[CHECKPOINT]), heads)
+            per_layer = found.get(MODEL_HEADS) if is_base else None  # a base given as a file: its config's
+            if is_base and (count is None or pd.isna(count)):
+                if per_layer is None:
+                    raise ScoringError(f"base model {row[CHECKPOINT]}: no score cached with its heads and no "
+                                       f"weights to read them from")
+                count = _heads_of(per_layer, heads)
             layout = row.get(PARAM_PREFIX + LAYOUT)
             if method == "gates" or is_base:  # what scratch's Table 2 matches its layouts against
-                layout = row_layout(row, kinds) or (_checkpoint_layout(str(row[CHECKPOINT]), kinds) if is_base
+                layout = row_layout(row, kinds) or (layout_name({k: per_layer[k] for k in kinds}) if per_layer
                                                     else None)
             entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
                      TRIAL_ID: str(row[TRIAL_ID]), "heads": count, "budget": row.get(BUDGET_COLUMN),

@@ -10,6 +10,9 @@ This module writes them and owns their names; ``analysis/`` reads them through t
     Ray's trial folders, whose ``checkpoint_*`` folders each hold one ``step_*.pt`` and the run's logs
     (:data:`RUN_FILES`: ``metrics.jsonl``, ``samples.jsonl``, ``gates.jsonl``, ...).
 ``<storage>/pretrained/base-<hash>/``: the base models, shared by every sweep in the same storage.
+
+A finished method folder kept as a record (``sweeps.record``) holds ``record.json`` and ``trial_logs.jsonl`` instead of
+Ray's folders; its test cache is compressed (``test/<trial id>.json.gz``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ PRETRAINED_DIR = "pretrained"
 WANDB_DIR = "wandb"  # offline W&B runs of a sweep on local storage
 TEST_DIR = "test"  # in a method folder: one <trial id>.json per trial scored on the test split (analysis.testset)
 TEST_SCORES_FILE = "test_scores.csv"  # in a method folder: the test scores of its scored trials
+REPORT_DIR = "report"  # in a method folder: its report (analysis.report, analysis.testset)
+RECORD_FILE = "record.json"  # in a method folder kept as a record (sweeps.record): what was removed, when
+TRIAL_LOGS_FILE = "trial_logs.jsonl"  # in a record: one line per trial, its metrics, gates and samples logs
 RUN_FILES = ("config.yaml", METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE, DATA_STATS_FILE)
 
 # Columns of trials.csv besides param.<key> and open_heads/<type>[/<layer>], in this order.
@@ -46,6 +52,7 @@ PROVENANCE = ("git_commit", "versions")
 SIGNATURES = (M.BLEU_SIGNATURE, M.CHRF_SIGNATURE)
 PARAM_PREFIX = "param."
 STAGES = ("pretrain", "prune")  # rows of base models and of trials
+FINISHED_STATUSES = ("completed", "diverged")  # a trial with either status is never run again
 # the params of the baselines' trials (trials.csv prefixes them with "param.")
 BUDGET, LAYOUT_SEED, LAYOUT = "baseline.budget", "baseline.seed", "baseline.layout"
 
@@ -57,6 +64,24 @@ def checkpoint_file(folder: str | os.PathLike) -> Path:
     if len(found) != 1:
         raise CheckpointError(f"{folder}: expected one step_*.pt checkpoint, found {len(found)}")
     return found[0]
+
+
+def is_record(folder: str | os.PathLike) -> bool:
+    """Whether a (local) method folder is a finished sweep kept as a record (``sweeps.record``)."""
+    return "://" not in str(folder) and (Path(folder) / RECORD_FILE).is_file()
+
+
+def local_logs(folder: str | os.PathLike, checkpoint: str) -> Path | None:
+    """A trial's checkpoint folder as trials.csv names it, or, where the sweep folder has moved since (a copy, a
+    clone of a repository that keeps it), the same ``<trial folder>/checkpoint_<n>`` inside ``folder``; None where
+    neither exists."""
+    if not checkpoint or "://" in checkpoint:
+        return None
+    given = Path(checkpoint)
+    if given.is_dir():
+        return given
+    moved = Path(folder) / given.parent.name / given.name
+    return moved if moved.is_dir() else None
 
 
 def last_record(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -102,6 +127,13 @@ def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
     row.update({k: m.get(k) or "" for k in SIGNATURES})
     row.update({k: m.get(k) for k in PROVENANCE})
     return row
+
+
+def read_trials_table(experiment_dir: str | os.PathLike):
+    """A method folder's trials.csv as ``write_trials_table`` returned it."""
+    import pandas as pd
+
+    return pd.read_csv(Path(experiment_dir) / TRIALS_FILE, dtype={TRIAL_ID: str}).convert_dtypes()
 
 
 def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_results: list[Any],

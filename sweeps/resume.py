@@ -9,7 +9,7 @@ from typing import Any
 
 from model.config import flatten
 
-from .results import PRETRAINED_DIR, SWEEP_FILE, join_storage
+from .results import PRETRAINED_DIR, SWEEP_FILE, is_record, join_storage
 from .schema import RUN_LOCATION_KEYS, MethodRun
 from .storage import exists, ray_storage, read_bytes
 from .study import StateError, check_resumable
@@ -91,7 +91,7 @@ def check_resume(sweep: Sweep, resume: bool) -> None:
 
     A sweep exists once one of its base models or method folders does (it may have stopped during pretraining)."""
     folders = [join_storage(sweep.storage, run.name) for run in sweep.method_runs()]
-    started = any(can_restore(folder) for folder in folders)
+    started = any(can_restore(folder) or is_record(folder) for folder in folders)
     if started and not resume:
         raise SweepError(f"{sweep.experiment_dir} already holds a sweep: pass --resume to continue it, or choose "
                          f"another name (--set name=...) or --results folder")

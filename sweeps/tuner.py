@@ -25,6 +25,7 @@ from .placement import check_placement, check_shared_storage, read_autoscaler
 from .raycluster import cluster_to_join, start_ray
 from .results import (
     BUDGET,
+    FINISHED_STATUSES,
     LAYOUT,
     LAYOUT_SEED,
     PRETRAINED_DIR,
@@ -32,7 +33,9 @@ from .results import (
     STATUS,
     SWEEP_FILE,
     WANDB_DIR,
+    is_record,
     join_storage,
+    read_trials_table,
     uri_of,
     write_text,
     write_trials_table,
@@ -298,6 +301,10 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
         setup.bases, base_results = pretrain_stage(sweep, setup, trainables)
         for run in runs:
             folder = join_storage(sweep.storage, run.name)
+            if is_record(folder):  # finished and kept as a record (sweeps.record): its table stands for its trials
+                print(f"method {run.label}: {folder} is a finished record, kept as it is", flush=True)
+                tables[run] = read_trials_table(folder)
+                continue
             write_text(join_storage(folder, SWEEP_FILE), json.dumps(sweep_record(sweep, run), indent=2) + "\n")
             if run.method == "gates":
                 grid = prune_stage(sweep, setup, trainables, resume)
@@ -325,7 +332,7 @@ def expected_trials(sweep: Sweep, run: MethodRun, df) -> int:
 def unfinished_trials(sweep: Sweep, run: MethodRun, df) -> int:
     """Trials of a method folder that did not finish (neither completed nor diverged), or never started."""
     prune = df[df[STAGE] == "prune"]
-    unfinished = int((~prune[STATUS].isin(["completed", "diverged"])).sum())
+    unfinished = int((~prune[STATUS].isin(FINISHED_STATUSES)).sum())
     return unfinished + max(expected_trials(sweep, run, df) - len(prune), 0)
 
 

@@ -127,6 +127,9 @@ def test_scoring_takes_the_validation_front_and_a_given_base_and_caches_each_sco
     assert sorted(partial.table["trial_id"]) == ["a", "base", "c"] and len(calls) == 6
     assert any(line.startswith("test set: importance: left out (") for line in said), said
     assert any(line.startswith("test set: random: left out (no finished trial in ") for line in said), said
+    run.checkpoint.unlink()  # a sweep kept without the base model's weights: its cached score knows its heads
+    _, kept = score_sweep(folder, beam=3, log=lambda _: None)
+    assert len(calls) == 6 and kept.table.set_index("trial_id").loc["base", "heads"] == 24
 
 
 def test_the_target_is_met_only_where_the_mean_clears_the_line_with_enough_heads_removed():

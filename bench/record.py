@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     if not found:
         print(f"error: bench/{script.name} printed no name=value figure; nothing recorded", file=sys.stderr)
         return 2
+    dirty = bool(_git("status", "--porcelain", "--", "model", "sweeps", "analysis", "bench", "trainable.py"))
     recording = {"name": args.label or args.name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", "model",
-                                                                         "sweeps", "analysis", "bench", "trainable.py")),
-                 "machine": before, "command": " ".join([*env, shlex.join(command[len(env):])]), "wall_seconds": round(time.perf_counter() - start, 1),
-                 "figures": found, "output": output}
+                 "commit": _git("rev-parse", "HEAD"), "dirty": dirty, "machine": before,
+                 "command": " ".join([*env, shlex.join(command[len(env):])]),
+                 "wall_seconds": round(time.perf_counter() - start, 1), "figures": found, "output": output}
     for path in write(recording):
         print(f"recorded: {path.relative_to(REPO)}")
     return 0

@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--as", dest="label", help="the recording's name (default: the benchmark's), for a "
                         "second setting of one benchmark")
     parser.add_argument("--render", type=Path, help="write the Markdown of a recording (.json) again; run nothing")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = argv[argv.index("--") + 1:] if "--" in argv else []  # the benchmark's own arguments, passed as they are
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.args = [*args.args, *rest]
     if args.render:
         recording = json.loads(args.render.read_text(encoding="utf-8"))
         print(write(recording, args.render.parent)[1])

@@ -46,6 +46,8 @@ from sweeps.results import (
     LAYOUT_SEED,
     NODE,
     PARAM_PREFIX,
+    PRETRAIN,
+    PRUNE,
     SAMPLES_FILE,
     STAGE,
     STATUS,
@@ -58,7 +60,7 @@ from sweeps.results import (
     uri_of,
 )
 from sweeps.resume import SweepError
-from sweeps.schema import MethodRun
+from sweeps.schema import GATES, SCRATCH, MethodRun
 from sweeps.sweep import Sweep, base_hash
 from sweeps.trial import run_trial
 from sweeps.tuner import Trainables, TrialSetup, expected_trials, run_sweep, unfinished_trials
@@ -101,7 +103,7 @@ def _scratch_dir():
 
 
 def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], cfg, init_from: str | None,
-         scratch: Path, method: str = "gates") -> None:
+         scratch: Path, method: str = GATES) -> None:
     """Shared body of the trainables: restore, train ``cfg`` (from ``init_from``'s weights when fresh; None: random
     initialisation), report every evaluation to Tune (with its checkpoint folder) and W&B."""
     from ray import tune
@@ -114,7 +116,7 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         setup.wandb_mode, sweep.schema.wandb.project, sweep.wandb_group,
         run_id=f"{sweep.name}-{ctx.get_trial_id()}", name=ctx.get_trial_name(),
         directory=setup.wandb_dir or ctx.get_trial_dir(), entity=sweep.schema.wandb.entity,
-        tags=sweep.schema.wandb.tags, job_type=stage if stage == "pretrain" else method,
+        tags=sweep.schema.wandb.tags, job_type=stage if stage == PRETRAIN else method,
         init_timeout=sweep.schema.wandb.init_timeout, upload_timeout=sweep.schema.wandb.upload_timeout,
         config={**params, "stage": stage, "method": method, "base": base_key, "config": cfg.to_dict(),
                 **setup.provenance},
@@ -192,7 +194,7 @@ def pretrain_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     """One base model (gates absent or open), its resources from ``pretrain.resources``."""
     cfg = setup.sweep.base_config(params)
     with _scratch_dir() as scratch:
-        _run(setup, "pretrain", base_hash(cfg), params, cfg, None, Path(scratch))
+        _run(setup, PRETRAIN, base_hash(cfg), params, cfg, None, Path(scratch))
 
 
 def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
@@ -202,7 +204,7 @@ def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     key = base_hash(sweep.base_config(params)) if sweep.pretraining else ""
     with _scratch_dir() as scratch:
         base = _base_file(setup.bases[key], Path(scratch)) if sweep.pretraining else None
-        _run(setup, "prune", key, params, cfg, base, Path(scratch))
+        _run(setup, PRUNE, key, params, cfg, base, Path(scratch))
 
 
 def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
@@ -216,7 +218,7 @@ def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) 
         cfg = pruned_start(_base_file(setup.bases[key], Path(scratch)), sweep.baseline_config(run.finetune_steps, params),
                            run.method, int(params[BUDGET]), seed, b.importance_batches, start, log=_trial_log,
                            sample_seed=sweep.sample_seed(seed), fraction=b.iterative_fraction)
-        _run(setup, "prune", key, params, cfg, str(start), Path(scratch), method=run.method)
+        _run(setup, PRUNE, key, params, cfg, str(start), Path(scratch), method=run.method)
 
 
 def gates_budget_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
@@ -227,7 +229,7 @@ def gates_budget_trainable(params: dict[str, Any], setup: TrialSetup, run: Metho
     cfg = sweep.gates_budget_config(params)
     with _scratch_dir() as scratch:
         base = _base_file(setup.bases[key], Path(scratch))
-        _run(setup, "prune", key, params, cfg, base, Path(scratch), method=run.method)
+        _run(setup, PRUNE, key, params, cfg, base, Path(scratch), method=run.method)
 
 
 def scratch_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
@@ -235,7 +237,7 @@ def scratch_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     sweep = setup.sweep
     cfg = sweep.scratch_config(parse_layout_name(params[LAYOUT]), int(params.get(LAYOUT_SEED, 0)))
     with _scratch_dir() as scratch:
-        _run(setup, "prune", base_hash(sweep.base_config()), params, cfg, None, Path(scratch), method="scratch")
+        _run(setup, PRUNE, base_hash(sweep.base_config()), params, cfg, None, Path(scratch), method=SCRATCH)
 
 
 TRAINABLES = Trainables(pretrain=pretrain_trainable, prune=prune_trainable, layout=layout_trainable,
@@ -253,11 +255,11 @@ def print_pareto(sweep: Sweep, df, label: str | None = None) -> None:
 
     if label:
         print(f"\n== {label}")
-    done = df[(df[STAGE] == "prune") & (df[STATUS] == "completed")]
+    done = df[(df[STAGE] == PRUNE) & (df[STATUS] == M.COMPLETED)]
     objectives, directions = [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives]
-    counts = df[df[STAGE] == "prune"][STATUS].value_counts().to_dict()
+    counts = df[df[STAGE] == PRUNE][STATUS].value_counts().to_dict()
     print(f"\ntrials: {sum(counts.values())} ({', '.join(f'{n} {s}' for s, n in counts.items())})")
-    for _, base in df[df[STAGE] == "pretrain"].iterrows():
+    for _, base in df[df[STAGE] == PRETRAIN].iterrows():
         print(f"base model {base[BASE]}: BLEU {base[M.BLEU]:.2f}, open heads {base[M.OPEN_HEADS]}")
     if done.empty:
         print("no completed trial: no Pareto front")
@@ -280,7 +282,7 @@ def write_reports(sweep: Sweep, tables: dict[MethodRun, Any]) -> None:
 
     try:
         for run in tables:
-            if run.method == "gates":
+            if run.method == GATES:
                 report = sweep_report(load_results(sweep.experiment_dir))
                 print(f"\nreport: {report.html}" + (f" (uploaded to {report.uploaded})" if report.uploaded else ""))
                 log_sweep_summary(sweep, report.folder, report.front, report.values)

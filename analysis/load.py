@@ -21,6 +21,8 @@ from model.train import GATES_FILE, METRICS_FILE, SAMPLES_FILE
 from sweeps.results import (
     CHECKPOINT,
     PARAM_PREFIX,
+    PRETRAIN,
+    PRUNE,
     STAGE,
     STATUS,
     SWEEP_FILE,
@@ -72,15 +74,15 @@ class SweepResults:
 
     @property
     def prune(self) -> pd.DataFrame:
-        return self.trials[self.trials[STAGE] == "prune"]
+        return self.trials[self.trials[STAGE] == PRUNE]
 
     @property
     def completed(self) -> pd.DataFrame:
-        return self.prune[self.prune[STATUS] == "completed"]
+        return self.prune[self.prune[STATUS] == M.COMPLETED]
 
     @property
     def bases(self) -> pd.DataFrame:
-        return self.trials[self.trials[STAGE] == "pretrain"]
+        return self.trials[self.trials[STAGE] == PRETRAIN]
 
 
 def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
@@ -149,7 +151,7 @@ def _from_ray(path: Path) -> pd.DataFrame:
         last = json.loads(lines[-1])
         params = json.loads((result_file.parent / "params.json").read_text())
         checkpoints = sorted(result_file.parent.glob("checkpoint_*"))
-        rows.append({TRIAL_ID: last.get("trial_id"), STAGE: last.get("stage", "prune"),
+        rows.append({TRIAL_ID: last.get("trial_id"), STAGE: last.get("stage", PRUNE),
                      **{f"{PARAM_PREFIX}{k}": v for k, v in params.items()},
                      **{k: v for k, v in last.items() if not isinstance(v, dict)},
                      "evaluations": len(lines), CHECKPOINT: str(checkpoints[-1]) if checkpoints else "",

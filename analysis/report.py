@@ -237,15 +237,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.report")
             report = sweep_report(s, own)
             print(f"report: {report.html}" + (f" (uploaded to {report.uploaded})" if report.uploaded else ""))
             if args.test:
-                from .testset import ScoringError, comparison_report, score_sweep
+                from .testset import ScoringError, comparison_report, held_out_settings, score_sweep
 
-                test = s.config.get("test") or {}
+                test = held_out_settings(s.config)
                 try:
-                    gates, scores = score_sweep(s.source, test.get("beam_size", 5), test.get("batch_size", 64),
-                                                max_sentences=test.get("max_sentences"))
+                    gates, scores = score_sweep(s.source, test.beam_size, test.batch_size,
+                                                max_sentences=test.max_sentences)
                 except ScoringError as exc:
                     raise ResultsError(str(exc)) from None
-                print(f"test-set comparison: {comparison_report(gates, scores, test.get('bootstrap', 1000))}")
+                print(f"test-set comparison: {comparison_report(gates, scores, test.bootstrap)}")
         if len(sweeps) > 1:
             out = Path(args.out) if args.out else sweeps[0].path / REPORT_DIR
             page = compare_report(sweeps, out)

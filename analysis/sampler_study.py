@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from model import metrics as M
+
 from .load import ResultsError, SweepResults, load_sweep
 from .pareto import default_reference, hypervolume
 
@@ -227,7 +229,7 @@ def sweep_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
         trials = suggestion_order(s)
         for n in range(1, len(trials) + 1):
             done = trials.iloc[:n]
-            done = done[done[STATUS] == "completed"].dropna(subset=list(objectives))
+            done = done[done[STATUS] == M.COMPLETED].dropna(subset=list(objectives))
             hv = hypervolume(done, objectives, directions, reference) if len(done) else 0.0
             rows.append({"sampler": sampler, "seed": seed, "trials": n, "hypervolume": hv})
     out = pd.DataFrame(rows)

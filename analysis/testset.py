@@ -24,6 +24,7 @@ The statistics:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -46,11 +47,13 @@ from model.corpora import CorpusError
 from model.files import atomic_write
 from sweeps.baselines import layout_name
 from sweeps.results import (
+    BASE_METHOD,
     BUDGET,
     CHECKPOINT,
     LAYOUT,
     LAYOUT_SEED,
     PARAM_PREFIX,
+    PRETRAIN,
     STAGE,
     STATUS,
     TEST_DIR,
@@ -58,7 +61,16 @@ from sweeps.results import (
     TRIAL_ID,
     checkpoint_file,
 )
-from sweeps.schema import BUDGET_METHODS, METHODS, method_runs
+from sweeps.schema import (
+    BUDGET_METHODS,
+    GATES,
+    GATES_BUDGET,
+    IMPORTANCE,
+    METHODS,
+    SCRATCH,
+    HeldOutTestConfig,
+    method_runs,
+)
 from sweeps.storage import StorageError, is_uri, join_storage, upload
 
 from . import charts
@@ -105,7 +117,7 @@ def chosen_for_test(s: SweepResults, method: str) -> tuple[pd.DataFrame, str]:
     budget method or of scratch ("all"); of the gate trials, the validation Pareto front of the folder's
     objectives ("validation front")."""
     done = s.completed
-    if method in BUDGET_METHODS or method == "scratch":
+    if method in BUDGET_METHODS or method == SCRATCH:
         return done, "all"
     return (done if done.empty else pareto_front(done, s.objectives, s.directions)), "validation front"
 
@@ -121,6 +133,16 @@ def checkpoint_key(checkpoint: str) -> str:
     a base model given as a file, by its path."""
     given = str(checkpoint).replace("\\", "/").rstrip("/")
     return given if given.endswith(".pt") else "/".join(given.split("/")[-2:])
+
+
+TEST = HeldOutTestConfig()  # the schema's test-set settings: every default below is one of them
+
+
+def held_out_settings(config: dict[str, Any]) -> HeldOutTestConfig:
+    """A sweep's test-set settings (``test`` in its sweep.json), the schema's defaults where it names none."""
+    given = config.get("test") or {}
+    return HeldOutTestConfig(**{f.name: given[f.name] for f in dataclasses.fields(HeldOutTestConfig)
+                                if f.name in given})
 
 
 MODEL_HEADS = "model_heads"  # in a base model's cached score: heads per layer of each attention type
@@ -243,7 +265,8 @@ def _heads_metric(s: SweepResults) -> str:
     return next((o for o in s.objectives if o.startswith(M.OPEN_HEADS)), M.OPEN_HEADS)
 
 
-def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, device: str = "cpu",
+def score_sweep(gates_folder: str | Path, beam: int = TEST.beam_size, batch_size: int = TEST.batch_size,
+                device: str = "cpu",
                 corpus_dir: str | None = None, log: Callable[[str], None] = print,
                 max_sentences: int | None = None) -> tuple[SweepResults, HeldOutScores]:
     """Score every chosen trial of every method folder of a sweep on its test split (see the module's doc); write
@@ -266,7 +289,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
         if index == 0:  # the base model(s), scored once: trained by the sweep, or given as a file
             given = (s.config.get("pretrain") or {}).get("checkpoint")
             bases = s.bases if not s.bases.empty or not given else pd.DataFrame(
-                [{TRIAL_ID: "base", STAGE: "pretrain", CHECKPOINT: given, STATUS: "completed"}])
+                [{TRIAL_ID: "base", STAGE: PRETRAIN, CHECKPOINT: given, STATUS: M.COMPLETED}])
             chosen = pd.concat([bases, chosen])
         log(f"test set: {label}: {len(chosen)} trial{'s' * (len(chosen) != 1)}")
         folder_rows = []
@@ -274,7 +297,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
             found = score_row(row, s.path / TEST_DIR, beam, batch_size, device=device, corpus_dir=corpus_dir, log=log,
                               max_sentences=max_sentences)
             refs_seen.add(found["references_sha256"])
-            is_base = row[STAGE] == "pretrain"
+            is_base = row[STAGE] == PRETRAIN
             count = row.get(heads)
             per_layer = found.get(MODEL_HEADS) if is_base else None  # a base given as a file: its config's
             if is_base and (count is None or pd.isna(count)):
@@ -283,7 +306,7 @@ def score_sweep(gates_folder: str | Path, beam: int = 5, batch_size: int = 64, d
                                        f"weights to read them from")
                 count = _heads_of(per_layer, heads)
             layout = row.get(PARAM_PREFIX + LAYOUT)
-            if method == "gates" or is_base:  # what scratch's Table 2 matches its layouts against
+            if method == GATES or is_base:  # what scratch's Table 2 matches its layouts against
                 layout = row_layout(row, kinds) or (layout_name({k: per_layer[k] for k in kinds}) if per_layer
                                                     else None)
             entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
@@ -319,9 +342,9 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
     """Mean test BLEU and its 95% interval per (method, budget) of the budget methods, and per layout of scratch."""
     df = scores.table
     out = []
-    for (label, method), group in df[df["method"].isin([*BUDGET_METHODS, "scratch"])].groupby([LABEL, "method"],
+    for (label, method), group in df[df["method"].isin([*BUDGET_METHODS, SCRATCH])].groupby([LABEL, "method"],
                                                                                           sort=False):
-        key = "layout" if method == "scratch" else "budget"
+        key = "layout" if method == SCRATCH else "budget"
         for point, runs in group.groupby(key, sort=True):
             mean, half = t_interval(runs[TEST_BLEU].tolist())
             val_mean, _ = t_interval(runs[M.BLEU].astype(float).tolist())
@@ -333,7 +356,7 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
     return pd.DataFrame(out, columns=POINT_COLUMNS)  # the columns also when no folder has points (gates alone)
 
 
-def comparisons(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
+def comparisons(scores: HeldOutScores, samples: int = TEST.bootstrap) -> pd.DataFrame:
     """Among the budget methods fine-tuned the same number of steps (equal training: the methods evaluated right
     after pruning apart from those fine-tuned), at every budget both have: gates_budget against each layout method
     (the question the sweep asks), then importance against the other layout methods (the informed choice against
@@ -352,7 +375,7 @@ def _compare_group(df: pd.DataFrame, steps: int, scores: HeldOutScores, samples:
     def first(method: str) -> list[str]:
         return [lab for lab in labels if (df[df[LABEL] == lab]["method"] == method).all()][:1]
 
-    references = first("gates_budget") + first("importance") or labels[:1]
+    references = first(GATES_BUDGET) + first(IMPORTANCE) or labels[:1]
     pairs = [(ref, other) for i, ref in enumerate(references) for other in labels if other not in references[:i + 1]]
     out = []
     for reference, other in pairs:
@@ -369,16 +392,16 @@ def _compare_group(df: pd.DataFrame, steps: int, scores: HeldOutScores, samples:
     return out
 
 
-def table_two(scores: HeldOutScores, samples: int = 1000) -> pd.DataFrame:
+def table_two(scores: HeldOutScores, samples: int = TEST.bootstrap) -> pd.DataFrame:
     """Voita et al.'s Table 2: each layout scratch trained (from random initialisation, as long as the base model)
     against the same layout pruned from the trained model: the gate front trial with that layout (the best on
     validation if several), or for the full layout the trained base model itself. Paired bootstrap over test
     sentences, the scratch seeds redrawn in each resample."""
     df = scores.table
-    scratch = df[df["method"] == "scratch"]
+    scratch = df[df["method"] == SCRATCH]
     if scratch.empty:
         return pd.DataFrame()
-    pruned = df[df["method"].isin(["base", "gates"])]
+    pruned = df[df["method"].isin([BASE_METHOD, GATES])]
     out = []
     for (label, layout), runs in scratch.groupby([LABEL, "layout"], sort=False):
         match = pruned[pruned["layout"] == layout]
@@ -443,10 +466,10 @@ def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0
     total = total_heads or int(base["heads"].iloc[0])
     line, limit = base_bleu - tolerance, (1 - removed) * total
     rows = []
-    gates = scores.table[scores.table["method"] == "gates"]
+    gates = scores.table[scores.table["method"] == GATES]
     candidates = [(lab, g["heads"].astype(float), g[TEST_BLEU], g[TEST_BLEU] * np.nan)
                   for lab, g in gates.groupby(LABEL)]
-    for lab, g in points[points["method"].isin([*BUDGET_METHODS, "scratch"])].groupby(LABEL, sort=False):
+    for lab, g in points[points["method"].isin([*BUDGET_METHODS, SCRATCH])].groupby(LABEL, sort=False):
         candidates.append((lab, g["heads"], g["test_bleu_mean"], g["test_bleu_mean"] - g["ci95"]))
     for lab, heads, bleu, low in candidates:
         ok, clear = bleu >= line, low >= line
@@ -477,7 +500,7 @@ def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: flo
 
     fig, ax = charts.figure_axes(figsize=(8, 5))
     pfig = go.Figure()
-    colours = {m: f"C{i}" for i, m in enumerate([*BUDGET_METHODS, "scratch"])}
+    colours = {m: f"C{i}" for i, m in enumerate([*BUDGET_METHODS, SCRATCH])}
     plotly_colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]  # matplotlib's C0..C5
     groups = list(points.groupby(LABEL, sort=False))
     # the methods at a budget spread over half the gap to the next budget, so that their intervals stay apart
@@ -488,8 +511,8 @@ def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: flo
         err = g["ci95"].fillna(0)
         method = g["method"].iloc[0]
         colour = colours.get(method, "C5")
-        scratch = method == "scratch"
-        untuned = method != "gates_budget" and not (g["finetune_steps"].fillna(0) > 0).any()
+        scratch = method == SCRATCH
+        untuned = method != GATES_BUDGET and not (g["finetune_steps"].fillna(0) > 0).any()
         marker = "D" if scratch else "o"
         ax.errorbar(x, g["test_bleu_mean"], yerr=err, marker=marker, capsize=3, label=label, color=colour,
                     linestyle="" if scratch else ("--" if untuned else "-"),
@@ -501,7 +524,7 @@ def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: flo
                                   marker={"symbol": "diamond" if scratch else ("circle-open" if untuned else "circle")},
                                   error_y={"type": "data", "array": err.tolist()},
                                   text=[f"{label}: {p} ({n} seeds)" for p, n in zip(g["point"], g["seeds"])]))
-    gates = scores.table[scores.table["method"] == "gates"]
+    gates = scores.table[scores.table["method"] == GATES]
     for label, g in gates.groupby(LABEL):
         ax.scatter(g["heads"], g[TEST_BLEU], marker="s", color="black", label=f"{label} (validation front)", zorder=3)
         pfig.add_trace(go.Scatter(x=g["heads"], y=g[TEST_BLEU], mode="markers", name=f"{label} (validation front)",
@@ -524,7 +547,7 @@ def _markdown(df: pd.DataFrame) -> str:
     return markdown_table(df) if not df.empty else "(none)"
 
 
-def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int = 1000, removed: float = 0.75,
+def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int = TEST.bootstrap, removed: float = 0.75,
                       tolerance: float = 0.5, out: Path | None = None) -> Path:
     """``report/comparison.{html,md}``, the chart (PNG + HTML) and the tables as CSV, in the gate folder's
     report folder (uploaded beside a sweep in remote storage)."""
@@ -615,12 +638,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis.testset"
     add_data_dir(parser)
     args = parser.parse_args(argv)
     try:
-        head = load_sweep(args.folder)
-        test = head.config.get("test") or {}
-        gates, scores = score_sweep(args.folder, args.beam or test.get("beam_size", 5),
-                                    args.batch_size or test.get("batch_size", 64), args.device, data_dir(args),
-                                    log=print, max_sentences=test.get("max_sentences"))
-        page = comparison_report(gates, scores, args.bootstrap or test.get("bootstrap", 1000))
+        test = held_out_settings(load_sweep(args.folder).config)
+        gates, scores = score_sweep(args.folder, args.beam or test.beam_size, args.batch_size or test.batch_size,
+                                    args.device, data_dir(args), log=print, max_sentences=test.max_sentences)
+        page = comparison_report(gates, scores, args.bootstrap or test.bootstrap)
     except (ResultsError, ScoringError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -82,7 +82,8 @@ def render(recording: dict) -> str:
             f"```\n$ {recording['command']}\n{recording['output'].rstrip()}\n```\n")
 
 
-def write(recording: dict, folder: Path = RECORDINGS) -> tuple[Path, Path]:
+def write(recording: dict, folder: Path | None = None) -> tuple[Path, Path]:
+    folder = folder or RECORDINGS
     folder.mkdir(parents=True, exist_ok=True)
     data, page = folder / f"{recording['name']}.json", folder / f"{recording['name']}.md"
     data.write_text(json.dumps(recording, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -47,53 +47,72 @@ The tests also run in the README's test command; this script only collects their
 """
 
 
-FOOTER = """
-## What the tests found, and what they do not cover
+# What the tests found: each finding with the test that fails if it comes back (its row above has what it
+# counted in the run that wrote the page; tests/test_faults.py checks that every test named here exists)
+FINDINGS = [
+    ('tests/test_faults.py::test_checkpoint_retention_deletes_an_old_checkpoint_only_after_two_state_saves',
+     '**Tune can lose a trial to a killed driver.** With `CheckpointConfig(num_to_keep=K)`, Tune deletes a '
+     "trial's older checkpoint as soon as a newer one is registered, but saves the experiment state that "
+     '`Tuner.restore` reads only every few seconds. A driver killed in between leaves a state that names a '
+     'deleted checkpoint, and the trial ends in ERROR on resume ("Could not recover from checkpoint as it '
+     'does not exist"). The project therefore keeps every checkpoint in Tune and deletes old ones itself '
+     '(`sweeps/retention.py`): during a run only once a newer checkpoint has been known for two state-saving '
+     'periods (`TUNE_GLOBAL_CHECKPOINT_S`, fixed at 10 s unless set), and after `fit` returns only those '
+     'before the one Tune recorded last.'),
+    ('tests/test_reliability.py::test_driver_interrupted_at_every_stage_then_resumed_loses_nothing',
+     '`--resume` after an interruption during pretraining was refused ("there is no sweep to resume") '
+     "although the base model's training was there to continue; it now continues it."),
+    ('tests/test_properties.py::test_any_bytes_as_a_config_file_are_accepted_or_a_config_error',
+     "A control character or a non-UTF-8 byte in a config escaped as yaml's own `ReaderError` (found by the "
+     'property tests); it is a `ConfigError` with the line now.'),
+    ('tests/test_faults.py::test_a_kill_held_inside_a_checkpoint_write_loses_only_that_write',
+     "**An evaluation is reported twice only when a worker or the driver dies between its report and Tune's "
+     'save.** (The driver: with local storage Ray appends the report to `progress.csv` at once, and the '
+     'interrupted-driver test once killed the driver before the state save that followed it; the resumed '
+     'trial evaluated step 300 again. The test asserts that such a repeat is the same evaluation, bit for '
+     'bit; the kill held inside a checkpoint write, test_faults.py, makes the redone steps happen every time '
+     "and checks them against an unbroken run.) Tune writes a trial's `progress.csv` on the driver and copies"
+     ' it to the storage together with the experiment state, so a trial resumed from the checkpoint that '
+     'state names (after a killed driver, worker or node) goes on from the evaluation after it. But Tune '
+     "registers a function trainable's checkpoint in a second step (a `save` call on the worker) after it has"
+     ' logged the result: a worker killed in that gap (CI met it once, killing a worker as soon as its first '
+     'checkpoint folder appeared) is retried from the checkpoint before, and its evaluations since are '
+     "reported again (here step 100 twice: `[100, 100, 200, 300]`). That is Ray's and harmless for the "
+     "results (the trials table keeps a trial's last row); the killed-worker row therefore kills the worker "
+     'held inside its next checkpoint write, which it reaches only once Tune has registered the last one, and'
+     ' asserts every evaluation once. That the resumed training is the same training is checked against the '
+     'same sweep run unbroken (the final loss, BLEU, chrF, NLL, open heads and L0 equal bit for bit).'),
+    ('tests/test_reliability.py::test_a_resume_whose_searcher_state_is_older_than_tunes_finishes_every_trial',
+     '**A resume could stop for good on a trial the Optuna searcher did not know.** Tune copies its '
+     "experiment state, the search wrappers' state and the Optuna searcher's pickle to the results folder one"
+     ' file after another; a driver killed in between (the interrupted-driver test met it once, killing right'
+     ' after a state save) leaves a state that names a trial the saved searcher never suggested. When that '
+     'trial finished, OptunaSearch raised `KeyError` and the driver stopped, on that resume and on every '
+     'later one. The trial is now told to the study (its RUNNING record, written live, or a new one from its '
+     'config and result); the row above that puts an older searcher pickle back fails with the `KeyError` '
+     'without this.'),
+    ('tests/test_storage.py::test_a_sweep_rides_out_the_s3_server_going_away_mid_sweep',
+     "**A storage outage failed trials within seconds.** With `s3://` results, a trial's `tune.report` "
+     "reaches the storage at once (Ray checks the trial folder, then uploads the checkpoint), and pyarrow's "
+     'S3 filesystem gives up after three quick attempts; Ray also pickles that filesystem to the trials '
+     'without its retry settings. Every filesystem of a results URI now retries for '
+     '`HEADSWEEP_STORAGE_RETRY_S` seconds (default 600), pickled ones too '
+     '(`sweeps.storage.PatientS3FileSystem`); with the setting at 0 the 20-second outage above fails the '
+     'sweep.'),
+]
+NOT_COVERED = ('a real multi-machine cluster (the two-node cluster runs on one machine, on loopback), cloud '
+               "storage other than an S3-compatible server on loopback (moto's; a real bucket's latency and "
+               'consistency are not exercised), GPUs, and an HTTP-level W&B failure at sweep scale (the unit '
+               'test covers a failing backend inside a trial; the sweep test covers a refused connection).')
 
-- **Tune can lose a trial to a killed driver.** With `CheckpointConfig(num_to_keep=K)`, Tune deletes a trial's
-  older checkpoint as soon as a newer one is registered, but saves the experiment state that `Tuner.restore`
-  reads only every few seconds. A driver killed in between leaves a state that names a deleted checkpoint, and
-  the trial ends in ERROR on resume ("Could not recover from checkpoint as it does not exist"). The project
-  therefore keeps every checkpoint in Tune and deletes old ones itself (`sweeps/retention.py`): during a run only
-  once a newer checkpoint has been known for two state-saving periods (`TUNE_GLOBAL_CHECKPOINT_S`, fixed at 10 s
-  unless set), and after `fit` returns only those before the one Tune recorded last.
-- `--resume` after an interruption during pretraining was refused ("there is no sweep to resume") although the
-  base model's training was there to continue; it now continues it.
-- A control character or a non-UTF-8 byte in a config escaped as yaml's own `ReaderError` (found by the
-  property tests); it is a `ConfigError` with the line now.
-- **An evaluation is reported twice only when a worker or the driver dies between its report and Tune's save.**
-  (The driver: with local storage Ray appends the report to `progress.csv` at once, and the interrupted-driver
-  test once killed the driver before the state save that followed it; the resumed trial evaluated step 300
-  again. The test asserts that such a repeat is the same evaluation, bit for bit; the kill held inside a
-  checkpoint write, test_faults.py, makes the redone steps happen every time and checks them against an unbroken
-  run.) Tune writes
-  a trial's `progress.csv` on the driver and copies it to the storage together with the experiment state, so a
-  trial resumed from the checkpoint that state names (after a killed driver, worker or node) goes on from the
-  evaluation after it. But Tune registers a function trainable's checkpoint in a second step (a `save` call on
-  the worker) after it has logged the result: a worker killed in that gap (CI met it once, killing a worker as
-  soon as its first checkpoint folder appeared) is retried from the checkpoint before, and its evaluations since
-  are reported again (here step 100 twice: `[100, 100, 200, 300]`). That is Ray's and harmless for the results
-  (the trials table keeps a trial's last row); the killed-worker row therefore kills the worker held inside its
-  next checkpoint write, which it reaches only once Tune has registered the last one, and asserts every
-  evaluation once. That the resumed training is the same training is checked against the same sweep run
-  unbroken (the final loss, BLEU, chrF, NLL, open heads and L0 equal bit for bit).
-- **A resume could stop for good on a trial the Optuna searcher did not know.** Tune copies its experiment
-  state, the search wrappers' state and the Optuna searcher's pickle to the results folder one file after another;
-  a driver killed in between (the interrupted-driver test met it once, killing right after a state save) leaves a
-  state that names a trial the saved searcher never suggested. When that trial finished, OptunaSearch raised
-  `KeyError` and the driver stopped, on that resume and on every later one. The trial is now told to the study
-  (its RUNNING record, written live, or a new one from its config and result); the row above that puts an older
-  searcher pickle back fails with the `KeyError` without this.
-- **A storage outage failed trials within seconds.** With `s3://` results, a trial's `tune.report` reaches the
-  storage at once (Ray checks the trial folder, then uploads the checkpoint), and pyarrow's S3 filesystem gives
-  up after three quick attempts; Ray also pickles that filesystem to the trials without its retry settings. Every
-  filesystem of a results URI now retries for `HEADSWEEP_STORAGE_RETRY_S` seconds (default 600), pickled ones too
-  (`sweeps.storage.PatientS3FileSystem`); with the setting at 0 the 20-second outage above fails the sweep.
-- Not covered here: a real multi-machine cluster (the two-node cluster runs on one machine, on loopback), cloud
-  storage other than an S3-compatible server on loopback (moto's; a real bucket's latency and consistency are not
-  exercised), GPUs, and an HTTP-level W&B failure at sweep scale (the unit test covers a failing backend inside a
-  trial; the sweep test covers a refused connection).
-"""
+
+def footer(groups: dict[str, dict]) -> str:
+    """The findings, each with the test that guards it and whether that test recorded in this run."""
+    lines = ["", "## What the tests found, and what they do not cover", ""]
+    for test, text in FINDINGS:
+        ran = "its row above" if test in groups else "it recorded no row in this run"
+        lines.append(f"- {text} Checked by `{test.removeprefix('tests/')}` ({ran}).")
+    return "\n".join([*lines, f"- Not covered here: {NOT_COVERED}", ""])
 
 
 def function_of(nodeid: str) -> str:
@@ -109,7 +128,8 @@ def _per_case(values: list[float]) -> str:
     return f"{min(values):g} to {max(values):g} (cases: {len(values)})"
 
 
-def render(rows: list[dict], seconds: float, how: str = "`python bench/reliability.py`") -> str:
+def render(rows: list[dict], seconds: float, how: str = "`python bench/reliability.py`",
+           outcomes: dict[str, int] | None = None) -> str:
     """The page: one table row per test function, each figure per case (never summed across cases), the trials
     lost summed over everything, and how long the run that recorded them took."""
     groups: OrderedDict[str, dict] = OrderedDict()
@@ -133,7 +153,9 @@ def render(rows: list[dict], seconds: float, how: str = "`python bench/reliabili
         lines.append(f"| `{Path(file).name}::{name}` | {group['what']} | {group['cases']} | {figures} |")
     lost = sum(sum(g["figures"].get("trials_lost", [])) for g in groups.values())
     lines += ["", f"Trials lost across all rows: **{lost:g}**. Figures recorded by {how} in "
-              f"{seconds / 60:.1f} minutes (measured by that run).", FOOTER]
+              f"{seconds / 60:.1f} minutes (measured by that run)" + (
+                  ": " + ", ".join(f"{n} {k}" for k, n in sorted((outcomes or {}).items())) if outcomes else "")
+              + ".", footer(groups)]
     return "\n".join(lines) + "\n"
 
 
@@ -149,6 +171,12 @@ def read_figures(path: Path) -> tuple[list[dict], float | None]:
     return rows, seconds
 
 
+def read_session(path: Path) -> dict:
+    """The line the test run's end wrote: its seconds and its outcomes (passed, skipped, ...); {} if none."""
+    found = [json.loads(line) for line in path.read_text().splitlines() if SESSION_KEY in line]
+    return found[-1] if found else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(REPO / "docs" / "reliability.md"))
@@ -162,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         if missing or seconds is None:
             raise SystemExit(f"{args.figures}: " + (f"no figures from {', '.join(missing)}" if missing
                              else "the run that wrote it did not finish (no session time at its end)"))
-        Path(args.out).write_text(render(rows, seconds, how="the README's test command"))
+        Path(args.out).write_text(render(rows, seconds, how="the README's test command",
+                                         outcomes=read_session(Path(args.figures)).get("outcomes")))
         print(f"wrote {args.out}: {len({function_of(r['test']) for r in rows})} rows")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             print("some tests failed: docs/reliability.md is left as it was", file=sys.stderr)
             return proc.returncode
         rows, seconds = read_figures(log) if log.exists() else ([], 0.0)
-    Path(args.out).write_text(render(rows, seconds or 0.0))
+        outcomes = read_session(log).get("outcomes") if log.exists() else None
+    Path(args.out).write_text(render(rows, seconds or 0.0, outcomes=outcomes))
     print(f"wrote {args.out}: {len({function_of(r['test']) for r in rows})} rows")
     return 0
 

@@ -394,7 +394,7 @@ class Trainer:
     def _checkpoint_and_report(self, status_now: str) -> None:
         """1) score the held-out split, 2) write the checkpoint and the logs, 3) hand both to ``report``."""
         metrics, details = self.evaluate()
-        if status_now == "completed":
+        if status_now == M.COMPLETED:
             metrics, details = self._close_small_gates(metrics, details)
         # every evaluation reports the same keys (Ray's progress.csv takes its columns from the first row)
         metrics.setdefault(M.SMALL_HEADS_CLOSED, 0)
@@ -450,7 +450,7 @@ class Trainer:
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
             if not math.isfinite(ce):
-                return "diverged", False
+                return M.DIVERGED, False
             self.batch_pos += len(group)
             self.step += 1
             self.train_seconds += elapsed
@@ -462,7 +462,7 @@ class Trainer:
             elif time.perf_counter() - self._line_at >= PROGRESS_LINE_SECONDS:
                 self._progress_line()
             if (t.eval_unit == "steps" and self.step % t.eval_every == 0) or self.step == t.max_steps:
-                self._checkpoint_and_report("running" if self.step < t.max_steps else "completed")
+                self._checkpoint_and_report(M.RUNNING if self.step < t.max_steps else M.COMPLETED)
             if self._out_of_time():
                 return "timed_out", self.batch_pos >= len(batches)
         return None, self.batch_pos >= len(batches)
@@ -481,18 +481,18 @@ class Trainer:
         self.epoch, self.batch_pos = self.epoch + 1, 0
         last_epoch = t.max_epochs is not None and self.epoch >= t.max_epochs
         if t.eval_unit == "epochs" and self.epoch % t.eval_every == 0 and self.evaluated_at != self.step:
-            self._checkpoint_and_report("completed" if last_epoch else "running")
+            self._checkpoint_and_report(M.COMPLETED if last_epoch else M.RUNNING)
 
     def _diverged(self) -> RunResult:
         """A non-finite loss: the parameters are those of the last good step; the last checkpoint stays."""
         reason = self.divergence or f"non-finite loss at step {self.step + 1}"
         self.log(f"diverged: {reason}; the last good checkpoint is {self.last_checkpoint}")
-        record = {M.STEP: self.step, M.EPOCH: self.epoch, M.STATUS: "diverged", M.LOSS: float("nan"), M.REASON: reason}
+        record = {M.STEP: self.step, M.EPOCH: self.epoch, M.STATUS: M.DIVERGED, M.LOSS: float("nan"), M.REASON: reason}
         if self.report is not None:
             self.report(record, None)
-        self._write_status("diverged", {"reason": reason, "last_checkpoint":
+        self._write_status(M.DIVERGED, {"reason": reason, "last_checkpoint":
                                         str(self.last_checkpoint) if self.last_checkpoint else None})
-        return RunResult("diverged", self.step, record, self.last_checkpoint, self.out_dir, self.history)
+        return RunResult(M.DIVERGED, self.step, record, self.last_checkpoint, self.out_dir, self.history)
 
     def run(self) -> RunResult:
         """Train until ``max_steps``, ``max_epochs`` or ``max_minutes``, evaluating and checkpointing on the way."""
@@ -502,26 +502,26 @@ class Trainer:
         self.window, self.evaluated_at = LossWindow(), self.step
         self._wall_start, self._wall_base = time.perf_counter(), self.wall_seconds
         self._line_at = self._wall_start
-        self._write_status("running")
+        self._write_status(M.RUNNING)
         progress = self._progress_bar()
         ended = None
         while ended is None and self.step < t.max_steps and (t.max_epochs is None or self.epoch < t.max_epochs):
             ended, epoch_done = self._run_epoch(progress)
-            if ended != "diverged" and epoch_done:
+            if ended != M.DIVERGED and epoch_done:
                 self._end_epoch()
         if progress is not None:
             progress.close()
-        if ended == "diverged":
+        if ended == M.DIVERGED:
             return self._diverged()
         if ended == "timed_out":
             self.log(f"train.max_minutes={t.max_minutes} reached at step {self.step}")
         if self.evaluated_at != self.step or not self.last_metrics:
-            self._checkpoint_and_report("completed")  # stopped by max_epochs or max_minutes, or resumed at the end
-        self._write_status("completed", {
+            self._checkpoint_and_report(M.COMPLETED)  # stopped by max_epochs or max_minutes, or resumed at the end
+        self._write_status(M.COMPLETED, {
             "last_checkpoint": str(self.last_checkpoint), "best_checkpoint": str(self.best_checkpoint),
             "best_bleu": self.best_bleu, "metrics": self.last_metrics,
         })
-        return RunResult("completed", self.step, self.last_metrics, self.last_checkpoint, self.out_dir, self.history)
+        return RunResult(M.COMPLETED, self.step, self.last_metrics, self.last_checkpoint, self.out_dir, self.history)
 
 
 def train(
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m model.train") -> 
     except (ConfigError, TrainingError, CheckpointError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if result.status == "diverged":
+    if result.status == M.DIVERGED:
         print(f"run diverged at step {result.step}; see {result.out_dir / STATUS_FILE}", file=sys.stderr)
         return 1
     m = result.metrics

@@ -35,7 +35,7 @@ from model.data import collate, load_data, make_batches
 from model.prune import Layout, head_importance, importance_layout, iterative_layout, prune_model, random_layout
 from model.transformer import Transformer
 
-from .schema import LAYOUT_METHODS
+from .schema import IMPORTANCE, ITERATIVE, LAYOUT_METHODS, RANDOM
 
 
 def importance_batches(cfg: Config, tokenizers, count: int, log: Callable[[str], None] = print,
@@ -53,11 +53,11 @@ def budget_layout(model: Transformer, method: str, kinds: list[str], budget: int
                   fraction: float = 0.1, log: Callable[[str], None] | None = None) -> Layout:
     """The heads to keep: the ``budget`` most important (``importance``), those left by iterative pruning
     (``iterative``, ``fraction`` of the heads per round) or a random choice (``random``)."""
-    if method == "importance":
+    if method == IMPORTANCE:
         return importance_layout(head_importance(model, batches), model, kinds, budget)
-    if method == "iterative":
+    if method == ITERATIVE:
         return iterative_layout(model, kinds, budget, batches, fraction, log)
-    if method == "random":
+    if method == RANDOM:
         return random_layout(model, kinds, budget, seed)
     raise ValueError(f"method {method!r}: allowed {', '.join(LAYOUT_METHODS)}")
 
@@ -80,7 +80,7 @@ def pruned_start(base_checkpoint: str | Path, cfg: Config, method: str, budget: 
     load_model_state(model, payload["model"], source=str(base_checkpoint))
     if model.gate_mode == "learned":
         raise ValueError(f"{base_checkpoint}: a model with learned gates; the baselines start from a plain model")
-    sample = importance_batches(cfg, tokenizers, batches, log, sample_seed) if method != "random" else []
+    sample = importance_batches(cfg, tokenizers, batches, log, sample_seed) if method != RANDOM else []
     layout = budget_layout(model, method, list(cfg.gates.attention), budget, seed, sample, fraction, log)
     pruned = prune_model(model, layout)
     trial = copy.deepcopy(cfg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .results import PRETRAINED_DIR, join_storage
+from .schema import GATES, GATES_BUDGET, IMPORTANCE, ITERATIVE, RANDOM, SCRATCH
 from .storage import exists
 from .sweep import Sweep, base_hash
 from .wandb_log import resolve_mode
@@ -77,9 +78,9 @@ def describe_plan(sweep: Sweep) -> str:
         folder = join_storage(sweep.storage, run.name)
         b = sweep.schema.baselines
         grid = f"{len(sweep.budgets())} budgets {sweep.budgets()} x {b.seeds} seeds"
-        count = {"gates": f"{s.num_samples} trials", "gates_budget": f"{grid}, {run.finetune_steps} steps",
-                 "importance": grid, "iterative": grid, "random": grid,
-                 "scratch": f"the gate front's layouts{' + the full model' * b.scratch_full}, "
+        count = {GATES: f"{s.num_samples} trials", GATES_BUDGET: f"{grid}, {run.finetune_steps} steps",
+                 IMPORTANCE: grid, ITERATIVE: grid, RANDOM: grid,
+                 SCRATCH: f"the gate front's layouts{' + the full model' * b.scratch_full}, "
                             f"x {b.scratch_seeds} seeds, each on {sweep.scratch_resources.cpus:g} CPUs, "
                             f"{sweep.scratch_resources.gpus:g} GPUs"}[run.method]
         state = " (holds a sweep: needs --resume)" if _restorable(folder) else ""

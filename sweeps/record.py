@@ -46,6 +46,7 @@ from .results import (
     CHECKPOINT,
     FINISHED_STATUSES,
     OPTUNA_FILE,
+    PRUNE,
     RECORD_FILE,
     REPORT_DIR,
     STAGE,
@@ -83,7 +84,7 @@ def trial_logs(folder: Path, trials: pd.DataFrame) -> list[dict[str, Any]]:
     for row in trials.to_dict("records"):
         where = local_logs(folder, str(row.get(CHECKPOINT) or ""))
         if where is None:
-            if row[STAGE] == "prune":
+            if row[STAGE] == PRUNE:
                 raise RecordError(f"{folder / TRIALS_FILE}: trial {row[TRIAL_ID]}: its checkpoint folder "
                                   f"{row.get(CHECKPOINT)!r} is not in {folder}; nothing of its logs can be kept")
             continue  # a base model trained elsewhere (pretrained/...): its own folder keeps its logs
@@ -100,7 +101,7 @@ def check_finished(folder: Path) -> pd.DataFrame:
         raise RecordError(f"{folder} holds no {TRIALS_FILE}: not a sweep's method folder, or its sweep has not "
                           f"written its table yet")
     trials = pd.read_csv(table, dtype={TRIAL_ID: str})
-    prune = trials[trials[STAGE] == "prune"]
+    prune = trials[trials[STAGE] == PRUNE]
     if prune.empty:
         raise RecordError(f"{table}: no trial (stage prune): nothing to record")
     open_ = prune[~prune[STATUS].isin(FINISHED_STATUSES)]

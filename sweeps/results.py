@@ -26,6 +26,7 @@ from model import metrics as M
 from model.checkpoint import CheckpointError
 from model.train import DATA_STATS_FILE, GATES_FILE, METRICS_FILE, SAMPLES_FILE, STATUS_FILE
 
+from .schema import GATES
 from .storage import join_storage, local_copy, uri_of, write_text
 
 TRIALS_FILE = "trials.csv"
@@ -51,8 +52,10 @@ NODE = "node"  # the Ray node that ran the trial's last stretch: its id (first 1
 PROVENANCE = ("git_commit", "versions")
 SIGNATURES = (M.BLEU_SIGNATURE, M.CHRF_SIGNATURE)
 PARAM_PREFIX = "param."
-STAGES = ("pretrain", "prune")  # rows of base models and of trials
-FINISHED_STATUSES = ("completed", "diverged")  # a trial with either status is never run again
+PRETRAIN, PRUNE = STAGES = ("pretrain", "prune")  # `stage` of the rows of base models and of trials
+BASE_METHOD = "base"  # `method` of a base model's row
+ERRORED, NOT_STARTED = "error", "not started"  # a trial's status besides a run's own (model.metrics)
+FINISHED_STATUSES = (M.COMPLETED, M.DIVERGED)  # a trial with either status is never run again
 # the params of the baselines' trials (trials.csv prefixes them with "param.")
 BUDGET, LAYOUT_SEED, LAYOUT = "baseline.budget", "baseline.seed", "baseline.layout"
 
@@ -98,13 +101,13 @@ def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
     m = dict(result.metrics or {})
     row: dict[str, Any] = {TRIAL_ID: m.get("trial_id"), STAGE: stage}
     row.update({PARAM_PREFIX + k: (result.config or {}).get(k) for k in params})
-    status = m.get(M.STATUS, "not started")
+    status = m.get(M.STATUS, NOT_STARTED)
     if result.error is not None:
-        status = "error"
+        status = ERRORED
     row[STATUS] = status
     row[ERROR] = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
-    if status == "diverged":
-        row[ERROR] = m.get(M.REASON) or "diverged"
+    if status == M.DIVERGED:
+        row[ERROR] = m.get(M.REASON) or M.DIVERGED
     row.update({k: m.get(k) for k in TABLE_METRICS})
     per_type = sorted(k for k in m if k.startswith(M.OPEN_HEADS + "/"))
     row.update({k: m[k] for k in per_type})
@@ -137,15 +140,15 @@ def read_trials_table(experiment_dir: str | os.PathLike):
 
 
 def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_results: list[Any],
-                       method: str = "gates"):
+                       method: str = GATES):
     """trials.csv in a sweep (or method) folder (the file ``analysis/`` reads); returns the DataFrame. Rows in
     trial-ID order (the order Tune created them): a resumed sweep lists its trials as the first run did."""
     import pandas as pd
 
-    rows = [trial_row(r, "pretrain", params) for r in base_results]
-    rows += sorted((trial_row(r, "prune", params) for r in grid), key=lambda row: str(row[TRIAL_ID] or ""))
+    rows = [trial_row(r, PRETRAIN, params) for r in base_results]
+    rows += sorted((trial_row(r, PRUNE, params) for r in grid), key=lambda row: str(row[TRIAL_ID] or ""))
     df = pd.DataFrame(rows).convert_dtypes()
-    df.insert(2, METHOD, ["base" if stage == "pretrain" else method for stage in df[STAGE]])
+    df.insert(2, METHOD, [BASE_METHOD if stage == PRETRAIN else method for stage in df[STAGE]])
     if "://" not in experiment_dir:  # a write of an earlier driver killed before its rename
         for leftover in Path(experiment_dir).glob(f".{TRIALS_FILE}.*.tmp"):
             leftover.unlink(missing_ok=True)

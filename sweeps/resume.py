@@ -10,7 +10,7 @@ from typing import Any
 from model.config import flatten
 
 from .results import PRETRAINED_DIR, SWEEP_FILE, is_record, join_storage
-from .schema import RUN_LOCATION_KEYS, MethodRun
+from .schema import GATES, GATES_BUDGET, IMPORTANCE, ITERATIVE, RANDOM, RUN_LOCATION_KEYS, SCRATCH, MethodRun
 from .storage import exists, ray_storage, read_bytes
 from .study import StateError, check_resumable
 from .sweep import Sweep, schema_dict
@@ -57,11 +57,11 @@ def sweep_record(sweep: Sweep, run: MethodRun) -> dict[str, Any]:
 
 
 # the baselines' settings each method's trials depend on (methods and fine-tuning variants may be added later)
-BASELINE_KEYS = {"gates": (), "gates_budget": ("budgets", "seeds", "finetune_steps"),
-                 "importance": ("budgets", "seeds", "importance_batches"),
-                 "iterative": ("budgets", "seeds", "importance_batches", "iterative_fraction"),
-                 "random": ("budgets", "seeds"),
-                 "scratch": ("scratch_layouts", "scratch_limit", "scratch_set", "scratch_seeds", "scratch_full")}
+BASELINE_KEYS = {GATES: (), GATES_BUDGET: ("budgets", "seeds", "finetune_steps"),
+                 IMPORTANCE: ("budgets", "seeds", "importance_batches"),
+                 ITERATIVE: ("budgets", "seeds", "importance_batches", "iterative_fraction"),
+                 RANDOM: ("budgets", "seeds"),
+                 SCRATCH: ("scratch_layouts", "scratch_limit", "scratch_set", "scratch_seeds", "scratch_full")}
 # what a sweep recorded before a key existed had: the key's default (so that such a sweep resumes)
 RECORDED_BEFORE = {"scratch_full": True}
 

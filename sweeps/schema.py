@@ -20,9 +20,11 @@ from model.config import ATTENTION_TYPES, ConfigError
 
 SPACE_KINDS = ("loguniform", "uniform", "choice", "randint")
 # in the order they run; sweeps/baselines.py describes all but gates
-METHODS = ("gates", "gates_budget", "importance", "iterative", "random", "scratch")
-LAYOUT_METHODS = ("importance", "iterative", "random")  # prune the base model to a budget, then evaluate or fine-tune
-BUDGET_METHODS = ("gates_budget", *LAYOUT_METHODS)  # one trial per (budget, seed)
+GATES, GATES_BUDGET, IMPORTANCE, ITERATIVE, RANDOM, SCRATCH = (
+    "gates", "gates_budget", "importance", "iterative", "random", "scratch")  # method names (`method:` in a sweep)
+METHODS = (GATES, GATES_BUDGET, IMPORTANCE, ITERATIVE, RANDOM, SCRATCH)
+LAYOUT_METHODS = (IMPORTANCE, ITERATIVE, RANDOM)  # prune the base model to a budget, then evaluate or fine-tune
+BUDGET_METHODS = (GATES_BUDGET, *LAYOUT_METHODS)  # one trial per (budget, seed)
 DEFAULT_STORAGE = "results"
 # Metrics every trial reports at every evaluation, and the direction that makes sense for each.
 OBJECTIVE_METRICS: dict[str, str] = {
@@ -106,7 +108,7 @@ class MethodRun:
 
     @property
     def label(self) -> str:
-        if self.method == "gates_budget":
+        if self.method == GATES_BUDGET:
             return f"gates at budget ({self.finetune_steps} steps)"
         return self.method + (f" + {self.finetune_steps} steps" if self.finetune_steps else "")
 
@@ -116,9 +118,9 @@ def method_runs(name: str, methods: list[str], finetune_steps: list[int]) -> lis
     the others are ``<name>-<method>[-ft<steps>]`` (gates_budget fine-tunes max(finetune_steps) steps)."""
     runs = []
     for method in [m for m in METHODS if m in methods]:
-        if method == "gates":
+        if method == GATES:
             runs.append(MethodRun(method, 0, name))
-        elif method == "gates_budget":
+        elif method == GATES_BUDGET:
             runs.append(MethodRun(method, max(finetune_steps), f"{name}-{method}"))
         elif method in LAYOUT_METHODS:
             runs += [MethodRun(method, n, f"{name}-{method}" + (f"-ft{n}" if n else "")) for n in finetune_steps]
@@ -179,7 +181,7 @@ class SweepSchema:
     name: str | None = None  # folder name under storage; default: the file's stem
     # gates | gates_budget | importance | iterative | random | scratch, or a list of them (run in that order; scratch
     # needs gates)
-    method: Any = "gates"
+    method: Any = GATES
     base: Any = None  # a run config: a path (relative to the sweep file) or an inline mapping
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)

@@ -29,6 +29,7 @@ from .results import (
     LAYOUT,
     LAYOUT_SEED,
     PRETRAINED_DIR,
+    PRUNE,
     STAGE,
     STATUS,
     SWEEP_FILE,
@@ -41,7 +42,7 @@ from .results import (
     write_trials_table,
 )
 from .resume import SweepError, can_restore, check_resume, sweep_record
-from .schema import BUDGET_METHODS, MethodRun
+from .schema import BUDGET_METHODS, GATES, GATES_BUDGET, SCRATCH, MethodRun
 from .search import make_searcher, tune_space
 from .storage import ray_storage
 from .study import ensure_study_file
@@ -143,7 +144,7 @@ def pretrain_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables) -> t
 
         grid = _fit(new_tuner, trainable, experiment, resume=not fresh, keep=1)
         result = grid[0]
-        if result.error is not None or result.checkpoint is None or result.metrics.get(M.STATUS) != "completed":
+        if result.error is not None or result.checkpoint is None or result.metrics.get(M.STATUS) != M.COMPLETED:
             raise SweepError(f"base model {name} did not complete ({result.error or result.metrics.get(M.STATUS)}); "
                              f"see {result.path}. Fix the cause, then rerun the same command to finish it.")
         bases[key] = uri_of(result.checkpoint.filesystem, result.checkpoint.path)
@@ -170,7 +171,7 @@ def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume:
 def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
     """The layouts ``scratch`` trains: those of the gate trials (Pareto-optimal or all completed ones), and the
     full model's unless ``baselines.scratch_full`` is false, smallest first."""
-    done = gate_trials[(gate_trials[STAGE] == "prune") & (gate_trials[STATUS] == "completed")]
+    done = gate_trials[(gate_trials[STAGE] == PRUNE) & (gate_trials[STATUS] == M.COMPLETED)]
     if sweep.schema.baselines.scratch_layouts == "pareto" and not done.empty:
         done = pareto_front(done, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])
     cfg = sweep.trial_config({})
@@ -197,14 +198,14 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
     from ray import tune
 
     b = sweep.schema.baselines
-    if run.method == "scratch":
+    if run.method == SCRATCH:
         space = {LAYOUT: tune.grid_search(scratch_layouts(sweep, gate_trials)),
                  LAYOUT_SEED: tune.grid_search(list(range(b.scratch_seeds)))}
         trainable = tune.with_resources(tune.with_parameters(trainables.scratch, setup=setup),
                                         _resources(sweep.scratch_resources))
     else:
         space = {BUDGET: tune.grid_search(sweep.budgets()), LAYOUT_SEED: tune.grid_search(list(range(b.seeds)))}
-        function = trainables.gates_budget if run.method == "gates_budget" else trainables.layout
+        function = trainables.gates_budget if run.method == GATES_BUDGET else trainables.layout
         trainable = tune.with_resources(tune.with_parameters(function, setup=setup, run=run),
                                         _resources(sweep.resources))
     experiment = join_storage(sweep.storage, run.name)
@@ -237,7 +238,7 @@ def check_cluster(sweep: Sweep) -> None:
     stages = [("resources", sweep.resources)]  # base models: pretrain.resources; scratch trials: their own
     if sweep.schema.pretrain.resources is not None:
         stages.append(("pretrain.resources", sweep.pretrain_resources))
-    if "scratch" in sweep.methods and sweep.schema.baselines.scratch_resources is not None:
+    if SCRATCH in sweep.methods and sweep.schema.baselines.scratch_resources is not None:
         stages.append(("baselines.scratch_resources", sweep.scratch_resources))
     for where, res in stages:
         note = check_placement(where, res.cpus, res.gpus, nodes, autoscaler, res.autoscale)
@@ -275,7 +276,7 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
         devices = float(torch.cuda.device_count())
         check_gpus(sweep.resources.gpus, devices, False)
         check_gpus(sweep.pretrain_resources.gpus, devices, False, "pretrain.resources.gpus")
-        if "scratch" in sweep.methods:
+        if SCRATCH in sweep.methods:
             check_gpus(sweep.scratch_resources.gpus, devices, False, "baselines.scratch_resources.gpus")
         check_corpus_files(sweep)
     mode = resolve_mode(sweep.schema.wandb.mode)
@@ -306,7 +307,7 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
                 tables[run] = read_trials_table(folder)
                 continue
             write_text(join_storage(folder, SWEEP_FILE), json.dumps(sweep_record(sweep, run), indent=2) + "\n")
-            if run.method == "gates":
+            if run.method == GATES:
                 grid = prune_stage(sweep, setup, trainables, resume)
                 params = [d.key for d in sweep.space]
             else:
@@ -322,16 +323,16 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
 
 def expected_trials(sweep: Sweep, run: MethodRun, df) -> int:
     """How many trials a finished method folder holds."""
-    if run.method == "gates":
+    if run.method == GATES:
         return sweep.search.num_samples
     if run.method in BUDGET_METHODS:
         return len(sweep.budgets()) * sweep.schema.baselines.seeds
-    return int((df[STAGE] == "prune").sum())  # scratch: per layout and seed, known once the gate trials finished
+    return int((df[STAGE] == PRUNE).sum())  # scratch: per layout and seed, known once the gate trials finished
 
 
 def unfinished_trials(sweep: Sweep, run: MethodRun, df) -> int:
     """Trials of a method folder that did not finish (neither completed nor diverged), or never started."""
-    prune = df[df[STAGE] == "prune"]
+    prune = df[df[STAGE] == PRUNE]
     unfinished = int((~prune[STATUS].isin(FINISHED_STATUSES)).sum())
     return unfinished + max(expected_trials(sweep, run, df) - len(prune), 0)
 

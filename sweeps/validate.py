@@ -15,8 +15,8 @@ from typing import Any
 
 from model.config import Config, ConfigError, apply_overrides, config_from_dict, flatten, from_dict, read_yaml, require
 
-from .results import BUDGET
-from .schema import METHODS, OBJECTIVE_METRICS, SweepSchema, is_base_key, parse_dimension
+from .results import BUDGET, PRETRAIN, STAGES
+from .schema import GATES, GATES_BUDGET, METHODS, OBJECTIVE_METRICS, SCRATCH, SweepSchema, is_base_key, parse_dimension
 from .sweep import Sweep, _with, resolve_storage
 
 # --------------------------------------------------------------------------------------------------
@@ -41,13 +41,13 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
     if flatten(base).get("data.corpus", "synthetic") == "synthetic":
         tiny["data.vocab_size"] = 200
     base = _with(base, tiny)
-    for stage in ("pretrain", "prune"):
+    for stage in STAGES:  # the sweep sections named after the stages
         section = raw.setdefault(stage, {}) or {}
         raw[stage] = section
         if isinstance(section, dict) and isinstance(section.get("set"), dict):
             section["set"] = {k: v for k, v in flatten(section["set"]).items() if k not in tiny and
                               not k.startswith(("model.", "data.synthetic."))}
-        if isinstance(section, dict) and stage == "pretrain":
+        if isinstance(section, dict) and stage == PRETRAIN:
             section.pop("resources", None)
             section.pop("checkpoint", None)
     baselines = raw.get("baselines")
@@ -312,9 +312,9 @@ def _check_methods(sweep: Sweep) -> None:
            and len(set(chosen)) == len(chosen), "method", m,
            f"one of {', '.join(METHODS)}, or a list of them without repeats")
     methods = sweep.methods
-    require("scratch" not in methods or "gates" in methods, "method", m,
+    require(SCRATCH not in methods or GATES in methods, "method", m,
            "a list with gates when it has scratch (scratch trains the layouts the gate trials found)")
-    baselines = [x for x in methods if x != "gates"]
+    baselines = [x for x in methods if x != GATES]
     if not baselines:
         return
     require(sweep.pretraining, "method", m, "gates alone when pretrain.enabled is false (the baselines prune or "
@@ -332,7 +332,7 @@ def _check_methods(sweep: Sweep) -> None:
     require(0.0 < b.iterative_fraction <= 1.0, "baselines.iterative_fraction", b.iterative_fraction,
             "a number in (0, 1]: the share of the gated heads removed per round")
     require(b.scratch_seeds >= 1, "baselines.scratch_seeds", b.scratch_seeds, "an integer >= 1")
-    if "gates_budget" in methods:
+    if GATES_BUDGET in methods:
         require(max(b.finetune_steps) > 0, "baselines.finetune_steps", b.finetune_steps,
                 "a list with a number of steps > 0: gates_budget fine-tunes as long as the longest of them")
     require(b.scratch_limit is None or b.scratch_limit >= 1, "baselines.scratch_limit", b.scratch_limit,
@@ -346,7 +346,7 @@ def _check_methods(sweep: Sweep) -> None:
         for n in b.finetune_steps:
             sweep.baseline_config(n, {})
         sweep.scratch_config({})
-        if "gates_budget" in methods:
+        if GATES_BUDGET in methods:
             for budget in sweep.budgets():
                 sweep.gates_budget_config({BUDGET: budget})
     except ConfigError as exc:

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import secrets
-import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-# Every Ray a test starts, in this process or a child, stays on 127.0.0.1; read by Ray when it is first imported,
-# so set before any test module imports it.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-# Every process a test starts inherits this mark: a Ray on this machine without it is someone else's (a sweep
-# running beside the tests), which no test may stop.
-TEST_SESSION = os.environ.setdefault("HEADSWEEP_TEST_SESSION", f"{os.getpid()}-{secrets.token_hex(4)}")
-
-from model.config import Config, apply_overrides, config_from_dict
-
-TINY: dict[str, Any] = {
-    "model": {"d_model": 16, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 2, "d_ff": 32, "dropout": 0.1,
-              "max_positions": 128},
-    "data": {"synthetic": {"train_size": 400, "valid_size": 20, "test_size": 20}, "vocab_size": 120,
-             "max_tokens": 256, "max_len": 64},
-    "train": {"lr": 3.0e-3, "warmup_steps": 5, "max_steps": 6, "eval_every": 3, "progress": False, "threads": 1},
-    "eval": {"max_sentences": 8, "batch_size": 8, "samples": 2},
-}
-
-
-def tiny_config(*overrides: str, base: dict[str, Any] | None = None) -> Config:
-    """The tiny test config with ``key=value`` overrides applied."""
-    return config_from_dict(apply_overrides(copy.deepcopy(base or TINY), list(overrides)))
+from tests.helpers import LEARN, SLOW_FIXTURES, tiny_config  # first: it sets the environment every test process shares
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -50,10 +25,6 @@ def _seed() -> None:
     torch.set_num_threads(1)
 
 
-REPO = Path(__file__).resolve().parent.parent
-
-# Fixtures that run a sweep, train a model or start a server: a test that uses one is slow by that alone
-SLOW_FIXTURES = {"quickstart_smoke", "sweep_dir", "trained_run", "model_and_sources", "s3_server", "s3_outage"}
 
 
 _SESSION_START: list[float] = []
@@ -69,7 +40,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
     if out and _SESSION_START:
         with open(out, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"session_seconds": round(time.perf_counter() - _SESSION_START[0], 1)}) + "\n")
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            outcomes = {k: len(v) for k, v in (reporter.stats if reporter else {}).items()
+                        if k in ("passed", "failed", "skipped", "error")}
+            f.write(json.dumps({"session_seconds": round(time.perf_counter() - _SESSION_START[0], 1),
+                                "outcomes": outcomes}) + "\n")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -79,12 +54,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-
-LEARN = ("model.d_model=64", "model.d_ff=128", "model.dropout=0.0", "gates.mode=learned",
-         "gates.attention=[enc_self, dec_self, dec_cross]", "data.synthetic.train_size=3000", "data.vocab_size=300",
-         "data.max_tokens=1024", "data.synthetic.valid_size=100", "eval.max_sentences=100", "eval.batch_size=50",
-         "train.lr=6e-3", "train.warmup_steps=30", "train.max_steps=600", "train.eval_every=600", "train.threads=2")
 
 
 @pytest.fixture(scope="session")
@@ -281,111 +250,9 @@ def quickstart_smoke(tmp_path_factory: pytest.TempPathFactory):
     """The quickstart sweep's smoke test (2 trials x 2 evaluations, a base model, the report at its end), run once
     through the real command: (the finished process, its results root). The smoke test of the shipped sweeps and
     the analysis tests share it; they only read it."""
-    from tests.test_trainable import run_cli
+    from tests.helpers import run_cli
 
     root = tmp_path_factory.mktemp("quickstart")
     return run_cli("sweeps/quickstart.yaml", "--smoke-test", "--results", str(root)), root
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ray_command() -> Path:
-    """Ray's command line beside this Python (skips the test where there is none)."""
-    import sys
-
-    found = Path(sys.executable).parent / "ray"
-    if not found.exists():
-        pytest.skip(f"no Ray command line at {found}")
-    return found
-
-
-def _environ(pid: int) -> list[bytes] | None:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:  # gone, or another user's (which this user's `ray stop` cannot stop either)
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != os.getpid()]
-
-
-def stop_ray_in(ray_tmpdir: str | Path, timeout: float = 30) -> None:
-    """Stop the Ray a test started with ``RAY_TMPDIR=ray_tmpdir``: its daemons, workers and the nodes a fake
-    autoscaler added, found by that setting in their environment or that folder in their command line. Never
-    `ray stop`, which stops every Ray process on the machine, a sweep running beside the tests included."""
-    folder = str(ray_tmpdir)
-    mark = f"RAY_TMPDIR={folder}".encode()
-
-    def started_there() -> list[int]:
-        return [pid for pid in _pids() if mark in (_environ(pid) or []) or f"{folder}/" in _cmdline(pid)]
-
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, timeout)):
-        for pid in started_there():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + wait
-        while started_there() and time.time() < deadline:
-            time.sleep(0.2)
-
-
-def ray_not_started_by_tests() -> list[int]:
-    """PIDs of Ray daemons (raylet, GCS server) on this machine that no test of this session started."""
-    daemons = ("/raylet/raylet ", "/gcs/gcs_server ")
-    found = []
-    for pid in _pids():
-        environ = _environ(pid)
-        if environ is not None and any(d in _cmdline(pid) for d in daemons) \
-                and f"HEADSWEEP_TEST_SESSION={TEST_SESSION}".encode() not in environ:
-            found.append(pid)
-    return found
-
-
-RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
-def user_environment(home: Path, ray_tmp: str | Path, **extra: str) -> dict[str, str]:
-    """This process's environment as a user's shell on a node has it: their HOME (where Ray keeps
-    ``.ray/auth_token``), the node's Ray folder, Ray kept on 127.0.0.1, no RAY_ADDRESS and no RAY_AUTH_* variable
-    (Ray's defaults) unless ``extra`` sets them."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *RAY_AUTH_VARIABLES)}
-    return {**env, "HOME": str(home), "RAY_TMPDIR": str(ray_tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **extra}
-
-
-def generate_ray_token(home: Path) -> str:
-    """A Ray authentication token in ``home/.ray/auth_token``, made by Ray's own `ray get-auth-token --generate` (as
-    a user does, or Ray itself on a first private ``ray.init()``)."""
-    import subprocess
-
-    made = subprocess.run([str(ray_command()), "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)},
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert made.returncode == 0 and (home / ".ray" / "auth_token").is_file(), made.stderr[-2000:]
-    return (home / ".ray" / "auth_token").read_text().strip()
-
-
-def start_ray_head(env: dict[str, str], port: int, *flags: str) -> str:
-    """`ray start --head` on 127.0.0.1:``port`` in ``env`` (see :func:`user_environment`), otherwise with Ray's
-    defaults; returns what it printed. The caller stops it with :func:`stop_ray_in` (env's RAY_TMPDIR)."""
-    import subprocess
-
-    started = subprocess.run([str(ray_command()), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                              "--disable-usage-stats", *flags], env=env, capture_output=True, text=True, timeout=300,
-                             check=False)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-    return started.stdout + started.stderr

@@ -185,7 +185,7 @@ def test_the_notebook_runs_on_a_sweep(sweep_dir: Path, monkeypatch, start: str):
     import jupytext
     from nbclient import NotebookClient
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     link = REPO / "results" / f"notebook-test-{os.getpid()}"  # a relative path, as a user writes it
     link.parent.mkdir(exist_ok=True)
@@ -215,7 +215,7 @@ def test_the_notebook_and_the_export_read_a_sweep_from_s3(sweep_dir: Path, s3_se
 
     from analysis.export import main as export_main
     from sweeps.storage import upload
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     uri = s3_server.uri("notebook", sweep_dir.name)
     moved = tmp_path / "moved"

@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from model.average import average_checkpoints, last_checkpoints
 from model.average import main as average_main
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.evaluate import main as evaluate_main
 from model.train import train
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ from sweeps.baselines import (
     parse_layout_name,
     pruned_start,
 )
-from tests.conftest import tiny_config
+from tests.helpers import QUIET, tiny_config
 
-QUIET = dict(log=lambda _: None)
 PLAIN = ("gates.mode=none", "train.max_steps=12", "train.eval_every=12", "model.encoder_layers=3")
 
 
@@ -100,7 +99,7 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
     import pandas as pd
 
     from sweeps.tuner import scratch_layouts
-    from tests.test_sweep import make
+    from tests.helpers import tiny_sweep
 
     rows = [{"trial_id": str(i), "stage": "prune", "status": "completed", "bleu": bleu, "open_heads": a + b,
              "open_heads/enc_self/0": a, "open_heads/enc_self/1": b}
@@ -108,15 +107,15 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
                                               (3, 3, 25.0)])]  # (3, 3) is dominated by (3, 2)
     rows.append({**rows[0], "trial_id": "x", "status": "diverged", "bleu": 99.0})
     table = pd.DataFrame(rows)
-    sweep = make({"method": ["gates", "scratch"]})
+    sweep = tiny_sweep({"method": ["gates", "scratch"]})
     assert scratch_layouts(sweep, table) == ["enc_self=1,0", "enc_self=2,1", "enc_self=3,2", "enc_self=4,3",
                                              "enc_self=4,4"]
-    every = make({"method": ["gates", "scratch"], "baselines": {"scratch_layouts": "all"}})
+    every = tiny_sweep({"method": ["gates", "scratch"], "baselines": {"scratch_layouts": "all"}})
     assert "enc_self=3,3" in scratch_layouts(every, table)
-    two = make({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2}})
+    two = tiny_sweep({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2}})
     assert scratch_layouts(two, table) == ["enc_self=1,0", "enc_self=4,3", "enc_self=4,4"]
     # without the full model (the base model is that layout trained from scratch already)
-    no_full = make({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2, "scratch_full": False}})
+    no_full = tiny_sweep({"method": ["gates", "scratch"], "baselines": {"scratch_limit": 2, "scratch_full": False}})
     assert scratch_layouts(no_full, table) == ["enc_self=1,0", "enc_self=4,3"]
     from sweeps.resume import SweepError
 
@@ -125,46 +124,46 @@ def test_scratch_trains_the_front_layouts_spread_over_head_counts_and_the_full_m
 
 
 def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on():
+    from sweeps.resume import _settings_of, sweep_differences
     from sweeps.schema import MethodRun
     from sweeps.sweep import schema_dict
-    from sweeps.resume import _settings_of, sweep_differences
-    from tests.test_sweep import make
+    from tests.helpers import tiny_sweep
 
-    a = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2}}))
-    b = schema_dict(make({"method": ["gates", "random", "importance"],
+    a = schema_dict(tiny_sweep({"method": ["gates", "random"], "baselines": {"seeds": 2}}))
+    b = schema_dict(tiny_sweep({"method": ["gates", "random", "importance"],
                           "baselines": {"seeds": 2, "finetune_steps": [0, 5], "set": {"train.lr": 1e-4}}}))
-    c = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 3}}))
+    c = schema_dict(tiny_sweep({"method": ["gates", "random"], "baselines": {"seeds": 3}}))
     gates, random, tuned = MethodRun("gates", 0, "t"), MethodRun("random", 0, "t-random"), MethodRun("random", 5, "x")
     assert sweep_differences(_settings_of(gates, a), _settings_of(gates, c)) == []
     assert sweep_differences(_settings_of(random, a), _settings_of(random, b)) == []  # fine-tuning added later
     assert sweep_differences(_settings_of(random, a), _settings_of(random, c)) == ["baselines.seeds: 2 -> 3"]
     assert sweep_differences(_settings_of(tuned, a), _settings_of(tuned, b)) == [
         "baselines.set.train.lr: None -> 0.0001"]
-    scored = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2},
+    scored = schema_dict(tiny_sweep({"method": ["gates", "random"], "baselines": {"seeds": 2},
                                "test": {"enabled": True, "beam_size": 4}}))
     assert sweep_differences(_settings_of(gates, a), _settings_of(gates, scored)) == []  # scoring comes afterwards
-    moved = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2}, "resources": {"cpus": 4, "gpus": 0.5},
+    moved = schema_dict(tiny_sweep({"method": ["gates", "random"], "baselines": {"seeds": 2}, "resources": {"cpus": 4, "gpus": 0.5},
                               "pretrain": {"resources": {"cpus": 8, "gpus": 1}}}, storage="/elsewhere/results"))
     # a resume may move the sweep to other hardware or its folder to another place: not what its trials learn
     assert a["resources"] != moved["resources"] and a["storage"] != moved["storage"]
     assert sweep_differences(_settings_of(gates, a), _settings_of(gates, moved)) == []
     scratch = MethodRun("scratch", 0, "t-scratch")
-    placed = schema_dict(make({"method": ["gates", "random"], "baselines": {"seeds": 2, "scratch_resources": {"cpus": 1}}}))
+    placed = schema_dict(tiny_sweep({"method": ["gates", "random"], "baselines": {"seeds": 2, "scratch_resources": {"cpus": 1}}}))
     assert sweep_differences(_settings_of(scratch, a), _settings_of(scratch, placed)) == []
     assert sweep_differences(a, placed) == []  # where scratch models run, not what they learn
     assert sweep_differences(_settings_of(random, a), _settings_of(random, moved)) == []
     importance = MethodRun("importance", 0, "t-importance")
     assert sweep_differences(_settings_of(importance, a), _settings_of(importance, c)) == ["baselines.seeds: 2 -> 3"]
     iterative = MethodRun("iterative", 0, "t-iterative")
-    more = schema_dict(make({"method": ["gates", "iterative"], "baselines": {"seeds": 2, "iterative_fraction": 0.2}}))
+    more = schema_dict(tiny_sweep({"method": ["gates", "iterative"], "baselines": {"seeds": 2, "iterative_fraction": 0.2}}))
     assert sweep_differences(_settings_of(iterative, a), _settings_of(iterative, more)) == [
         "baselines.iterative_fraction: 0.1 -> 0.2"]
     # scratch: a sweep recorded before baselines.scratch_full existed trained the full model: it resumes as true
     scratch = MethodRun("scratch", 0, "t-scratch")
-    old = schema_dict(make({"method": ["gates", "scratch"]}))
+    old = schema_dict(tiny_sweep({"method": ["gates", "scratch"]}))
     old["baselines"].pop("scratch_full")
-    without = schema_dict(make({"method": ["gates", "scratch"], "baselines": {"scratch_full": False}}))
-    assert sweep_differences(_settings_of(scratch, old), _settings_of(scratch, schema_dict(make(
+    without = schema_dict(tiny_sweep({"method": ["gates", "scratch"], "baselines": {"scratch_full": False}}))
+    assert sweep_differences(_settings_of(scratch, old), _settings_of(scratch, schema_dict(tiny_sweep(
         {"method": ["gates", "scratch"]})))) == []
     assert sweep_differences(_settings_of(scratch, old), _settings_of(scratch, without)) == [
         "baselines.scratch_full: True -> False"]

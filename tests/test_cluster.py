@@ -20,16 +20,18 @@ import yaml
 
 from model.config import ConfigError
 from sweeps.placement import check_placement, check_shared_storage, read_autoscaler
-from tests.conftest import (
+from tests.helpers import (
     REPO,
+    check_table,
     free_port,
     generate_ray_token,
     ray_command,
+    run_cli,
     start_ray_head,
     stop_ray_in,
     user_environment,
+    write_sweep,
 )
-from tests.test_trainable import check_table, run_cli, write_sweep
 
 CPU_HEAD = {"CPU": 0.0, "host": "10.0.0.1"}
 
@@ -209,7 +211,7 @@ def test_a_corpus_missing_on_the_node_that_runs_the_trial_is_refused_naming_the_
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
     from ray.cluster_utils import Cluster
 
-    from tests.conftest import TINY
+    from tests.helpers import TINY
 
     base = copy.deepcopy(TINY)
     base["data"].pop("synthetic")
@@ -231,7 +233,7 @@ def test_the_tests_stop_only_a_ray_they_started(tmp_path: Path):
     """A sweep may run beside the test suite: a Ray started without this session's mark counts as another's (the
     `ray up` test skips while one runs, since `ray up` and `ray down` stop every Ray of the head), and stopping a
     test's own Ray by its folder leaves the other one running."""
-    from tests.conftest import _cmdline, _pids, ray_not_started_by_tests
+    from tests.helpers import process_cmdline, process_ids, ray_not_started_by_tests
 
     theirs, ours = (tempfile.mkdtemp(prefix="rt", dir="/tmp") for _ in range(2))
     loopback = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
@@ -241,8 +243,8 @@ def test_the_tests_stop_only_a_ray_they_started(tmp_path: Path):
         start_ray_head({**env, **loopback}, free_port(), "--num-cpus=0", "--include-dashboard=false")
 
     def daemons_in(folder: str) -> list[int]:
-        return [pid for pid in _pids() if f"{folder}/" in _cmdline(pid) and ("raylet/raylet " in _cmdline(pid) or
-                                                                            "gcs/gcs_server " in _cmdline(pid))]
+        return [pid for pid in process_ids() if f"{folder}/" in process_cmdline(pid)
+                and ("raylet/raylet " in process_cmdline(pid) or "gcs/gcs_server " in process_cmdline(pid))]
 
     try:
         start({**unmarked, "RAY_TMPDIR": theirs})

@@ -30,14 +30,7 @@ import pytest
 import yaml
 
 from sweeps.storage import download, read_bytes
-from tests.conftest import (
-    REPO,
-    free_port,
-    generate_ray_token,
-    ray_not_started_by_tests,
-    stop_ray_in,
-    user_environment,
-)
+from tests.helpers import REPO, free_port, generate_ray_token, ray_not_started_by_tests, stop_ray_in, user_environment
 
 pytestmark = pytest.mark.slow  # every test here runs sweeps or a cluster
 

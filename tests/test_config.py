@@ -4,9 +4,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_config
 
 from model.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, read_yaml
+from tests.helpers import REPO, tiny_config
 
 # (override, key the message must name) — one per validation branch in model/config.py
 BAD = [

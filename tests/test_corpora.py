@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, tiny_config
 
 from model import data as data_module
 from model.config import ConfigError, DataConfig, FilesConfig
 from model.corpora import CorpusError, FilesCorpus, Multi30kCorpus, fetch, read_parallel, read_text_lines, read_tsv
 from model.data import load_data
+from tests.helpers import REPO, tiny_config
 
 SHARED = REPO.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not (SHARED / "multi30k").is_dir(),

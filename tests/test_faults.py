@@ -19,9 +19,7 @@ import torch
 from model.checkpoint import CheckpointError, load_checkpoint
 from model.data import load_data
 from model.train import train
-from tests.conftest import REPO, tiny_config
-
-QUIET = dict(log=lambda _: None)
+from tests.helpers import QUIET, REPO, tiny_config
 
 
 @pytest.fixture
@@ -98,7 +96,7 @@ LIMITED_WRITE = """
 import resource, signal, sys
 from model.checkpoint import CheckpointError
 from model.train import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 run, limit = sys.argv[1], int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing the process
@@ -213,8 +211,11 @@ def test_the_reliability_table_reports_each_case_of_a_test_and_counts_lost_trial
     assert "| `c.py::test_z` | random | 6 | examples = 10 to 15 (cases: 6) |" in text
     assert "Trials lost across all rows: **2**" in text and "in 1.5 minutes (measured by that run)" in text
     figures = tmp_path / "figures.jsonl"
-    figures.write_text("\n".join(json.dumps(r) for r in rows[:3]) + '\n{"session_seconds": 75.5}\n')
+    figures.write_text("\n".join(json.dumps(r) for r in rows[:3])
+                       + '\n{"session_seconds": 75.5, "outcomes": {"passed": 9, "skipped": 1}}\n')
     assert bench.read_figures(figures) == (rows[:3], 75.5)  # the run's own duration, not a typed-in one
+    text = bench.render(rows[:3], 75.5, outcomes=bench.read_session(figures)["outcomes"])
+    assert "in 1.3 minutes (measured by that run): 9 passed, 1 skipped." in text  # and its own count
 
 
 def test_the_reliability_page_ends_with_what_its_generator_writes():
@@ -226,7 +227,28 @@ def test_the_reliability_page_ends_with_what_its_generator_writes():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     page = (REPO / "docs" / "reliability.md").read_text()
-    assert page.startswith(bench.HEADER) and page.rstrip("\n").endswith(bench.FOOTER.rstrip("\n"))
+    assert page.startswith(bench.HEADER)
+    for test, text in bench.FINDINGS:
+        assert f"- {text} Checked by `{test.removeprefix('tests/')}` (its row above)." in page, test
+    assert page.rstrip("\n").endswith(f"- Not covered here: {bench.NOT_COVERED}")
+
+
+def test_every_reliability_finding_names_a_test_that_exists_and_records():
+    """A finding on docs/reliability.md stands only with a test that fails if it comes back: each one names a test
+    function that exists and records a row (a renamed or deleted test would leave the finding unguarded)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reliability", REPO / "bench" / "reliability.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert len(bench.FINDINGS) >= 6
+    for test in {t for t, _ in bench.FINDINGS}:
+        file, _, name = test.partition("::")
+        tree = ast.parse((REPO / file).read_text(encoding="utf-8"))
+        found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+        assert found, f"{test}: no such test"
+        assert "record" in {a.arg for a in found[0].args.args}, f"{test} records no row for the page"
 
 
 def test_no_reliability_figure_is_written_down_as_a_constant():
@@ -253,7 +275,7 @@ def test_no_reliability_figure_is_written_down_as_a_constant():
 HELD_RUN = """
 import sys
 from model.train import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 train(tiny_config("train.max_steps=9", "train.eval_every=3"), sys.argv[1], resume=sys.argv[2] == "resume",
       log=lambda _: None)

@@ -13,9 +13,7 @@ import torch
 
 from model import metrics as M
 from model.train import Trainer, train
-from tests.conftest import tiny_config
-from tests.test_train import QUIET, _interrupt_then_resume, _state
-from tests.test_trainable import check_table, run_cli, write_sweep
+from tests.helpers import QUIET, check_table, interrupt_then_resume, run_cli, state_of, tiny_config, write_sweep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -42,7 +40,7 @@ def test_bf16_autocast_trains_to_finite_losses_and_fp32_weights(tmp_path: Path):
     result = train(tiny_config(*GATED, "train.precision=bf16"), tmp_path, **QUIET)
     assert result.status == "completed" and result.step == 8
     assert torch.isfinite(torch.tensor(result.metrics[M.LOSS]))
-    weights = _state(result.checkpoint)
+    weights = state_of(result.checkpoint)
     assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())  # autocast, not casts
 
 
@@ -51,8 +49,8 @@ def test_a_cuda_run_resumes_exactly_on_the_same_device(tmp_path: Path):
     noise draw from the CUDA generator, whose state the checkpoint carries)."""
     cfg = tiny_config(*GATED)
     full = train(cfg, tmp_path / "full", **QUIET)
-    resumed = _interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == 3)
-    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    resumed = interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == 3)
+    a, b = state_of(full.checkpoint), state_of(resumed.checkpoint)
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert resumed.metrics[M.BLEU] == full.metrics[M.BLEU] and resumed.metrics[M.LOSS] == full.metrics[M.LOSS]

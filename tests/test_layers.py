@@ -4,13 +4,15 @@ calls go downward only; the `headsweep` commands share their flags; --dry-run pl
 from __future__ import annotations
 
 import ast
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, SLOW_FIXTURES
 
 LAYERS = {"model": 0, "sweeps": 1, "analysis": 1, "trainable": 2}  # what each package may import: its own or lower
 FORBIDDEN = {"model": {"ray", "optuna", "wandb", "sweeps", "analysis", "trainable"},
@@ -144,8 +146,6 @@ def _marked_slow(decorators: list[ast.expr]) -> bool:
 def test_every_test_that_runs_the_sweep_command_or_starts_ray_is_marked_slow():
     """The fast loop (`pytest -m "not slow"`) stays fast: a test that runs the sweep command, starts a Ray cluster
     or `ray up` carries the `slow` marker (by hand, for its module, or through a slow fixture: conftest)."""
-    from tests.conftest import SLOW_FIXTURES
-
     unmarked = []
     for path in sorted((REPO / "tests").glob("test_*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -160,3 +160,39 @@ def test_every_test_that_runs_the_sweep_command_or_starts_ray_is_marked_slow():
             if calls & SLOW_CALLS and not (module_slow or _marked_slow(node.decorator_list) or fixtures & SLOW_FIXTURES):
                 unmarked.append(f"{path.name}::{node.name} ({', '.join(sorted(calls & SLOW_CALLS))})")
     assert not unmarked, unmarked
+
+
+def test_tests_share_helpers_through_one_module_and_never_import_conftest_or_each_other():
+    """Shared test code lives in tests/helpers.py; conftest holds fixtures and hooks and is imported by pytest alone
+    (a second import under another name runs it twice: two sessions' marks, two caches)."""
+    bad = re.compile(r"^\s*(from\s+(tests\.)?(conftest|test_\w+)\s+import|import\s+(tests\.)?(conftest|test_\w+))", re.M)
+    found = [f"{p.name}: {m.group(0).strip()}" for p in sorted((REPO / "tests").glob("*.py"))
+             for m in bad.finditer(p.read_text(encoding="utf-8"))]
+    assert not found, found
+    out = subprocess.run([sys.executable, "-c", "import sys, tests.helpers; print('ray' in sys.modules)"], cwd=REPO,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "False", out.stderr  # its environment is set before anything imports Ray
+
+
+def test_stage_method_and_status_names_are_compared_through_their_constants():
+    """`stage`, `method` and `status` values are named once (sweeps.results, sweeps.schema, model.metrics); code that
+    compares against one spells the constant, so a renamed value cannot leave a comparison silently false."""
+    from model import metrics as M
+    from sweeps.results import STAGES
+    from sweeps.schema import METHODS
+
+    names = {*METHODS, *STAGES, M.RUNNING, M.COMPLETED, M.DIVERGED}
+    samplers = {"analysis/sampler_study.py": {"random"}, "sweeps/search.py": {"random"}}  # Optuna's sampler names
+    found = []
+    files = [*sorted((REPO / "model").glob("*.py")), *sorted((REPO / "sweeps").glob("*.py")),
+             *sorted((REPO / "analysis").glob("*.py")), REPO / "trainable.py"]
+    for path in files:
+        where = str(path.relative_to(REPO))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare):
+                for side in [node.left, *node.comparators]:
+                    values = [side] if isinstance(side, ast.Constant) else list(getattr(side, "elts", []))
+                    for value in values:
+                        if isinstance(value, ast.Constant) and value.value in names - samplers.get(where, set()):
+                            found.append(f"{where}:{node.lineno}: {value.value!r}")
+    assert not found, found

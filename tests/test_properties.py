@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from model.config import ConfigError, config_from_dict, load_config
 from model.corpora import CorpusError, read_parallel, read_text_lines, read_tsv
 from sweeps.validate import load_sweep
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -76,7 +76,7 @@ def test_pruning_a_checkpoint_writes_a_loadable_smaller_model(tmp_path, capsys):
     from model.checkpoint import save_checkpoint
     from model.data import load_data
     from model.translate import load_for_inference
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     cfg = tiny_config("gates.mode=learned", "gates.attention=[enc_self, dec_cross]")
 

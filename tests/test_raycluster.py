@@ -14,8 +14,17 @@ from pathlib import Path
 import pytest
 
 from sweeps.raycluster import ClusterError, authenticate, driver_token
-from tests.conftest import free_port, generate_ray_token, ray_command, start_ray_head, stop_ray_in, user_environment
-from tests.test_trainable import check_table, run_cli, write_sweep
+from tests.helpers import (
+    check_table,
+    free_port,
+    generate_ray_token,
+    ray_command,
+    run_cli,
+    start_ray_head,
+    stop_ray_in,
+    user_environment,
+    write_sweep,
+)
 
 
 def test_the_driver_finds_its_token_where_rays_clients_look(tmp_path: Path, monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 from analysis.load import load_sweep, trial_gates, trial_history, trial_samples
 from sweeps.record import KEPT, RecordError, main, record_folder
 from sweeps.results import RECORD_FILE, TEST_DIR, TRIAL_LOGS_FILE, is_record
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 EXPERIMENTS = REPO / "docs" / "experiments"
 
@@ -127,9 +127,9 @@ def test_an_unfinished_or_incomplete_folder_is_refused_and_left_as_it_is(tmp_pat
 
 def test_a_resumed_sweep_counts_a_record_as_started_and_finished(tmp_path):
     from sweeps.resume import SweepError, check_resume, sweep_record
-    from tests.test_sweep import make
+    from tests.helpers import tiny_sweep
 
-    sweep = make(storage=str(tmp_path))
+    sweep = tiny_sweep(storage=str(tmp_path))
     with pytest.raises(SweepError, match="no sweep in"):
         check_resume(sweep, resume=True)
     folder = finished_folder(tmp_path)
@@ -137,7 +137,7 @@ def test_a_resumed_sweep_counts_a_record_as_started_and_finished(tmp_path):
     shutil.move(folder, tmp_path / "t")
     record_folder(tmp_path / "t")
     check_resume(sweep, resume=True)  # a record is something to resume (its later methods)
-    changed = make({"prune": {"set": {"gates.mode": "learned", "train.max_steps": 7}}}, storage=str(tmp_path))
+    changed = tiny_sweep({"prune": {"set": {"gates.mode": "learned", "train.max_steps": 7}}}, storage=str(tmp_path))
     with pytest.raises(SweepError, match="prune.set.train.max_steps: 6 -> 7"):  # and its sweep is still checked
         check_resume(changed, resume=True)
     with pytest.raises(SweepError, match="already holds a sweep"):

@@ -19,7 +19,7 @@ from ray.tune import ExperimentAnalysis
 from model import metrics as M
 from model.checkpoint import load_checkpoint
 from sweeps.results import checkpoint_file
-from tests.test_trainable import check_table, marked_processes, run_cli, start_cli, write_sweep
+from tests.helpers import check_table, marked_processes, run_cli, start_cli, write_sweep
 
 pytestmark = pytest.mark.slow  # every test here runs sweeps or a cluster
 

@@ -21,8 +21,7 @@ import pytest
 from model import metrics as M
 from model.config import ConfigError
 from sweeps.storage import StorageError, check_uri, download, upload, uri_of
-from tests.conftest import REPO, stop_ray_in
-from tests.test_trainable import SHARED_DATA, write_sweep
+from tests.helpers import REPO, SHARED_DATA, stop_ray_in, write_sweep
 
 
 def test_a_results_uri_is_checked_with_what_is_allowed():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,27 +12,10 @@ from model.config import ConfigError
 from sweeps.schema import Dimension, auto_freeze, is_base_key
 from sweeps.sweep import base_hash, trial_seed
 from sweeps.validate import check_gpus, load_sweep, sweep_from_dict
-from tests.conftest import REPO, TINY
+from tests.helpers import REPO, TINY, TINY_SWEEP, tiny_sweep
 
 SHIPPED = sorted((REPO / "sweeps").glob("*.yaml"))
 SWEEPS = [p for p in SHIPPED if p.name != "cluster.yaml"]
-
-GOOD: dict[str, Any] = {
-    "name": "t",
-    "base": copy.deepcopy(TINY),
-    "prune": {"set": {"gates.mode": "learned", "train.max_steps": 6}},
-    "space": {"gates.penalty": {"loguniform": [0.001, 0.5]}, "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
-              "data.max_tokens": {"choice": [256, 512]}},
-}
-
-
-def make(patch: dict[str, Any] | None = None, drop: tuple[str, ...] = (), **kwargs):
-    raw = copy.deepcopy(GOOD)
-    for key in drop:
-        raw.pop(key)
-    raw.update(copy.deepcopy(patch or {}))
-    return sweep_from_dict(raw, **kwargs)
-
 
 def test_shipped_sweeps_load_and_search_lambda_lr_and_batch_size(monkeypatch):
     monkeypatch.setenv("HEADSWEEP_DATA", "/nonexistent")  # file paths are checked when read, not when loaded
@@ -54,14 +36,14 @@ def test_every_key_of_shipped_sweeps_is_commented(path: Path):
 
 
 def test_trial_config_applies_base_prune_params_and_its_own_seed():
-    sweep = make()
+    sweep = tiny_sweep()
     params = {"gates.penalty": 0.01, "train.lr": 2e-3, "data.max_tokens": 512}
     cfg = sweep.trial_config(params)
     assert (cfg.gates.mode, cfg.gates.penalty, cfg.train.lr, cfg.data.max_tokens) == ("learned", 0.01, 2e-3, 512)
     assert cfg.model.d_model == TINY["model"]["d_model"] and cfg.train.max_steps == 6
     assert cfg.train.seed == trial_seed(1, params) != trial_seed(1, {**params, "train.lr": 3e-3})
     assert cfg.train.threads == 1 and cfg.train.device == "cpu" and cfg.train.progress is False
-    fixed = make({"search": {"trial_seeds": "fixed"}}).trial_config(params)
+    fixed = tiny_sweep({"search": {"trial_seeds": "fixed"}}).trial_config(params)
     assert fixed.train.seed == 1
 
 
@@ -70,15 +52,15 @@ def test_prune_freezes_the_side_without_gates_unless_told_otherwise():
     assert auto_freeze(["dec_cross"]) == ["encoder"]
     assert auto_freeze(["enc_self", "dec_self"]) == []
     params = {"gates.penalty": 0.01, "train.lr": 2e-3, "data.max_tokens": 512}
-    assert make().trial_config(params).train.freeze == ["decoder"]  # TINY gates enc_self only (the default)
-    explicit = make({"prune": {"set": {"gates.mode": "learned"}, "freeze": []}})
+    assert tiny_sweep().trial_config(params).train.freeze == ["decoder"]  # TINY gates enc_self only (the default)
+    explicit = tiny_sweep({"prune": {"set": {"gates.mode": "learned"}, "freeze": []}})
     assert explicit.trial_config(params).train.freeze == []
     with pytest.raises(ConfigError, match=r"prune.set.train.freeze.*set prune.freeze instead"):
-        make({"prune": {"set": {"gates.mode": "learned", "train.freeze": ["decoder"]}}})
+        tiny_sweep({"prune": {"set": {"gates.mode": "learned", "train.freeze": ["decoder"]}}})
 
 
 def test_base_config_hash_ignores_where_a_run_goes_but_not_what_it_learns():
-    sweep = make()
+    sweep = tiny_sweep()
     a = sweep.base_config()
     assert a.gates.mode == "none"
     b = copy.deepcopy(a)
@@ -89,7 +71,7 @@ def test_base_config_hash_ignores_where_a_run_goes_but_not_what_it_learns():
 
 
 def test_searched_base_keys_give_one_base_model_per_choice():
-    sweep = make({"space": {**GOOD["space"], "model.encoder_layers": {"choice": [1, 2]}}})
+    sweep = tiny_sweep({"space": {**TINY_SWEEP["space"], "model.encoder_layers": {"choice": [1, 2]}}})
     variants = sweep.base_variants()
     assert variants == [{"model.encoder_layers": 1}, {"model.encoder_layers": 2}]
     hashes = {base_hash(sweep.base_config(v)) for v in variants}
@@ -97,13 +79,13 @@ def test_searched_base_keys_give_one_base_model_per_choice():
     params = {"gates.penalty": 0.01, "train.lr": 1e-3, "data.max_tokens": 256, "model.encoder_layers": 1}
     assert sweep.trial_config(params).model == sweep.base_config(params).model
     assert is_base_key("data.vocab_size") and is_base_key("data.synthetic.seed") and not is_base_key("data.max_tokens")
-    scratch = make({"pretrain": {"enabled": False},
-                    "space": {**GOOD["space"], "model.dropout": {"uniform": [0.0, 0.3]}}})
+    scratch = tiny_sweep({"pretrain": {"enabled": False},
+                    "space": {**TINY_SWEEP["space"], "model.dropout": {"uniform": [0.0, 0.3]}}})
     assert scratch.base_variants() == [{}]
 
 
 def test_points_to_evaluate_are_completed_from_the_prune_config():
-    sweep = make({"search": {"points_to_evaluate": [{"gates.penalty": 0.002}]}})
+    sweep = tiny_sweep({"search": {"points_to_evaluate": [{"gates.penalty": 0.002}]}})
     assert sweep.points_to_evaluate() == [{"gates.penalty": 0.002, "train.lr": TINY["train"]["lr"],
                                            "data.max_tokens": TINY["data"]["max_tokens"]}]
 
@@ -186,7 +168,7 @@ BAD = [
     ({"method": []}, r"`method`: \[\]"),
     ({"method": ["scratch"]}, r"`method`.*with gates when it has scratch"),
     ({"method": ["gates", "random"], "pretrain": {"enabled": False}}, r"`method`.*pretrain.enabled is false"),
-    ({"method": "random", "space": {**GOOD["space"], "model.encoder_layers": {"choice": [1, 2]}}},
+    ({"method": "random", "space": {**TINY_SWEEP["space"], "model.encoder_layers": {"choice": [1, 2]}}},
      r"`method`.*searches model or corpus keys"),
     ({"method": "importance", "baselines": {"budgets": [2, 9]}}, r"`baselines.budgets`.*\[0, 8\]"),
     ({"method": "random", "baselines": {"seeds": 0}}, r"`baselines.seeds`: 0"),
@@ -217,7 +199,7 @@ BAD = [
 @pytest.mark.parametrize("patch, message", BAD, ids=[m for _, m in BAD])
 def test_malformed_sweeps_are_refused_with_key_and_allowed_values(patch, message, record):
     with pytest.raises(ConfigError, match=message) as refusal:
-        make(patch)
+        tiny_sweep(patch)
     record("malformed sweep (load_sweep): unknown keys, wrong types, bad ranges, samplers, objectives, methods, ...",
            refused_naming_the_key=int("`" in str(refusal.value)))
 
@@ -237,7 +219,7 @@ def test_base_path_is_relative_to_the_sweep_file_and_overrides_apply(tmp_path: P
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "base.yaml").write_text(yaml.safe_dump(TINY))
-    raw = {**{k: v for k, v in GOOD.items() if k != "base"}, "base": "runs/base.yaml"}
+    raw = {**{k: v for k, v in TINY_SWEEP.items() if k != "base"}, "base": "runs/base.yaml"}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     sweep = load_sweep(tmp_path / "s.yaml", ["search.num_samples=5", "prune.set.train.max_steps=9"],
                        storage=str(tmp_path / "out"))
@@ -247,7 +229,7 @@ def test_base_path_is_relative_to_the_sweep_file_and_overrides_apply(tmp_path: P
 
 
 def test_methods_run_in_a_fixed_order_each_in_its_own_folder():
-    sweep = make({"method": ["scratch", "random", "gates", "importance"], "baselines": {"finetune_steps": [0, 5]}})
+    sweep = tiny_sweep({"method": ["scratch", "random", "gates", "importance"], "baselines": {"finetune_steps": [0, 5]}})
     runs = sweep.method_runs()
     assert [(r.method, r.finetune_steps, r.name) for r in runs] == [
         ("gates", 0, "t"), ("importance", 0, "t-importance"), ("importance", 5, "t-importance-ft5"),
@@ -255,11 +237,11 @@ def test_methods_run_in_a_fixed_order_each_in_its_own_folder():
     assert [r.label for r in runs][1:3] == ["importance", "importance + 5 steps"]
     assert sweep.gated_heads() == 8  # TINY: 2 encoder layers x 4 heads, enc_self gated
     assert sweep.budgets() == [1, 2, 3, 4, 6, 8]
-    assert make({"method": "random", "baselines": {"budgets": [6, 2]}}).budgets() == [2, 6]
+    assert tiny_sweep({"method": "random", "baselines": {"budgets": [6, 2]}}).budgets() == [2, 6]
 
 
 def test_baseline_configs_keep_the_prune_recipe_without_gates_and_scratch_keeps_the_base_recipe():
-    sweep = make({"method": ["gates", "importance", "scratch"],
+    sweep = tiny_sweep({"method": ["gates", "importance", "scratch"],
                   "pretrain": {"set": {"train.max_steps": 50, "train.lr": 5e-3}},
                   "prune": {"set": {"gates.mode": "learned", "train.max_steps": 6, "eval.max_sentences": 4}},
                   "baselines": {"finetune_steps": [0, 3], "set": {"train.lr": 1e-4},
@@ -278,28 +260,28 @@ def test_scratch_models_train_on_their_own_resources_else_the_base_models():
     """Scratch trains several models as long as the base one: `baselines.scratch_resources` places them (threads and
     device), and without it they take `pretrain.resources`, as the base model does."""
     pretrain = {"set": {"train.max_steps": 50}, "resources": {"cpus": 2, "gpus": 0}}
-    shared = make({"method": ["gates", "scratch"], "pretrain": pretrain})
+    shared = tiny_sweep({"method": ["gates", "scratch"], "pretrain": pretrain})
     assert shared.scratch_resources == shared.pretrain_resources
     assert shared.scratch_config({"enc_self": [1, 3]}).train.threads == 2
-    own = make({"method": ["gates", "scratch"], "pretrain": pretrain,
+    own = tiny_sweep({"method": ["gates", "scratch"], "pretrain": pretrain,
                 "baselines": {"scratch_resources": {"cpus": 1, "gpus": 0}}})
     assert own.scratch_config({"enc_self": [1, 3]}).train.threads == 1
     assert own.base_config().train.threads == 2  # the base model keeps pretrain.resources
     from sweeps.plan import describe_plan
 
     assert "each on 1 CPUs, 0 GPUs" in describe_plan(own)
-    smoke = make({"method": ["gates", "scratch"], "baselines": {"scratch_resources": {"cpus": 4, "gpus": 1}}},
+    smoke = tiny_sweep({"method": ["gates", "scratch"], "baselines": {"scratch_resources": {"cpus": 4, "gpus": 1}}},
                  smoke_test=True)
     assert smoke.scratch_resources.gpus == 0 and smoke.scratch_config({"enc_self": [1, 1]}).train.device == "cpu"
 
 
 def test_smoke_test_shrinks_the_baselines_too():
-    sweep = make({"method": ["gates", "random"], "baselines": {"budgets": [1, 2, 3], "seeds": 5,
+    sweep = tiny_sweep({"method": ["gates", "random"], "baselines": {"budgets": [1, 2, 3], "seeds": 5,
                                                                "finetune_steps": [0, 500]}}, smoke_test=True)
     assert sweep.budgets() == [2] and sweep.schema.baselines.seeds == 1
     assert sweep.schema.baselines.finetune_steps == [10] and sweep.schema.baselines.scratch_limit == 1  # the longest
     # two tiny gate trials may close no head: the smoke test keeps the full layout, so scratch has a model to train
-    smoke = make({"method": ["gates", "scratch"], "baselines": {"scratch_full": False}}, smoke_test=True)
+    smoke = tiny_sweep({"method": ["gates", "scratch"], "baselines": {"scratch_full": False}}, smoke_test=True)
     assert smoke.schema.baselines.scratch_full is True
 
 
@@ -320,13 +302,13 @@ def test_a_relative_base_checkpoint_is_found_from_the_working_folder_or_the_swee
     (tmp_path / "results" / "base.pt").write_bytes(b"x")
     (tmp_path / "sweeps").mkdir()
     monkeypatch.chdir(tmp_path)
-    sweep = make({"pretrain": {"checkpoint": "results/base.pt"}}, base_dir=tmp_path / "sweeps")
+    sweep = tiny_sweep({"pretrain": {"checkpoint": "results/base.pt"}}, base_dir=tmp_path / "sweeps")
     assert sweep.schema.pretrain.checkpoint == str(tmp_path / "results" / "base.pt")
     (tmp_path / "sweeps" / "beside.pt").write_bytes(b"x")
-    beside = make({"pretrain": {"checkpoint": "beside.pt"}}, base_dir=tmp_path / "sweeps")
+    beside = tiny_sweep({"pretrain": {"checkpoint": "beside.pt"}}, base_dir=tmp_path / "sweeps")
     assert beside.schema.pretrain.checkpoint == str(tmp_path / "sweeps" / "beside.pt")
     with pytest.raises(ConfigError, match=r"`pretrain.checkpoint`.*tried .*missing.pt and .*missing.pt"):
-        make({"pretrain": {"checkpoint": "missing.pt"}}, base_dir=tmp_path / "sweeps")
+        tiny_sweep({"pretrain": {"checkpoint": "missing.pt"}}, base_dir=tmp_path / "sweeps")
 
 
 # The issue list of malformed sweeps, through the command itself: refused with exit status 2, naming the key and
@@ -368,7 +350,7 @@ def test_the_command_refuses_malformed_sweeps_before_ray_starts(tmp_path, monkey
 
     monkeypatch.setattr(tuner, "start_ray", no_ray)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    raw = {**copy.deepcopy(GOOD), **copy.deepcopy(patch), "wandb": {"mode": "disabled"}}
+    raw = {**copy.deepcopy(TINY_SWEEP), **copy.deepcopy(patch), "wandb": {"mode": "disabled"}}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert trainable.main([str(path), "--results", str(tmp_path / "r")]) == 2
@@ -401,8 +383,8 @@ def test_the_command_refuses_unreadable_sweep_files_with_their_line(tmp_path, mo
 
 def test_data_dir_is_made_absolute_for_every_stage_and_leaves_the_base_hash_alone(tmp_path: Path):
     """--data-dir: one absolute folder in the base config, so every stage and trial reads the same corpora."""
-    plain = sweep_from_dict(GOOD)
-    placed = sweep_from_dict(GOOD, data_dir=str(tmp_path / "corpora"))
+    plain = sweep_from_dict(TINY_SWEEP)
+    placed = sweep_from_dict(TINY_SWEEP, data_dir=str(tmp_path / "corpora"))
     for cfg in (placed.base_config(), placed.trial_config({"gates.penalty": 0.1})):
         assert cfg.data.data_dir == str(tmp_path / "corpora")
     assert base_hash(placed.base_config()) == base_hash(plain.base_config())
@@ -423,7 +405,7 @@ def test_resume_compares_what_trials_learn_not_where_they_read_it():
 def test_paths_of_a_sweep_are_absolute_before_any_trial_sees_them(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CORP", "corpora")
-    raw = copy.deepcopy(GOOD)
+    raw = copy.deepcopy(TINY_SWEEP)
     raw["pretrain"] = {"set": {"data.cache_dir": "cache"}}
     sweep = sweep_from_dict(raw, data_dir="data")
     base = sweep.base_config()

@@ -87,7 +87,7 @@ def test_scoring_takes_the_validation_front_and_a_given_base_and_caches_each_sco
     import model.evaluate
     from analysis.testset import TEST_BLEU, score_sweep
     from model.train import train
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     run = train(tiny_config("train.max_steps=2", "train.eval_every=2"), tmp_path / "run", log=lambda _: None)
     folder = tmp_path / "results" / "t"

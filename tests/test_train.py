@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from conftest import LEARN, tiny_config
 
 from model import metrics as M
 from model.checkpoint import load_checkpoint
@@ -12,28 +11,7 @@ from model.data import SyntheticCorpus
 from model.evaluate import score
 from model.train import STATUS_FILE, TrainingError, learning_rate, main, train
 from model.transformer import Transformer
-
-QUIET = dict(log=lambda _: None)
-
-
-class Interrupt(Exception):
-    pass
-
-
-def _state(path):
-    return load_checkpoint(path)["model"]
-
-
-def _interrupt_then_resume(cfg, out, stop_when):
-    """Run ``cfg`` in ``out``, kill it at the first report where ``stop_when(metrics)``, then resume it."""
-
-    def report(metrics, checkpoint):
-        if stop_when(metrics):
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(cfg, out, report=report, **QUIET)
-    return train(cfg, out, resume=True, **QUIET)
+from tests.helpers import LEARN, QUIET, Interrupt, interrupt_then_resume, state_of, tiny_config
 
 
 def test_resume_equals_unbroken_run(tmp_path, record):
@@ -45,9 +23,9 @@ def test_resume_equals_unbroken_run(tmp_path, record):
     full = train(cfg, tmp_path / "full", **QUIET)
     assert full.step == 8 and full.status == "completed"
 
-    resumed = _interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == 3)
+    resumed = interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == 3)
     assert resumed.step == 8
-    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    a, b = state_of(full.checkpoint), state_of(resumed.checkpoint)
     assert a.keys() == b.keys()
     differing = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differing, differing
@@ -129,7 +107,7 @@ def test_freeze_decoder_while_gates_learn_from_a_plain_model(tmp_path):
         train(cfg, tmp_path / "bad", init_from=base.checkpoint, **QUIET)
     cfg = tiny_config("gates.mode=learned", "gates.penalty=0.5", "train.freeze=[decoder, embeddings]")
     pruned = train(cfg, tmp_path / "prune", init_from=base.checkpoint, **QUIET)
-    before, after = _state(base.checkpoint), _state(pruned.checkpoint)
+    before, after = state_of(base.checkpoint), state_of(pruned.checkpoint)
     for k, v in before.items():
         if k.startswith(("decoder.", "decoder_norm", "output", "src_embed", "tgt_embed")):
             assert torch.equal(v, after[k]), f"frozen {k} changed"
@@ -172,7 +150,7 @@ def test_resume_of_a_checkpoint_without_the_gate_learning_rate_scale(tmp_path):
     torch.save(payload, path)
     resumed = train(cfg, tmp_path / "old", resume=True, **QUIET)
     assert resumed.step == 6
-    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    a, b = state_of(full.checkpoint), state_of(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -190,8 +168,8 @@ def test_evaluation_every_epoch_resumes_exactly(tmp_path):
     full = train(cfg, tmp_path / "full", report=lambda m, c: seen.append((m[M.STEP], m[M.EPOCH])), **QUIET)
     assert seen == [(4, 1), (8, 2), (10, 2)]  # 4 batches an epoch, and the end of the run
 
-    resumed = _interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.EPOCH] == 1)
-    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    resumed = interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.EPOCH] == 1)
+    a, b = state_of(full.checkpoint), state_of(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -280,8 +258,8 @@ def test_head_budget_ends_with_exactly_the_target_and_resumes_exactly(tmp_path, 
     assert len(kept) == 3 and sum(layer.count(-20.0) for layer in gates[2]["log_alpha"]) == 5
     assert min(kept) > before[-4] - 1.0  # the kept heads were among the most open before the budget was fixed
 
-    resumed = _interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == stop_at)
-    a, b = _state(full.checkpoint), _state(resumed.checkpoint)
+    resumed = interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == stop_at)
+    a, b = state_of(full.checkpoint), state_of(resumed.checkpoint)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [m[M.LAMBDA] for m in resumed.history] == lambdas[stop_at // 4:]
@@ -360,7 +338,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_the_weights(tmp_
     assert "non-finite gradient at step 3 (the loss was finite" in result.metrics[M.REASON]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert result.checkpoint.name == "step_00000002.pt"
-    assert all(torch.isfinite(v).all() for v in _state(result.checkpoint).values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in state_of(result.checkpoint).values() if v.is_floating_point())
     status = json.loads((tmp_path / STATUS_FILE).read_text())
     assert status["status"] == "diverged" and "non-finite gradient" in status["reason"]
     record("NaN in one parameter's gradient from step 3 on, the loss finite, gradient clipping on",
@@ -369,7 +347,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_never_reaches_the_weights(tmp_
            non_finite_weights=sum(int((~torch.isfinite(p)).sum()) for p in trainer.model.parameters()),
            last_checkpoint_step=int(result.checkpoint.stem.split("_")[1]),
            non_finite_in_last_checkpoint=sum(int((~torch.isfinite(v)).sum()) for v in
-                                             _state(result.checkpoint).values() if v.is_floating_point()))
+                                             state_of(result.checkpoint).values() if v.is_floating_point()))
 
 
 def test_a_head_budget_run_resumed_with_another_length_is_refused(tmp_path, record):

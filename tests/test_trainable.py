@@ -10,12 +10,10 @@ import math
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -23,89 +21,19 @@ import pytest
 import yaml
 
 from model import metrics as M
-from sweeps.results import checkpoint_file
-from tests.conftest import REPO, TINY
+from tests.helpers import (
+    NEEDS_DATA,
+    REPO,
+    TINY,
+    check_table,
+    run_cli,
+    start_cli,
+    trial_workers,
+    wandb_history,
+    write_sweep,
+)
 
-SHARED_DATA = REPO.parent / "shared" / "data"
-NEEDS_DATA = {"multi30k_en_de": SHARED_DATA / "multi30k", "wmt_en_ru": SHARED_DATA / "en-ru",
-              "en_ru_cpu": SHARED_DATA / "en-ru"}
 SWEEPS = sorted(p for p in (REPO / "sweeps").glob("*.yaml") if p.name != "cluster.yaml")
-
-
-def run_cli(*args: str, env: dict[str, str | None] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """The sweep command, run to its end; ``env`` adds variables to this process's, less its RAY_ADDRESS (None:
-    leaves one out)."""
-    inherited = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    full_env = {**inherited, "HEADSWEEP_DATA": str(SHARED_DATA), "RAY_DEDUP_LOGS": "0", **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if v is not None}
-    return subprocess.run([sys.executable, str(REPO / "trainable.py"), *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """The sweep command in the background (to be interrupted), output captured."""
-    env = {**os.environ, "HEADSWEEP_DATA": str(SHARED_DATA), **(env or {})}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, str(REPO / "trainable.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def write_sweep(path: Path, **patch: Any) -> Path:
-    """A small sweep over the tiny test model: 2 evaluations per trial, one core each."""
-    raw: dict[str, Any] = {
-        "name": "t",
-        "base": copy.deepcopy(TINY),
-        "pretrain": {"set": {"train.max_steps": 6, "train.eval_every": 3}},
-        "prune": {"set": {"gates.mode": "learned", "train.max_steps": 6, "train.eval_every": 3}},
-        "space": {"gates.penalty": {"loguniform": [0.01, 0.5]}, "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
-                  "data.max_tokens": {"choice": [128, 256]}},
-        "search": {"num_samples": 2, "max_concurrent": 2, "seed": 3},
-        "resources": {"cpus": 1},
-        "wandb": {"mode": "disabled"},
-    }
-    raw.update(patch)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
-    """History rows of an offline W&B run, read from its transaction log (LevelDB log format of records)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    (log,) = glob.glob(str(run_dir / "run-*.wandb"))
-    data = Path(log).read_bytes()
-    assert data[:4] == b":W&B"
-    block, pos, pending, rows = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block  # block trailer
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):  # a full record, or the last piece of one
-            record = pb.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
-
-
-def check_table(experiment: Path, trials: int, evaluations: int = 2, weights: bool = True) -> pd.DataFrame:
-    df = pd.read_csv(experiment / "trials.csv")
-    prune = df[df["stage"] == "prune"]
-    assert len(prune) == trials and (prune["status"] == "completed").all(), df[["trial_id", "status", "error"]]
-    for _, row in prune.iterrows():
-        assert Path(row["checkpoint"]).is_dir()
-        if weights:
-            checkpoint_file(row["checkpoint"])  # holds one training checkpoint
-        assert row["git_commit"] and "torch" in json.loads(row["versions"])
-        assert 0 <= row[M.OPEN_HEADS] and row["evaluations"] == evaluations
-        leftovers = [p.name for p in Path(row["trial_path"]).iterdir() if p.name == "run" or p.name.startswith("report-")]
-        assert not leftovers  # the trial's scratch folder stays out of the storage
-    return df
 
 
 @pytest.mark.slow
@@ -166,30 +94,6 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path, request: 
             assert [r["step"] for r in rows] == [5, 10]
             with_gates += bool(list((run / "files" / "media" / "images").glob("gates_*.png")))
     assert with_gates == 2  # a gate heatmap in each gate trial (base models and baselines have no gates)
-
-
-def marked_processes(marker: str, title: str = "") -> list[int]:
-    """PIDs of the processes started with ``HEADSWEEP_TEST_RUN=marker`` whose command line begins with ``title``
-    (a sweep's driver, Ray's own processes and its workers inherit the driver's environment; other Ray sessions on
-    the machine are left alone)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            if not (proc / "cmdline").read_bytes().decode(errors="replace").startswith(title):
-                continue
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"HEADSWEEP_TEST_RUN={marker}".encode() in environ:
-            pids.append(int(proc.name))
-    return pids
-
-
-def trial_workers(marker: str) -> list[int]:
-    """PIDs of the Ray worker processes running a trial of the sweep marked ``marker``."""
-    return marked_processes(marker, "ray::ImplicitFunc")
 
 
 @pytest.mark.slow
@@ -312,9 +216,8 @@ def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):
 
 
 def test_cluster_launcher_config_passes_rays_own_validation():
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
     import ray
+    from ray.autoscaler._private.util import prepare_config, validate_config
 
     text = (REPO / "sweeps" / "cluster.yaml").read_text()
     config = yaml.safe_load(text)

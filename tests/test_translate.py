@@ -1,9 +1,8 @@
 import subprocess
 import sys
 
-from conftest import REPO
-
 from model.translate import load_for_inference, translate_lines
+from tests.helpers import REPO
 
 
 def test_translate_lines_keeps_order_and_empty_lines(trained_run):

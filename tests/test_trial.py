@@ -14,7 +14,7 @@ from model import metrics as M
 from model.checkpoint import load_checkpoint
 from sweeps.results import RUN_FILES, checkpoint_file, last_record
 from sweeps.trial import run_trial
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 GATED = ("gates.mode=learned", "gates.penalty=0.05", "gates.attention=[enc_self, dec_cross]", "train.max_steps=9",
          "train.eval_every=3", "model.dropout=0.1", "gates.lr_scale=10.0")

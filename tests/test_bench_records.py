@@ -1,0 +1,65 @@
+"""Benchmark recordings (docs/bench/*.json, written by bench/record.py) are whole, their Markdown is what the
+recorder renders, their figures are the ones the output printed, and a docs page quotes every one of them; the
+recorder keeps a failed run out."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+RECORDINGS = sorted((REPO / "docs" / "bench").glob("*.json"))
+KEYS = {"name", "date", "commit", "dirty", "machine", "command", "wall_seconds", "figures", "output"}
+
+
+def _recorder():
+    spec = importlib.util.spec_from_file_location("record", REPO / "bench" / "record.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_there_are_recordings():
+    assert len(RECORDINGS) >= 8, [p.name for p in RECORDINGS]
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
+def test_a_recording_is_whole_and_its_page_is_what_the_recorder_renders(path: Path):
+    recorder = _recorder()
+    recording = json.loads(path.read_text(encoding="utf-8"))
+    assert KEYS <= set(recording), KEYS - set(recording)
+    assert recording["name"] == path.stem and re.fullmatch(r"[0-9a-f]{40}", recording["commit"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", recording["date"])
+    assert {"cpu", "cores", "torch", "load_average_1min"} <= set(recording["machine"])
+    assert re.match(r"^(HEADSWEEP_DATA=\S+ )?python bench/\w+\.py", recording["command"]), recording["command"]
+    assert recording["figures"] == recorder.figures(recording["output"]) and recording["figures"]
+    assert path.with_suffix(".md").read_text(encoding="utf-8") == recorder.render(recording)
+    quoted = [p for p in (REPO / "docs").rglob("*.md")
+              if f"bench/{path.stem}.md by python -m analysis.writeup -->" in p.read_text(encoding="utf-8")]
+    assert quoted, f"no docs page quotes docs/bench/{path.stem}.md"
+
+
+def test_figures_are_the_name_value_lines_and_a_failed_benchmark_is_not_recorded(tmp_path: Path, monkeypatch):
+    recorder = _recorder()
+    assert recorder.figures("x 1.5\nspeedup=1.25\nnot a=figure\nratio=-3e-2\nspeedup=1.5\n") == {
+        "speedup": 1.5, "ratio": -0.03}
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "fails.py").write_text("print('speedup=9.9'); raise SystemExit(3)\n")
+    (bench / "plain.py").write_text("print('no figure here')\n")
+    (bench / "fine.py").write_text("import sys; print('args', sys.argv[1:]); print('speedup=2.0')\n")
+    monkeypatch.setattr(recorder, "REPO", tmp_path)
+    monkeypatch.setattr(recorder, "RECORDINGS", tmp_path / "docs" / "bench")
+    assert recorder.main(["fails"]) == 3 and recorder.main(["plain"]) == 2
+    assert not (tmp_path / "docs" / "bench").exists()
+    assert recorder.main(["fine", "--as", "fine_2", "--", "--threads", "2"]) == 0
+    saved = json.loads((tmp_path / "docs" / "bench" / "fine_2.json").read_text())
+    assert saved["figures"] == {"speedup": 2.0} and "args ['--threads', '2']" in saved["output"]
+    assert saved["command"] == "python bench/fine.py --threads 2" and saved["machine"]["cores"] >= 1
+    assert (tmp_path / "docs" / "bench" / "fine_2.md").read_text().endswith(
+        "$ python bench/fine.py --threads 2\nargs ['--threads', '2']\nspeedup=2.0\n```\n")

@@ -299,7 +299,9 @@ def score_sweep(gates_folder: str | Path, beam: int = TEST.beam_size, batch_size
             refs_seen.add(found["references_sha256"])
             is_base = row[STAGE] == PRETRAIN
             count = row.get(heads)
-            per_layer = found.get(MODEL_HEADS) if is_base else None  # a base given as a file: its config's
+            per_layer = None  # a base model's heads per layer: cached with its score (a file), else its checkpoint's
+            if is_base:
+                per_layer = found.get(MODEL_HEADS) or model_heads(str(row[CHECKPOINT]))
             if is_base and (count is None or pd.isna(count)):
                 if per_layer is None:
                     raise ScoringError(f"base model {row[CHECKPOINT]}: no score cached with its heads and no "

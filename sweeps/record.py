@@ -11,7 +11,7 @@ and tuner pickles, each trial's folder with ``result.json``, ``progress.csv``, `
 every kept checkpoint's copy of the logs, and the offline W&B runs. This command turns such a folder into a
 *record*:
 
-- kept as they are: ``trials.csv``, ``sweep.json``, ``optuna.db``, ``test_scores.csv``, ``report/`` (its Markdown,
+- kept as they are: ``trials.csv``, ``sweep.json``, ``finished.json``, ``optuna.db``, ``test_scores.csv``, ``report/`` (its Markdown,
   PNGs and CSVs);
 - each trial's logs (``metrics.jsonl``, ``gates.jsonl``, ``samples.jsonl`` of the checkpoint ``trials.csv`` names)
   move into one file, ``trial_logs.jsonl`` (:data:`TRIAL_LOGS_FILE`), one line per trial;
@@ -20,8 +20,9 @@ every kept checkpoint's copy of the logs, and the offline W&B runs. This command
 - everything else goes, and ``record.json`` (:data:`RECORD_FILE`) says what went, when, and from which commit.
 
 A record is finished for good: ``--resume`` of its sweep skips it (its ``trials.csv`` stands for its trials) and
-``analysis`` reads its trials' histories, gates and samples from ``trial_logs.jsonl``. A folder whose trials did not
-all finish (or diverge) is refused and left as it is: resuming it needs Tune's state. Rerunning the sweep brings the
+``analysis`` reads its trials' histories, gates and samples from ``trial_logs.jsonl``. A folder the sweep's driver has
+not marked finished (``finished.json``: written once every trial the method expects completed or diverged; a sweep
+interrupted before all its trials started has none) is refused and left as it is: resuming it needs Tune's state. Rerunning the sweep brings the
 rest back (see docs/experiments/README.md). Only local folders: a sweep in remote storage is recorded from a copy.
 """
 
@@ -44,6 +45,7 @@ from model.train import GATES_FILE, METRICS_FILE, SAMPLES_FILE
 
 from .results import (
     CHECKPOINT,
+    FINISHED_FILE,
     FINISHED_STATUSES,
     OPTUNA_FILE,
     PRUNE,
@@ -61,7 +63,7 @@ from .results import (
     local_logs,
 )
 
-KEPT = (TRIALS_FILE, SWEEP_FILE, OPTUNA_FILE, TEST_SCORES_FILE, TEST_DIR, REPORT_DIR, TRIAL_LOGS_FILE, RECORD_FILE)
+KEPT = (TRIALS_FILE, SWEEP_FILE, FINISHED_FILE, OPTUNA_FILE, TEST_SCORES_FILE, TEST_DIR, REPORT_DIR, TRIAL_LOGS_FILE, RECORD_FILE)
 LOGS = {"metrics": METRICS_FILE, "gates": GATES_FILE, "samples": SAMPLES_FILE}  # trial_logs.jsonl key: the file
 
 
@@ -100,6 +102,9 @@ def check_finished(folder: Path) -> pd.DataFrame:
     if not table.is_file():
         raise RecordError(f"{folder} holds no {TRIALS_FILE}: not a sweep's method folder, or its sweep has not "
                           f"written its table yet")
+    if not (folder / FINISHED_FILE).is_file():
+        raise RecordError(f"{folder} holds no {FINISHED_FILE}: its sweep has not finished this method (the driver "
+                          f"writes it once every trial it expects completed or diverged); resume the sweep first")
     trials = pd.read_csv(table, dtype={TRIAL_ID: str})
     prune = trials[trials[STAGE] == PRUNE]
     if prune.empty:

@@ -37,6 +37,7 @@ WANDB_DIR = "wandb"  # offline W&B runs of a sweep on local storage
 TEST_DIR = "test"  # in a method folder: one <trial id>.json per trial scored on the test split (analysis.testset)
 TEST_SCORES_FILE = "test_scores.csv"  # in a method folder: the test scores of its scored trials
 REPORT_DIR = "report"  # in a method folder: its report (analysis.report, analysis.testset)
+FINISHED_FILE = "finished.json"  # in a method folder whose every expected trial completed or diverged (the driver)
 RECORD_FILE = "record.json"  # in a method folder kept as a record (sweeps.record): what was removed, when
 TRIAL_LOGS_FILE = "trial_logs.jsonl"  # in a record: one line per trial, its metrics, gates and samples logs
 RUN_FILES = ("config.yaml", METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE, DATA_STATS_FILE)

@@ -25,6 +25,7 @@ from .placement import check_placement, check_shared_storage, read_autoscaler
 from .raycluster import cluster_to_join, start_ray
 from .results import (
     BUDGET,
+    FINISHED_FILE,
     FINISHED_STATUSES,
     LAYOUT,
     LAYOUT_SEED,
@@ -315,6 +316,9 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
             tables[run] = write_trials_table(folder, params, grid, base_results, run.method)
             if unfinished_trials(sweep, run, tables[run]):  # interrupted (Ctrl-C) or failed: later methods wait
                 break
+            done = {"trials": int((tables[run][STAGE] == PRUNE).sum()), "expected": expected_trials(sweep, run,
+                                                                                                   tables[run])}
+            write_text(join_storage(folder, FINISHED_FILE), json.dumps(done) + "\n")  # what sweeps.record asks for
     finally:
         if started:
             ray.shutdown()

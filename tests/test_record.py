@@ -51,6 +51,7 @@ def finished_folder(root: Path, statuses=("completed", "diverged")) -> Path:
                      "checkpoint": str(ckpt), "trial_path": str(ckpt.parent)})
     pd.DataFrame(rows).to_csv(folder / "trials.csv", index=False)
     (folder / "sweep.json").write_text(json.dumps({"name": "sweep"}))
+    (folder / "finished.json").write_text(json.dumps({"trials": len(rows), "expected": len(rows)}))
     (folder / "optuna.db").write_bytes(b"study")
     (folder / TEST_DIR).mkdir()
     (folder / TEST_DIR / "t0.json").write_text(json.dumps({"trial_id": "t0", "hypotheses": ["ein Hund"]}) + "\n")
@@ -77,7 +78,7 @@ def test_a_finished_folder_keeps_what_analysis_reads_and_loses_the_internals(tmp
     summary = record_folder(folder)
     shutil.move(folder, moved)
     assert is_record(moved) and sorted(p.name for p in moved.iterdir()) == sorted(
-        {"trials.csv", "sweep.json", "optuna.db", TEST_DIR, "report", TRIAL_LOGS_FILE, RECORD_FILE})
+        {"trials.csv", "sweep.json", "finished.json", "optuna.db", TEST_DIR, "report", TRIAL_LOGS_FILE, RECORD_FILE})
     assert set(p.name for p in moved.iterdir()) <= set(KEPT)
     assert summary["trials"] == 2 and summary["test_files_compressed"] == 1
     assert "wandb/" in summary["removed"] and "tuner.pkl" in summary["removed"]
@@ -123,6 +124,13 @@ def test_an_unfinished_or_incomplete_folder_is_refused_and_left_as_it_is(tmp_pat
     assert _tree(folder2) == tree
     with pytest.raises(RecordError, match="holds no trials.csv"):
         record_folder(tmp_path / "first")
+    # every row finished, but the sweep stopped before all its trials started: the driver never marked it finished
+    folder3 = finished_folder(tmp_path / "c")
+    (folder3 / "finished.json").unlink()
+    tree = _tree(folder3)
+    with pytest.raises(RecordError, match="holds no finished.json: its sweep has not finished this method"):
+        record_folder(folder3)
+    assert _tree(folder3) == tree
 
 
 def test_a_resumed_sweep_counts_a_record_as_started_and_finished(tmp_path):

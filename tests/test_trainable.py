@@ -52,6 +52,8 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path, request: 
     assert "Traceback" not in output, output[max(0, output.find("Traceback") - 2000):][:6000]
     experiment = tmp_path / f"{path.stem}-smoke"
     df = check_table(experiment, trials=2)
+    # the driver marks a method folder finished once every trial it expects has (what sweeps.record asks for)
+    assert json.loads((experiment / "finished.json").read_text()) == {"trials": 2, "expected": 2}
     bases = df[df["stage"] == "pretrain"]
     sweep = yaml.safe_load(path.read_text())
     expected_bases = len(sweep["space"].get("model.encoder_layers", {}).get("choice", [None]))
@@ -79,6 +81,7 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path, request: 
         table = pd.read_csv(folder / "trials.csv")
         trials = table[table["stage"] == "prune"]
         assert len(trials) and (trials["status"] == "completed").all() and set(trials["base"]) == set(bases["base"])
+        assert json.loads((folder / "finished.json").read_text())["trials"] == len(trials)
         baseline_trials += len(trials)
     assert {f.name.split("-smoke-")[1].split("-")[0] for f in tmp_path.glob(f"{path.stem}-smoke-*")} == set(methods)
     # W&B: one offline run per trial and base, with the metrics of every evaluation

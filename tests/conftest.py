@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from tests.helpers import LEARN, SLOW_FIXTURES, tiny_config  # first: it sets the environment every test process shares
+# first: it sets the environment every test process shares
+from tests.helpers import LEARN, SHARED_FIXTURES, SLOW_FIXTURES, TEST_SESSION, tiny_config
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -36,9 +41,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With $HEADSWEEP_RELIABILITY_OUT set, the run's own duration ends the figures file (bench/reliability.py
-    states it on the page: measured, never typed in)."""
+    states it on the page: measured, never typed in). Under pytest-xdist the controller writes it, with the
+    outcomes of every worker; the workers write nothing."""
     out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
-    if out and _SESSION_START:
+    if out and _SESSION_START and not hasattr(session.config, "workerinput"):
         with open(out, "a", encoding="utf-8") as f:
             reporter = session.config.pluginmanager.get_plugin("terminalreporter")
             outcomes = {k: len(v) for k, v in (reporter.stats if reporter else {}).items()
@@ -47,13 +53,49 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                                 "outcomes": outcomes}) + "\n")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The `slow` marker (pyproject.toml) on every test that uses a slow fixture, besides those marked by hand
     (they start Ray, run the sweep command or train for more than a few seconds): `pytest -m "not slow"` is the
-    fast loop."""
+    fast loop. Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml) the tests that read one session
+    fixture's run share a worker, so that run happens once; the tests that start a Ray head with `ray start` (Ray's
+    fixed default ports for its client server and agent) share one too, one at a time."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & used:
             item.add_marker(pytest.mark.slow)
+        shared = [name for name in SHARED_FIXTURES if name in used]
+        if item.get_closest_marker("ray_head"):
+            shared.append("ray_head")
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
+def node_name(item: pytest.Item) -> str:
+    """The test's node id as pytest names it without pytest-xdist (which appends "@group" under --dist loadgroup)."""
+    return re.sub(r"@\w+$", "", item.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A test marked `alone` (it runs `ray up`/`ray down`, which stop every Ray process on the machine) runs while
+    no other test does: under pytest-xdist every test holds a shared lock over its setup, call and teardown (session
+    fixtures included) and an `alone` test an exclusive one; a waiting `alone` test goes before tests that arrive
+    after it. Without pytest-xdist there is one test at a time anyway and no lock is taken."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return (yield)
+    alone = item.get_closest_marker("alone") is not None
+    stem = Path(tempfile.gettempdir()) / f"headsweep-tests-{TEST_SESSION}"
+    with open(f"{stem}.gate", "a") as gate, open(f"{stem}.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)  # the gate: taken in turn, so a waiting exclusive lock blocks new tests
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            return (yield)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +115,7 @@ def record(request: pytest.FixtureRequest):
         out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
         if out:
             with open(out, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"test": request.node.nodeid, "what": what, **figures}) + "\n")
+                f.write(json.dumps({"test": node_name(request.node), "what": what, **figures}) + "\n")
     return write
 
 

@@ -38,6 +38,8 @@ TEST_SESSION = os.environ.setdefault("HEADSWEEP_TEST_SESSION", f"{os.getpid()}-{
 
 # Fixtures that run a sweep, train a model or start a server: a test that uses one is slow by that alone
 SLOW_FIXTURES = {"quickstart_smoke", "sweep_dir", "trained_run", "model_and_sources", "s3_server", "s3_outage"}
+# Session fixtures whose run the tests only read: under pytest-xdist their tests share one worker (conftest.py)
+SHARED_FIXTURES = ("quickstart_smoke", "trained_run")
 
 TINY: dict[str, Any] = {
     "model": {"d_model": 16, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 2, "d_ff": 32, "dropout": 0.1,

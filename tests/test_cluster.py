@@ -143,6 +143,7 @@ def test_what_the_driver_sends_to_workers_holds_no_secret(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.ray_head
 def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, record):
     """Ray's documented way to test autoscaling on one machine: `RAY_FAKE_CLUSTER=1 ray start --head
     --autoscaling-config=...`, here with a head that offers no CPU, so that every trial waits for a worker node of
@@ -205,6 +206,7 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
 
 
 @pytest.mark.slow
+@pytest.mark.ray_head
 def test_a_corpus_missing_on_the_node_that_runs_the_trial_is_refused_naming_the_node(tmp_path: Path, monkeypatch):
     """On a cluster the driver cannot look at the workers' disks: a corpus of files that the trial's node lacks
     fails that trial with the node and the path named, and the sweep stops with that reason."""
@@ -229,6 +231,7 @@ def test_a_corpus_missing_on_the_node_that_runs_the_trial_is_refused_naming_the_
 
 
 @pytest.mark.slow
+@pytest.mark.ray_head
 def test_the_tests_stop_only_a_ray_they_started(tmp_path: Path):
     """A sweep may run beside the test suite: a Ray started without this session's mark counts as another's (the
     `ray up` test skips while one runs, since `ray up` and `ray down` stop every Ray of the head), and stopping a

@@ -118,6 +118,8 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -
 
 
 @pytest.mark.skipif(bool(_missing()), reason=_missing() or "runs")
+@pytest.mark.ray_head
+@pytest.mark.alone
 def test_ray_up_submit_job_submit_and_down_on_a_local_cluster_with_s3(s3_server, record):
     if others := ray_not_started_by_tests():
         pytest.skip(f"another Ray runs on this machine (PIDs {others}): `ray up` and `ray down` stop every Ray "

@@ -64,6 +64,7 @@ def _ray_status(env: dict[str, str], port: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.ray_head
 def test_a_default_cluster_with_token_authentication_is_joined_every_way_a_driver_reaches_it(tmp_path: Path, record):
     home, other, empty = (tmp_path / n for n in ("home", "other", "empty"))
     for h in (home, other, empty):
@@ -122,6 +123,7 @@ def test_a_default_cluster_with_token_authentication_is_joined_every_way_a_drive
 
 
 @pytest.mark.slow
+@pytest.mark.ray_head
 def test_a_cluster_without_authentication_is_joined_as_it_is(tmp_path: Path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()

@@ -189,6 +189,7 @@ def test_driver_interrupted_at_every_stage_then_resumed_loses_nothing(tmp_path: 
            evaluations_redone=redone, evaluations=evaluations, optuna_complete=len(complete))
 
 
+@pytest.mark.ray_head
 def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_another_node(tmp_path: Path, record,
                                                                                             monkeypatch, s3_server):
     """A two-node cluster whose head has no CPUs for trials, results on S3: the trial runs on worker A; once it has

@@ -201,6 +201,7 @@ def test_a_second_sweep_with_the_same_base_reuses_its_base_model(tmp_path: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.ray_head
 def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
     from ray.cluster_utils import Cluster

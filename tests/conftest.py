@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
-import re
+import pickle
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 import torch
 
 # first: it sets the environment every test process shares
-from tests.helpers import LEARN, SHARED_FIXTURES, SLOW_FIXTURES, TEST_SESSION, tiny_config
+from tests.helpers import LEARN, SLOW_FIXTURES, TEST_SESSION, tiny_config
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -30,8 +32,6 @@ def _seed() -> None:
     torch.set_num_threads(1)
 
 
-
-
 _SESSION_START: list[float] = []
 
 
@@ -42,9 +42,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With $HEADSWEEP_RELIABILITY_OUT set, the run's own duration ends the figures file (bench/reliability.py
     states it on the page: measured, never typed in). Under pytest-xdist the controller writes it, with the
-    outcomes of every worker; the workers write nothing."""
+    outcomes of every worker (and removes the session's lock files); the workers write nothing."""
+    if hasattr(session.config, "workerinput"):
+        return
+    for name in ("gate", "lock", "ray_head"):
+        Path(lock_file(name)).unlink(missing_ok=True)
     out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
-    if out and _SESSION_START and not hasattr(session.config, "workerinput"):
+    if out and _SESSION_START:
         with open(out, "a", encoding="utf-8") as f:
             reporter = session.config.pluginmanager.get_plugin("terminalreporter")
             outcomes = {k: len(v) for k, v in (reporter.stats if reporter else {}).items()
@@ -53,49 +57,56 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                                 "outcomes": outcomes}) + "\n")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The `slow` marker (pyproject.toml) on every test that uses a slow fixture, besides those marked by hand
     (they start Ray, run the sweep command or train for more than a few seconds): `pytest -m "not slow"` is the
-    fast loop. Under pytest-xdist (`-n 2 --dist loadgroup`, pyproject.toml) the tests that read one session
-    fixture's run share a worker, so that run happens once; the tests that start a Ray head with `ray start` (Ray's
-    fixed default ports for its client server and agent) share one too, one at a time."""
+    fast loop."""
     for item in items:
-        used = set(getattr(item, "fixturenames", ()))
-        if SLOW_FIXTURES & used:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        shared = [name for name in SHARED_FIXTURES if name in used]
-        if item.get_closest_marker("ray_head"):
-            shared.append("ray_head")
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
 
 
-def node_name(item: pytest.Item) -> str:
-    """The test's node id as pytest names it without pytest-xdist (which appends "@group" under --dist loadgroup)."""
-    return re.sub(r"@\w+$", "", item.nodeid)
+def lock_file(name: str) -> str:
+    """A lock file that every process of this test session (pytest-xdist's workers) opens by the same name."""
+    return str(Path(tempfile.gettempdir()) / f"headsweep-tests-{TEST_SESSION}.{name}")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
-    """A test marked `alone` (it runs `ray up`/`ray down`, which stop every Ray process on the machine) runs while
-    no other test does: under pytest-xdist every test holds a shared lock over its setup, call and teardown (session
-    fixtures included) and an `alone` test an exclusive one; a waiting `alone` test goes before tests that arrive
-    after it. Without pytest-xdist there is one test at a time anyway and no lock is taken."""
+    """Under pytest-xdist (`-n 2`, pyproject.toml) two tests run at once, except where they must not: every test
+    holds a shared lock over its setup, call and teardown (session fixtures included), and a test marked `alone`
+    (it runs `ray up`/`ray down`, which stop every Ray process on the machine) an exclusive one, which a waiting
+    `alone` test takes before tests that arrive after it; a test marked `ray_head` (`ray start --head` binds Ray's
+    fixed default ports for its client server and agent) also holds a lock that no other such test holds at the
+    same time. Without pytest-xdist there is one test at a time anyway and no lock is taken."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return (yield)
     alone = item.get_closest_marker("alone") is not None
-    stem = Path(tempfile.gettempdir()) / f"headsweep-tests-{TEST_SESSION}"
-    with open(f"{stem}.gate", "a") as gate, open(f"{stem}.lock", "a") as lock:
-        fcntl.flock(gate, fcntl.LOCK_EX)  # the gate: taken in turn, so a waiting exclusive lock blocks new tests
+    with contextlib.ExitStack() as held:
+        gate, lock = (held.enter_context(open(lock_file(name), "a")) for name in ("gate", "lock"))
+        fcntl.flock(gate, fcntl.LOCK_EX)  # taken in turn, so that a waiting exclusive lock blocks new tests
         try:
             fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         finally:
             fcntl.flock(gate, fcntl.LOCK_UN)
-        try:
-            return (yield)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        if item.get_closest_marker("ray_head") is not None:
+            fcntl.flock(held.enter_context(open(lock_file("ray_head"), "a")), fcntl.LOCK_EX)
+        return (yield)  # closing the files releases their locks
+
+
+def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[], Any]) -> Any:
+    """``make()``, run once in this test session: under pytest-xdist the first worker to ask runs it and pickles
+    its result into the session's shared temporary folder; the others wait for it and read it (the tests that use
+    these runs only read them)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make()
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-of-<user>/pytest-<n>: the workers' basetemps are in it
+    with open(shared / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / f"{name}.pickle"
+        if not done.exists():
+            done.write_bytes(pickle.dumps(make()))
+        return pickle.loads(done.read_bytes())
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +115,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory):
     learning, decoding and the translate command."""
     from model.train import train
 
-    return train(tiny_config(*LEARN), tmp_path_factory.mktemp("trained"), log=lambda _: None)
+    return once_per_session(tmp_path_factory, "trained_run",
+                            lambda: train(tiny_config(*LEARN), tmp_path_factory.mktemp("trained"), log=lambda _: None))
 
 
 @pytest.fixture
@@ -115,7 +127,7 @@ def record(request: pytest.FixtureRequest):
         out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
         if out:
             with open(out, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"test": node_name(request.node), "what": what, **figures}) + "\n")
+                f.write(json.dumps({"test": request.node.nodeid, "what": what, **figures}) + "\n")
     return write
 
 
@@ -294,7 +306,10 @@ def quickstart_smoke(tmp_path_factory: pytest.TempPathFactory):
     the analysis tests share it; they only read it."""
     from tests.helpers import run_cli
 
-    root = tmp_path_factory.mktemp("quickstart")
-    return run_cli("sweeps/quickstart.yaml", "--smoke-test", "--results", str(root)), root
+    def run() -> tuple[Any, Path]:
+        root = tmp_path_factory.mktemp("quickstart")
+        return run_cli("sweeps/quickstart.yaml", "--smoke-test", "--results", str(root)), root
+
+    return once_per_session(tmp_path_factory, "quickstart_smoke", run)
 
 

@@ -4,15 +4,18 @@ tests import this module as ``tests.helpers``, never conftest."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import json
 import os
 import secrets
+import shutil
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +41,6 @@ TEST_SESSION = os.environ.setdefault("HEADSWEEP_TEST_SESSION", f"{os.getpid()}-{
 
 # Fixtures that run a sweep, train a model or start a server: a test that uses one is slow by that alone
 SLOW_FIXTURES = {"quickstart_smoke", "sweep_dir", "trained_run", "model_and_sources", "s3_server", "s3_outage"}
-# Session fixtures whose run the tests only read: under pytest-xdist their tests share one worker (conftest.py)
-SHARED_FIXTURES = ("quickstart_smoke", "trained_run")
 
 TINY: dict[str, Any] = {
     "model": {"d_model": 16, "n_heads": 4, "encoder_layers": 2, "decoder_layers": 2, "d_ff": 32, "dropout": 0.1,
@@ -121,6 +122,27 @@ def stop_ray_in(ray_tmpdir: str | Path, timeout: float = 30) -> None:
         deadline = time.time() + wait
         while started_there() and time.time() < deadline:
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def loopback_cluster(monkeypatch: pytest.MonkeyPatch, **head_args: Any):
+    """A multi-node Ray on 127.0.0.1 in this process (``ray.cluster_utils.Cluster``, head started with
+    ``head_args``), in a Ray folder of its own (RAY_TMPDIR, short enough for Ray's socket paths): Ray records the
+    address of such a cluster in ``<Ray folder>/ray_current_cluster``, where a sweep started elsewhere on this
+    machine without --address would find and join it (the CLI joins a cluster started on its node). Shut down and
+    its folder removed at the end."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
+    folder = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head_args})
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+        stop_ray_in(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def ray_not_started_by_tests() -> list[int]:

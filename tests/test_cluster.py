@@ -210,21 +210,15 @@ def test_a_sweep_waits_for_the_nodes_rays_fake_autoscaler_adds(tmp_path: Path, r
 def test_a_corpus_missing_on_the_node_that_runs_the_trial_is_refused_naming_the_node(tmp_path: Path, monkeypatch):
     """On a cluster the driver cannot look at the workers' disks: a corpus of files that the trial's node lacks
     fails that trial with the node and the path named, and the sweep stops with that reason."""
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
-    from ray.cluster_utils import Cluster
-
-    from tests.helpers import TINY
+    from tests.helpers import TINY, loopback_cluster
 
     base = copy.deepcopy(TINY)
     base["data"].pop("synthetic")
     missing = tmp_path / "only-on-the-driver"
     base["data"].update(corpus="files", files={s: str(missing / s) for s in ("train", "valid", "test")})
     sweep = write_sweep(tmp_path / "s.yaml", base=base, search={"num_samples": 1, "max_concurrent": 1})
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
+    with loopback_cluster(monkeypatch, num_cpus=1) as cluster:
         proc = run_cli(str(sweep), "--address", cluster.address, "--no-report", "--results", str(tmp_path / "r"))
-    finally:
-        cluster.shutdown()
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"on node [0-9.]+ \(\S+\): data\.files\.train: no such file", proc.stderr), proc.stderr[-3000:]
     assert str(missing / "train") in proc.stderr

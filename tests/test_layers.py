@@ -136,7 +136,7 @@ def test_a_trials_run_config_is_validated_once(monkeypatch):
     assert cfg.gates.mode == "learned" and cfg.train.progress is False and cfg.train.threads == 1
 
 
-SLOW_CALLS = {"run_cli", "start_cli", "Cluster", "start_ray_head", "_run"}  # the sweep command, Ray, `ray up`
+SLOW_CALLS = {"run_cli", "start_cli", "Cluster", "loopback_cluster", "start_ray_head", "_run"}  # the sweep command, Ray, `ray up`
 
 
 def _marked_slow(decorators: list[ast.expr]) -> bool:

@@ -19,7 +19,7 @@ from ray.tune import ExperimentAnalysis
 from model import metrics as M
 from model.checkpoint import load_checkpoint
 from sweeps.results import checkpoint_file
-from tests.helpers import check_table, marked_processes, run_cli, start_cli, write_sweep
+from tests.helpers import check_table, loopback_cluster, marked_processes, run_cli, start_cli, write_sweep
 
 pytestmark = pytest.mark.slow  # every test here runs sweeps or a cluster
 
@@ -196,14 +196,10 @@ def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_an
     reported a checkpoint to the bucket, A is removed and worker B joins. Tune retries the trial on B from its last
     checkpoint, read back from the bucket (B shares no disk with A). (A is removed first, at the first of ten
     evaluations, so that the trial cannot finish before its node is gone.)"""
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
-    from ray.cluster_utils import Cluster
-
     from sweeps.storage import download
 
     results = s3_server.uri("node-removed")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    try:
+    with loopback_cluster(monkeypatch, num_cpus=0) as cluster:
         node_a = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         recipe = {"set": {"gates.mode": "learned", "train.max_steps": 1000, "train.eval_every": 100}}
@@ -222,8 +218,6 @@ def test_a_worker_node_removed_mid_trial_is_replaced_and_the_trial_resumes_on_an
         cluster.wait_for_nodes()
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
-    finally:
-        cluster.shutdown()
     experiment = download(results + "/t", tmp_path / "copy", skip=(".pt",))
     df = pd.read_csv(experiment / "trials.csv")
     prune = df[df["stage"] == "prune"]
@@ -373,10 +367,12 @@ def test_a_resume_whose_searcher_state_is_older_than_tunes_finishes_every_trial(
     def ahead() -> bool:
         """Tune's state names an unfinished trial it did not name when the searcher's pickle was read; else the
         pickle is read again."""
+        # the searcher's files first, then Tune's state: Tune writes its state before the searcher's, so files
+        # read first are no newer than the state read after them, and know no trial that state does not name
+        files = {p: p.read_bytes() for p in experiment.glob("searcher-state-*.pkl")}
         trials = named()
         if old and any(t not in known and status != "TERMINATED" for t, status in trials.items()):
             return True
-        files = {p: p.read_bytes() for p in experiment.glob("searcher-state-*.pkl")}
         if trials and files:
             old.clear()
             old.update(files)

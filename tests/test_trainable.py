@@ -26,6 +26,7 @@ from tests.helpers import (
     REPO,
     TINY,
     check_table,
+    loopback_cluster,
     run_cli,
     start_cli,
     trial_workers,
@@ -203,20 +204,14 @@ def test_a_second_sweep_with_the_same_base_reuses_its_base_model(tmp_path: Path)
 @pytest.mark.slow
 @pytest.mark.ray_head
 def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the test cluster on loopback
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
+    with loopback_cluster(monkeypatch, num_cpus=1) as cluster:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         sweep = write_sweep(tmp_path / "s.yaml")
         proc = run_cli(str(sweep), "--address", cluster.address, "--no-report", "--results", str(tmp_path))
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        df = check_table(tmp_path / "t", trials=2)
-        assert len(df[df["stage"] == "pretrain"]) == 1
-    finally:
-        cluster.shutdown()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = check_table(tmp_path / "t", trials=2)
+    assert len(df[df["stage"] == "pretrain"]) == 1
 
 
 def test_cluster_launcher_config_passes_rays_own_validation():

@@ -103,9 +103,10 @@ def _scratch_dir():
 
 
 def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], cfg, init_from: str | None,
-         scratch: Path, method: str = GATES) -> None:
+         scratch: Path, method: str = GATES, base: str | None = None) -> None:
     """Shared body of the trainables: restore, train ``cfg`` (from ``init_from``'s weights when fresh; None: random
-    initialisation), report every evaluation to Tune (with its checkpoint folder) and W&B."""
+    initialisation; with ``distill``, learning from ``base``, the unpruned base model), report every evaluation to
+    Tune (with its checkpoint folder) and W&B."""
     from ray import tune
 
     _quiet_termination()
@@ -139,9 +140,9 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         run_dir = scratch / "run"
         if restore is not None:
             with restore.as_directory() as folder:
-                run_trial(cfg, run_dir, report, restore_from=folder, log=_trial_log)
+                run_trial(cfg, run_dir, report, restore_from=folder, log=_trial_log, teacher=base)
         else:
-            run_trial(cfg, run_dir, report, init_from=init_from, log=_trial_log)
+            run_trial(cfg, run_dir, report, init_from=init_from, log=_trial_log, teacher=base)
     except CorpusError as exc:  # a corpus this node lacks (and cannot download): say which node
         logger.finish(exit_code=1)
         raise CorpusError(f"on node {_node()}: {exc}") from None
@@ -204,7 +205,7 @@ def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     key = base_hash(sweep.base_config(params)) if sweep.pretraining else ""
     with _scratch_dir() as scratch:
         base = _base_file(setup.bases[key], Path(scratch)) if sweep.pretraining else None
-        _run(setup, PRUNE, key, params, cfg, base, Path(scratch))
+        _run(setup, PRUNE, key, params, cfg, base, Path(scratch), base=base)
 
 
 def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
@@ -215,10 +216,11 @@ def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) 
     with _scratch_dir() as scratch:
         start = Path(scratch) / "pruned_start.pt"
         b = sweep.schema.baselines
-        cfg = pruned_start(_base_file(setup.bases[key], Path(scratch)), sweep.baseline_config(run.finetune_steps, params),
-                           run.method, int(params[BUDGET]), seed, b.importance_batches, start, log=_trial_log,
-                           sample_seed=sweep.sample_seed(seed), fraction=b.iterative_fraction)
-        _run(setup, PRUNE, key, params, cfg, str(start), Path(scratch), method=run.method)
+        base = _base_file(setup.bases[key], Path(scratch))
+        cfg = pruned_start(base, sweep.baseline_config(run.finetune_steps, params), run.method, int(params[BUDGET]), seed,
+                           b.importance_batches, start, log=_trial_log, sample_seed=sweep.sample_seed(seed),
+                           fraction=b.iterative_fraction)
+        _run(setup, PRUNE, key, params, cfg, str(start), Path(scratch), method=run.method, base=base)
 
 
 def gates_budget_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
@@ -229,7 +231,7 @@ def gates_budget_trainable(params: dict[str, Any], setup: TrialSetup, run: Metho
     cfg = sweep.gates_budget_config(params)
     with _scratch_dir() as scratch:
         base = _base_file(setup.bases[key], Path(scratch))
-        _run(setup, PRUNE, key, params, cfg, base, Path(scratch), method=run.method)
+        _run(setup, PRUNE, key, params, cfg, base, Path(scratch), method=run.method, base=base)
 
 
 def scratch_trainable(params: dict[str, Any], setup: TrialSetup) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, ConfigError, stored_config
 from .data import Tokenizer, Tokenizers
 from .files import atomic_write
 from .transformer import Transformer
@@ -98,7 +98,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def checkpoint_config(payload: dict[str, Any]) -> Config:
     try:
-        return config_from_dict(payload["config"])
+        return stored_config(payload["config"])
     except ConfigError as exc:
         raise CheckpointError(f"the checkpoint's stored config is invalid: {exc}") from exc
 

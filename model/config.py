@@ -76,13 +76,37 @@ class GateConfig:
     # so that "open heads" counts what the pruned model needs; 0 turns this off
     min_open: float = 0.1
     min_open_tolerance: float = 0.0  # BLEU the removal of those heads may cost (0: none)
-    # head budget: end with exactly this many gated heads open (null: lambda is fixed and decides). Until
-    # target_fix_at x max_steps, lambda (starting at `penalty`, or 0.01 if that is 0) is multiplied after every step by
-    # exp(target_gain * (expected open heads - target) / gated heads); then the target_open heads with the highest
-    # log_alpha are kept, the others closed for good, lambda set to 0, and the rest of the run adapts to them
-    target_open: int | None = None
-    target_gain: float = 0.05  # how fast lambda follows the expected open-head count
+    # head budget: end with exactly this many gated heads open, in all gated attention together (an integer) or per
+    # attention type (a mapping, e.g. {enc_self: 6, dec_cross: 4}); null: the penalty lambda decides (Voita et al.).
+    # The gates then train under a Lagrangian constraint (Wang et al. 2020; Xia et al. 2022) instead of the penalty:
+    # lambda1 * (s - t) + lambda2 * (s - t)^2 for the expected fraction s of closed heads and the target fraction t,
+    # which moves linearly from 0 to 1 - target_open / heads over the first target_warmup of the pruning steps;
+    # lambda1 and lambda2 start at 0 and are raised by their own Adam (gradient ascent, lagrangian_lr). Every
+    # evaluation keeps the target_open heads with the highest log_alpha (a deterministic top-k), and at
+    # target_fix_at x train.max_steps those heads are kept for good, the others closed, the constraint dropped
+    target_open: int | dict[str, int] | None = None
+    target_warmup: float = 0.5  # fraction of the pruning steps (target_fix_at x max_steps) the target moves over
+    lagrangian_lr: float = 0.01  # learning rate of lambda1 and lambda2 (ascent)
     target_fix_at: float = 0.75  # fraction of train.max_steps after which the kept heads are fixed
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from the unpruned model (Hinton et al. 2015; layer-wise as Xia et al. 2022): while
+    pruning and fine-tuning, the loss is (1 - weight) x cross-entropy + weight x T^2 x KL(teacher || student) at
+    temperature T, per target token, plus hidden_weight x the mean squared distance between the student's and the
+    teacher's layer outputs (every encoder and decoder layer). The teacher runs in eval mode, frozen, without
+    gates, and is saved in no checkpoint."""
+
+    weight: float = 0.0  # share of the distillation term in the loss; 0 with hidden_weight 0: no teacher
+    temperature: float = 2.0
+    hidden_weight: float = 0.0  # layer-wise distillation of hidden states; 0: off
+    # the teacher's checkpoint; in a sweep the driver gives every trial of a base its base model (leave null)
+    teacher: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0.0 or self.hidden_weight > 0.0
 
 
 @dataclass
@@ -174,6 +198,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -242,6 +267,23 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return float(value) if tp is float else value
 
 
+# Keys of earlier versions that no longer exist, with why: a config or checkpoint that names one is refused with it
+REMOVED_KEYS = {
+    "gates.target_gain": "the head budget's exponential lambda controller was replaced by a Lagrangian constraint "
+                         "(gates.target_warmup, gates.lagrangian_lr); a run trained under it cannot be resumed "
+                         "with the same trajectory: start it again, without this key",
+}
+
+
+def stored_config(data: dict[str, Any]) -> Config:
+    """A config stored by an earlier version (a checkpoint's): a removed key that the run did not use (the head
+    budget's gain without a head budget) is dropped; one it used is refused with the reason."""
+    gates = data.get("gates")
+    if isinstance(gates, dict) and "target_gain" in gates and gates.get("target_open") is None:
+        data = {**data, "gates": {k: v for k, v in gates.items() if k != "target_gain"}}
+    return config_from_dict(data)
+
+
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, refusing unknown keys and values of the wrong type."""
     where = prefix or "the config"
@@ -254,6 +296,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
+        if full in REMOVED_KEYS:
+            raise ConfigError(f"`{full}` is no longer a setting: {REMOVED_KEYS[full]}.")
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" Did you mean `{(prefix + '.' if prefix else '') + close[0]}`?" if close else ""
@@ -305,15 +349,37 @@ def _check_gates(g: GateConfig, m: ModelConfig) -> None:
     require(0.0 <= g.min_open < 1.0, "gates.min_open", g.min_open, "a number in [0, 1)")
     require(g.min_open_tolerance >= 0.0, "gates.min_open_tolerance", g.min_open_tolerance, "a number >= 0")
     if g.target_open is not None:
-        gated = sum(m.n_heads * m.layers(kind) for kind in g.attention)
         require(g.mode == "learned", "gates.target_open", g.target_open, "null unless gates.mode is 'learned'")
-        require(0 <= g.target_open <= gated, "gates.target_open", g.target_open,
-                 f"an integer in [0, {gated}] (the heads of {', '.join(g.attention)}) or null")
-    require(g.target_gain > 0.0, "gates.target_gain", g.target_gain, "a number > 0")
+        for kind, (target, gated) in budget_targets(g, m).items():
+            key = "gates.target_open" + ("" if kind == "all" else f".{kind}")
+            require(0 <= target <= gated, key, target, f"an integer in [0, {gated}] (the heads of "
+                    f"{', '.join(g.attention) if kind == 'all' else kind})")
+        if isinstance(g.target_open, dict):
+            for kind in g.target_open:
+                require(kind in g.attention, f"gates.target_open.{kind}", g.target_open[kind],
+                        f"keys among the gated attention types {g.attention}")
+    require(0.0 < g.target_warmup <= 1.0, "gates.target_warmup", g.target_warmup, "a number in (0, 1]")
+    require(g.lagrangian_lr > 0.0, "gates.lagrangian_lr", g.lagrangian_lr, "a number > 0")
     require(0.0 <= g.target_fix_at <= 1.0, "gates.target_fix_at", g.target_fix_at, "a number in [0, 1]")
     require(g.temperature > 0.0, "gates.temperature", g.temperature, "a number > 0")
     require(g.gamma < 0.0, "gates.gamma", g.gamma, "a number < 0")
     require(g.zeta > 1.0, "gates.zeta", g.zeta, "a number > 1")
+
+
+def budget_targets(g: GateConfig, m: ModelConfig) -> dict[str, tuple[int, int]]:
+    """The head budget's groups: {"all": (target, gated heads)} for one target over every gated attention type, or
+    {type: (target, heads of that type)} per attention type named; {} without a budget."""
+    if g.target_open is None:
+        return {}
+    if isinstance(g.target_open, dict):
+        return {k: (v, m.n_heads * m.layers(k)) for k, v in g.target_open.items() if k in ATTENTION_TYPES}
+    return {"all": (g.target_open, sum(m.n_heads * m.layers(kind) for kind in g.attention))}
+
+
+def _check_distill(d: DistillConfig) -> None:
+    require(0.0 <= d.weight <= 1.0, "distill.weight", d.weight, "a number in [0, 1]")
+    require(d.temperature > 0.0, "distill.temperature", d.temperature, "a number > 0")
+    require(d.hidden_weight >= 0.0, "distill.hidden_weight", d.hidden_weight, "a number >= 0")
 
 
 def _check_data(d: DataConfig, m: ModelConfig, e: EvalConfig) -> None:
@@ -400,6 +466,7 @@ def validate(cfg: Config) -> Config:
     _check_data(cfg.data, cfg.model, cfg.eval)
     _check_train(cfg.train, cfg.gates)
     _check_eval(cfg.eval)
+    _check_distill(cfg.distill)
     return cfg
 
 

@@ -11,7 +11,11 @@ LOSS = "loss"  # mean label-smoothed cross-entropy per target token since the pr
 NLL = "nll"  # the same without label smoothing
 VALID_NLL = "valid_nll"  # teacher-forced NLL per token on the held-out split
 L0 = "l0"  # expected number of open gated heads, sum of P(gate != 0)
-LAMBDA = "lambda"  # the L0 penalty's weight now (moves only under gates.target_open)
+LAMBDA = "lambda"  # the L0 penalty's weight (gates.penalty; 0 under a head budget, which has the two below)
+LAMBDA1, LAMBDA2 = "lambda1", "lambda2"  # the head budget's Lagrange multipliers now (model.budget)
+EXPECTED_OPEN = "expected_open"  # the head budget's expected open heads (sum of P(gate != 0)) ...
+TARGET_OPEN = "target_open"  # ... and the open heads its warmed-up target asks for now
+DISTILL_LOSS = "distill_loss"  # mean distillation term per target token since the previous evaluation
 PENALTY = "l0_penalty"  # the L0 term lambda multiplies (per-block mean, see Transformer.penalty_l0)
 LR = "lr"
 BLEU = "bleu"

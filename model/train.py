@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from . import metrics as M
+from .budget import CLOSED_LOG_ALPHA, HeadBudget
 from .checkpoint import (
     CheckpointError,
     checkpoint_config,
@@ -38,9 +39,10 @@ from .cli import add_data_dir, add_out, add_set, command_parser, data_dir
 from .config import Config, ConfigError, TrainConfig, flatten, load_config, save_config
 from .corpora import CorpusError, stats_json
 from .data import Batch, Data, collate, load_data, make_batches
+from .distill import distill_loss, load_teacher
 from .evaluate import evaluate_model
 from .files import atomic_write
-from .schedule import CLOSED_LOG_ALPHA, TARGET_START_PENALTY, learning_rate, steer_penalty
+from .schedule import learning_rate
 from .transformer import Transformer
 
 ReportFn = Callable[[dict[str, Any], Path | None], None]
@@ -95,18 +97,24 @@ class LossWindow:
     nll: float = 0.0
     tokens: int = 0
     seconds: float = 0.0
+    kd: float | None = None  # summed distillation term (None: the run distills nothing)
 
-    def add(self, ce: float, nll: float, tokens: int, seconds: float) -> None:
+    def add(self, ce: float, nll: float, tokens: int, seconds: float, kd: float | None = None) -> None:
         self.ce, self.nll, self.tokens, self.seconds = (self.ce + ce, self.nll + nll, self.tokens + tokens,
                                                         self.seconds + seconds)
+        if kd is not None:
+            self.kd = (self.kd or 0.0) + kd
 
     def tokens_per_s(self) -> float:
         return self.tokens / max(self.seconds, 1e-9)
 
     def metrics(self) -> dict[str, float]:
         per_token = max(1, self.tokens)
-        return {M.LOSS: self.ce / per_token if self.tokens else float("nan"),
-                M.NLL: self.nll / per_token if self.tokens else float("nan"), M.TOKENS_PER_S: self.tokens_per_s()}
+        out = {M.LOSS: self.ce / per_token if self.tokens else float("nan"),
+               M.NLL: self.nll / per_token if self.tokens else float("nan"), M.TOKENS_PER_S: self.tokens_per_s()}
+        if self.kd is not None:
+            out[M.DISTILL_LOSS] = self.kd / per_token if self.tokens else float("nan")
+        return out
 
 
 class Trainer:
@@ -120,6 +128,7 @@ class Trainer:
         resume: bool = False,
         init_from: str | Path | None = None,
         log: Callable[[str], None] = print,
+        teacher: str | Path | None = None,
     ) -> None:
         self.out_dir = Path(out_dir).resolve()
         self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
@@ -150,6 +159,10 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
         self.loss_fn = torch.compile(self.model.loss, dynamic=True) if t.compile else self.model.loss
+        # the head budget's constraint (gates.target_open) and the teacher (distill), neither of them in self.params
+        self.budget = HeadBudget(self.model, cfg.gates, cfg.model, t.max_steps) if cfg.gates.target_open is not None \
+            else None
+        self.teacher = self._teacher(teacher) if cfg.distill.enabled else None
 
         # 3) counters, restored on resume
         self.step, self.epoch, self.batch_pos = 0, 0, 0
@@ -158,9 +171,7 @@ class Trainer:
         self.best_bleu: float | None = None
         self.best_checkpoint: Path | None = None
         self.divergence: str | None = None  # why a step was refused (see _train_step)
-        self.penalty = cfg.gates.penalty  # lambda; moves only under gates.target_open
-        if cfg.gates.target_open is not None and self.penalty == 0.0:
-            self.penalty = TARGET_START_PENALTY
+        self.penalty = cfg.gates.penalty if self.budget is None else 0.0  # lambda (a budget constrains instead)
         if resume_payload is not None:
             self._restore(resume_payload)
             save_config(cfg, self.out_dir / "config.yaml")  # it may extend max_steps or change eval_every
@@ -186,6 +197,15 @@ class Trainer:
             load_model_state(model, init_payload["model"], source=f"--init-from {init_from}")
         model.freeze(cfg.train.freeze)
         return model.to(self.device)
+
+    def _teacher(self, path: str | Path | None):
+        """The unpruned model distillation learns from: ``path`` (a sweep's base model), else distill.teacher."""
+        path = path if path is not None else self.cfg.distill.teacher
+        if path is None:
+            raise TrainingError("distill.weight or distill.hidden_weight is set but there is no teacher: set "
+                                "distill.teacher to a checkpoint of the unpruned model (a sweep gives each trial its "
+                                "base model)")
+        return load_teacher(path, self.data.tokenizers, self.device)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """Adam over the trainable parameters; the gates' ``log_alpha`` in a group of their own (``gates.lr``, else
@@ -242,6 +262,8 @@ class Trainer:
         self.best_bleu = c["best_bleu"]
         self.best_checkpoint = Path(c["best_checkpoint"]) if c["best_checkpoint"] else None
         self.penalty = c.get("penalty", self.cfg.gates.penalty)
+        if self.budget is not None:
+            self.budget.load_state_dict(p["budget"])
         torch.set_rng_state(p["rng"]["torch"])
         if torch.cuda.is_available() and p["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(p["rng"]["cuda"])
@@ -274,17 +296,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         n_tokens = sum(b.n_tokens for b in batches)
         ce_total, nll_total = 0.0, 0.0
+        self.kd_total = 0.0 if self.teacher is not None else None
         for batch in batches:
             batch = batch.to(self.device)
             with self._autocast():
-                out = self.loss_fn(batch.src, batch.tgt_in, batch.tgt_out, t.label_smoothing)
-            self.scaler.scale(out.ce_sum / n_tokens).backward()
-            ce_total += float(out.ce_sum.detach())
-            nll_total += float(out.nll_sum)
+                loss, ce, nll = self._batch_loss(batch, n_tokens)
+            self.scaler.scale(loss).backward()
+            ce_total += ce
+            nll_total += nll
         if not math.isfinite(ce_total):
             return ce_total, nll_total, n_tokens
         if self.penalty > 0.0:
             self.scaler.scale(self.penalty * self.model.penalty_l0()).backward()
+        if self.budget is not None and self.budget.pruning(self.step + 1):
+            self.scaler.scale(self.budget.term(self.step + 1)).backward()
         if self.scaler.is_enabled():
             if t.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -297,18 +322,36 @@ class Trainer:
                 return math.nan, nll_total, n_tokens
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self._steer_penalty()
+        if self.budget is not None:
+            self.budget.ascend()
+            self.budget.after_step(self.step + 1)
         return ce_total, nll_total, n_tokens
 
-    def _steer_penalty(self) -> None:
-        """Head budget (gates.target_open), after each step: steer lambda, or hold the kept heads fixed."""
-        self.penalty = steer_penalty(self.model, self.cfg.gates, self.cfg.train.max_steps, self.step, self.penalty)
+    def _batch_loss(self, batch: Batch, n_tokens: int) -> tuple[torch.Tensor, float, float]:
+        """(the loss to backpropagate, summed CE, summed NLL) of one micro-batch of a step with ``n_tokens``
+        target tokens; with a teacher the loss mixes in the distillation terms (``kd_total`` sums its KL term)."""
+        t = self.cfg.train
+        if self.teacher is None:
+            out = self.loss_fn(batch.src, batch.tgt_in, batch.tgt_out, t.label_smoothing)
+            return out.ce_sum / n_tokens, float(out.ce_sum.detach()), float(out.nll_sum)
+        d = self.cfg.distill
+        out = distill_loss(self.model, self.teacher, batch.src, batch.tgt_in, batch.tgt_out, t.label_smoothing, d)
+        loss = ((1.0 - d.weight) * out.ce_sum + d.weight * out.kd_sum) / n_tokens
+        if d.hidden_weight > 0.0:
+            loss = loss + d.hidden_weight * out.hidden * (out.n_tokens / n_tokens)
+        self.kd_total += float(out.kd_sum.detach())
+        return loss, float(out.ce_sum.detach()), out.nll_sum
 
     # -- evaluation and checkpoints -----------------------------------------------------------------
 
     def evaluate(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(metrics, details) of the current model on the held-out split; details hold samples and signatures."""
-        metrics, details = evaluate_model(self.model, self.data, self.cfg, self.device)
+        if self.budget is None:
+            metrics, details = evaluate_model(self.model, self.data, self.cfg, self.device)
+        else:  # the heads the budget keeps now (its top-k)
+            with self.budget.top_k():
+                metrics, details = evaluate_model(self.model, self.data, self.cfg, self.device)
+            metrics.update(self.budget.metrics(self.step))
         metrics[M.LAMBDA] = self.penalty
         return metrics, details
 
@@ -360,6 +403,7 @@ class Trainer:
                 "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
             },
             "rng": rng,
+            **({"budget": self.budget.state_dict()} if self.budget is not None else {}),
             # the schedule is a pure function of the step and the config; recorded for readers of the file
             "scheduler": {"schedule": self.cfg.train.schedule,
                           "lr": learning_rate(max(1, self.step), self.cfg.train, self.cfg.model.d_model)},
@@ -412,7 +456,9 @@ class Trainer:
         self._prune_checkpoints()
         self._append(METRICS_FILE, metrics)
         self._append(SAMPLES_FILE, {M.STEP: self.step, **details})
-        self._append(GATES_FILE, {M.STEP: self.step, "gates": self.model.gate_report()})
+        kept = {"kept": {group: keep.tolist() for group, keep in zip(self.budget.targets, self.budget.kept(),
+                                                                      strict=True)}} if self.budget else {}
+        self._append(GATES_FILE, {M.STEP: self.step, "gates": self.model.gate_report(), **kept})
         self.window = LossWindow()
         self.log(f"step {self.step}: BLEU {metrics[M.BLEU]:.2f} chrF {metrics[M.CHRF]:.2f} "
                  f"valid_nll {metrics[M.VALID_NLL]:.3f} open heads {metrics[M.OPEN_HEADS]}")
@@ -454,7 +500,7 @@ class Trainer:
             self.batch_pos += len(group)
             self.step += 1
             self.train_seconds += elapsed
-            self.window.add(ce, nll, n_tok, elapsed)
+            self.window.add(ce, nll, n_tok, elapsed, self.kd_total)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{ce / max(1, n_tok):.3f}", epoch=self.epoch,
@@ -531,9 +577,11 @@ def train(
     resume: bool = False,
     init_from: str | Path | None = None,
     log: Callable[[str], None] = print,
+    teacher: str | Path | None = None,
 ) -> RunResult:
-    """Train (or, with ``resume``, continue) one run in ``out_dir``; see :class:`Trainer`."""
-    return Trainer(cfg, out_dir, report=report, resume=resume, init_from=init_from, log=log).run()
+    """Train (or, with ``resume``, continue) one run in ``out_dir``; see :class:`Trainer`. ``teacher``: the
+    checkpoint distillation learns from (default: distill.teacher)."""
+    return Trainer(cfg, out_dir, report=report, resume=resume, init_from=init_from, log=log, teacher=teacher).run()
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m model.train") -> int:

@@ -338,24 +338,31 @@ class Transformer(nn.Module):
 
     # -- forward passes ---------------------------------------------------------------------------
 
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """src: [B, S] token ids -> (memory [B, S, D], src_keep [B, S] bool)."""
+    def encode(self, src: torch.Tensor, hidden: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """src: [B, S] token ids -> (memory [B, S, D], src_keep [B, S] bool); each layer's output is appended to
+        ``hidden`` when given (layer-wise distillation)."""
         src_keep = src.ne(PAD_ID)
         x = self.src_embed(src) * self.scale + self.src_pos(src.size(1))  # (B, S, D)
         x = self.embed_dropout(x)
         for layer in self.encoder:
             x = layer(x, src_keep)
+            if hidden is not None:
+                hidden.append(x)
         return self.encoder_norm(x), src_keep
 
     def _embed_target(self, tgt: torch.Tensor, offset: int = 0) -> torch.Tensor:
         y = self.tgt_embed(tgt) * self.scale + self.tgt_pos(tgt.size(1), offset)  # (B, T, D)
         return self.embed_dropout(y)
 
-    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_keep: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced decoding. tgt_in: [B, T] (BOS-prefixed) -> logits [B, T, V]."""
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_keep: torch.Tensor,
+               hidden: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Teacher-forced decoding. tgt_in: [B, T] (BOS-prefixed) -> logits [B, T, V]; each layer's output is
+        appended to ``hidden`` when given."""
         y = self._embed_target(tgt_in)
         for layer in self.decoder:
             y = layer(y, memory, src_keep)
+            if hidden is not None:
+                hidden.append(y)
         return self.output(self.decoder_norm(y))
 
     def new_cache(self) -> Cache:

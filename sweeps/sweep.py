@@ -45,9 +45,20 @@ def _with(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Keys added to the config after base models were first hashed, left out of the hash while at their defaults (none
+# of them changes what a base model learns), and keys removed since, hashed at the one value every base trained
+# before their removal had: a base model keeps its hash across versions, so a later sweep still finds and reuses it.
+HASH_ADDED_KEYS = {"gates.target_warmup", "gates.lagrangian_lr", "distill.weight", "distill.temperature",
+                   "distill.hidden_weight", "distill.teacher"}
+HASH_REMOVED_KEYS = {"gates.target_gain": 0.05}
+
+
 def base_hash(cfg: Config) -> str:
     """Short stable hash of everything that decides what a base model learns (not where or how fast it runs)."""
-    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in RUN_LOCATION_KEYS}
+    defaults = flatten(Config().to_dict())
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items()
+            if k not in RUN_LOCATION_KEYS and not (k in HASH_ADDED_KEYS and v == defaults[k])}
+    flat.update(HASH_REMOVED_KEYS)
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -55,11 +55,13 @@ def run_trial(
     restore_from: str | os.PathLike | None = None,
     init_from: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
+    teacher: str | os.PathLike | None = None,
 ) -> RunResult:
     """Train ``cfg`` in ``run_dir``, reporting each evaluation with a packed checkpoint folder.
 
     ``restore_from``: a folder given earlier to ``report``; the run continues from it. Without it the run starts
     afresh (from ``init_from``'s weights when given): anything left in ``run_dir`` was never reported, so it goes.
+    ``teacher``: the unpruned model a config with ``distill`` learns from (the trial's base model).
     """
     run_dir = Path(run_dir).resolve()
     if restore_from is not None:
@@ -76,4 +78,5 @@ def run_trial(
             pack_checkpoint(run_dir, ckpt, Path(tmp))
             report(metrics, Path(tmp))
 
-    return train(cfg, run_dir, report=report_packed, resume=restore_from is not None, init_from=init_from, log=log)
+    return train(cfg, run_dir, report=report_packed, resume=restore_from is not None, init_from=init_from, log=log,
+                 teacher=teacher)

@@ -309,16 +309,17 @@ def state_of(path):
     return load_checkpoint(path)["model"]
 
 
-def interrupt_then_resume(cfg, out, stop_when):
-    """Run ``cfg`` in ``out``, kill it at the first report where ``stop_when(metrics)``, then resume it."""
+def interrupt_then_resume(cfg, out, stop_when, init_from=None, teacher=None):
+    """Run ``cfg`` in ``out`` (from ``init_from``'s weights, distilling from ``teacher``), kill it at the first
+    report where ``stop_when(metrics)``, then resume it."""
 
     def report(metrics, checkpoint):
         if stop_when(metrics):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(cfg, out, report=report, **QUIET)
-    return train(cfg, out, resume=True, **QUIET)
+        train(cfg, out, report=report, init_from=init_from, teacher=teacher, **QUIET)
+    return train(cfg, out, resume=True, teacher=teacher, **QUIET)
 
 
 TINY_SWEEP: dict[str, Any] = {

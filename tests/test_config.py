@@ -61,7 +61,11 @@ BAD = [
     ("train.accumulation=0", "train.accumulation"),
     ("train.max_steps=-1", "train.max_steps"),
     ("gates.target_open=3", "gates.target_open"),
-    ("gates.target_gain=0", "gates.target_gain"),
+    ("gates.target_warmup=0", "gates.target_warmup"),
+    ("gates.lagrangian_lr=0", "gates.lagrangian_lr"),
+    ("distill.weight=1.5", "distill.weight"),
+    ("distill.temperature=0", "distill.temperature"),
+    ("distill.hidden_weight=-1", "distill.hidden_weight"),
     ("train.max_steps=1.5", "train.max_steps"),
     ("train.max_epochs=0", "train.max_epochs"),
     ("train.eval_every=0", "train.eval_every"),
@@ -93,6 +97,15 @@ def test_bad_value_is_refused_naming_key_and_allowed(override, key, record):
     named = int(f"`{key}`" in message and "Allowed" in message)
     assert named == 1, message
     record("bad value for each key of a run config", refused_naming_key=named)
+
+
+def test_a_budget_per_attention_type_names_only_gated_types_within_their_heads():
+    for value, key in (("{dec_self: 2}", "gates.target_open.dec_self"), ("{enc_self: 9}", "gates.target_open.enc_self")):
+        with pytest.raises(ConfigError, match=f"`{key}`.*Allowed"):
+            tiny_config("gates.mode=learned", f"gates.target_open={value}")
+    assert tiny_config("gates.mode=learned", "gates.target_open={enc_self: 8}").gates.target_open == {"enc_self": 8}
+    with pytest.raises(ConfigError, match="`gates.target_gain` is no longer a setting"):
+        tiny_config("gates.target_gain=0.05")
 
 
 def test_combinations_are_refused():

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from model import metrics as M
-from model.checkpoint import load_checkpoint
-from model.config import TrainConfig, save_config
+from model.budget import CLOSED_LOG_ALPHA
+from model.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
+from model.config import ConfigError, TrainConfig, save_config
 from model.data import SyntheticCorpus
 from model.evaluate import score
 from model.train import STATUS_FILE, TrainingError, learning_rate, main, train
@@ -239,30 +240,94 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     assert result.status == "completed" and math.isfinite(result.metrics[M.VALID_NLL])
 
 
+BUDGET = ("gates.mode=learned", "gates.target_open=3", "gates.target_fix_at=0.5", "gates.lr=0.1",
+          "gates.lagrangian_lr=0.05", "train.max_steps=12", "train.eval_every=4")
+
+
 @pytest.mark.parametrize("stop_at", [4, 8])
 def test_head_budget_ends_with_exactly_the_target_and_resumes_exactly(tmp_path, stop_at):
-    """gates.target_open: lambda is steered while the gates learn, then exactly the target heads stay open (the
-    highest log_alpha), lambda is 0, and they stay fixed; killed before or after that point, a resumed run ends
-    bitwise where the unbroken one does."""
-    cfg = tiny_config("gates.mode=learned", "gates.penalty=0.05", "gates.target_open=3", "gates.target_gain=0.5",
-                      "gates.target_fix_at=0.5", "gates.lr_scale=20", "train.max_steps=12", "train.eval_every=4")
+    """gates.target_open: the Lagrangian constraint pushes while the gates prune (its multipliers move), every
+    evaluation keeps exactly the target heads (the top-k of log_alpha), the penalty lambda stays 0, and from
+    target_fix_at x max_steps the same heads stay kept, the constraint off; killed before or after that point, a
+    resumed run ends bitwise where the unbroken one does."""
+    cfg = tiny_config(*BUDGET)
     full = train(cfg, tmp_path / "full", **QUIET)
-    lambdas = [m[M.LAMBDA] for m in full.history]
-    assert lambdas[0] != 0.05 and lambdas[0] > 0  # steered: more than 3 heads were open at step 4
-    assert lambdas[1:] == [0.0, 0.0]
-    assert [m[M.open_heads_key("enc_self")] for m in full.history[1:]] == [3, 3]
-    lines = (tmp_path / "full" / "gates.jsonl").read_text().splitlines()
-    gates = [json.loads(line)["gates"]["enc_self"] for line in lines]
-    before = sorted(a for layer in gates[0]["log_alpha"] for a in layer)
-    kept = sorted(a for layer in gates[1]["log_alpha"] for a in layer if a != -20.0)
-    assert len(kept) == 3 and sum(layer.count(-20.0) for layer in gates[2]["log_alpha"]) == 5
-    assert min(kept) > before[-4] - 1.0  # the kept heads were among the most open before the budget was fixed
+    assert [m[M.open_heads_key("enc_self")] for m in full.history] == [3, 3, 3]
+    assert all(m[M.LAMBDA] == 0.0 for m in full.history)
+    first, fixed, last = full.history
+    assert first[M.LAMBDA1] < 0 < first[M.LAMBDA2]  # too many heads open: the constraint pushes them to close
+    assert (fixed[M.LAMBDA1], fixed[M.LAMBDA2]) == (last[M.LAMBDA1], last[M.LAMBDA2])  # off after the fix step
+    assert first[M.TARGET_OPEN] == pytest.approx(3.0) and first[M.EXPECTED_OPEN] > 3.0
+    records = [json.loads(line) for line in (tmp_path / "full" / "gates.jsonl").read_text().splitlines()]
+    before = sorted(((a, i) for i, a in enumerate(a for layer in records[0]["gates"]["enc_self"]["log_alpha"]
+                                                  for a in layer)), key=lambda x: (-x[0], x[1]))
+    assert records[0]["kept"]["all"] == [i for _, i in before[:3]]  # the top-k of log_alpha, ties to the first
+    after = [a for layer in records[2]["gates"]["enc_self"]["log_alpha"] for a in layer]
+    assert sum(a == CLOSED_LOG_ALPHA for a in after) == 5 and sorted(records[1]["kept"]["all"]) == sorted(records[2]["kept"]["all"])
+    assert sorted(i for i, a in enumerate(after) if a != CLOSED_LOG_ALPHA) == sorted(records[2]["kept"]["all"])
 
     resumed = interrupt_then_resume(cfg, tmp_path / "broken", lambda m: m[M.STEP] == stop_at)
     a, b = state_of(full.checkpoint), state_of(resumed.checkpoint)
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [m[M.LAMBDA] for m in resumed.history] == lambdas[stop_at // 4:]
+    assert [m[M.LAMBDA1] for m in resumed.history] == [m[M.LAMBDA1] for m in full.history][stop_at // 4:]
+
+
+def test_a_budget_per_attention_type_keeps_each_types_target(tmp_path):
+    cfg = tiny_config("gates.mode=learned", "gates.attention=[enc_self, dec_cross]",
+                      "gates.target_open={enc_self: 2, dec_cross: 5}", "gates.target_fix_at=0.5", "gates.lr=0.1",
+                      "train.max_steps=6", "train.eval_every=3")
+    result = train(cfg, tmp_path, **QUIET)
+    for m in result.history:
+        assert (m[M.open_heads_key("enc_self")], m[M.open_heads_key("dec_cross")]) == (2, 5)
+        assert {M.LAMBDA1 + "/enc_self", M.LAMBDA1 + "/dec_cross", M.TARGET_OPEN + "/dec_cross"} <= set(m)
+    assert result.history[-1][M.open_heads_key("dec_self")] == 8  # ungated: all its heads
+
+
+def test_the_constraints_multipliers_push_toward_the_target_from_either_side():
+    """lambda1 falls (more pressure to close) while more heads are expected open than the target, rises while
+    fewer are; lambda2 only grows; the target warms up linearly from no head closed."""
+    from model.budget import HeadBudget
+    from model.transformer import Transformer
+
+    for init, target, sign in ((4.0, 2, -1), (-4.0, 7, 1)):
+        cfg = tiny_config("gates.mode=learned", f"gates.init_log_alpha={init}", f"gates.target_open={target}",
+                          "gates.target_warmup=0.5", "gates.lagrangian_lr=0.1", "train.max_steps=20")
+        model = Transformer(cfg.model, 50, 50, cfg.gates)
+        budget = HeadBudget(model, cfg.gates, cfg.model, cfg.train.max_steps)
+        assert budget.fix_step == 15 and budget.warmup_steps == 8
+        assert budget.target_closed(4).item() == pytest.approx(0.5 * (1 - target / 8))
+        assert budget.target_closed(12).item() == pytest.approx(1 - target / 8)
+        for step in range(10, 13):
+            budget.term(step).backward()
+            budget.ascend()
+        lambda1, lambda2 = budget.lambdas.detach()[:, 0].tolist()
+        assert math.copysign(1, lambda1) == sign and lambda2 > 0, (init, lambda1, lambda2)
+        with budget.top_k():
+            assert model.open_heads()["enc_self"] == target  # what an evaluation scores
+        assert model.open_heads()["enc_self"] == (8 if init > 0 else 0)  # and the gates come back
+
+
+def test_a_checkpoint_trained_with_the_old_budget_controller_is_refused_with_the_reason(tmp_path):
+    """The exponential lambda controller (gates.target_gain) is gone: a run that used it is refused on resume,
+    saying why; a checkpoint that only carries the old key at its default (no budget) still loads."""
+    def stop(metrics, checkpoint):
+        raise Interrupt
+
+    cfg = tiny_config(*BUDGET)
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "budget", report=stop, **QUIET)
+    plain = train(tiny_config("train.max_steps=2", "train.eval_every=2"), tmp_path / "plain", **QUIET)
+    for run in (tmp_path / "budget", tmp_path / "plain"):
+        (path,) = (run / "checkpoints").glob("step_*.pt")
+        payload = torch.load(path, weights_only=False)
+        payload["config"]["gates"]["target_gain"] = 0.05  # as every checkpoint of the earlier version stored it
+        torch.save(payload, path)
+    with pytest.raises((ConfigError, CheckpointError), match="gates.target_gain` is no longer a setting: the head "
+                       "budget's exponential lambda controller was replaced by a Lagrangian constraint"):
+        train(cfg, tmp_path / "budget", resume=True, **QUIET)
+    assert load_checkpoint(plain.checkpoint)["config"]["gates"]["target_gain"] == 0.05
+    assert checkpoint_config(load_checkpoint(plain.checkpoint)).gates.target_open is None
 
 
 def test_gates_lr_is_the_gate_groups_own_peak_learning_rate(tmp_path):

@@ -248,14 +248,16 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
     seed), gates_budget fine-tuned as long as the baselines, scratch on the gate front's layouts, one comparison
     page; then the test split scores what validation chose (and only that), with intervals and paired tests."""
     methods = "[gates, gates_budget, importance, iterative, random, scratch]"
+    distilled = {"gates.mode": "learned", "train.max_steps": 6, "train.eval_every": 3, "distill.weight": 0.5}
     sweep = write_sweep(tmp_path / "s.yaml", method="gates", test={"enabled": True, "beam_size": 2, "bootstrap": 200},
                         baselines={"budgets": [2, 8], "seeds": 2, "finetune_steps": [0, 3], "importance_batches": 2,
-                                   "iterative_fraction": 0.25})
+                                   "iterative_fraction": 0.25}, prune={"set": distilled})
     first = run_cli(str(sweep), "--results", str(tmp_path / "r"))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "test-set comparison: " in first.stdout  # every method of this run finished: its front is scored
     root = tmp_path / "r"
     gates = check_table(root / "t", trials=2)
+    assert (gates[gates["stage"] == "prune"][M.DISTILL_LOSS] > 0).all()  # the gate trials distil from their base
     # the finished gate folder kept without its weights (as a repository keeps a sweep's record): the resume below
     # reruns none of its trials and takes their test scores from the cache
     weights = sorted((root / "t").rglob("step_*.pt"))
@@ -278,6 +280,8 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
         assert prune["seed"].nunique() == 4  # every point's seeds train differently
         assert set(prune["base"]) == set(gates[gates["stage"] == "pretrain"]["base"])
         assert (prune[M.STEP] == steps).all()
+        if steps:  # every method that trains learns from the base model (distill in prune.set)
+            assert (prune[M.DISTILL_LOSS] > 0).all(), prune.get(M.DISTILL_LOSS)
     # one seed of a budget has one importance layout, fine-tuned or not
     for method in ("importance", "iterative"):
         layouts = [pd.read_csv(root / n / "trials.csv").query("stage == 'prune'").sort_values(

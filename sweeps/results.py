@@ -45,6 +45,9 @@ RUN_FILES = ("config.yaml", METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE,
 # Columns of trials.csv besides param.<key> and open_heads/<type>[/<layer>], in this order.
 TABLE_METRICS = (M.BLEU, M.CHRF, M.OPEN_HEADS, M.L0, M.PENALTY, M.VALID_NLL, M.LOSS, M.LR, M.STEP, M.EPOCH,
                  M.SMALL_HEADS_CLOSED, M.BLEU_WITH_SMALL_HEADS)
+# in the table where a trial reports them: distillation's term, the head budget's multipliers and targets (with a
+# /<type> suffix for a budget per attention type)
+OPTIONAL_METRICS = (M.DISTILL_LOSS, M.LAMBDA1, M.LAMBDA2, M.EXPECTED_OPEN, M.TARGET_OPEN)
 TRIAL_ID, STAGE, METHOD, STATUS, ERROR = "trial_id", "stage", "method", M.STATUS, "error"
 BEST_BLEU, BEST_BLEU_STEP, EVALUATIONS, SEED, BASE = "best_bleu", "best_bleu_step", "evaluations", "seed", "base"
 WALL_SECONDS, CHECKPOINT, TRIAL_PATH = "wall_seconds", "checkpoint", "trial_path"
@@ -112,6 +115,7 @@ def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
     row.update({k: m.get(k) for k in TABLE_METRICS})
     per_type = sorted(k for k in m if k.startswith(M.OPEN_HEADS + "/"))
     row.update({k: m[k] for k in per_type})
+    row.update({k: m[k] for k in sorted(m) if k.split("/")[0] in OPTIONAL_METRICS})
     history = result.metrics_dataframe
     if history is not None and M.STEP in history.columns:  # a trial resumed from an older checkpoint than its last
         history = history.drop_duplicates(M.STEP, keep="last")  # report repeats steps: the rerun's rows count

@@ -282,6 +282,8 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
         assert (prune[M.STEP] == steps).all()
         if steps:  # every method that trains learns from the base model (distill in prune.set)
             assert (prune[M.DISTILL_LOSS] > 0).all(), prune.get(M.DISTILL_LOSS)
+        if name == "t-gates_budget":  # the Lagrangian constraint's state at the last evaluation, in the table
+            assert (prune[M.TARGET_OPEN] == prune["param.baseline.budget"]).all() and prune[M.LAMBDA2].notna().all()
     # one seed of a budget has one importance layout, fine-tuned or not
     for method in ("importance", "iterative"):
         layouts = [pd.read_csv(root / n / "trials.csv").query("stage == 'prune'").sort_values(

@@ -136,13 +136,16 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         logger.log(metrics, step=int(metrics[M.STEP]), gates=(gates or {}).get("gates"),
                    samples=(samples or {}).get("samples"))
 
+    def train_log(record: dict[str, Any]) -> None:  # W&B's step axis is the optimizer step
+        logger.log(record, step=int(record[M.STEP]))
+
     try:
         run_dir = scratch / "run"
         if restore is not None:
             with restore.as_directory() as folder:
-                run_trial(cfg, run_dir, report, restore_from=folder, log=_trial_log, teacher=base)
+                run_trial(cfg, run_dir, report, restore_from=folder, log=_trial_log, teacher=base, on_log=train_log)
         else:
-            run_trial(cfg, run_dir, report, init_from=init_from, log=_trial_log, teacher=base)
+            run_trial(cfg, run_dir, report, init_from=init_from, log=_trial_log, teacher=base, on_log=train_log)
     except CorpusError as exc:  # a corpus this node lacks (and cannot download): say which node
         logger.finish(exit_code=1)
         raise CorpusError(f"on node {_node()}: {exc}") from None
@@ -217,9 +220,9 @@ def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) 
         start = Path(scratch) / "pruned_start.pt"
         b = sweep.schema.baselines
         base = _base_file(setup.bases[key], Path(scratch))
-        cfg = pruned_start(base, sweep.baseline_config(run.finetune_steps, params), run.method, int(params[BUDGET]), seed,
-                           b.importance_batches, start, log=_trial_log, sample_seed=sweep.sample_seed(seed),
-                           fraction=b.iterative_fraction)
+        cfg = pruned_start(base, sweep.baseline_config(run.finetune_steps, params, run.method), run.method,
+                           int(params[BUDGET]), seed, b.importance_batches, start, log=_trial_log,
+                           sample_seed=sweep.sample_seed(seed), fraction=b.iterative_fraction)
         _run(setup, PRUNE, key, params, cfg, str(start), Path(scratch), method=run.method, base=base)
 
 

@@ -177,6 +177,9 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads; null: leave torch's default
     compile: bool = False  # torch.compile the model
     progress: bool = True  # progress bar on stderr
+    # optimizer steps between training-log records (train_log.jsonl; a sweep sends them to W&B at their step):
+    # training loss, learning rates, distillation term, the head budget's multipliers and targets, tokens/s; 0: none
+    log_every: int = 100
 
 
 @dataclass
@@ -425,6 +428,7 @@ def _check_train(t: TrainConfig, g: GateConfig) -> None:
     require(len(t.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in t.adam_betas), "train.adam_betas",
              t.adam_betas, "two numbers in [0, 1)")
     require(t.adam_eps > 0.0, "train.adam_eps", t.adam_eps, "a number > 0")
+    require(t.log_every >= 0, "train.log_every", t.log_every, "an integer >= 0 (0: no training log)")
     require(t.weight_decay >= 0.0, "train.weight_decay", t.weight_decay, "a number >= 0")
     require(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "a number in [0, 1)")
     if t.grad_clip is not None:

@@ -46,7 +46,10 @@ from .schedule import learning_rate
 from .transformer import Transformer
 
 ReportFn = Callable[[dict[str, Any], Path | None], None]
+LogFn = Callable[[dict[str, Any]], None]
 STATUS_FILE, METRICS_FILE, SAMPLES_FILE, GATES_FILE = "status.json", "metrics.jsonl", "samples.jsonl", "gates.jsonl"
+TRAIN_LOG_FILE = "train_log.jsonl"  # every train.log_every steps: loss, learning rates, distillation, budget, tokens/s
+TRAIN_LOG_PREFIX = "train/"  # its keys (W&B shows them beside the evaluations' without mixing the two)
 CHECKPOINT_DIR = "checkpoints"
 PROGRESS_LINE_SECONDS = 300  # without a progress bar (sweep trials): a line of where training is, this often
 DATA_STATS_FILE = "data_stats.json"  # per split: lines repaired (bom, crlf) and pairs dropped or cut, with reasons
@@ -55,7 +58,7 @@ DATA_STATS_FILE = "data_stats.json"  # per split: lines repaired (bom, crlf) and
 # the run goes on, how it is observed or where it runs, never the trajectory of the steps already planned.
 RESUMABLE_CHANGES = {
     "train.max_steps", "train.max_epochs", "train.max_minutes", "train.eval_every", "train.keep_checkpoints", "train.progress",
-    "train.threads", "train.device", "data.cache_dir", "data.data_dir", "data.mirror",
+    "train.threads", "train.device", "data.cache_dir", "data.data_dir", "data.mirror", "train.log_every",
 }
 
 
@@ -129,10 +132,11 @@ class Trainer:
         init_from: str | Path | None = None,
         log: Callable[[str], None] = print,
         teacher: str | Path | None = None,
+        on_log: LogFn | None = None,
     ) -> None:
         self.out_dir = Path(out_dir).resolve()
         self.ckpt_dir = self.out_dir / CHECKPOINT_DIR
-        self.report, self.log = report, log
+        self.report, self.log, self.on_log = report, log, on_log
         resume_payload = self._resume_payload(cfg) if resume else None
         if not resume and any(self.ckpt_dir.glob("step_*.pt")):
             raise TrainingError(
@@ -180,7 +184,7 @@ class Trainer:
                 leftover.unlink(missing_ok=True)
         else:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE):
+            for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE, TRAIN_LOG_FILE, STATUS_FILE):
                 (self.out_dir / name).unlink(missing_ok=True)  # left by a run that died before its first checkpoint
             save_config(cfg, self.out_dir / "config.yaml")
         (self.out_dir / DATA_STATS_FILE).write_text(stats_json(self.data.stats) + "\n")
@@ -268,7 +272,7 @@ class Trainer:
         if torch.cuda.is_available() and p["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(p["rng"]["cuda"])
         # Logs may run ahead of the checkpoint if the run died between the two writes: cut them back.
-        for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE):
+        for name in (METRICS_FILE, SAMPLES_FILE, GATES_FILE, TRAIN_LOG_FILE):
             path = self.out_dir / name
             if path.exists():
                 lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)[M.STEP] <= self.step]
@@ -501,6 +505,9 @@ class Trainer:
             self.step += 1
             self.train_seconds += elapsed
             self.window.add(ce, nll, n_tok, elapsed, self.kd_total)
+            self.log_window.add(ce, nll, n_tok, elapsed, self.kd_total)
+            if t.log_every and self.step % t.log_every == 0:
+                self._train_log()
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{ce / max(1, n_tok):.3f}", epoch=self.epoch,
@@ -512,6 +519,23 @@ class Trainer:
             if self._out_of_time():
                 return "timed_out", self.batch_pos >= len(batches)
         return None, self.batch_pos >= len(batches)
+
+    def _train_log(self) -> None:
+        """A training-log record of the steps since the previous one: to train_log.jsonl and to ``on_log``."""
+        w = self.log_window.metrics()
+        record: dict[str, Any] = {M.STEP: self.step, **{TRAIN_LOG_PREFIX + k: v for k, v in w.items()}}
+        gate_ids = {id(g.log_alpha) for _, _, g in self.model.gates()}
+        for group in self.optimizer.param_groups:
+            gates = any(id(p) in gate_ids for p in group["params"])
+            record[TRAIN_LOG_PREFIX + M.LR + ("_gates" if gates else "")] = group["lr"]
+        if self.penalty:
+            record[TRAIN_LOG_PREFIX + M.LAMBDA] = self.penalty
+        if self.budget is not None:
+            record.update({TRAIN_LOG_PREFIX + k: v for k, v in self.budget.metrics(self.step).items()})
+        self._append(TRAIN_LOG_FILE, record)
+        self.log_window = LossWindow()
+        if self.on_log is not None:
+            self.on_log(record)
 
     def _progress_line(self) -> None:
         """Where training is, for logs without a progress bar (a trial's evaluations may be many minutes apart)."""
@@ -545,7 +569,7 @@ class Trainer:
         t = self.cfg.train
         self.model.train()
         self.history, self.last_metrics, self.last_checkpoint = [], {}, None
-        self.window, self.evaluated_at = LossWindow(), self.step
+        self.window, self.log_window, self.evaluated_at = LossWindow(), LossWindow(), self.step
         self._wall_start, self._wall_base = time.perf_counter(), self.wall_seconds
         self._line_at = self._wall_start
         self._write_status(M.RUNNING)
@@ -578,10 +602,13 @@ def train(
     init_from: str | Path | None = None,
     log: Callable[[str], None] = print,
     teacher: str | Path | None = None,
+    on_log: LogFn | None = None,
 ) -> RunResult:
     """Train (or, with ``resume``, continue) one run in ``out_dir``; see :class:`Trainer`. ``teacher``: the
-    checkpoint distillation learns from (default: distill.teacher)."""
-    return Trainer(cfg, out_dir, report=report, resume=resume, init_from=init_from, log=log, teacher=teacher).run()
+    checkpoint distillation learns from (default: distill.teacher); ``on_log``: called with every training-log
+    record (train.log_every)."""
+    return Trainer(cfg, out_dir, report=report, resume=resume, init_from=init_from, log=log, teacher=teacher,
+                   on_log=on_log).run()
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m model.train") -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 from model import metrics as M
 from model.checkpoint import CheckpointError
-from model.train import DATA_STATS_FILE, GATES_FILE, METRICS_FILE, SAMPLES_FILE, STATUS_FILE
+from model.train import DATA_STATS_FILE, GATES_FILE, METRICS_FILE, SAMPLES_FILE, STATUS_FILE, TRAIN_LOG_FILE
 
 from .schema import GATES
 from .storage import join_storage, local_copy, uri_of, write_text
@@ -40,7 +40,7 @@ REPORT_DIR = "report"  # in a method folder: its report (analysis.report, analys
 FINISHED_FILE = "finished.json"  # in a method folder whose every expected trial completed or diverged (the driver)
 RECORD_FILE = "record.json"  # in a method folder kept as a record (sweeps.record): what was removed, when
 TRIAL_LOGS_FILE = "trial_logs.jsonl"  # in a record: one line per trial, its metrics, gates and samples logs
-RUN_FILES = ("config.yaml", METRICS_FILE, SAMPLES_FILE, GATES_FILE, STATUS_FILE, DATA_STATS_FILE)
+RUN_FILES = ("config.yaml", METRICS_FILE, SAMPLES_FILE, GATES_FILE, TRAIN_LOG_FILE, STATUS_FILE, DATA_STATS_FILE)
 
 # Columns of trials.csv besides param.<key> and open_heads/<type>[/<layer>], in this order.
 TABLE_METRICS = (M.BLEU, M.CHRF, M.OPEN_HEADS, M.L0, M.PENALTY, M.VALID_NLL, M.LOSS, M.LR, M.STEP, M.EPOCH,

@@ -36,7 +36,7 @@ BASE_DATA_KEYS = ("data.corpus", "data.hf_name", "data.src_lang", "data.tgt_lang
                   "data.joint_vocab", "data.vocab_size", "data.spm_model_type", "data.character_coverage")
 # Keys that say where or how fast a run goes, not what it learns: left out of the base model's hash.
 RUN_LOCATION_KEYS = ("data.cache_dir", "data.data_dir", "data.mirror", "train.threads", "train.device",
-                     "train.progress")
+                     "train.progress", "train.log_every")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from model.config import Config, ConfigError, GateConfig, TrainConfig, config_fr
 
 from .results import BUDGET, LAYOUT_SEED, join_storage
 from .schema import (
+    GATES_BUDGET,
+    IMPORTANCE,
     METHODS,
     RUN_LOCATION_KEYS,
     Dimension,
@@ -198,12 +200,12 @@ class Sweep:
         not, and the spread over seeds includes the choice of batches."""
         return run_config(self.base, [self.schema.prune.set]).train.seed + seed
 
-    def baseline_config(self, finetune_steps: int, params: dict[str, Any]) -> Config:
-        """The config of an importance/iterative/random trial, before pruning sets ``model.heads``: the prune
-        recipe with gates off, ``finetune_steps`` steps and ``baselines.set``."""
+    def baseline_config(self, finetune_steps: int, params: dict[str, Any], method: str = IMPORTANCE) -> Config:
+        """The config of an importance/iterative/random trial (``method``), before pruning sets ``model.heads``:
+        the prune recipe with gates off, ``finetune_steps`` steps and ``baselines.set``."""
         off = {"gates.mode": "none", "gates.penalty": 0.0, "gates.target_open": None,
                "train.max_steps": finetune_steps}
-        return self._budget_config([self.schema.prune.set, off, self.schema.baselines.set], params)
+        return self._budget_config([self.schema.prune.set, off, self.schema.baselines.set], params, method)
 
     def gates_budget_config(self, params: dict[str, Any]) -> Config:
         """The config of a gates_budget trial: the prune recipe with its gates (``prune.set``), the baselines'
@@ -211,17 +213,19 @@ class Sweep:
         ``baseline.budget`` heads (``gates.target_open``)."""
         steps = {"train.max_steps": max(self.schema.baselines.finetune_steps),
                  "gates.target_open": int(params[BUDGET])}
-        return self._budget_config([self.schema.prune.set, self.schema.baselines.set, steps], params)
+        return self._budget_config([self.schema.prune.set, self.schema.baselines.set, steps], params, GATES_BUDGET)
 
-    def _budget_config(self, overrides: list[dict[str, Any]], params: dict[str, Any]) -> Config:
-        """A budget method's trial config: its own seed from its params (per_trial), else train.seed + its
-        ``baseline.seed``, so that the seeds of a point differ either way."""
+    def _budget_config(self, overrides: list[dict[str, Any]], params: dict[str, Any], method: str) -> Config:
+        """A budget method's trial config. per_trial: its own seed from its params and its method, so that the
+        seeds of a point differ and no two methods share a seed stream (two methods that keep the same heads still
+        fine-tune them with different noise: importance and iterative often agree at small budgets); fixed:
+        train.seed + its ``baseline.seed``, the same in every method (common random numbers, by choice)."""
         per_trial = self.search.trial_seeds == "per_trial"
         if not per_trial and params.get(LAYOUT_SEED):
             seed = run_config(self.base, overrides).train.seed + int(params[LAYOUT_SEED])
             overrides = [*overrides, {"train.seed": seed}]
         return run_config(self.base, overrides, freeze=self.schema.prune.freeze,
-                          seed_params=params if per_trial else None, resources=self.resources)
+                          seed_params={**params, "method": method} if per_trial else None, resources=self.resources)
 
     def scratch_config(self, heads: dict[str, list[int]], seed: int = 0) -> Config:
         """A ``scratch`` trial: the base recipe (``pretrain.set``), the prune stage's evaluation settings,

@@ -56,12 +56,14 @@ def run_trial(
     init_from: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
     teacher: str | os.PathLike | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Train ``cfg`` in ``run_dir``, reporting each evaluation with a packed checkpoint folder.
 
     ``restore_from``: a folder given earlier to ``report``; the run continues from it. Without it the run starts
     afresh (from ``init_from``'s weights when given): anything left in ``run_dir`` was never reported, so it goes.
-    ``teacher``: the unpruned model a config with ``distill`` learns from (the trial's base model).
+    ``teacher``: the unpruned model a config with ``distill`` learns from (the trial's base model); ``on_log``: gets
+    every training-log record (``train.log_every``).
     """
     run_dir = Path(run_dir).resolve()
     if restore_from is not None:
@@ -79,4 +81,4 @@ def run_trial(
             report(metrics, Path(tmp))
 
     return train(cfg, run_dir, report=report_packed, resume=restore_from is not None, init_from=init_from, log=log,
-                 teacher=teacher)
+                 teacher=teacher, on_log=on_log)

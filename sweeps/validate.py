@@ -35,6 +35,7 @@ def smoke_shrink(raw: dict[str, Any], base: dict[str, Any]) -> tuple[dict[str, A
         "data.synthetic.train_size": 400, "data.synthetic.valid_size": 16, "data.synthetic.test_size": 16,
         "data.max_len": 64, "data.vocab_size": min(int(flatten(base).get("data.vocab_size", 1000)), 1000),
         "train.max_steps": 2 * SMOKE_EVAL_EVERY, "train.eval_every": SMOKE_EVAL_EVERY, "train.eval_unit": "steps",
+        "train.log_every": 2,
         "train.warmup_steps": 2, "train.max_epochs": None, "train.max_minutes": None, "train.precision": "fp32",
         "train.compile": False, "eval.max_sentences": 16, "eval.beam_size": 1, "eval.samples": 1,
     }

@@ -256,6 +256,21 @@ def test_baseline_configs_keep_the_prune_recipe_without_gates_and_scratch_keeps_
     assert scratch.train.freeze == []
 
 
+def test_no_two_budget_methods_share_a_seed_stream_unless_fixed_seeds_are_asked_for():
+    """per_trial seeds: a (budget, seed) point fine-tunes with a different seed in every method, so that two
+    methods keeping the same heads are not the same model by construction; trial_seeds: fixed shares them."""
+    from sweeps.results import BUDGET, LAYOUT_SEED
+
+    raw = {"method": ["gates_budget", "importance", "iterative", "random"], "baselines": {"finetune_steps": [3]}}
+    for mode, distinct in (("per_trial", 4), ("fixed", 1)):
+        sweep = tiny_sweep({**raw, "search": {"trial_seeds": mode}})
+        params = {BUDGET: 2, LAYOUT_SEED: 1}
+        seeds = {sweep.baseline_config(3, params, m).train.seed for m in ("importance", "iterative", "random")}
+        seeds.add(sweep.gates_budget_config(params).train.seed)
+        assert len(seeds) == distinct, (mode, seeds)
+        assert sweep.baseline_config(3, params, "random").train.seed == sweep.baseline_config(3, params, "random").train.seed
+
+
 def test_scratch_models_train_on_their_own_resources_else_the_base_models():
     """Scratch trains several models as long as the base one: `baselines.scratch_resources` places them (threads and
     device), and without it they take `pretrain.resources`, as the base model does."""

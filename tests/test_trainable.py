@@ -92,10 +92,15 @@ def test_smoke_test_of_every_shipped_sweep(path: Path, tmp_path: Path, request: 
     gate_trials = set(df[df["stage"] == "prune"]["trial_id"])
     with_gates = 0
     for run in runs:
-        rows = wandb_history(run)
-        assert rows and all(M.BLEU in r and M.OPEN_HEADS in r for r in rows)
+        rows = wandb_history(run)  # the offline run file W&B wrote, its step axis the optimizer step
+        evaluations = [r for r in rows if M.BLEU in r]
+        assert evaluations and all(M.OPEN_HEADS in r for r in evaluations)
+        # the training log every train.log_every (2 in a smoke test) steps, between the evaluations
+        logged = [r for r in rows if "train/loss" in r]
+        assert logged and all({"train/lr", "train/tokens_per_s", "train/nll"} <= set(r) for r in logged), logged
         if any(run.name.endswith(t) for t in gate_trials):
-            assert [r["step"] for r in rows] == [5, 10]
+            assert [r["step"] for r in evaluations] == [5, 10] and [r["step"] for r in logged] == [2, 4, 6, 8, 10]
+            assert all("train/lr_gates" in r for r in logged)  # the gates' own learning rate
             with_gates += bool(list((run / "files" / "media" / "images").glob("gates_*.png")))
     assert with_gates == 2  # a gate heatmap in each gate trial (base models and baselines have no gates)
 

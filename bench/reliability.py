@@ -6,8 +6,9 @@
 
 Each test in the list below calls the ``record`` fixture (tests/conftest.py) with what it injected and what it
 counted (trials lost, evaluations redone, inputs refused, ...); this script points $HEADSWEEP_RELIABILITY_OUT at a
-temporary file, runs pytest on those tests, and renders one table row per test function (the cases of a
-parametrized test are summed). A failing test fails the script and leaves the document untouched.
+temporary file, runs pytest on those tests, and renders one table row per test function, in test-id order (a
+parametrized test's figures per case, or their range; never a sum). A failing test fails the script and leaves the
+document untouched.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def render(rows: list[dict], seconds: float, how: str = "`python bench/reliabili
     """The page: one table row per test function, each figure per case (never summed across cases), the trials
     lost summed over everything, and how long the run that recorded them took."""
     groups: OrderedDict[str, dict] = OrderedDict()
-    for row in rows:
+    # rows in test-id order, cases in parameter order: two test processes record them in no fixed order
+    for row in sorted(rows, key=lambda r: (function_of(r["test"]), r["test"])):
         key = function_of(row["test"])
         group = groups.setdefault(key, {"what": row["what"], "cases": 0, "figures": OrderedDict()})
         group["cases"] += 1

@@ -34,6 +34,7 @@ from sweeps.results import (
     WALL_SECONDS,
     is_record,
     local_logs,
+    read_jsonl,
 )
 from sweeps.storage import StorageError, check_uri, download, is_uri, local_copy
 
@@ -159,10 +160,6 @@ def _from_ray(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else [TRIAL_ID, STAGE, STATUS])  # no trial has reported yet
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-
-
 def with_log_locations(trials: pd.DataFrame, folder: Path) -> pd.DataFrame:
     """The table with a column (:data:`LOGS`) saying where each trial's logs are read from on this machine: the
     record's trial_logs.jsonl, or the checkpoint folder (moved with its sweep folder where the recorded path is gone),
@@ -177,7 +174,7 @@ def with_log_locations(trials: pd.DataFrame, folder: Path) -> pd.DataFrame:
 
 @lru_cache(maxsize=8)
 def _record_logs(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
-    return {str(entry[TRIAL_ID]): entry for entry in _jsonl(Path(path))}
+    return {str(entry[TRIAL_ID]): entry for entry in read_jsonl(Path(path))}
 
 
 def _log(row: pd.Series, name: str) -> list[dict[str, Any]] | None:
@@ -195,7 +192,7 @@ def _log(row: pd.Series, name: str) -> list[dict[str, Any]] | None:
         except StorageError as exc:
             raise ResultsError(f"trial {row.get(TRIAL_ID)}: {exc}") from None
     path = Path(where) / name
-    return _jsonl(path) if where and path.is_file() else None
+    return read_jsonl(path) if where and path.is_file() else None
 
 
 def trial_history(row: pd.Series) -> pd.DataFrame:

@@ -61,6 +61,7 @@ from .results import (
     TRIALS_FILE,
     is_record,
     local_logs,
+    read_jsonl,
 )
 
 KEPT = (TRIALS_FILE, SWEEP_FILE, FINISHED_FILE, OPTUNA_FILE, TEST_SCORES_FILE, TEST_DIR, REPORT_DIR, TRIAL_LOGS_FILE, RECORD_FILE)
@@ -74,12 +75,6 @@ class RecordError(ValueError):
     """A folder cannot become a record (not a finished method folder of a sweep)."""
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def trial_logs(folder: Path, trials: pd.DataFrame) -> list[dict[str, Any]]:
     """One entry per row of trials.csv: its trial ID and the logs of the checkpoint the row names."""
     entries = []
@@ -90,7 +85,7 @@ def trial_logs(folder: Path, trials: pd.DataFrame) -> list[dict[str, Any]]:
                 raise RecordError(f"{folder / TRIALS_FILE}: trial {row[TRIAL_ID]}: its checkpoint folder "
                                   f"{row.get(CHECKPOINT)!r} is not in {folder}; nothing of its logs can be kept")
             continue  # a base model trained elsewhere (pretrained/...): its own folder keeps its logs
-        entries.append({TRIAL_ID: str(row[TRIAL_ID]), **{key: _jsonl(where / name) for key, name in LOGS.items()}})
+        entries.append({TRIAL_ID: str(row[TRIAL_ID]), **{key: read_jsonl(where / name) for key, name in LOGS.items()}})
     return entries
 
 

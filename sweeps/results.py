@@ -100,6 +100,13 @@ def last_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(lines[-1]) if lines else None
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log (a run's metrics, gates or samples); [] where the file is absent."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def trial_row(result: Any, stage: str, params: list[str]) -> dict[str, Any]:
     """One row of trials.csv from a Tune result: params, final and best metrics, status, paths, provenance."""
     m = dict(result.metrics or {})

@@ -221,6 +221,13 @@ def _check_stages(schema: SweepSchema, base: dict[str, Any], base_dir: Path) -> 
         p.checkpoint = str(ckpt.resolve())
     require(prune_cfg.gates.mode == "learned", "prune.set.gates.mode", prune_cfg.gates.mode,
            "'learned' (trials learn which heads to keep)")
+    d = prune_cfg.distill
+    require(not d.enabled or p.enabled or d.teacher is not None, "prune.set.distill.weight", d.weight,
+           "0 when pretrain.enabled is false and distill.teacher is not set: distillation learns from the sweep's "
+           "base model, and this sweep has none")
+    require(not (p.enabled and p.checkpoint is None and base_cfg.distill.enabled), "pretrain.set.distill.weight",
+           base_cfg.distill.weight, "0, in base and pretrain.set: the base model trains without a teacher (it is the "
+           "trials' teacher); set distill in prune.set")
     if p.enabled:
         changed = sorted(k for k in set(flatten(schema.prune.set)) | set(flatten(schema.pretrain.set))
                          if is_base_key(k) and flatten(base_cfg.to_dict()).get(k) != flatten(prune_cfg.to_dict()).get(k))

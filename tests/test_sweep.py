@@ -256,6 +256,16 @@ def test_baseline_configs_keep_the_prune_recipe_without_gates_and_scratch_keeps_
     assert scratch.train.freeze == []
 
 
+def test_distillation_needs_the_sweeps_base_model_and_is_no_part_of_training_it():
+    from model.config import ConfigError
+
+    assert tiny_sweep({"prune": {"set": {"gates.mode": "learned", "distill.weight": 0.5}}}).pretraining
+    with pytest.raises(ConfigError, match="`prune.set.distill.weight`.*base model, and this sweep has none"):
+        tiny_sweep({"pretrain": {"enabled": False}, "prune": {"set": {"gates.mode": "learned", "distill.weight": 0.5}}})
+    with pytest.raises(ConfigError, match="`pretrain.set.distill.weight`.*trains without a teacher"):
+        tiny_sweep({"pretrain": {"set": {"distill.weight": 0.5}}})
+
+
 def test_no_two_budget_methods_share_a_seed_stream_unless_fixed_seeds_are_asked_for():
     """per_trial seeds: a (budget, seed) point fine-tunes with a different seed in every method, so that two
     methods keeping the same heads are not the same model by construction; trial_seeds: fixed shares them."""

@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,7 @@ class Trainer:
         self.best_bleu = c["best_bleu"]
         self.best_checkpoint = Path(c["best_checkpoint"]) if c["best_checkpoint"] else None
         self.penalty = c.get("penalty", self.cfg.gates.penalty)
+        self.resumed_log_window = LossWindow(**c["log_window"]) if "log_window" in c else None
         if self.budget is not None:
             self.budget.load_state_dict(p["budget"])
         torch.set_rng_state(p["rng"]["torch"])
@@ -404,6 +405,7 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
                 "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds, "best_bleu": self.best_bleu,
                 "penalty": self.penalty,
+                "log_window": asdict(self.log_window),  # the training log's steps since its last record
                 "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
             },
             "rng": rng,
@@ -569,7 +571,8 @@ class Trainer:
         t = self.cfg.train
         self.model.train()
         self.history, self.last_metrics, self.last_checkpoint = [], {}, None
-        self.window, self.log_window, self.evaluated_at = LossWindow(), LossWindow(), self.step
+        self.window, self.evaluated_at = LossWindow(), self.step
+        self.log_window = getattr(self, "resumed_log_window", None) or LossWindow()
         self._wall_start, self._wall_base = time.perf_counter(), self.wall_seconds
         self._line_at = self._wall_start
         self._write_status(M.RUNNING)

@@ -320,7 +320,7 @@ def test_a_checkpoint_trained_with_the_old_budget_controller_is_refused_with_the
     plain = train(tiny_config("train.max_steps=2", "train.eval_every=2"), tmp_path / "plain", **QUIET)
     for run in (tmp_path / "budget", tmp_path / "plain"):
         (path,) = (run / "checkpoints").glob("step_*.pt")
-        payload = torch.load(path, weights_only=False)
+        payload = torch.load(path, weights_only=True)
         payload["config"]["gates"]["target_gain"] = 0.05  # as every checkpoint of the earlier version stored it
         torch.save(payload, path)
     with pytest.raises((ConfigError, CheckpointError), match="gates.target_gain` is no longer a setting: the head "

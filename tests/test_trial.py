@@ -40,7 +40,7 @@ def collect(store: Path, stop_after: int | None = None):
 
 def test_each_report_carries_a_self_contained_checkpoint_folder(tmp_path: Path):
     reports, report = collect(tmp_path / "store")
-    run_trial(tiny_config(*GATED), tmp_path / "run", report, log=lambda _: None)
+    run_trial(tiny_config(*GATED, "train.log_every=3"), tmp_path / "run", report, log=lambda _: None)
     assert [r[M.STEP] for r in reports] == [3, 6, 9]
     for i, metrics in enumerate(reports, 1):
         folder = tmp_path / "store" / f"report_{i}"
@@ -48,6 +48,7 @@ def test_each_report_carries_a_self_contained_checkpoint_folder(tmp_path: Path):
         assert {p.name for p in folder.iterdir()} >= set(RUN_FILES) - {"status.json"}
         assert last_record(folder / "metrics.jsonl")[M.BLEU] == metrics[M.BLEU]  # logs up to this report
         assert last_record(folder / "gates.jsonl")[M.STEP] == metrics[M.STEP]
+        assert last_record(folder / "train_log.jsonl")[M.STEP] == metrics[M.STEP]
     assert M.open_heads_layer_key("enc_self", 1) in reports[-1]
 
 

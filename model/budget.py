@@ -24,6 +24,7 @@ import torch
 
 from . import metrics as M
 from .config import GateConfig, ModelConfig, budget_targets
+from .gates import HardConcreteGate
 from .transformer import Transformer
 
 CLOSED_LOG_ALPHA = -20.0  # a head closed by the budget: its gate is 0 in training and evaluation
@@ -44,8 +45,12 @@ class HeadBudget:
 
     def _groups(self) -> list[list[torch.nn.Parameter]]:
         """The ``log_alpha`` of each group's gates, in the order of ``targets``."""
+        return [[gate.log_alpha for gate in group] for group in self._gate_groups()]
+
+    def _gate_groups(self) -> list[list[HardConcreteGate]]:
+        """Each group's gates, in the order of ``targets``."""
         gates = list(self.model.gates())
-        return [[gate.log_alpha for kind, _, gate in gates if group in ("all", kind)] for group in self.targets]
+        return [[gate for kind, _, gate in gates if group in ("all", kind)] for group in self.targets]
 
     def pruning(self, step: int) -> bool:
         """Whether optimizer step ``step`` (1-based) is one of the pruning steps, where the constraint applies."""
@@ -58,8 +63,7 @@ class HeadBudget:
 
     def expected_open(self) -> torch.Tensor:
         """Expected open heads per group, the sum of P(gate != 0) (differentiable)."""
-        gates = {id(gate.log_alpha): gate for _, _, gate in self.model.gates()}
-        return torch.stack([torch.cat([gates[id(a)].p_open() for a in group]).sum() for group in self._groups()])
+        return torch.stack([torch.cat([gate.p_open() for gate in group]).sum() for group in self._gate_groups()])
 
     def term(self, step: int) -> torch.Tensor:
         """The Lagrangian term of optimizer step ``step`` (model parameters descend it, the lambdas ascend it)."""

@@ -71,7 +71,7 @@ from sweeps.schema import (
     HeldOutTestConfig,
     method_runs,
 )
-from sweeps.storage import StorageError, is_uri, join_storage, upload
+from sweeps.storage import StorageError, folder_names, is_uri, join_storage, upload
 
 from . import charts
 from .load import LABEL, ResultsError, SweepResults, load_sweep, trial_history
@@ -81,6 +81,7 @@ from .stats import paired_bootstrap, sentence_stats, t_interval
 
 TEST_BLEU, TEST_CHRF, TEST_SIGNATURE = "test_bleu", "test_chrf", "test_bleu_signature"
 BUDGET_COLUMN, SEED_COLUMN = PARAM_PREFIX + BUDGET, PARAM_PREFIX + LAYOUT_SEED
+ORIGIN = "origin"  # the sweep a scored row comes from: this sweep's name, or one it includes (test.include)
 
 
 class ScoringError(RuntimeError):
@@ -91,25 +92,49 @@ class ScoringError(RuntimeError):
 # Scoring
 
 
-def method_folders(gates: SweepResults) -> list[tuple[str, str, str, int]]:
-    """(method, label, folder or URI, fine-tuning steps) of every method folder of the sweep whose gate folder is
-    ``gates``, in the order they run, from its recorded sweep (``sweep.json``); only those that exist. Locally that
-    is every method's folder beside it, also of methods an earlier ``--resume`` part ran and the last one did not
-    name; in remote storage, the recorded methods'."""
-    record = gates.config
+def method_folders(s: SweepResults) -> list[tuple[str, str, str, int]]:
+    """(method, label, folder or URI, fine-tuning steps) of every method folder of the sweep that ``s`` (any of its
+    method folders) belongs to, in the order they run, from its recorded sweep (``sweep.json``); only those that
+    exist. Locally that is every method's folder beside it, also of methods an earlier ``--resume`` part ran and
+    the last one did not name; in remote storage, the recorded methods'."""
+    record = s.config
     if not record.get("name"):
-        return [("gates", gates.label, gates.source, 0)]
+        return [("gates", s.label, s.source, 0)]
     methods = record.get("method") or "gates"
     methods = [methods] if isinstance(methods, str) else list(methods)
-    runs = method_runs(record["name"], methods if gates.remote else list(METHODS),
+    runs = method_runs(record["name"], methods if s.remote else list(METHODS),
                        list((record.get("baselines") or {}).get("finetune_steps") or [0]))
-    parent = gates.source.rsplit("/", 1)[0] if gates.remote else str(Path(gates.source).parent)
+    parent = _parent(s)
     out = []
     for run in runs:
-        folder = join_storage(parent, run.name) if gates.remote else str(Path(parent) / run.name)
-        if gates.remote or Path(folder).is_dir():
+        folder = join_storage(parent, run.name) if s.remote else str(Path(parent) / run.name)
+        if s.remote or Path(folder).is_dir():
             out.append((run.method, run.label, folder, run.finetune_steps))
     return out
+
+
+def _parent(s: SweepResults) -> str:
+    """The results root a sweep folder lies in."""
+    return s.source.rsplit("/", 1)[0] if s.remote else str(Path(s.source).parent)
+
+
+def sweep_folder(root: str, name: str) -> SweepResults:
+    """The first of the method folders of the sweep called ``name`` in the results root ``root`` (a local folder
+    or a URI), in the order they run: its gate folder where it has one. A sweep of some methods only (``method:
+    [importance]``) has no gate folder; its comparison lies in the first folder it has."""
+    names = [n for n in folder_names(root) if n == name or n.startswith(name + "-")]
+    for folder in [name, *sorted(n for n in names if n != name)]:
+        if folder not in names:
+            continue
+        try:
+            s = load_sweep(join_storage(root, folder))
+        except ResultsError:
+            continue
+        if s.config.get("name") == name:
+            first = method_folders(s)[0][2]
+            return s if first == s.source else load_sweep(first)
+    raise ResultsError(f"{join_storage(root, name)}: no method folder of a sweep called {name!r} in {root} "
+                       f"(found {', '.join(names) or 'none'})")
 
 
 def chosen_for_test(s: SweepResults, method: str) -> tuple[pd.DataFrame, str]:
@@ -265,71 +290,133 @@ def _heads_metric(s: SweepResults) -> str:
     return next((o for o in s.objectives if o.startswith(M.OPEN_HEADS)), M.OPEN_HEADS)
 
 
-def score_sweep(gates_folder: str | Path, beam: int = TEST.beam_size, batch_size: int = TEST.batch_size,
-                device: str = "cpu",
-                corpus_dir: str | None = None, log: Callable[[str], None] = print,
-                max_sentences: int | None = None) -> tuple[SweepResults, HeldOutScores]:
+def score_sweep(folder: str | Path, beam: int = TEST.beam_size, batch_size: int = TEST.batch_size,
+                device: str = "cpu", corpus_dir: str | None = None, log: Callable[[str], None] = print,
+                max_sentences: int | None = None, include: Sequence[str] | None = None
+                ) -> tuple[SweepResults, HeldOutScores]:
     """Score every chosen trial of every method folder of a sweep on its test split (see the module's doc); write
-    ``test_scores.csv`` into each folder (uploaded beside a sweep in remote storage)."""
-    gates = load_sweep(gates_folder)
-    heads = _heads_metric(gates)
-    kinds = gated_kinds(gates)
-    rows, stats = [], {}
-    refs_seen: set[str] = set()
-    for index, (method, label, folder, steps) in enumerate(method_folders(gates)):
-        try:
-            s = gates if index == 0 else load_sweep(folder, label)
-        except ResultsError as exc:  # a method's folder made by a sweep part that has not reported yet
-            log(f"test set: {label}: left out ({exc})")
-            continue
-        chosen, chosen_on = chosen_for_test(s, method)
-        if index and chosen.empty:
-            log(f"test set: {label}: left out (no finished trial in {folder})")
-            continue
-        if index == 0:  # the base model(s), scored once: trained by the sweep, or given as a file
-            given = (s.config.get("pretrain") or {}).get("checkpoint")
-            bases = s.bases if not s.bases.empty or not given else pd.DataFrame(
-                [{TRIAL_ID: "base", STAGE: PRETRAIN, CHECKPOINT: given, STATUS: M.COMPLETED}])
-            chosen = pd.concat([bases, chosen])
-        log(f"test set: {label}: {len(chosen)} trial{'s' * (len(chosen) != 1)}")
-        folder_rows = []
-        for _, row in chosen.iterrows():
-            found = score_row(row, s.path / TEST_DIR, beam, batch_size, device=device, corpus_dir=corpus_dir, log=log,
-                              max_sentences=max_sentences)
-            refs_seen.add(found["references_sha256"])
-            is_base = row[STAGE] == PRETRAIN
-            count = row.get(heads)
-            per_layer = None  # a base model's heads per layer: cached with its score (a file), else its checkpoint's
-            if is_base:
-                per_layer = found.get(MODEL_HEADS) or model_heads(str(row[CHECKPOINT]))
-            if is_base and (count is None or pd.isna(count)):
-                if per_layer is None:
-                    raise ScoringError(f"base model {row[CHECKPOINT]}: no score cached with its heads and no "
-                                       f"weights to read them from")
-                count = _heads_of(per_layer, heads)
-            layout = row.get(PARAM_PREFIX + LAYOUT)
-            if method == GATES or is_base:  # what scratch's Table 2 matches its layouts against
-                layout = row_layout(row, kinds) or (layout_name({k: per_layer[k] for k in kinds}) if per_layer
-                                                    else None)
-            entry = {"method": "base" if is_base else method, LABEL: "base model" if is_base else label,
-                     TRIAL_ID: str(row[TRIAL_ID]), "heads": count, "budget": row.get(BUDGET_COLUMN),
-                     "seed": row.get(SEED_COLUMN), "chosen_on": "" if is_base else chosen_on,
-                     "finetune_steps": steps if method in BUDGET_METHODS else math.nan,
-                     M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"], TEST_CHRF: found["chrf"],
-                     TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
-                     "layout": layout}
-            folder_rows.append(entry)
-            stats[(entry[LABEL], entry[TRIAL_ID])] = sentence_stats(found["hypotheses"], found["references"])
-        rows += folder_rows
-        table = pd.DataFrame(folder_rows)
-        atomic_write(s.path / TEST_SCORES_FILE, table.to_csv(index=False))
-        if s.remote:
-            upload(s.path / TEST_SCORES_FILE, join_storage(s.source, TEST_SCORES_FILE))
-            upload(s.path / TEST_DIR, join_storage(s.source, TEST_DIR))
-    if len(refs_seen) > 1:
-        raise ScoringError(f"the method folders of {gates.source} were scored against {len(refs_seen)} different "
-                           f"test sets; every method must share one")
-    return gates, HeldOutScores(pd.DataFrame(rows), stats, heads)
+    ``test_scores.csv`` into each folder (uploaded beside a sweep in remote storage).
+
+    ``folder`` is any of the sweep's method folders; the first one it has in the order methods run (its gate
+    folder where it has one) is returned: the comparison's place. ``include`` (default: the sweep's
+    ``test.include``) names other sweeps in the same results root whose budget methods and gate front join as
+    their own rows (``<label> [<name>]``), scored with the same beam; they must have fine-tuned the same base
+    model."""
+    given = load_sweep(folder)
+    folders = method_folders(given)
+    first = given if folders[0][2] == given.source else load_sweep(folders[0][2])
+    include = held_out_settings(first.config).include if include is None else list(include)
+    own = first.config.get("name") or first.label
+    table = _Scoring(beam, batch_size, device, corpus_dir, log, max_sentences, _heads_metric(first), gated_kinds(first))
+    base = table.score_folders(first, folders, own)
+    for name in include:
+        other = sweep_folder(_parent(first), name)
+        other_folders = [f for f in method_folders(other) if f[0] in (GATES, *BUDGET_METHODS)]
+        other_base = table.score_folders(other, other_folders, name, suffix=f" [{name}]")
+        if other_base != base:
+            raise ScoringError(f"test.include: {other.source} fine-tuned another base model than {first.source} (their "
+                               f"base models translate the test split differently), so its rows cannot be compared "
+                               f"with this sweep's pair by pair")
+    if len(table.refs_seen) > 1:
+        raise ScoringError(f"the method folders of {first.source} were scored against {len(table.refs_seen)} "
+                           f"different test sets; every method must share one")
+    df = pd.DataFrame(table.rows)
+    if include:
+        df[ORIGIN] = df[ORIGIN].fillna(own) if ORIGIN in df else own
+    return first, HeldOutScores(df, table.stats, table.heads)
+
+
+@dataclass
+class _Scoring:
+    """The test scores of one comparison, gathered folder by folder."""
+
+    beam: int
+    batch_size: int
+    device: str
+    corpus_dir: str | None
+    log: Callable[[str], None]
+    max_sentences: int | None
+    heads: str
+    kinds: list[str]
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    stats: dict[tuple[str, str], np.ndarray] = dataclasses.field(default_factory=dict)
+    refs_seen: set[str] = dataclasses.field(default_factory=set)
+
+    def score_folders(self, first: SweepResults, folders: list[tuple[str, str, str, int]], sweep: str,
+                      suffix: str = "") -> str | None:
+        """Score the chosen rows of each folder of one sweep (its base models with the first folder's; an included
+        sweep's apart from the table, to be compared); returns the fingerprint of its base model's translations."""
+        base = None
+        for index, (method, label, folder, steps) in enumerate(folders):
+            label += suffix
+            try:
+                s = first if folder == first.source else load_sweep(folder, label)
+            except ResultsError as exc:  # a method's folder made by a sweep part that has not reported yet
+                self.log(f"test set: {label}: left out ({exc})")
+                continue
+            chosen, chosen_on = chosen_for_test(s, method)
+            if index and chosen.empty:
+                self.log(f"test set: {label}: left out (no finished trial in {folder})")
+                continue
+            folder_rows = []
+            if index == 0:  # the base model(s), scored once: trained by the sweep, or given as a file
+                given = (s.config.get("pretrain") or {}).get("checkpoint")
+                bases = s.bases if not s.bases.empty or not given else pd.DataFrame(
+                    [{TRIAL_ID: "base", STAGE: PRETRAIN, CHECKPOINT: given, STATUS: M.COMPLETED}])
+                for _, row in bases.iterrows():
+                    found = self._score(row, s)
+                    base = _fingerprint(found["hypotheses"])
+                    if not suffix:
+                        folder_rows.append(self._base_entry(row, found))
+            self.log(f"test set: {label}: {len(chosen)} trial{'s' * (len(chosen) != 1)}")
+            for _, row in chosen.iterrows():
+                found = self._score(row, s)
+                layout = row.get(PARAM_PREFIX + LAYOUT)
+                if method == GATES:  # what scratch's Table 2 matches its layouts against
+                    layout = row_layout(row, self.kinds) or layout
+                folder_rows.append(self._entry(row, found, method, label, chosen_on,
+                                               steps if method in BUDGET_METHODS else math.nan, layout))
+            for entry in folder_rows if suffix else []:
+                entry[ORIGIN] = sweep
+            self.rows += folder_rows
+            atomic_write(s.path / TEST_SCORES_FILE, pd.DataFrame(folder_rows).to_csv(index=False))
+            if s.remote:
+                upload(s.path / TEST_SCORES_FILE, join_storage(s.source, TEST_SCORES_FILE))
+                upload(s.path / TEST_DIR, join_storage(s.source, TEST_DIR))
+        return base
+
+    def _score(self, row: pd.Series, s: SweepResults) -> dict[str, Any]:
+        found = score_row(row, s.path / TEST_DIR, self.beam, self.batch_size, device=self.device,
+                          corpus_dir=self.corpus_dir, log=self.log, max_sentences=self.max_sentences)
+        self.refs_seen.add(found["references_sha256"])
+        return found
+
+    def _base_entry(self, row: pd.Series, found: dict[str, Any]) -> dict[str, Any]:
+        """A base model's row: its heads from its cached score (a file) or its checkpoint."""
+        count = row.get(self.heads)
+        per_layer = found.get(MODEL_HEADS) or model_heads(str(row[CHECKPOINT]))
+        if count is None or pd.isna(count):
+            if per_layer is None:
+                raise ScoringError(f"base model {row[CHECKPOINT]}: no score cached with its heads and no weights to "
+                                   f"read them from")
+            count = _heads_of(per_layer, self.heads)
+        layout = row_layout(row, self.kinds) or (layout_name({k: per_layer[k] for k in self.kinds}) if per_layer
+                                                 else None)
+        entry = self._entry(row, found, "base", "base model", "", math.nan, layout)
+        entry["heads"] = float(count)
+        return entry
+
+    def _entry(self, row: pd.Series, found: dict[str, Any], method: str, label: str, chosen_on: str,
+               steps: float, layout: str | None) -> dict[str, Any]:
+        heads = row.get(self.heads)
+        entry = {"method": method, LABEL: label, TRIAL_ID: str(row[TRIAL_ID]),
+                 "heads": math.nan if heads is None or pd.isna(heads) else float(heads),
+                 "budget": row.get(BUDGET_COLUMN), "seed": row.get(SEED_COLUMN), "chosen_on": chosen_on,
+                 "finetune_steps": steps, M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"],
+                 TEST_CHRF: found["chrf"], TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
+                 "layout": layout}
+        self.stats[(label, entry[TRIAL_ID])] = sentence_stats(found["hypotheses"], found["references"])
+        return entry
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,12 @@ is added to the loss. The model's parameters descend it; lambda1 and lambda2 (on
 ascend it with an Adam of their own, so the pressure grows for as long as the gates miss the target. An
 evaluation keeps the k heads of each group with the highest ``log_alpha`` (a deterministic top-k), so the heads
 counted open are the budget; from the fix step on, those heads are kept for good and the others closed.
+
+A kept head counts as open at evaluation during pruning with at least ``OPEN_LOG_ALPHA`` (its own gate, if
+higher). From the fix step on it is held at least as open as every gate started (``gates.init_log_alpha``, eval
+gate 0.96 at the default 2.0): where the constraint overshot the target and the top-k had to be chosen among
+nearly closed heads, the kept heads would otherwise start fine-tuning almost off (eval gate 0.04 at
+``OPEN_LOG_ALPHA``) and learn their way back at the gates' learning rate.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from .gates import HardConcreteGate
 from .transformer import Transformer
 
 CLOSED_LOG_ALPHA = -20.0  # a head closed by the budget: its gate is 0 in training and evaluation
-OPEN_LOG_ALPHA = -2.0  # a head kept by the budget has at least this log_alpha (evaluation gate 0.04: open)
+OPEN_LOG_ALPHA = -2.0  # while pruning, a head in the top-k has at least this log_alpha (evaluation gate 0.04: open)
 
 
 class HeadBudget:
@@ -39,6 +45,7 @@ class HeadBudget:
         self.targets = budget_targets(g, m)  # group -> (k, n)
         self.fix_step = int(g.target_fix_at * max_steps)
         self.warmup_steps = max(1, round(g.target_warmup * max(1, self.fix_step)))
+        self.fixed_floor = max(OPEN_LOG_ALPHA, g.init_log_alpha)  # a kept head's least log_alpha after the fix
         device = next(model.parameters()).device
         self.lambdas = torch.zeros(2, len(self.targets), device=device, requires_grad=True)
         self.optimizer = torch.optim.Adam([self.lambdas], lr=g.lagrangian_lr, maximize=True)
@@ -88,15 +95,15 @@ class HeadBudget:
         return out
 
     @torch.no_grad()
-    def _top_k_alphas(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    def _top_k_alphas(self, floor: float = OPEN_LOG_ALPHA) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
         """(log_alpha, its value with the budget applied) for every gate: each group's top-k kept (at least
-        OPEN_LOG_ALPHA), every other head CLOSED_LOG_ALPHA."""
+        ``floor``), every other head CLOSED_LOG_ALPHA."""
         out = []
         for keep, group in zip(self.kept(), self._groups(), strict=True):
             alphas = torch.cat([a.detach() for a in group])
             closed = torch.ones_like(alphas, dtype=torch.bool)
             closed[keep] = False
-            applied = torch.where(closed, torch.full_like(alphas, CLOSED_LOG_ALPHA), alphas.clamp_min(OPEN_LOG_ALPHA))
+            applied = torch.where(closed, torch.full_like(alphas, CLOSED_LOG_ALPHA), alphas.clamp_min(floor))
             out.extend(zip(group, applied.split([a.numel() for a in group]), strict=True))
         return out
 
@@ -117,10 +124,11 @@ class HeadBudget:
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         """After optimizer step ``step``: from the fix step on, keep each group's top-k for good (at the fix step
-        they are chosen; afterwards Adam's momentum may neither reopen a closed head nor close a kept one)."""
+        they are chosen and raised to at least the gates' open initialisation; afterwards Adam's momentum may
+        neither reopen a closed head nor close a kept one)."""
         if self.pruning(step):
             return
-        for a, value in self._top_k_alphas():
+        for a, value in self._top_k_alphas(self.fixed_floor):
             a.copy_(value)
 
     def metrics(self, step: int) -> dict[str, float]:

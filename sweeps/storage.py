@@ -188,6 +188,15 @@ def mirror_path(uri: str) -> Path:
     return cache_root() / "storage" / scheme / rest.strip("/")
 
 
+def folder_names(target: str) -> list[str]:
+    """The names of the folders directly in ``target`` (a local folder or a URI); none where it does not exist."""
+    fs, path = filesystem(target)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.Directory:
+        return []
+    found = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=False))
+    return sorted(i.base_name for i in found if i.type == pyarrow.fs.FileType.Directory)
+
+
 def _files(fs: Any, path: str) -> list[Any]:
     info = fs.get_file_info(path)
     if info.type == pyarrow.fs.FileType.File:

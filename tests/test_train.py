@@ -308,6 +308,33 @@ def test_the_constraints_multipliers_push_toward_the_target_from_either_side():
         assert model.open_heads()["enc_self"] == (8 if init > 0 else 0)  # and the gates come back
 
 
+def test_heads_kept_at_the_fix_step_are_raised_to_the_open_initialisation():
+    """A budget that overshot its target has to choose its top-k among nearly closed heads: while pruning, an
+    evaluation counts them open at their own gates (at least OPEN_LOG_ALPHA); from the fix step on they are held
+    at least at gates.init_log_alpha, a head already above it keeps its own value, and every other head is closed."""
+    from model.budget import OPEN_LOG_ALPHA, HeadBudget
+
+    cfg = tiny_config("gates.mode=learned", "gates.target_open=3", "gates.target_fix_at=0.5", "train.max_steps=20")
+    model = Transformer(cfg.model, 50, 50, cfg.gates)
+    budget = HeadBudget(model, cfg.gates, cfg.model, cfg.train.max_steps)
+    alphas = [-3.5, -2.5, -4.0, 5.0, -5.0, -3.0, -6.0, -7.0]  # one of the top 3 open, two nearly closed
+    gates = [gate for kind, _, gate in model.gates() if kind == "enc_self"]
+    sizes = [g.log_alpha.numel() for g in gates]
+    with torch.no_grad():
+        for gate, values in zip(gates, torch.tensor(alphas).split(sizes), strict=True):
+            gate.log_alpha.copy_(values)
+    flat = lambda: [a for g in gates for a in g.log_alpha.detach().tolist()]  # noqa: E731
+    with budget.top_k():
+        assert flat() == [-20.0, OPEN_LOG_ALPHA, -20.0, 5.0, -20.0, OPEN_LOG_ALPHA, -20.0, -20.0]
+    budget.after_step(budget.fix_step - 1)  # still pruning: nothing is fixed
+    assert flat() == alphas
+    budget.after_step(budget.fix_step)
+    init = cfg.gates.init_log_alpha
+    assert flat() == [-20.0, init, -20.0, 5.0, -20.0, init, -20.0, -20.0]
+    evaluation = torch.cat([g.eval_gates() for g in gates])
+    assert model.open_heads()["enc_self"] == 3 and evaluation[[1, 3, 5]].min().item() > 0.9
+
+
 def test_a_checkpoint_trained_with_the_old_budget_controller_is_refused_with_the_reason(tmp_path):
     """The exponential lambda controller (gates.target_gain) is gone: a run that used it is refused on resume,
     saying why; a checkpoint that only carries the old key at its default (no budget) still loads."""

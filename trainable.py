@@ -310,15 +310,15 @@ def score_test_set(sweep: Sweep) -> None:
     from analysis.testset import comparison_report, score_sweep
 
     t = sweep.schema.test
+    folder = join_storage(sweep.storage, sweep.method_runs()[0].name)  # any of its folders: the first it has
     try:
         device = "cuda" if sweep.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-        gates, scores = score_sweep(sweep.experiment_dir, t.beam_size, t.batch_size, device,
-                                    max_sentences=t.max_sentences)
-        page = comparison_report(gates, scores, t.bootstrap)
+        first, scores = score_sweep(folder, t.beam_size, t.batch_size, device, max_sentences=t.max_sentences)
+        page = comparison_report(first, scores, t.bootstrap)
         print(f"\ntest-set comparison: {page}", flush=True)
     except Exception as exc:
         print(f"\nthe test-set scoring failed ({type(exc).__name__}: {exc}); the results are intact: "
-              f"python -m analysis.testset {sweep.experiment_dir}", file=sys.stderr)
+              f"python -m analysis.testset {folder}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------

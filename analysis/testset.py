@@ -224,6 +224,7 @@ class HeldOutScores:
     table: pd.DataFrame  # method, label, trial_id, heads, budget, seed, val bleu, test bleu/chrF, signature
     stats: dict[tuple[str, str], np.ndarray]  # (label, trial_id) -> sentence_stats
     heads: str  # the heads objective the chart uses (e.g. open_heads/enc_self)
+    origin: str = ""  # the sweep's name: its rows' ORIGIN where it includes other sweeps' rows (test.include)
 
 
 def _model_config(path: str):
@@ -299,9 +300,9 @@ def score_sweep(folder: str | Path, beam: int = TEST.beam_size, batch_size: int 
 
     ``folder`` is any of the sweep's method folders; the first one it has in the order methods run (its gate
     folder where it has one) is returned: the comparison's place. ``include`` (default: the sweep's
-    ``test.include``) names other sweeps in the same results root whose budget methods and gate front join as
-    their own rows (``<label> [<name>]``), scored with the same beam; they must have fine-tuned the same base
-    model."""
+    ``test.include``) names other sweeps in the same results root whose fine-tuned budget methods and gate front
+    join as their own rows (``<label> [<name>]``), scored with the same beam; they must have fine-tuned the same
+    base model."""
     given = load_sweep(folder)
     folders = method_folders(given)
     first = given if folders[0][2] == given.source else load_sweep(folders[0][2])
@@ -311,7 +312,8 @@ def score_sweep(folder: str | Path, beam: int = TEST.beam_size, batch_size: int 
     base = table.score_folders(first, folders, own)
     for name in include:
         other = sweep_folder(_parent(first), name)
-        other_folders = [f for f in method_folders(other) if f[0] in (GATES, *BUDGET_METHODS)]
+        other_folders = [(method, label, folder, steps) for method, label, folder, steps in method_folders(other)
+                         if method in (GATES, GATES_BUDGET) or (method in BUDGET_METHODS and steps)]
         other_base = table.score_folders(other, other_folders, name, suffix=f" [{name}]")
         if other_base != base:
             raise ScoringError(f"test.include: {other.source} fine-tuned another base model than {first.source} (their "
@@ -323,7 +325,7 @@ def score_sweep(folder: str | Path, beam: int = TEST.beam_size, batch_size: int 
     df = pd.DataFrame(table.rows)
     if include:
         df[ORIGIN] = df[ORIGIN].fillna(own) if ORIGIN in df else own
-    return first, HeldOutScores(df, table.stats, table.heads)
+    return first, HeldOutScores(df, table.stats, table.heads, own)
 
 
 @dataclass
@@ -441,20 +443,55 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
             out.append({LABEL: label, "method": method, "finetune_steps": steps, "point": point,
                         "heads": float(runs["heads"].mean()), "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
                         "test_bleu_sd": float(runs[TEST_BLEU].std(ddof=1)) if len(runs) > 1 else math.nan,
-                        "val_bleu_mean": val_mean})
-    return pd.DataFrame(out, columns=POINT_COLUMNS)  # the columns also when no folder has points (gates alone)
+                        "val_bleu_mean": val_mean, ORIGIN: runs[ORIGIN].iloc[0] if ORIGIN in runs else ""})
+    columns = POINT_COLUMNS + ([ORIGIN] if ORIGIN in df else [])
+    return pd.DataFrame(out, columns=columns)  # the columns also when no folder has points (gates alone)
+
+
+def own_rows(scores: HeldOutScores) -> pd.DataFrame:
+    """The rows of the sweep itself, without those of the sweeps it includes (test.include)."""
+    table = scores.table
+    return table[table[ORIGIN] == scores.origin] if ORIGIN in table else table
 
 
 def comparisons(scores: HeldOutScores, samples: int = TEST.bootstrap) -> pd.DataFrame:
     """Among the budget methods fine-tuned the same number of steps (equal training: the methods evaluated right
     after pruning apart from those fine-tuned), at every budget both have: gates_budget against each layout method
     (the question the sweep asks), then importance against the other layout methods (the informed choice against
-    iterative re-scoring and against chance); paired bootstrap over test sentences with the seeds of each."""
-    budget_rows = scores.table[scores.table["method"].isin(BUDGET_METHODS)]
+    iterative re-scoring and against chance); paired bootstrap over test sentences with the seeds of each. The
+    sweep's own rows only: :func:`included_comparisons` sets them against the sweeps it includes."""
+    table = own_rows(scores)
+    budget_rows = table[table["method"].isin(BUDGET_METHODS)]
     out = []
     groups = budget_rows.groupby(budget_rows["finetune_steps"].fillna(0))
     for steps, df in sorted(groups, key=lambda group: -group[0]):  # the longest fine-tuning (every method's) first
         out += _compare_group(df, int(steps), scores, samples)
+    return pd.DataFrame(out)
+
+
+def included_comparisons(scores: HeldOutScores, samples: int = TEST.bootstrap) -> pd.DataFrame:
+    """Each budget method of the sweep against the same method of every sweep it includes (test.include), at
+    every budget both have: what the sweep's recipe (distillation, the number of steps, the constraint) changed,
+    paired over the same test sentences, each side's seeds redrawn."""
+    table = scores.table
+    if ORIGIN not in table:
+        return pd.DataFrame()
+    own = own_rows(scores)
+    others = table[~table.index.isin(own.index) & table["method"].isin(BUDGET_METHODS)]
+    out = []
+    for (label_a, method), a in own[own["method"].isin(BUDGET_METHODS)].groupby([LABEL, "method"], sort=False):
+        for label_b, b in others[others["method"] == method].groupby(LABEL, sort=False):
+            for budget in sorted(set(a["budget"]) & set(b["budget"])):
+                def systems(df: pd.DataFrame, label: str, budget=budget) -> list[np.ndarray]:
+                    runs = df[df["budget"] == budget].sort_values("seed")
+                    return [scores.stats[(label, t)] for t in runs[TRIAL_ID]]
+
+                c = paired_bootstrap(systems(a, label_a), systems(b, label_b), samples)
+                out.append({"budget": int(budget), "A": label_a, "B": label_b,
+                            "steps A": int(a["finetune_steps"].iloc[0]), "steps B": int(b["finetune_steps"].iloc[0]),
+                            "seeds A": c.seeds_a, "seeds B": c.seeds_b, "BLEU A": c.bleu_a, "BLEU B": c.bleu_b,
+                            "A - B": c.difference, "95% low": c.low, "95% high": c.high, "p": c.p_value,
+                            "verdict": c.verdict})
     return pd.DataFrame(out)
 
 
@@ -486,7 +523,7 @@ def table_two(scores: HeldOutScores, samples: int = TEST.bootstrap) -> pd.DataFr
     against the same layout pruned from the trained model: the gate front trial with that layout (the best on
     validation if several), or for the full layout the trained base model itself. Paired bootstrap over test
     sentences, the scratch seeds redrawn in each resample."""
-    df = scores.table
+    df = own_rows(scores)
     scratch = df[df["method"] == SCRATCH]
     if scratch.empty:
         return pd.DataFrame()
@@ -602,22 +639,25 @@ def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: flo
         colour = colours.get(method, "C5")
         scratch = method == SCRATCH
         untuned = method != GATES_BUDGET and not (g["finetune_steps"].fillna(0) > 0).any()
-        marker = "D" if scratch else "o"
+        included = ORIGIN in g and g[ORIGIN].iloc[0] != scores.origin  # another sweep's (test.include): dotted
+        marker = "D" if scratch else ("s" if included else "o")
         ax.errorbar(x, g["test_bleu_mean"], yerr=err, marker=marker, capsize=3, label=label, color=colour,
-                    linestyle="" if scratch else ("--" if untuned else "-"),
-                    markerfacecolor="white" if untuned and not scratch else colour)
+                    linestyle="" if scratch else (":" if included else ("--" if untuned else "-")),
+                    markerfacecolor="white" if (untuned or included) and not scratch else colour)
         pfig.add_trace(go.Scatter(x=x, y=g["test_bleu_mean"], name=label,
                                   mode="markers" if scratch else "lines+markers",
                                   line={"color": plotly_colours[int(colour[1:])],
-                                        "dash": "dash" if untuned and not scratch else "solid"},
-                                  marker={"symbol": "diamond" if scratch else ("circle-open" if untuned else "circle")},
+                                        "dash": "dot" if included else ("dash" if untuned and not scratch else "solid")},
+                                  marker={"symbol": "diamond" if scratch else ("square-open" if included else
+                                                                               ("circle-open" if untuned else "circle"))},
                                   error_y={"type": "data", "array": err.tolist()},
                                   text=[f"{label}: {p} ({n} seeds)" for p, n in zip(g["point"], g["seeds"])]))
     gates = scores.table[scores.table["method"] == GATES]
     for label, g in gates.groupby(LABEL):
-        ax.scatter(g["heads"], g[TEST_BLEU], marker="s", color="black", label=f"{label} (validation front)", zorder=3)
+        shade = "grey" if ORIGIN in g and g[ORIGIN].iloc[0] != scores.origin else "black"  # an included sweep's
+        ax.scatter(g["heads"], g[TEST_BLEU], marker="s", color=shade, label=f"{label} (validation front)", zorder=3)
         pfig.add_trace(go.Scatter(x=g["heads"], y=g[TEST_BLEU], mode="markers", name=f"{label} (validation front)",
-                                  marker={"symbol": "square", "color": "black"}, text=g[TRIAL_ID]))
+                                  marker={"symbol": "square", "color": shade}, text=g[TRIAL_ID]))
     if math.isfinite(base_bleu):
         for y, style, name in ((base_bleu, "-", "base model"), (base_bleu - tolerance, ":", f"base - {tolerance}")):
             ax.axhline(y, color="grey", linestyle=style, linewidth=1, label=name)
@@ -629,6 +669,18 @@ def comparison_chart(scores: HeldOutScores, points: pd.DataFrame, base_bleu: flo
     pfig.update_layout(xaxis_title=f"{scores.heads} (kept)", yaxis_title="test BLEU (beam search)",
                        title="Test BLEU against heads kept: mean and 95% interval over seeds")
     return fig, pfig
+
+
+def _verdict_line(r: pd.Series, what: str, a: str, b: str) -> str:
+    """One comparison in words: which side is better by how much, with the interval of better - worse; or that
+    the interval includes 0."""
+    if r["verdict"] == "not resolved":
+        return (f"- At {r['budget']} heads, {what}: not resolved ({r['A - B']:+.2f} BLEU, 95% interval "
+                f"{r['95% low']:.2f} to {r['95% high']:.2f}).")
+    a_won = r["verdict"] == "A better"
+    low, high = (r["95% low"], r["95% high"]) if a_won else (-r["95% high"], -r["95% low"])
+    return (f"- At {r['budget']} heads, {what}: {a if a_won else b} better by {abs(r['A - B']):.2f} BLEU (95% "
+            f"interval {low:.2f} to {high:.2f}, p = {r['p']:.3f}).")
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -644,8 +696,10 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     out = out or gates.path / REPORT_DIR
     points = point_table(scores)
     pairs = comparisons(scores, samples)
+    included = included_comparisons(scores, samples)
     targets, base_bleu = target_table(scores, points, removed, tolerance)
-    settled = settled_steps(gates, scores.heads)
+    gate_folder = Path(gates.source).name == gates.config.get("name", Path(gates.source).name)
+    settled = settled_steps(gates, scores.heads) if gate_folder else pd.DataFrame()
     table2 = table_two(scores, samples)
     figs = comparison_chart(scores, points, base_bleu, tolerance)
     charts.save(figs, out, "comparison")
@@ -654,6 +708,8 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     points.to_csv(out / "test_points.csv", index=False)
     pairs.to_csv(out / "test_comparisons.csv", index=False)
     table2.to_csv(out / "test_table2.csv", index=False)
+    if not included.empty:
+        included.to_csv(out / "test_included.csv", index=False)
     lines = [f"# Test-set comparison: {gates.config.get('name') or gates.label}", "",
              f"Chosen on the validation split (the sweep's objectives); scored on the test split ({signature}). "
              f"Intervals: 95%, t over seeds per point; paired bootstrap over test sentences ({samples} resamples, "
@@ -676,6 +732,14 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
                      f"(95% interval {low:.2f} to {high:.2f}, p = {r['p']:.3f}).")
     if not pairs.empty and resolved.empty:
         lines.append("- No difference between methods is resolved at any budget: every interval includes 0.")
+    if not included.empty:
+        names = ", ".join(sorted(set(scores.table[ORIGIN]) - {scores.origin}))
+        lines += ["", f"## Against the included sweeps ({names}): the same method at the same budget", "",
+                  "What this sweep's recipe changed (its fine-tuning steps, distillation, the head budget's "
+                  "constraint: whatever differs between the two sweeps' configs), paired over the same test sentences.",
+                  "", _markdown(included), ""]
+        lines += [_verdict_line(r, f"{r['A']} against {r['B']}", "this sweep", "the included sweep")
+                  for _, r in included.iterrows()]
     if not table2.empty:
         title = "## Pruned from the trained model against the same layout trained from scratch (Voita et al., Table 2)"
         lines += ["", title, "", _markdown(table2), ""]
@@ -702,6 +766,7 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     page.plot(figs[1])
     for title, df in (("Target", targets), ("Mean test BLEU per point", points),
                       ("Methods compared at equal budgets", pairs),
+                      ("Against the included sweeps: the same method at the same budget", included),
                       ("Pruned against the same layout from scratch (Table 2)", table2),
                       ("Head counts settled", settled),
                       ("Every scored trial", scores.table)):

@@ -293,7 +293,6 @@ def _check_search(schema: SweepSchema, space: list) -> None:
     require(t.max_sentences is None or t.max_sentences >= 1, "test.max_sentences", t.max_sentences,
             "an integer >= 1, or null for the whole split")
     require(t.bootstrap >= 100, "test.bootstrap", t.bootstrap, "an integer >= 100 (resamples; sacrebleu uses 1000)")
-    require(isinstance(t.include, list), "test.include", t.include, "a list of sweep names")
     for i, other in enumerate(t.include):
         require(isinstance(other, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", other) is not None,
                 f"test.include[{i}]", other, "the name of another sweep in the same results root (its folder name)")

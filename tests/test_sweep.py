@@ -191,6 +191,10 @@ BAD = [
     ({"test": {"beam_size": 0}}, r"`test.beam_size`: 0.*>= 1"),
     ({"test": {"bootstrap": 10}}, r"`test.bootstrap`: 10.*>= 100"),
     ({"test": {"split": "valid"}}, r"`test.split`: 'valid'.*'test'"),
+    ({"test": {"include": "old"}}, r"`test.include`: 'old'.*a list"),
+    ({"test": {"include": ["../old"]}}, r"`test.include\[0\]`: '../old'.*another sweep in the same results root"),
+    ({"test": {"include": ["t"]}}, r"`test.include\[0\]`: 't'.*not this sweep's own"),
+    ({"test": {"include": ["a", "a"]}}, r"`test.include`.*distinct sweep names"),
     ({"search": {"population_size": 1}}, r"`search.population_size`: 1.*NSGA-II"),
     ({"search": {"startup_trials": -1}}, r"`search.startup_trials`: -1.*TPE"),
 ]
@@ -468,6 +472,30 @@ def test_the_shipped_multi30k_sweep_trains_every_method_equally_and_scores_the_t
     assert sweep.scratch_config({"enc_self": [1, 1, 1]}).train.max_steps == sweep.base_config().train.max_steps
     assert sweep.schema.test.enabled and sweep.schema.test.beam_size == 5
     assert set(sweep.methods) == {"gates", "gates_budget", "importance", "iterative", "random", "scratch"}
+
+
+def test_the_shipped_distilled_multi30k_sweep_trains_every_method_equally_from_the_same_base():
+    """The rerun: every method distilled from the base model, 1,000 steps with the same schedule, the budgets with
+    3 seeds; the gates at a budget prune 800 steps with the target moving over 720 (at most 0.03 heads a step for
+    21 heads to close); the same base model as the undistilled sweep, whose rows it includes."""
+    from sweeps.results import BUDGET, LAYOUT_SEED
+    from sweeps.sweep import base_hash
+    from sweeps.validate import load_sweep
+
+    sweep = load_sweep(REPO / "sweeps" / "multi30k_en_de_distill.yaml", storage="/tmp/unused")
+    undistilled = load_sweep(REPO / "sweeps" / "multi30k_en_de.yaml", storage="/tmp/unused")
+    b = sweep.schema.baselines
+    configs = [sweep.trial_config({}), sweep.gates_budget_config({BUDGET: 3, LAYOUT_SEED: 0}),
+               *[sweep.baseline_config(n, {BUDGET: 3}, method) for n in b.finetune_steps
+                 for method in ("importance", "iterative", "random")]]
+    assert {(c.train.max_steps, c.train.schedule, c.train.warmup_steps) for c in configs} == {(1000, "constant", 50)}
+    assert {(c.distill.weight, c.distill.temperature) for c in configs} == {(0.5, 2.0)}
+    g = sweep.gates_budget_config({BUDGET: 3}).gates
+    pruning = int(g.target_fix_at * 1000)
+    assert pruning == 800 and (24 - 3) / round(g.target_warmup * pruning) <= 0.03
+    assert sweep.budgets() == [3, 6, 12] and b.seeds == 3 and sweep.search.num_samples == 10
+    assert base_hash(sweep.base_config()) == base_hash(undistilled.base_config())
+    assert sweep.schema.test.include == [undistilled.name] and sweep.schema.test.enabled
 
 
 def test_a_trial_the_restored_searcher_does_not_know_is_recorded_not_a_crash(tmp_path: Path):

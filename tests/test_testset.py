@@ -246,3 +246,83 @@ def test_the_comparison_takes_every_method_folder_of_the_sweep_beside_its_gate_f
     remote = SimpleNamespace(config=record, remote=True, source="s3://bucket/sweeps/s", label="gates")
     assert [folder for _, _, folder, _ in method_folders(remote)] == [
         "s3://bucket/sweeps/s", "s3://bucket/sweeps/s-importance", "s3://bucket/sweeps/s-importance-ft5"]
+
+
+def _sweep_folder(folder, name: str, method: str, rows: list[dict], config: dict) -> None:
+    import json
+
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "trials.csv", index=False)
+    (folder / "sweep.json").write_text(json.dumps({"name": name, "method": method, **config}))
+
+
+def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps_it_includes(tmp_path):
+    """A sweep that ran importance alone (no gate folder) scores and compares what it ran, in its own folder; the
+    sweep it includes (test.include) adds its fine-tuned budget methods and its gate front as rows of their own,
+    compared with the same method at the same budget and kept out of the sweep's own comparisons; its untuned
+    layouts stay out. An included sweep that pruned another base model is refused."""
+    import shutil
+
+    import pytest
+
+    from analysis.testset import (
+        ORIGIN,
+        ScoringError,
+        comparison_report,
+        comparisons,
+        included_comparisons,
+        score_sweep,
+    )
+    from model.train import train
+    from tests.helpers import tiny_config
+
+    runs = {steps: train(tiny_config(f"train.max_steps={steps}", f"train.eval_every={steps}"), tmp_path / f"r{steps}",
+                         log=lambda _: None).checkpoint for steps in (2, 4, 6)}
+
+    def trial(trial_id: str, steps: int, **row) -> dict:
+        ckpt = tmp_path / "ckpts" / trial_id
+        ckpt.mkdir(parents=True)
+        shutil.copy(runs[steps], ckpt / runs[steps].name)
+        return {"trial_id": trial_id, "stage": "prune", "status": "completed", "checkpoint": str(ckpt), **row}
+
+    def budget_rows(prefix: str, steps: int) -> list[dict]:
+        return [trial(f"{prefix}{b}{s}", steps, bleu=1.0, open_heads=b, **{"param.baseline.budget": b,
+                                                                              "param.baseline.seed": s})
+                for b in (2, 4) for s in (0, 1)]
+
+    root = tmp_path / "results"
+    objectives = {"objectives": [{"metric": "bleu", "mode": "max"}, {"metric": "open_heads", "mode": "min"}]}
+    base = {"pretrain": {"checkpoint": str(runs[2])}}
+    new = {"baselines": {"finetune_steps": [5]}, "test": {"include": ["old"]}, **base, **objectives}
+    _sweep_folder(root / "new-importance-ft5", "new", ["importance"], budget_rows("n", 4), new)
+    old = {"baselines": {"finetune_steps": [0, 3]}, **base, **objectives}
+    _sweep_folder(root / "old", "old", ["gates"], [trial("g1", 6, bleu=2.0, open_heads=8)], old)
+    _sweep_folder(root / "old-importance-ft3", "old", ["importance"], budget_rows("o", 6), old)
+    _sweep_folder(root / "old-importance", "old", ["importance"], budget_rows("u", 2), old)  # untuned: left out
+    _sweep_folder(root / "older-random-ft3", "older", ["random"], budget_rows("x", 2), old)  # another sweep
+
+    first, scores = score_sweep(root / "new-importance-ft5", beam=1, log=lambda _: None)
+    assert first.path == root / "new-importance-ft5"
+    table = scores.table
+    assert sorted(set(table["sweep"])) == ["base model", "gates [old]", "importance + 3 steps [old]",
+                                           "importance + 5 steps"]
+    assert (table[table["sweep"].str.endswith("[old]")][ORIGIN] == "old").all()
+    assert (table[~table["sweep"].str.endswith("[old]")][ORIGIN] == "new").all() and (table["method"] == "base").sum() == 1
+    assert comparisons(scores).empty  # one method of its own: nothing to compare it with inside the sweep
+    against = included_comparisons(scores, samples=100)
+    assert against[["budget", "A", "B", "steps A", "steps B", "seeds A", "seeds B"]].values.tolist() == [
+        [2, "importance + 5 steps", "importance + 3 steps [old]", 5, 3, 2, 2],
+        [4, "importance + 5 steps", "importance + 3 steps [old]", 5, 3, 2, 2]]
+    page = comparison_report(first, scores, samples=100)
+    assert page.parent == root / "new-importance-ft5" / "report"
+    text = (page.parent / "comparison.md").read_text()
+    assert "## Against the included sweeps (old): the same method at the same budget" in text
+    assert "When the gate trials' head counts stopped moving" not in text  # no gate trials of its own
+
+    old["pretrain"] = {"checkpoint": str(runs[6])}  # the included sweep fine-tuned another base model
+    shutil.rmtree(root / "old")
+    _sweep_folder(root / "old", "old", ["gates"], [trial("g2", 6, bleu=2.0, open_heads=8)], old)
+    with pytest.raises(ScoringError, match="test.include: .*old fine-tuned another base model"):
+        score_sweep(root / "new-importance-ft5", beam=1, log=lambda _: None)

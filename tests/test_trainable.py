@@ -368,6 +368,21 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
     assert ((table2["95% low"] <= margin) & (margin <= table2["95% high"])).all()
     assert "Voita et al., Table 2" in md
     assert (root / "t-importance" / "test_scores.csv").exists()
+
+    # a second sweep of one method only (no gate folder) scores and compares what it ran, in its own folder, with
+    # the first sweep's rows beside its own (test.include): the same base model, reused by its hash
+    other = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--set", "name=u", "--set", "method=[random]",
+                    "--set", "baselines.finetune_steps=[3]", "--set", "test.include=[t]")
+    assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
+    assert "test-set comparison: " in other.stdout and not (root / "u").exists()
+    md = (root / "u-random-ft3" / "report" / "comparison.md").read_text()
+    assert "## Against the included sweeps (t): the same method at the same budget" in md
+    included = pd.read_csv(root / "u-random-ft3" / "report" / "test_included.csv")
+    assert sorted(set(zip(included["A"], included["B"], included["budget"]))) == [
+        ("random + 3 steps", "random + 3 steps [t]", 2), ("random + 3 steps", "random + 3 steps [t]", 8)]
+    scored = pd.read_csv(root / "u-random-ft3" / "report" / "test_scores.csv")
+    assert (scored["method"] == "base").sum() == 1 and set(scored[scored["origin"] == "t"]["method"]) == {
+        "gates", "gates_budget", "importance", "iterative", "random"}  # t's fine-tuned points and gate front
     again = subprocess.run([sys.executable, "-m", "analysis.testset", str(root / "t")], cwd=REPO,
                            capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0 and "test BLEU" not in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]

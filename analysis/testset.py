@@ -688,10 +688,15 @@ def _markdown(df: pd.DataFrame) -> str:
     return markdown_table(df) if not df.empty else "(none)"
 
 
-def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int = TEST.bootstrap, removed: float = 0.75,
-                      tolerance: float = 0.5, out: Path | None = None) -> Path:
-    """``report/comparison.{html,md}``, the chart (PNG + HTML) and the tables as CSV, in the gate folder's
-    report folder (uploaded beside a sweep in remote storage)."""
+def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int = TEST.bootstrap,
+                      removed: float | None = None, tolerance: float | None = None, out: Path | None = None) -> Path:
+    """``report/comparison.{html,md}``, the chart (PNG + HTML) and the tables as CSV, in the report folder of the
+    sweep's first method folder (uploaded beside a sweep in remote storage). The target (``removed`` of the heads
+    gone within ``tolerance`` test BLEU of the base model) defaults to the sweep's test.target_removed and
+    test.tolerance."""
+    settings = held_out_settings(gates.config)
+    removed = settings.target_removed if removed is None else removed
+    tolerance = settings.tolerance if tolerance is None else tolerance
 
     out = out or gates.path / REPORT_DIR
     points = point_table(scores)
@@ -717,7 +722,7 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
              ("![Test BLEU against heads kept, mean and 95% interval over seeds per method](comparison.png) "
               "([interactive](comparison.html))"), ""]
     if math.isfinite(base_bleu):
-        lines += [f"Base model: test BLEU {base_bleu:.2f}. Target: at least {removed:.0%} of the heads removed "
+        lines += [f"Base model: test BLEU {base_bleu:.2f}. Target: at least {removed * 100:g}% of the heads removed "
                   f"within {tolerance} BLEU of it (test BLEU >= {base_bleu - tolerance:.2f}).", "",
                   _markdown(targets), ""]
     lines += ["## Mean test BLEU per point", "", _markdown(points), "", "## Methods compared at equal budgets", "",

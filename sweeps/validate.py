@@ -293,6 +293,9 @@ def _check_search(schema: SweepSchema, space: list) -> None:
     require(t.max_sentences is None or t.max_sentences >= 1, "test.max_sentences", t.max_sentences,
             "an integer >= 1, or null for the whole split")
     require(t.bootstrap >= 100, "test.bootstrap", t.bootstrap, "an integer >= 100 (resamples; sacrebleu uses 1000)")
+    require(0.0 < t.target_removed < 1.0, "test.target_removed", t.target_removed,
+            "a share of the gated heads in (0, 1), e.g. 0.875 for 3 of 24 kept")
+    require(t.tolerance >= 0.0, "test.tolerance", t.tolerance, "BLEU points >= 0")
     for i, other in enumerate(t.include):
         require(isinstance(other, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", other) is not None,
                 f"test.include[{i}]", other, "the name of another sweep in the same results root (its folder name)")

@@ -191,6 +191,8 @@ BAD = [
     ({"test": {"beam_size": 0}}, r"`test.beam_size`: 0.*>= 1"),
     ({"test": {"bootstrap": 10}}, r"`test.bootstrap`: 10.*>= 100"),
     ({"test": {"split": "valid"}}, r"`test.split`: 'valid'.*'test'"),
+    ({"test": {"target_removed": 1.0}}, r"`test.target_removed`: 1.0.*\(0, 1\)"),
+    ({"test": {"tolerance": -0.5}}, r"`test.tolerance`: -0.5.*>= 0"),
     ({"test": {"include": "old"}}, r"`test.include`: 'old'.*a list"),
     ({"test": {"include": ["../old"]}}, r"`test.include\[0\]`: '../old'.*another sweep in the same results root"),
     ({"test": {"include": ["t"]}}, r"`test.include\[0\]`: 't'.*not this sweep's own"),

@@ -295,7 +295,8 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
     root = tmp_path / "results"
     objectives = {"objectives": [{"metric": "bleu", "mode": "max"}, {"metric": "open_heads", "mode": "min"}]}
     base = {"pretrain": {"checkpoint": str(runs[2])}}
-    new = {"baselines": {"finetune_steps": [5]}, "test": {"include": ["old"]}, **base, **objectives}
+    new = {"baselines": {"finetune_steps": [5]}, "test": {"include": ["old"], "target_removed": 0.875}, **base,
+           **objectives}
     _sweep_folder(root / "new-importance-ft5", "new", ["importance"], budget_rows("n", 4), new)
     old = {"baselines": {"finetune_steps": [0, 3]}, **base, **objectives}
     _sweep_folder(root / "old", "old", ["gates"], [trial("g1", 6, bleu=2.0, open_heads=8)], old)
@@ -319,6 +320,7 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
     assert page.parent == root / "new-importance-ft5" / "report"
     text = (page.parent / "comparison.md").read_text()
     assert "## Against the included sweeps (old): the same method at the same budget" in text
+    assert "Target: at least 87.5% of the heads removed within 0.5 BLEU" in text  # the sweep's own target
     assert "When the gate trials' head counts stopped moving" not in text  # no gate trials of its own
 
     old["pretrain"] = {"checkpoint": str(runs[6])}  # the included sweep fine-tuned another base model

@@ -74,7 +74,7 @@ from sweeps.schema import (
 from sweeps.storage import StorageError, folder_names, is_uri, join_storage, upload
 
 from . import charts
-from .load import LABEL, ResultsError, SweepResults, load_sweep, trial_history
+from .load import LABEL, ResultsError, SweepResults, load_sweep, trial_gates, trial_history
 from .pages import REPORT_DIR, Page, markdown_table, publish
 from .pareto import pareto_front
 from .stats import paired_bootstrap, sentence_stats, t_interval
@@ -576,6 +576,27 @@ def settled_steps(s: SweepResults, heads: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def kept_settled(s: SweepResults) -> pd.DataFrame:
+    """Per completed trial of a gates_budget folder: the first evaluation step from which the heads its budget
+    keeps (the top-k, ``kept`` in gates.jsonl) never changed again, its last step and the heads kept at the end
+    (``<group>:<head>``). Trials logged without ``kept`` are left out."""
+    from .prune_length import settled_step
+
+    out = []
+    for _, row in s.completed.iterrows():
+        try:
+            records = trial_gates(row)
+        except ResultsError:
+            continue
+        kept = [(r[M.STEP], {f"{group}:{i}" for group, heads in r["kept"].items() for i in heads})
+                for r in records if "kept" in r]
+        if kept:
+            out.append({TRIAL_ID: row[TRIAL_ID], "budget": row.get(BUDGET_COLUMN), "seed": row.get(SEED_COLUMN),
+                        "settled_step": settled_step(kept), "last_step": kept[-1][0],
+                        "kept": " ".join(sorted(kept[-1][1], key=lambda h: (h.split(":")[0], int(h.split(":")[1]))))})
+    return pd.DataFrame(out)
+
+
 def target_table(scores: HeldOutScores, points: pd.DataFrame, removed: float = 0.75, tolerance: float = 0.5,
                  total_heads: int | None = None) -> tuple[pd.DataFrame, float]:
     """Per method: the fewest heads whose mean test BLEU is within ``tolerance`` of the base model's, the fewest
@@ -705,6 +726,8 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     targets, base_bleu = target_table(scores, points, removed, tolerance)
     gate_folder = Path(gates.source).name == gates.config.get("name", Path(gates.source).name)
     settled = settled_steps(gates, scores.heads) if gate_folder else pd.DataFrame()
+    budget_folders = [folder for method, _, folder, _ in method_folders(gates) if method == GATES_BUDGET]
+    chosen = kept_settled(load_sweep(budget_folders[0])) if budget_folders else pd.DataFrame()
     table2 = table_two(scores, samples)
     figs = comparison_chart(scores, points, base_bleu, tolerance)
     charts.save(figs, out, "comparison")
@@ -763,6 +786,11 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
                   f"Median over {len(settled)} gate trials: step {settled['settled_step'].median():.0f} of "
                   f"{settled['last_step'].median():.0f} (latest: {settled['settled_step'].max():.0f}).", "",
                   _markdown(settled)]
+    if not chosen.empty:
+        lines += ["", "## When the gates at a budget settled on the heads they keep", "",
+                  f"The top-k of each evaluation (`kept` in gates.jsonl); median over {len(chosen)} trials: step "
+                  f"{chosen['settled_step'].median():.0f} of {chosen['last_step'].median():.0f} (latest: "
+                  f"{chosen['settled_step'].max():.0f}).", "", _markdown(chosen)]
     lines += ["", "## Every scored trial (validation BLEU beside test BLEU)", "",
               _markdown(scores.table.drop(columns=[TEST_SIGNATURE], errors="ignore")), ""]
     atomic_write(out / "comparison.md", "\n".join(lines))
@@ -774,6 +802,7 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
                       ("Against the included sweeps: the same method at the same budget", included),
                       ("Pruned against the same layout from scratch (Table 2)", table2),
                       ("Head counts settled", settled),
+                      ("Kept heads settled (gates at a budget)", chosen),
                       ("Every scored trial", scores.table)):
         if not df.empty:
             page.h(title)

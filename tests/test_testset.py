@@ -328,3 +328,30 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
     _sweep_folder(root / "old", "old", ["gates"], [trial("g2", 6, bleu=2.0, open_heads=8)], old)
     with pytest.raises(ScoringError, match="test.include: .*old fine-tuned another base model"):
         score_sweep(root / "new-importance-ft5", beam=1, log=lambda _: None)
+
+
+def test_the_budget_trials_kept_heads_settle_at_the_first_step_they_never_change_after(tmp_path):
+    """From a record's trial logs: the top-k sets of each evaluation, the step from which they stayed the same,
+    the heads kept at the end; a trial logged before the budget kept `kept` is left out."""
+    import json
+
+    from analysis.load import load_sweep
+    from analysis.testset import kept_settled
+
+    folder = tmp_path / "s-gates_budget"
+    _sweep_folder(folder, "s", ["gates_budget"], [
+        {"trial_id": t, "stage": "prune", "status": "completed", "param.baseline.budget": 2,
+         "param.baseline.seed": i} for i, t in enumerate(("a", "b", "old"))], {})
+    (folder / "record.json").write_text("{}")
+
+    def gates(*kept):
+        return [{"step": 100 * (i + 1), "kept": {"all": list(k)}} for i, k in enumerate(kept)]
+
+    logs = [{"trial_id": "a", "gates": gates((1, 5), (5, 1), (5, 12), (12, 5))},  # settled at 300
+            {"trial_id": "b", "gates": gates((3, 4), (4, 3), (3, 4))},  # the same set from the start
+            {"trial_id": "old", "gates": [{"step": 100}]}]
+    (folder / "trial_logs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in logs))
+    got = kept_settled(load_sweep(folder)).set_index("trial_id")
+    assert list(got.index) == ["a", "b"]
+    assert got.loc["a", ["settled_step", "last_step", "kept"]].tolist() == [300, 400, "all:5 all:12"]
+    assert got.loc["b", ["settled_step", "kept"]].tolist() == [100, "all:3 all:4"]

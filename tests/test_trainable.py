@@ -367,6 +367,7 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
     margin = table2["pruned - scratch"]
     assert ((table2["95% low"] <= margin) & (margin <= table2["95% high"])).all()
     assert "Voita et al., Table 2" in md
+    assert "## When the gates at a budget settled on the heads they keep" in md  # gates_budget's top-k over time
     assert (root / "t-importance" / "test_scores.csv").exists()
 
     # a second sweep of one method only (no gate folder) scores and compares what it ran, in its own folder, with

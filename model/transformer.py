@@ -154,6 +154,14 @@ class _Sublayer(nn.Module):
             return x + self.dropout(fn(self.norm(x)))
         return self.norm(x + self.dropout(fn(x)))
 
+    def attend(self, x: torch.Tensor, attn: MultiHeadAttention, fn) -> torch.Tensor:
+        """The sub-layer around ``attn``: with every head pruned the block adds only its output bias, so a pre-norm
+        sub-layer skips the norm and the projections whole (``x + bias``); post-norm still normalises the sum."""
+        if attn.n_heads == 0:
+            bias = self.dropout(attn.out.bias.expand_as(x))
+            return x + bias if self.pre_norm else self.norm(x + bias)
+        return self(x, fn)
+
 
 def _attention(cfg: ModelConfig, kind: str, layer: int) -> MultiHeadAttention:
     """The attention block ``kind`` of ``layer``: n_heads heads, or the count a pruned model kept."""
@@ -172,7 +180,7 @@ class EncoderLayer(nn.Module):
         self.sub_ffn = _Sublayer(cfg.d_model, cfg.dropout, pre)
 
     def forward(self, x: torch.Tensor, src_keep: torch.Tensor) -> torch.Tensor:
-        x = self.sub_attn(x, lambda h: self.self_attn(h, key_keep=src_keep))
+        x = self.sub_attn.attend(x, self.self_attn, lambda h: self.self_attn(h, key_keep=src_keep))
         return self.sub_ffn(x, self.ffn)
 
 
@@ -196,8 +204,10 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         # Training (no cache) masks the future; a cached step holds one query that may see every cached key.
         causal = cache is None and y.size(1) > 1
-        y = self.sub_self(y, lambda h: self.self_attn(h, causal=causal, cache=cache, prefix="self_"))
-        y = self.sub_cross(y, lambda h: self.cross_attn(h, memory, key_keep=src_keep, cache=cache, prefix="cross_"))
+        y = self.sub_self.attend(y, self.self_attn, lambda h: self.self_attn(h, causal=causal, cache=cache,
+                                                                             prefix="self_"))
+        y = self.sub_cross.attend(y, self.cross_attn, lambda h: self.cross_attn(h, memory, key_keep=src_keep, cache=cache,
+                                                                                prefix="cross_"))
         return self.sub_ffn(y, self.ffn)
 
 

@@ -59,6 +59,24 @@ def test_pruned_model_equals_the_gated_model_in_evaluation(norm):
         assert translate_ids(model, src, beam_size=3) == translate_ids(pruned, src, beam_size=3)  # cached decoding
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_a_block_without_heads_is_skipped_whole_with_pre_norm(norm):
+    """A pruned block whose heads are all gone adds only its output bias: with pre-norm its sub-layer's norm and
+    projections never run (the outputs stay the gated model's: the test above); post-norm still normalises."""
+    pruned = prune_model(gated_model(norm))
+    skipped = [pruned.encoder[1].sub_attn.norm, pruned.decoder[0].sub_cross.norm]
+    running = [pruned.encoder[0].sub_attn.norm, pruned.decoder[1].sub_cross.norm]
+    calls = {id(m): 0 for m in skipped + running}
+    for m in skipped + running:
+        m.register_forward_hook(lambda module, _inputs, _out: calls.__setitem__(id(module), calls[id(module)] + 1))
+    src, tgt = batch()
+    with torch.no_grad():
+        memory, keep = pruned.encode(src)
+        pruned.decode(tgt, memory, keep)
+    assert all(calls[id(m)] == 1 for m in running)
+    assert [calls[id(m)] for m in skipped] == ([0, 0] if norm == "pre" else [1, 1])
+
+
 def test_closed_heads_and_blocks_are_gone():
     model = gated_model()
     pruned = prune_model(model)

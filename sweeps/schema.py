@@ -176,9 +176,10 @@ class HeldOutTestConfig:
     bootstrap: int = 1000  # paired bootstrap resamples of the test sentences (sacrebleu's default)
     target_removed: float = 0.75  # the target table: at least this share of the gated heads removed ...
     tolerance: float = 0.5  # ... within this much test BLEU of the base model
-    # other sweeps in the same results root (their names) whose budget methods and gate front join the comparison
-    # as their own rows, "<method> [<name>]", each compared with this sweep's same method at the same budget; they
-    # must have fine-tuned the same base model (their base models' test translations are compared)
+    # other sweeps in the same results root (their names) whose fine-tuned budget methods and gate front join the
+    # comparison as their own rows, "<method> [<name>]", each compared with this sweep's same method at the same
+    # budget; they must have fine-tuned the same base model (their base models' test translations are compared);
+    # one not in the results root is left out, and the sweep's own name is skipped
     include: list[str] = field(default_factory=list)
 
 

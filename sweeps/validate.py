@@ -299,7 +299,6 @@ def _check_search(schema: SweepSchema, space: list) -> None:
     for i, other in enumerate(t.include):
         require(isinstance(other, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", other) is not None,
                 f"test.include[{i}]", other, "the name of another sweep in the same results root (its folder name)")
-        require(other != schema.name, f"test.include[{i}]", other, "another sweep's name, not this sweep's own")
     require(len(set(t.include)) == len(t.include), "test.include", t.include, "distinct sweep names")
     require(schema.keep_checkpoints >= 1, "keep_checkpoints", schema.keep_checkpoints, "an integer >= 1")
     require(schema.wandb.init_timeout > 0, "wandb.init_timeout", schema.wandb.init_timeout, "a number > 0")

@@ -323,6 +323,11 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
     assert "Target: at least 87.5% of the heads removed within 0.5 BLEU" in text  # the sweep's own target
     assert "When the gate trials' head counts stopped moving" not in text  # no gate trials of its own
 
+    said = []
+    _, alone = score_sweep(root / "new-importance-ft5", beam=1, log=said.append, include=["old", "never_run", "new"])
+    assert len(alone.table) == len(table)  # its own name skipped; one not in the results root left out, and said
+    assert any(line.startswith("test set: test.include never_run: left out (") for line in said), said
+
     old["pretrain"] = {"checkpoint": str(runs[6])}  # the included sweep fine-tuned another base model
     shutil.rmtree(root / "old")
     _sweep_folder(root / "old", "old", ["gates"], [trial("g2", 6, bleu=2.0, open_heads=8)], old)

@@ -49,6 +49,7 @@ from sweeps.results import (
     PRETRAIN,
     PRUNE,
     SAMPLES_FILE,
+    SCORED_STATUSES,
     STAGE,
     STATUS,
     TRIAL_ID,
@@ -260,7 +261,7 @@ def print_pareto(sweep: Sweep, df, label: str | None = None) -> None:
 
     if label:
         print(f"\n== {label}")
-    done = df[(df[STAGE] == PRUNE) & (df[STATUS] == M.COMPLETED)]
+    done = df[(df[STAGE] == PRUNE) & df[STATUS].isin(SCORED_STATUSES)]
     objectives, directions = [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives]
     counts = df[df[STAGE] == PRUNE][STATUS].value_counts().to_dict()
     print(f"\ntrials: {sum(counts.values())} ({', '.join(f'{n} {s}' for s, n in counts.items())})")

@@ -23,6 +23,7 @@ from sweeps.results import (
     PARAM_PREFIX,
     PRETRAIN,
     PRUNE,
+    SCORED_STATUSES,
     STAGE,
     STATUS,
     SWEEP_FILE,
@@ -79,7 +80,8 @@ class SweepResults:
 
     @property
     def completed(self) -> pd.DataFrame:
-        return self.prune[self.prune[STATUS] == M.COMPLETED]
+        """The trials with real final scores: completed, or stopped early at a rung (on the front as what they are)."""
+        return self.prune[self.prune[STATUS].isin(SCORED_STATUSES)]
 
     @property
     def bases(self) -> pd.DataFrame:

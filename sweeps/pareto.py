@@ -41,3 +41,19 @@ def pareto_front(df: pd.DataFrame, objectives: Sequence[str], directions: Sequen
     """The non-dominated rows, sorted by the first objective (best first)."""
     front = df[pareto_mask(df, objectives, directions)]
     return front.sort_values(list(objectives), ascending=[d == "min" for d in directions], kind="stable")
+
+
+def non_dominated_ranks(values: Sequence[Sequence[float]]) -> list[int]:
+    """Non-dominated sorting of points whose objectives are all maximised: 0 for the Pareto front, 1 for the front
+    of what is left, and so on (identical points share a rank)."""
+    points = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    ranks = [-1] * len(points)
+    left, rank = set(range(len(points))), 0
+    while left:
+        front = [i for i in left if not any((points[j] >= points[i]).all() and (points[j] > points[i]).any()
+                                            for j in left)]
+        for i in front:
+            ranks[i] = rank
+        left -= set(front)
+        rank += 1
+    return ranks

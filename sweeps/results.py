@@ -59,7 +59,10 @@ PARAM_PREFIX = "param."
 PRETRAIN, PRUNE = STAGES = ("pretrain", "prune")  # `stage` of the rows of base models and of trials
 BASE_METHOD = "base"  # `method` of a base model's row
 ERRORED, NOT_STARTED = "error", "not started"  # a trial's status besides a run's own (model.metrics)
-FINISHED_STATUSES = (M.COMPLETED, M.DIVERGED)  # a trial with either status is never run again
+STOPPED = "stopped"  # `status` of a gate trial the early-stopping scheduler stopped at a rung (sweeps/scheduler.py)
+STOPPED_AT = "stopped_at"  # ... and the step where it stopped
+FINISHED_STATUSES = (M.COMPLETED, M.DIVERGED, STOPPED)  # a trial with one of these is never run again
+SCORED_STATUSES = (M.COMPLETED, STOPPED)  # trials whose last scores are real: on the Pareto front and scored
 # the params of the baselines' trials (trials.csv prefixes them with "param.")
 BUDGET, LAYOUT_SEED, LAYOUT = "baseline.budget", "baseline.seed", "baseline.layout"
 
@@ -152,13 +155,17 @@ def read_trials_table(experiment_dir: str | os.PathLike):
 
 
 def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_results: list[Any],
-                       method: str = GATES):
+                       method: str = GATES, stopped: dict[str, int] | None = None):
     """trials.csv in a sweep (or method) folder (the file ``analysis/`` reads); returns the DataFrame. Rows in
-    trial-ID order (the order Tune created them): a resumed sweep lists its trials as the first run did."""
+    trial-ID order (the order Tune created them): a resumed sweep lists its trials as the first run did.
+    ``stopped``: trial id -> step, the trials an early-stopping scheduler stopped (status ``stopped``)."""
     import pandas as pd
 
     rows = [trial_row(r, PRETRAIN, params) for r in base_results]
     rows += sorted((trial_row(r, PRUNE, params) for r in grid), key=lambda row: str(row[TRIAL_ID] or ""))
+    for row in rows:
+        if row[STAGE] == PRUNE and str(row[TRIAL_ID]) in (stopped or {}) and row[STATUS] == M.RUNNING:
+            row[STATUS], row[STOPPED_AT] = STOPPED, stopped[str(row[TRIAL_ID])]
     df = pd.DataFrame(rows).convert_dtypes()
     df.insert(2, METHOD, [BASE_METHOD if stage == PRETRAIN else method for stage in df[STAGE]])
     if "://" not in experiment_dir:  # a write of an earlier driver killed before its rename

@@ -136,6 +136,15 @@ class ObjectiveConfig:
 
 
 @dataclass
+class SchedulerConfig:
+    """Early stopping of the gate trials (sweeps/scheduler.py): none, or MO-ASHA over the sweep's objectives."""
+
+    kind: Literal["none", "mo_asha"] = "none"
+    grace_steps: int | None = None  # the first rung, in optimizer steps (null: train.eval_every); a multiple of it
+    reduction_factor: float = 3.0  # a rung keeps the best 1/reduction_factor of the trials recorded there
+
+
+@dataclass
 class SearchConfig:
     sampler: Literal["tpe", "nsga2", "random", "grid"] = "tpe"
     seed: int = 0  # seed of the sampler
@@ -146,6 +155,7 @@ class SearchConfig:
     trial_seeds: Literal["per_trial", "fixed"] = "per_trial"  # per_trial: train.seed + a hash of the trial's params
     startup_trials: int | None = None  # tpe: random trials before it models the space (null: Optuna's 10)
     population_size: int | None = None  # nsga2: trials per generation (null: Optuna's 50)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # multi-objective early stopping
 
 
 @dataclass

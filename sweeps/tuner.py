@@ -31,6 +31,7 @@ from .results import (
     LAYOUT_SEED,
     PRETRAINED_DIR,
     PRUNE,
+    SCORED_STATUSES,
     STAGE,
     STATUS,
     SWEEP_FILE,
@@ -43,6 +44,7 @@ from .results import (
     write_trials_table,
 )
 from .resume import SweepError, can_restore, check_resume, sweep_record
+from .scheduler import make_scheduler, stopped_trials
 from .schema import BUDGET_METHODS, GATES, GATES_BUDGET, SCRATCH, MethodRun
 from .search import make_searcher, tune_space
 from .storage import ray_storage
@@ -162,17 +164,29 @@ def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume:
         return tune.Tuner(
             trainable, param_space=tune_space(sweep),
             tune_config=tune.TuneConfig(search_alg=make_searcher(sweep), num_samples=sweep.search.num_samples,
-                                        max_concurrent_trials=sweep.search.max_concurrent),
+                                        max_concurrent_trials=sweep.search.max_concurrent,
+                                        scheduler=early_stopping(sweep)),
             run_config=_run_config(sweep, sweep.name, sweep.storage, keep=sweep.schema.keep_checkpoints),
         )
 
     return _fit(new_tuner, trainable, sweep.experiment_dir, resume, sweep.schema.keep_checkpoints)
 
 
+def early_stopping(sweep: Sweep):
+    """The gate trials' scheduler: MO-ASHA over the sweep's objectives (search.scheduler), or None (Tune's FIFO:
+    every trial to its last step)."""
+    c = sweep.search.scheduler
+    if c.kind == "none":
+        return None
+    t = sweep.trial_config({}).train
+    return make_scheduler([(o.metric, o.mode) for o in sweep.objectives], c.grace_steps or t.eval_every,
+                          c.reduction_factor, t.max_steps, sweep.experiment_dir)
+
+
 def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:
     """The layouts ``scratch`` trains: those of the gate trials (Pareto-optimal or all completed ones), and the
     full model's unless ``baselines.scratch_full`` is false, smallest first."""
-    done = gate_trials[(gate_trials[STAGE] == PRUNE) & (gate_trials[STATUS] == M.COMPLETED)]
+    done = gate_trials[(gate_trials[STAGE] == PRUNE) & gate_trials[STATUS].isin(SCORED_STATUSES)]
     if sweep.schema.baselines.scratch_layouts == "pareto" and not done.empty:
         done = pareto_front(done, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])
     cfg = sweep.trial_config({})
@@ -313,7 +327,8 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
                 params = [d.key for d in sweep.space]
             else:
                 grid, params = baseline_stage(sweep, setup, trainables, run, resume, tables.get(runs[0]))
-            tables[run] = write_trials_table(folder, params, grid, base_results, run.method)
+            stopped = stopped_trials(folder) if run.method == GATES else {}
+            tables[run] = write_trials_table(folder, params, grid, base_results, run.method, stopped)
             if unfinished_trials(sweep, run, tables[run]):  # interrupted (Ctrl-C) or failed: later methods wait
                 break
             done = {"trials": int((tables[run][STAGE] == PRUNE).sum()), "expected": expected_trials(sweep, run,

@@ -195,7 +195,27 @@ def sweep_from_dict(
                   storage=resolve_storage(storage or schema.storage), smoke_test=smoke_test)
     _check_methods(sweep)  # 5)
     _check_points(sweep)
+    _check_scheduler(sweep)
     return sweep
+
+
+def _check_scheduler(sweep: Sweep) -> None:
+    """search.scheduler: MO-ASHA's rungs must fall on evaluations (steps, not epochs) before the last step."""
+    c = sweep.search.scheduler
+    if c.kind == "none":
+        return
+    t = sweep.trial_config({}).train
+    require(t.eval_unit == "steps", "search.scheduler.kind", c.kind,
+            "'none' while train.eval_unit is 'epochs' (the rungs count optimizer steps)")
+    require(c.reduction_factor > 1, "search.scheduler.reduction_factor", c.reduction_factor, "a number > 1")
+    grace = c.grace_steps if c.grace_steps is not None else t.eval_every
+    require(0 < grace < t.max_steps, "search.scheduler.grace_steps", grace,
+            f"steps in (0, {t.max_steps}) (train.max_steps of the gate trials)")
+    from .scheduler import rungs
+
+    off = [r for r in rungs(grace, c.reduction_factor, t.max_steps) if r % t.eval_every]
+    require(not off, "search.scheduler.grace_steps", grace,
+            f"rungs that fall on evaluations (every {t.eval_every} steps, train.eval_every); these would not: {off}")
 
 
 def _check_stages(schema: SweepSchema, base: dict[str, Any], base_dir: Path) -> None:

@@ -197,6 +197,12 @@ BAD = [
     ({"test": {"include": ["../old"]}}, r"`test.include\[0\]`: '../old'.*another sweep in the same results root"),
     ({"test": {"include": ["a", "a"]}}, r"`test.include`.*distinct sweep names"),
     ({"search": {"population_size": 1}}, r"`search.population_size`: 1.*NSGA-II"),
+    ({"search": {"scheduler": {"kind": "hyperband"}}}, r"`search.scheduler.kind`: 'hyperband'.*'none', 'mo_asha'"),
+    ({"search": {"scheduler": {"kind": "mo_asha", "reduction_factor": 1}}},
+     r"`search.scheduler.reduction_factor`: 1.*> 1"),
+    ({"search": {"scheduler": {"kind": "mo_asha", "grace_steps": 6}}}, r"`search.scheduler.grace_steps`: 6.*\(0, 6\)"),
+    ({"search": {"scheduler": {"kind": "mo_asha", "grace_steps": 2}}},
+     r"`search.scheduler.grace_steps`: 2.*every 3 steps.*\[2\]"),
     ({"search": {"startup_trials": -1}}, r"`search.startup_trials`: -1.*TPE"),
 ]
 

@@ -38,8 +38,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from model import metrics as M
-
 from .load import ResultsError, SweepResults, load_sweep
 from .pareto import default_reference, hypervolume
 
@@ -204,7 +202,7 @@ def suggestion_order(s: SweepResults) -> pd.DataFrame:
 def sweep_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
     """Hypervolume after each trial of complete sweeps (one per sampler and seed): columns sampler, seed, trials,
     hypervolume, against one reference point for all of them."""
-    from sweeps.results import STATUS
+    from sweeps.results import SCORED_STATUSES, STATUS
 
     if not sweeps:
         raise ResultsError("no sweep folders given")
@@ -229,7 +227,7 @@ def sweep_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
         trials = suggestion_order(s)
         for n in range(1, len(trials) + 1):
             done = trials.iloc[:n]
-            done = done[done[STATUS] == M.COMPLETED].dropna(subset=list(objectives))
+            done = done[done[STATUS].isin(SCORED_STATUSES)].dropna(subset=list(objectives))
             hv = hypervolume(done, objectives, directions, reference) if len(done) else 0.0
             rows.append({"sampler": sampler, "seed": seed, "trials": n, "hypervolume": hv})
     out = pd.DataFrame(rows)

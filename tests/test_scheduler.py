@@ -99,3 +99,13 @@ def test_a_sweep_with_mo_asha_stops_trials_at_rungs_and_keeps_what_they_reached(
     after = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
     assert after[after["stage"] == "prune"][["trial_id", "status", "step"]].values.tolist() == prune[
         ["trial_id", "status", "step"]].values.tolist()
+
+
+def test_the_dry_run_plan_names_the_rungs():
+    from sweeps.plan import describe_plan
+    from tests.helpers import tiny_sweep
+
+    sweep = tiny_sweep({"search": {"num_samples": 2, "scheduler": {"kind": "mo_asha"}}})
+    t = sweep.trial_config({}).train
+    assert f"early stopping: MO-ASHA, rungs at steps {rungs(t.eval_every, 3, t.max_steps)}" in describe_plan(sweep)
+    assert "early stopping" not in describe_plan(tiny_sweep({"search": {"num_samples": 2}}))

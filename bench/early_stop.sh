@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Does multi-objective early stopping pay? Complete sweeps of the synthetic pair (sweeps/sampler_study.yaml with
+# longer trials: 180 steps, an evaluation every 20) with MO-ASHA (rungs at 20 and 60 steps, a third kept) and
+# without, SEEDS seeds each (TPE, 20 trials per sweep), then the hypervolume against trial-steps with 95% intervals
+# and the ratios (analysis/early_stop.py):
+#   bash bench/early_stop.sh [SEEDS] [RESULTS]        # default 5 seeds, results/
+# A stopped study continues where it stopped: finished sweeps are skipped, an interrupted one is resumed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seeds=${1:-5}
+results=${2:-results}
+python=${PYTHON:-.venv/bin/python}
+mkdir -p "$results"
+folders=()
+for kind in none mo_asha; do
+  for seed in $(seq 0 $((seeds - 1))); do
+    name="early_stop-$kind-$seed"
+    folders+=("$results/$name")
+    if [ -f "$results/$name/report/report.html" ]; then
+      echo "== $name: finished, skipped"
+      continue
+    fi
+    resume=()
+    [ -d "$results/$name" ] && resume=(--resume)
+    echo "== $name"
+    start=$(date +%s)
+    "$python" trainable.py sweeps/sampler_study.yaml --results "$results" --set "name=$name" \
+      --set search.sampler=tpe --set "search.seed=$seed" --set search.num_samples=20 \
+      --set prune.set.train.max_steps=180 --set prune.set.train.eval_every=20 \
+      --set "search.scheduler={kind: $kind, grace_steps: 20, reduction_factor: 3}" \
+      --set wandb.mode=disabled "${resume[@]}" > "$results/$name.log" 2>&1 \
+      || { echo "$name failed: see $results/$name.log"; exit 1; }
+    echo "   $(( $(date +%s) - start )) s"
+  done
+done
+"$python" -m analysis.early_stop --sweeps "${folders[@]}" --out "$results/early_stop"

@@ -22,7 +22,6 @@ from typing import Any
 import pandas as pd
 
 from model import metrics as M
-
 from sweeps.results import TRIAL_ID
 
 from .load import ResultsError, SweepResults, load_sweep

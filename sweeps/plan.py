@@ -62,8 +62,8 @@ def describe_plan(sweep: Sweep) -> str:
         from .scheduler import rungs
 
         t = trial.train
-        lines.append(f"early stopping: MO-ASHA, rungs at steps {rungs(c.grace_steps or t.eval_every, c.reduction_factor, t.max_steps)}, "
-                     f"the best 1/{c.reduction_factor:g} at each go on")
+        steps = rungs(c.grace_steps or t.eval_every, c.reduction_factor, t.max_steps)
+        lines.append(f"early stopping: MO-ASHA, rungs at steps {steps}, the best 1/{c.reduction_factor:g} at each go on")
     r, p = sweep.resources, sweep.pretrain_resources
     lines.append(f"resources per trial: {r.cpus:g} CPUs, {r.gpus:g} GPUs; per base model: {p.cpus:g} CPUs, "
                  f"{p.gpus:g} GPUs" + (" (autoscaled)" if r.autoscale else ""))

@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 
 from model import metrics as M
 from model.config import ATTENTION_TYPES
+from sweeps.constraints import FEASIBLE
 from sweeps.results import BASE, TRIAL_ID
 
 from .load import SweepResults
@@ -99,6 +100,18 @@ def pareto_chart(sweeps: Sequence[SweepResults]) -> tuple[Figure, go.Figure]:
             ax.step(front[x], front[y], where="post", color=colour, lw=1.6, zorder=2, label=label)
             pfig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line=dict(shape="hv", color=colour),
                                       name=label, hoverinfo="skip"))
+        if single and FEASIBLE in done and (done[FEASIBLE] == False).any():  # noqa: E712 - a nullable column
+            out = done[done[FEASIBLE] == False]  # noqa: E712
+            ax.scatter(out[x], out[y], marker="x", s=60, color="red", zorder=4, label="violates a constraint")
+            pfig.add_trace(go.Scatter(x=out[x], y=out[y], mode="markers", name="violates a constraint",
+                                      marker=dict(symbol="x", size=11, color="red"), hoverinfo="skip"))
+            ok = done[done[FEASIBLE] == True]  # noqa: E712
+            feasible = pareto_front(ok, [x, y], [xdir, ydir]).sort_values(x) if len(ok) else ok
+            if len(feasible):
+                label = f"feasible front ({len(feasible)})"
+                ax.step(feasible[x], feasible[y], where="post", color="green", lw=1.6, ls="--", zorder=2, label=label)
+                pfig.add_trace(go.Scatter(x=feasible[x], y=feasible[y], mode="lines", name=label, hoverinfo="skip",
+                                          line=dict(shape="hv", color="green", dash="dash")))
         bases = s.bases
         if len(bases) and x in bases and y in bases:
             ax.scatter(bases[x], bases[y], marker="*", s=180, color=colour, edgecolor="k", zorder=4,

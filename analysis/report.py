@@ -22,6 +22,7 @@ from model import metrics as M
 from model.checkpoint import CheckpointError
 from model.cli import add_out, command_parser
 from model.files import atomic_write
+from sweeps.constraints import FEASIBLE, read_bounds
 from sweeps.results import (
     BASE,
     BEST_BLEU,
@@ -62,6 +63,24 @@ def score_signatures(s: SweepResults) -> str:
     return "; ".join(found) if found else "no sacrebleu signature recorded (a table from before they were)"
 
 
+def feasible_front(s: SweepResults) -> pd.DataFrame | None:
+    """The front of the trials that meet every constraint (``feasible`` in trials.csv); None without constraints."""
+    done = s.completed
+    if FEASIBLE not in done:
+        return None
+    ok = done[done[FEASIBLE] == True]  # noqa: E712 - a nullable boolean column
+    front = pareto_front(ok, s.objectives, s.directions) if len(ok) else ok
+    return front[[c for c in front_table(s).columns if c in front.columns]]
+
+
+def constraints_line(s: SweepResults, feasible: pd.DataFrame) -> str:
+    bounds = read_bounds(s.source)
+    said = "; ".join(", ".join(b.describe() for b in found) for found in bounds.values()) or "as recorded"
+    count = int((s.completed[FEASIBLE] == True).sum())  # noqa: E712
+    return (f"Constraints: {said}. {count} of {len(s.completed)} scored trials meet them all; the feasible front "
+            f"has {len(feasible)} (dashed in the chart; trials that violate one are crossed).")
+
+
 @dataclass
 class Report:
     """A written sweep report: its HTML file, the folder of its charts, the front's table and summary values."""
@@ -90,8 +109,12 @@ def sweep_report(s: SweepResults, out: Path | None = None) -> Report:
     summary = (f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
                f"(reference {dict(zip(s.objectives, ref))}).")
     md = [f"# headsweep report: {s.label}", "", summary, "", f"Scores: {score_signatures(s)}.", "",
-          markdown_table(table.drop(columns=[CHECKPOINT], errors="ignore")), "",
-          f"Charts: {out}; full report: {report}", ""]
+          markdown_table(table.drop(columns=[CHECKPOINT], errors="ignore")), ""]
+    feasible = feasible_front(s)
+    if feasible is not None:
+        md += [constraints_line(s, feasible), "", markdown_table(feasible.drop(columns=[CHECKPOINT], errors="ignore"))
+               if len(feasible) else "(no trial meets them)", ""]
+    md += [f"Charts: {out}; full report: {report}", ""]
     atomic_write(out / "report.md", "\n".join(md))
     return Report(report, out, table, {"hypervolume": hv, "pareto_trials": len(table),
                                        "completed_trials": len(s.completed)}, publish(s, out))
@@ -109,6 +132,11 @@ def _front_section(page: Page, s: SweepResults, out: Path) -> tuple[pd.DataFrame
     page.p(f"{len(table)} Pareto-optimal of {len(s.completed)} completed trials; hypervolume {hv:.4g} "
            f"against the reference point {dict(zip(s.objectives, ref))}.")
     page.table(table)
+    feasible = feasible_front(s)
+    if feasible is not None:
+        page.h("Constraints", 3)
+        page.p(constraints_line(s, feasible))
+        page.table(feasible)
     page.p(f"Scores: {score_signatures(s)}.")
     if len(s.bases):
         page.h("Base models", 3)

@@ -155,10 +155,11 @@ def read_trials_table(experiment_dir: str | os.PathLike):
 
 
 def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_results: list[Any],
-                       method: str = GATES, stopped: dict[str, int] | None = None):
+                       method: str = GATES, stopped: dict[str, int] | None = None, bounds: dict | None = None):
     """trials.csv in a sweep (or method) folder (the file ``analysis/`` reads); returns the DataFrame. Rows in
     trial-ID order (the order Tune created them): a resumed sweep lists its trials as the first run did.
-    ``stopped``: trial id -> step, the trials an early-stopping scheduler stopped (status ``stopped``)."""
+    ``stopped``: trial id -> step, the trials an early-stopping scheduler stopped (status ``stopped``); ``bounds``:
+    the sweep's constraints per base model (sweeps.constraints), which mark each trial ``feasible``."""
     import pandas as pd
 
     rows = [trial_row(r, PRETRAIN, params) for r in base_results]
@@ -166,6 +167,10 @@ def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_r
     for row in rows:
         if row[STAGE] == PRUNE and str(row[TRIAL_ID]) in (stopped or {}) and row[STATUS] == M.RUNNING:
             row[STATUS], row[STOPPED_AT] = STOPPED, stopped[str(row[TRIAL_ID])]
+    if bounds:
+        from .constraints import feasibility
+
+        feasibility([row for row in rows if row[STAGE] == PRUNE], bounds, BASE)
     df = pd.DataFrame(rows).convert_dtypes()
     df.insert(2, METHOD, [BASE_METHOD if stage == PRETRAIN else method for stage in df[STAGE]])
     if "://" not in experiment_dir:  # a write of an earlier driver killed before its rename

@@ -194,6 +194,17 @@ class HeldOutTestConfig:
 
 
 @dataclass
+class ConstraintConfig:
+    """One constraint on the gate trials' final scores (sweeps/constraints.py): exactly one bound."""
+
+    metric: str = M.BLEU
+    min: float | None = None  # feasible: metric >= min
+    max: float | None = None  # feasible: metric <= max
+    min_relative_to_base: float | None = None  # feasible: metric >= the base model's + this (e.g. -0.5 BLEU)
+    max_relative_to_base: float | None = None  # feasible: metric <= the base model's + this
+
+
+@dataclass
 class SweepSchema:
     name: str | None = None  # folder name under storage; default: the file's stem
     # gates | gates_budget | importance | iterative | random | scratch, or a list of them (run in that order; scratch
@@ -204,6 +215,7 @@ class SweepSchema:
     prune: PruneConfig = field(default_factory=PruneConfig)
     space: dict[str, Any] = field(default_factory=dict)  # dotted config key -> {loguniform|uniform|choice|randint}
     objectives: list[ObjectiveConfig] = field(default_factory=_default_objectives)
+    constraints: list[ConstraintConfig] = field(default_factory=list)  # Optuna's constraints_func (tpe, nsga2)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

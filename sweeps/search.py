@@ -7,7 +7,8 @@ import math
 import warnings
 from typing import Any
 
-from .results import WANDB_RUN
+from .constraints import CONSTRAINTS_ATTR, Bound, ConstraintValues, violations
+from .results import BASE, WANDB_RUN
 from .study import StudyStorage, fresh_study_file
 from .sweep import Sweep
 
@@ -32,8 +33,9 @@ def tune_space(sweep: Sweep) -> dict[str, Any]:
     return out
 
 
-def make_searcher(sweep: Sweep):
-    """OptunaSearch with the objective lists (never metric/mode in TuneConfig: that makes it single-objective)."""
+def make_searcher(sweep: Sweep, bounds: dict[str, list[Bound]] | None = None):
+    """OptunaSearch with the objective lists (never metric/mode in TuneConfig: that makes it single-objective), and
+    with ``bounds`` (per base model hash: the sweep's constraints) Optuna's constraints_func."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -64,6 +66,9 @@ def make_searcher(sweep: Sweep):
                 return
             if result and result.get(WANDB_RUN) and trial_id in self._ot_trials:
                 self._ot_trials[trial_id].set_user_attr(WANDB_RUN_ATTR, result[WANDB_RUN])
+            if result and self.bounds and trial_id in self._ot_trials:  # before the tell: the sampler reads them
+                found = self.bounds.get(str(result.get(BASE))) or next(iter(self.bounds.values()))
+                self._ot_trials[trial_id].set_user_attr(CONSTRAINTS_ATTR, violations(result, found))
             values = [(result or {}).get(m) for m in self.metric] if isinstance(self.metric, list) else []
             if result and any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
                 result, error = None, True
@@ -100,8 +105,9 @@ def make_searcher(sweep: Sweep):
                   f"{state.name} from its result", flush=True)
 
     s = sweep.search
-    tpe = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}
-    nsga2 = {} if s.population_size is None else {"population_size": s.population_size}
+    constrained = {"constraints_func": ConstraintValues(len(sweep.schema.constraints))} if bounds else {}
+    tpe = {**constrained, **({} if s.startup_trials is None else {"n_startup_trials": s.startup_trials})}
+    nsga2 = {**constrained, **({} if s.population_size is None else {"population_size": s.population_size})}
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed, **tpe),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed, **nsga2),
@@ -110,8 +116,10 @@ def make_searcher(sweep: Sweep):
     }
     fresh_study_file(sweep.experiment_dir)  # a new sweep (a restored one gets its searcher from Tune's state)
     storage = StudyStorage(sweep.experiment_dir)
-    return HeadsweepSearch(
+    searcher = HeadsweepSearch(
         metric=[o.metric for o in sweep.objectives], mode=[o.mode for o in sweep.objectives],
         sampler=samplers[s.sampler](), study_name=sweep.name, storage=storage,
         points_to_evaluate=sweep.points_to_evaluate() or None,
     )
+    searcher.bounds = bounds or {}
+    return searcher

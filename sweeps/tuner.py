@@ -20,6 +20,7 @@ from model.checkpoint import git_commit, package_versions
 from model.corpora import CorpusError, FilesCorpus
 
 from .baselines import layout_heads, layout_name, parse_layout_name
+from .constraints import Bound, base_bounds, read_bounds
 from .pareto import pareto_front
 from .placement import check_placement, check_shared_storage, read_autoscaler
 from .raycluster import cluster_to_join, start_ray
@@ -36,6 +37,7 @@ from .results import (
     STATUS,
     SWEEP_FILE,
     WANDB_DIR,
+    checkpoint_file,
     is_record,
     join_storage,
     read_trials_table,
@@ -155,7 +157,32 @@ def pretrain_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables) -> t
     return bases, results
 
 
-def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume: bool):
+def constraint_bounds(sweep: Sweep, setup: TrialSetup) -> dict[str, list[Bound]]:
+    """The bounds of the sweep's constraints per base model ({} without constraints); a bound relative to the base
+    model needs its score on the trials' validation sentences, measured here once (on the driver) and kept."""
+    if not sweep.schema.constraints:
+        return {}
+    cfg = sweep.trial_config({})
+
+    def score(checkpoint: str) -> dict[str, float]:
+        from model.evaluate import evaluate_checkpoint
+
+        path = checkpoint if checkpoint.endswith(".pt") else str(checkpoint_file(checkpoint))
+        print(f"constraints: scoring the base model {checkpoint} on {cfg.eval.split} (the trials' settings)",
+              flush=True)
+        found = evaluate_checkpoint(path, cfg.eval.split, cfg.eval, log=lambda _: None,
+                                    data_dir=cfg.data.data_dir)[0]
+        return {M.BLEU: found.bleu, M.CHRF: found.chrf}
+
+    bases = setup.bases or {"": ""}
+    bounds = base_bounds(sweep.experiment_dir, sweep.schema.constraints, bases, score)
+    for key, found in bounds.items():
+        print(f"constraints{f' (base {key})' if key else ''}: " + ", ".join(b.describe() for b in found), flush=True)
+    return bounds
+
+
+def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume: bool,
+                bounds: dict[str, list[Bound]] | None = None):
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(trainables.prune, setup=setup), _resources(sweep.resources))
@@ -163,7 +190,7 @@ def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume:
     def new_tuner():
         return tune.Tuner(
             trainable, param_space=tune_space(sweep),
-            tune_config=tune.TuneConfig(search_alg=make_searcher(sweep), num_samples=sweep.search.num_samples,
+            tune_config=tune.TuneConfig(search_alg=make_searcher(sweep, bounds), num_samples=sweep.search.num_samples,
                                         max_concurrent_trials=sweep.search.max_concurrent,
                                         scheduler=early_stopping(sweep)),
             run_config=_run_config(sweep, sweep.name, sweep.storage, keep=sweep.schema.keep_checkpoints),
@@ -323,12 +350,14 @@ def run_sweep(sweep: Sweep, trainables: Trainables, resume: bool = False, addres
                 continue
             write_text(join_storage(folder, SWEEP_FILE), json.dumps(sweep_record(sweep, run), indent=2) + "\n")
             if run.method == GATES:
-                grid = prune_stage(sweep, setup, trainables, resume)
+                bounds = constraint_bounds(sweep, setup)
+                grid = prune_stage(sweep, setup, trainables, resume, bounds)
                 params = [d.key for d in sweep.space]
             else:
                 grid, params = baseline_stage(sweep, setup, trainables, run, resume, tables.get(runs[0]))
             stopped = stopped_trials(folder) if run.method == GATES else {}
-            tables[run] = write_trials_table(folder, params, grid, base_results, run.method, stopped)
+            tables[run] = write_trials_table(folder, params, grid, base_results, run.method, stopped,
+                                             read_bounds(folder) if run.method == GATES else {})
             if unfinished_trials(sweep, run, tables[run]):  # interrupted (Ctrl-C) or failed: later methods wait
                 break
             done = {"trials": int((tables[run][STAGE] == PRUNE).sum()), "expected": expected_trials(sweep, run,

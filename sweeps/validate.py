@@ -15,6 +15,7 @@ from typing import Any
 
 from model.config import Config, ConfigError, apply_overrides, config_from_dict, flatten, from_dict, read_yaml, require
 
+from .constraints import RELATIVE_METRICS
 from .results import BUDGET, PRETRAIN, STAGES
 from .schema import GATES, GATES_BUDGET, METHODS, OBJECTIVE_METRICS, SCRATCH, SweepSchema, is_base_key, parse_dimension
 from .sweep import Sweep, _with, resolve_storage
@@ -286,6 +287,20 @@ def _check_search(schema: SweepSchema, space: list) -> None:
         require(o.metric in OBJECTIVE_METRICS, f"objectives[{i}].metric", o.metric,
                "a metric every trial reports: " + ", ".join(OBJECTIVE_METRICS))
     require(len(set(names)) == len(names), "objectives", names, "each metric once")
+    for i, c in enumerate(schema.constraints):
+        where = f"constraints[{i}]"
+        require(c.metric in OBJECTIVE_METRICS, f"{where}.metric", c.metric,
+                "a metric every trial reports: " + ", ".join(OBJECTIVE_METRICS))
+        given = [k for k in ("min", "max", "min_relative_to_base", "max_relative_to_base") if getattr(c, k) is not None]
+        require(len(given) == 1, where, given, "exactly one of min, max, min_relative_to_base, max_relative_to_base")
+        if given[0].endswith("_relative_to_base"):
+            require(c.metric in RELATIVE_METRICS, f"{where}.metric", c.metric,
+                    f"{' or '.join(RELATIVE_METRICS)} for a bound relative to the base model")
+            require(schema.pretrain.enabled, f"{where}.{given[0]}", getattr(c, given[0]),
+                    "a bound without a base model (pretrain.enabled is false): min or max")
+    if schema.constraints:
+        require(schema.search.sampler in ("tpe", "nsga2"), "search.sampler", schema.search.sampler,
+                "'tpe' or 'nsga2' with constraints (Optuna's constraints_func)")
     s = schema.search
     require(s.num_samples >= 1, "search.num_samples", s.num_samples, "an integer >= 1")
     require(s.max_concurrent >= 1, "search.max_concurrent", s.max_concurrent, "an integer >= 1")

@@ -1,0 +1,97 @@
+"""Constraints on the gate trials (sweeps/constraints.py): bounds absolute and relative to the base model, the
+violations Optuna's constraints_func reads, the base score measured once, and a real sweep that carries them."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from types import SimpleNamespace
+
+import pytest
+
+from sweeps.constraints import (
+    CONSTRAINTS_FILE,
+    Bound,
+    ConstraintValues,
+    base_bounds,
+    bounds_for,
+    feasibility,
+    read_bounds,
+    violations,
+)
+
+C = SimpleNamespace  # a constraint as the schema gives it
+
+
+def constraint(metric, **bound):
+    return C(metric=metric, **{k: bound.get(k) for k in ("min", "max", "min_relative_to_base", "max_relative_to_base")})
+
+
+def test_bounds_and_their_violations():
+    found = bounds_for([constraint("bleu", min_relative_to_base=-0.5), constraint("open_heads", max=12)],
+                       {"bleu": 36.0, "chrf": 60.0})
+    assert found == [Bound("bleu", "min", 35.5), Bound("open_heads", "max", 12.0)]
+    assert violations({"bleu": 35.7, "open_heads": 12}, found) == [pytest.approx(-0.2), 0.0]  # both met
+    assert violations({"bleu": 35.0, "open_heads": 13}, found) == [0.5, 1.0]  # both violated, by how much
+    assert violations({"bleu": float("nan")}, found) == [math.inf, math.inf]  # no score: infeasible
+    with pytest.raises(ValueError, match="relative to the base model: no base score"):
+        bounds_for([constraint("bleu", min_relative_to_base=-0.5)], None)
+    rows = [{"bleu": 36.0, "open_heads": 4, "base": "h"}, {"bleu": 30.0, "open_heads": 4, "base": "h"}]
+    feasibility(rows, {"h": found}, "base")
+    assert [r["feasible"] for r in rows] == [True, False]
+
+
+def test_optunas_constraints_func_reads_the_trials_violations_and_pickles():
+    func = pickle.loads(pickle.dumps(ConstraintValues(2)))  # Tune saves the searcher with its sampler
+    assert func(SimpleNamespace(user_attrs={"constraints": [0.5, -1]})) == (0.5, -1.0)
+    assert func(SimpleNamespace(user_attrs={})) == (math.inf, math.inf)
+
+
+def test_the_base_model_is_scored_once_per_checkpoint(tmp_path):
+    calls = []
+
+    def score(checkpoint):
+        calls.append(checkpoint)
+        return {"bleu": 30.0 + len(calls)}
+
+    constraints = [constraint("bleu", min_relative_to_base=-1.0)]
+    first = base_bounds(str(tmp_path), constraints, {"h": "/base/a.pt"}, score)
+    again = base_bounds(str(tmp_path), constraints, {"h": "/base/a.pt"}, score)
+    assert first == again == {"h": [Bound("bleu", "min", 30.0)]} and calls == ["/base/a.pt"]
+    assert read_bounds(str(tmp_path)) == first
+    saved = json.loads((tmp_path / CONSTRAINTS_FILE).read_text())
+    assert saved["h"]["base_scores"] == {"bleu": 31.0} and saved["h"]["checkpoint"] == "/base/a.pt"
+    moved = base_bounds(str(tmp_path), constraints, {"h": "/base/b.pt"}, score)  # another base model: scored again
+    assert moved == {"h": [Bound("bleu", "min", 31.0)]} and calls == ["/base/a.pt", "/base/b.pt"]
+    plain = base_bounds(str(tmp_path / "x"), [constraint("open_heads", max=3)], {"": ""}, score)
+    assert plain == {"": [Bound("open_heads", "max", 3.0)]} and len(calls) == 2  # absolute: no base score needed
+
+
+@pytest.mark.slow
+def test_a_constrained_sweep_tells_optuna_the_violations_and_marks_feasible_trials(tmp_path):
+    import sqlite3
+
+    import pandas as pd
+
+    from tests.helpers import run_cli, write_sweep
+
+    constraints = [{"metric": "bleu", "min_relative_to_base": -100.0}, {"metric": "open_heads", "max": 40}]
+    sweep = write_sweep(tmp_path / "s.yaml", constraints=constraints, search={"num_samples": 2, "max_concurrent": 2})
+    proc = run_cli(str(sweep), "--results", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "constraints: scoring the base model" in proc.stdout
+    folder = tmp_path / "r" / "t"
+    saved = json.loads((folder / CONSTRAINTS_FILE).read_text())
+    (key, entry), = saved.items()
+    assert entry["bounds"][0] == {"metric": "bleu", "sense": "min", "value": entry["base_scores"]["bleu"] - 100.0}
+    df = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
+    prune = df[df["stage"] == "prune"]
+    assert (prune["feasible"] == (prune["open_heads"] <= 40)).all()
+    with sqlite3.connect(folder / "optuna.db") as db:
+        attrs = db.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'constraints'").fetchall()
+        system = db.execute("SELECT value_json FROM trial_system_attributes WHERE key = 'constraints'").fetchall()
+    assert len(attrs) == 2 and len(system) == 2  # each trial's violations, as the sampler recorded them
+    heads = sorted(json.loads(v)[1] + 40 for (v,) in attrs)
+    assert heads == sorted(prune["open_heads"].astype(float))
+    assert "Constraints: bleu >= " in (folder / "report" / "report.md").read_text()

@@ -1,5 +1,6 @@
-"""Does early stopping pay? Complete sweeps with and without MO-ASHA (``search.scheduler``), several seeds each:
-the hypervolume of the front against the trial-steps spent to reach it.
+"""Does early stopping pay, and do constraints find the answer sooner? Complete sweeps with and without MO-ASHA
+(``search.scheduler``), and with constraints (``constraints``), several seeds each: the hypervolume of the front
+against the trial-steps spent to reach it, and the trials needed to find the fewest-heads feasible point.
 
     python -m analysis.early_stop --sweeps DIR [DIR ...] [--out DIR]     # bench/early_stop.sh runs the sweeps
 
@@ -9,6 +10,8 @@ at a rung with the scores they reached) is recorded against one reference point 
 trial-steps spent so far (the sum of each trial's last step). Per scheduler: the final hypervolume and the total
 trial-steps, each with its 95% t-interval over seeds; the ratios with against without early stopping
 (``early_stop_hv_ratio``, ``early_stop_steps_ratio``); and whether the two final hypervolumes' intervals overlap.
+With constrained sweeps: under their bounds, the fewest-heads feasible point of all sweeps together, and the trials
+each sweep needed to find it, constrained against unconstrained (``constrained_trials_ratio``).
 """
 
 from __future__ import annotations
@@ -32,12 +35,21 @@ from .stats import t_interval
 NONE = "none"  # a sweep without early stopping (search.scheduler.kind)
 
 
+CONSTRAINED = "constrained"  # a sweep with constraints (and no early stopping)
+
+
 def scheduler_of(s: SweepResults) -> tuple[str, Any]:
-    """(scheduler kind, sampler seed) a sweep recorded."""
+    """(group, sampler seed) a sweep recorded: its scheduler kind, or ``constrained`` for a sweep with
+    constraints."""
     search = s.config.get("search") or {}
     if "seed" not in search:
         raise ResultsError(f"{s.path}: sweep.json names no search.seed")
-    return (search.get("scheduler") or {}).get("kind", NONE), search["seed"]
+    kind = (search.get("scheduler") or {}).get("kind", NONE)
+    if s.config.get("constraints"):
+        if kind != NONE:
+            raise ResultsError(f"{s.path}: constraints and early stopping together; compare one change at a time")
+        return CONSTRAINED, search["seed"]
+    return kind, search["seed"]
 
 
 def step_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
@@ -98,6 +110,55 @@ def ratios(summary: pd.DataFrame, scheduler: str = "mo_asha") -> dict[str, float
             "early_stop_hv_intervals_overlap": bool(overlap)}
 
 
+def trials_to_fewest_feasible(sweeps: Sequence[SweepResults]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per sweep: the trials it needed (in suggestion order) to find the fewest-heads feasible point of all the
+    sweeps together, under the constrained sweeps' bounds (their constraints.json; every sweep's trials are judged
+    by them); NaN where it never did. Returns the table and {bound, heads}."""
+    from sweeps.constraints import read_bounds, violations
+
+    bounds = next((b for s in sweeps if scheduler_of(s)[0] == CONSTRAINED
+                   for b in read_bounds(s.source).values()), None)
+    if not bounds:
+        raise ResultsError("no constrained sweep with its bounds (constraints.json) among the sweeps given")
+    heads = next(o for o, d in zip(sweeps[0].objectives, sweeps[0].directions) if d == "min")
+
+    def feasible(df: pd.DataFrame) -> pd.Series:
+        return pd.Series([all(v <= 0 for v in violations(r, bounds)) for r in df.to_dict("records")], index=df.index,
+                         dtype=bool)
+
+    pooled = pd.concat([s.completed for s in sweeps], ignore_index=True)
+    ok = pooled[feasible(pooled)] if len(pooled) else pooled
+    if ok.empty:
+        raise ResultsError(f"no trial of any sweep meets {', '.join(b.describe() for b in bounds)}")
+    target = float(pd.to_numeric(ok[heads]).min())
+    rows = []
+    for s in sweeps:
+        group, seed = scheduler_of(s)
+        trials = suggestion_order(s)
+        scored = trials[TRIAL_ID].astype(str).isin(s.completed[TRIAL_ID].astype(str)).to_numpy()
+        hit = scored & feasible(trials).to_numpy() & (pd.to_numeric(trials[heads]) <= target).to_numpy()
+        needed = float(hit.argmax() + 1) if hit.any() else float("nan")
+        rows.append({"scheduler": group, "seed": seed, "trials": len(trials),
+                     "trials to the fewest-heads feasible point": needed})
+    return pd.DataFrame(rows), {"bounds": ", ".join(b.describe() for b in bounds), heads: target}
+
+
+def constrained_ratio(found: pd.DataFrame) -> dict[str, float | int]:
+    """Mean trials to the fewest-heads feasible point, constrained against unconstrained (a sweep that never got
+    there counts as its trial count + 1: a lower bound), and how many sweeps of each never got there."""
+    column = "trials to the fewest-heads feasible point"
+    means = {}
+    for group in (CONSTRAINED, NONE):
+        runs = found[found["scheduler"] == group]
+        if runs.empty:
+            raise ResultsError(f"no sweep of group {group!r}")
+        means[group] = float(runs[column].fillna(runs["trials"] + 1).mean())
+        means[f"{group}_never"] = int(runs[column].isna().sum())
+    return {"constrained_trials_ratio": means[CONSTRAINED] / means[NONE],
+            "constrained_trials_mean": means[CONSTRAINED], "unconstrained_trials_mean": means[NONE],
+            "constrained_never": means[f"{CONSTRAINED}_never"], "unconstrained_never": means[f"{NONE}_never"]}
+
+
 def curves_chart(curves: pd.DataFrame):
     """Hypervolume against trial-steps spent, a line per sweep, coloured by scheduler (matplotlib, plotly)."""
     import plotly.graph_objects as go
@@ -129,9 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: beside the first sweep, early_stop/)")
     args = parser.parse_args(argv)
     try:
-        curves = step_curves([load_sweep(f) for f in args.sweeps])
+        sweeps = [load_sweep(f) for f in args.sweeps]
+        curves = step_curves(sweeps)
         summary = final_summary(curves)
-        found = ratios(summary)
+        found = ratios(summary) if (summary["scheduler"] == "mo_asha").any() else {}
+        feasible = None
+        if (summary["scheduler"] == CONSTRAINED).any():
+            feasible, target = trials_to_fewest_feasible(sweeps)
+            found.update(constrained_ratio(feasible))
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -145,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"chart: {png} and {html}; curves: {out / 'curves.csv'}")
+    if feasible is not None:
+        feasible.to_csv(out / "fewest_feasible.csv", index=False)
+        print(f"the fewest-heads feasible point of all sweeps: {target}")
+        with pd.option_context("display.width", 250, "display.max_columns", 20):
+            print(feasible.to_string(index=False))
     for name, value in found.items():
         print(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={str(value).lower()}")
     return 0

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Does multi-objective early stopping pay? Complete sweeps of the synthetic pair (sweeps/sampler_study.yaml with
-# longer trials: 180 steps, an evaluation every 20) with MO-ASHA (rungs at 20 and 60 steps, a third kept) and
-# without, SEEDS seeds each (TPE, 20 trials per sweep), then the hypervolume against trial-steps with 95% intervals
-# and the ratios (analysis/early_stop.py):
+# Does multi-objective early stopping pay, and do constraints find the answer sooner? Complete sweeps of the
+# synthetic pair (sweeps/sampler_study.yaml with longer trials: 180 steps, an evaluation every 20), SEEDS seeds each
+# (TPE, 20 trials per sweep): without early stopping, with MO-ASHA (rungs at 20 and 60 steps, a third kept), and
+# with the constraint "BLEU within 0.5 of the base model"; then the hypervolume against trial-steps with 95%
+# intervals, the trials each needed to find the fewest-heads feasible point, and the ratios
+# (analysis/early_stop.py):
 #   bash bench/early_stop.sh [SEEDS] [RESULTS]        # default 5 seeds, results/
 # A stopped study continues where it stopped: finished sweeps are skipped, an interrupted one is resumed.
 set -euo pipefail
@@ -12,7 +14,7 @@ results=${2:-results}
 python=${PYTHON:-.venv/bin/python}
 mkdir -p "$results"
 folders=()
-for kind in none mo_asha; do
+for kind in none mo_asha constrained; do
   for seed in $(seq 0 $((seeds - 1))); do
     name="early_stop-$kind-$seed"
     folders+=("$results/$name")
@@ -24,10 +26,14 @@ for kind in none mo_asha; do
     [ -d "$results/$name" ] && resume=(--resume)
     echo "== $name"
     start=$(date +%s)
+    if [ "$kind" = constrained ]; then
+      how=(--set "constraints=[{metric: bleu, min_relative_to_base: -0.5}]")
+    else
+      how=(--set "search.scheduler={kind: $kind, grace_steps: 20, reduction_factor: 3}")
+    fi
     "$python" trainable.py sweeps/sampler_study.yaml --results "$results" --set "name=$name" \
       --set search.sampler=tpe --set "search.seed=$seed" --set search.num_samples=20 \
-      --set prune.set.train.max_steps=180 --set prune.set.train.eval_every=20 \
-      --set "search.scheduler={kind: $kind, grace_steps: 20, reduction_factor: 3}" \
+      --set prune.set.train.max_steps=180 --set prune.set.train.eval_every=20 "${how[@]}" \
       --set wandb.mode=disabled "${resume[@]}" > "$results/$name.log" 2>&1 \
       || { echo "$name failed: see $results/$name.log"; exit 1; }
     echo "   $(( $(date +%s) - start )) s"

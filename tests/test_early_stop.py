@@ -44,3 +44,35 @@ def test_stopped_trials_count_with_what_they_reached_and_their_steps(tmp_path, c
     assert "early_stop_steps_ratio=0.4" in out and (tmp_path / "out" / "hypervolume_vs_steps.png").exists()
     with pytest.raises(Exception, match="second sweep with scheduler none and seed 0"):
         step_curves([load_sweep(folders[0]), load_sweep(folders[0])])
+
+
+def test_constrained_sweeps_are_judged_by_the_trials_to_the_fewest_heads_feasible_point(tmp_path, capsys):
+    from analysis.early_stop import constrained_ratio, trials_to_fewest_feasible
+
+    def constrained(folder, seed, trials):
+        sweep(folder, "none", seed, trials)
+        config = json.loads((folder / "sweep.json").read_text())
+        config["constraints"] = [{"metric": "bleu", "min_relative_to_base": -0.5}]
+        (folder / "sweep.json").write_text(json.dumps(config))
+        (folder / "constraints.json").write_text(json.dumps({"h": {"base_scores": {"bleu": 30.0}, "bounds": [
+            {"metric": "bleu", "sense": "min", "value": 29.5}]}}))
+        return folder
+
+    # the fewest-heads feasible point: 4 heads at BLEU >= 29.5 (3 heads exist, but at 20 BLEU)
+    plain = [sweep(tmp_path / "none-0", "none", 0, [("completed", 100, 30.0, 20), ("completed", 100, 20.0, 3),
+                                                    ("completed", 100, 29.6, 4)]),
+             sweep(tmp_path / "none-1", "none", 1, [("completed", 100, 30.0, 20), ("completed", 100, 29.0, 4),
+                                                    ("completed", 100, 29.0, 8)])]
+    guided = [constrained(tmp_path / "c-0", 0, [("completed", 100, 29.7, 4), ("completed", 100, 20.0, 3),
+                                                 ("completed", 100, 1.0, 1)]),
+              constrained(tmp_path / "c-1", 1, [("completed", 100, 30.0, 20), ("completed", 100, 29.9, 4),
+                                                 ("completed", 100, 1.0, 1)])]
+    found, target = trials_to_fewest_feasible([load_sweep(f) for f in plain + guided])
+    assert target["open_heads"] == 4.0 and target["bounds"] == "bleu >= 29.5"
+    needed = dict(zip(zip(found["scheduler"], found["seed"]), found["trials to the fewest-heads feasible point"]))
+    assert needed[("none", 0)] == 3 and pd.isna(needed[("none", 1)])  # never: counted as 3 + 1
+    assert needed[("constrained", 0)] == 1 and needed[("constrained", 1)] == 2
+    ratio = constrained_ratio(found)
+    assert ratio["constrained_trials_ratio"] == pytest.approx(1.5 / 3.5) and ratio["unconstrained_never"] == 1
+    assert main(["--sweeps", *map(str, plain + guided), "--out", str(tmp_path / "out")]) == 0
+    assert "constrained_trials_ratio=0.4286" in capsys.readouterr().out

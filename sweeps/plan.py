@@ -57,13 +57,19 @@ def describe_plan(sweep: Sweep) -> str:
     lines.append(f"search: {s.sampler} (seed {s.seed}), {s.num_samples} trials, {s.max_concurrent} at once, "
                  f"{s.max_failures} retries each, {len(s.points_to_evaluate)} given first points, "
                  f"trial seeds {s.trial_seeds}")
+    for c in sweep.schema.constraints:
+        bound = next((k, v) for k, v in vars(c).items() if k != "metric" and v is not None)
+        value = f"the base model's {bound[1]:+g}" if bound[0].endswith("_relative_to_base") else f"{bound[1]:g}"
+        lines.append(f"constraint: {c.metric} {'>=' if bound[0].startswith('min') else '<='} {value} "
+                     f"(Optuna's constraints_func)")
     c = s.scheduler
     if c.kind != "none":
         from .scheduler import rungs
 
         t = trial.train
         steps = rungs(c.grace_steps or t.eval_every, c.reduction_factor, t.max_steps)
-        lines.append(f"early stopping: MO-ASHA, rungs at steps {steps}, the best 1/{c.reduction_factor:g} at each go on")
+        lines.append(f"early stopping: MO-ASHA, rungs at steps {steps}, the best 1/{c.reduction_factor:g} at each "
+                     f"go on")
     r, p = sweep.resources, sweep.pretrain_resources
     lines.append(f"resources per trial: {r.cpus:g} CPUs, {r.gpus:g} GPUs; per base model: {p.cpus:g} CPUs, "
                  f"{p.gpus:g} GPUs" + (" (autoscaled)" if r.autoscale else ""))

@@ -68,6 +68,16 @@ def test_the_base_model_is_scored_once_per_checkpoint(tmp_path):
     assert plain == {"": [Bound("open_heads", "max", 3.0)]} and len(calls) == 2  # absolute: no base score needed
 
 
+def test_the_dry_run_plan_names_the_constraints():
+    from sweeps.plan import describe_plan
+    from tests.helpers import tiny_sweep
+
+    plan = describe_plan(tiny_sweep({"constraints": [{"metric": "bleu", "min_relative_to_base": -0.5},
+                                                     {"metric": "open_heads", "max": 12}]}))
+    assert "constraint: bleu >= the base model's -0.5 (Optuna's constraints_func)" in plan
+    assert "constraint: open_heads <= 12 (Optuna's constraints_func)" in plan
+
+
 @pytest.mark.slow
 def test_a_constrained_sweep_tells_optuna_the_violations_and_marks_feasible_trials(tmp_path):
     import sqlite3

@@ -6,8 +6,15 @@ drops attention probabilities, which headsweep leaves to ``model.attention_dropo
 attention dropout 0.1 shows the like-for-like figure. Timings alternate between the models over
 several rounds and the median round is used, since this machine is noisy.
 
-Prints ``throughput_ratio_vs_nn_transformer=X`` (gated tokens/s ÷ nn.Transformer tokens/s, gates learning) and
-``gate_overhead=Y`` (step time with gates learning ÷ without gates) as the last lines.
+Model-FLOPs utilisation (MFU): the model FLOPs a second each model trains at, divided by the machine's matmul
+peak measured in the same run (the median of several large fp32 (or bf16 on GPU) matrix products on the same
+threads). Model FLOPs count 6 per parameter per token that parameter sees (Kaplan et al. 2020: forward 2, backward
+4): encoder layers per source token, decoder layers and the output projection per target token; embeddings
+lookups and the attention scores themselves are left out (small at these lengths), so MFU is a lower bound.
+
+Prints ``throughput_ratio_vs_nn_transformer=X`` (gated tokens/s ÷ nn.Transformer tokens/s, gates learning),
+``gate_overhead=Y`` (step time with gates learning ÷ without gates), ``mfu=Z`` (the gated model's) and
+``mfu_nn_transformer=W`` as the last lines.
 
     python bench/throughput.py [--d-model 256 --heads 4 --layers 3 --ff 1024 --max-tokens 4096 --device cpu]
 """
@@ -66,7 +73,7 @@ def make_step(model: nn.Module, amp: torch.dtype | None, device: torch.device):
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.98))
     model.train()
 
-    def step(batch) -> int:
+    def step(batch) -> tuple[int, int]:
         opt.zero_grad(set_to_none=True)
         ctx = torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False)
         with ctx:
@@ -76,20 +83,52 @@ def make_step(model: nn.Module, amp: torch.dtype | None, device: torch.device):
         (ce / n).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return n
+        return n, int(batch.src.ne(PAD_ID).sum())
 
     return step
 
 
-def time_steps(step, batches, device) -> tuple[float, int]:
+def time_steps(step, batches, device) -> tuple[float, int, int]:
+    """Seconds, target tokens and source tokens of training on ``batches``."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start, tokens = time.perf_counter(), 0
+    start, tokens, sources = time.perf_counter(), 0, 0
     for b in batches:
-        tokens += step(b)
+        tgt, src = step(b)
+        tokens, sources = tokens + tgt, sources + src
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, tokens
+    return time.perf_counter() - start, tokens, sources
+
+
+def flop_counts(model: nn.Module, d_model: int, vocab: int) -> tuple[int, int]:
+    """Model FLOPs per source token and per target token of one training step (6 per parameter a token passes):
+    encoder layers per source token; decoder layers and the output projection (vocab x d_model) per target token."""
+    enc = dec = 0
+    for name, p in model.named_parameters():
+        name = name.removeprefix("core.")
+        if name.startswith("encoder."):
+            enc += p.numel()
+        elif name.startswith("decoder."):
+            dec += p.numel()
+    return 6 * enc, 6 * (dec + vocab * d_model)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 2048, rounds: int = 5) -> float:
+    """The machine's matmul FLOP/s on these threads: the median of ``rounds`` products of two size x size
+    matrices (a few each)."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for _ in range(rounds + 1):  # the first warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) / 4)
+    return 2 * size**3 / statistics.median(times[1:])
 
 
 def main() -> None:
@@ -144,19 +183,28 @@ def main() -> None:
 
     rates: dict[str, list[float]] = {name: [] for name in steps}
     step_times: dict[str, list[float]] = {name: [] for name in steps}
+    flop_rates: dict[str, list[float]] = {name: [] for name in steps}
+    per_token = {name: flop_counts(m, args.d_model, vocab) for name, m in models.items()}
+    peaks = []
     for r in range(args.rounds):
         chunk = batches[2 + r * args.steps : 2 + (r + 1) * args.steps]
+        peaks.append(matmul_peak(device, amp or torch.float32))  # alternating with the models, as they share the noise
         for name, step in steps.items():
-            seconds, tokens = time_steps(step, chunk, device)
+            seconds, tokens, sources = time_steps(step, chunk, device)
             rates[name].append(tokens / seconds)
             step_times[name].append(seconds / len(chunk))
+            flop_rates[name].append((per_token[name][0] * sources + per_token[name][1] * tokens) / seconds)
+    peak = statistics.median(peaks)
 
     name_dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name_dev}; torch {torch.__version__}; amp: {args.amp or ('bf16' if device.type == 'cuda' else 'fp32')}")
     print(f"model: d_model {args.d_model}, {args.heads} heads, {args.layers}+{args.layers} layers, d_ff {args.ff}, "
           f"vocab {vocab}; batches of <= {args.max_tokens} tokens; {args.rounds} rounds x {args.steps} steps")
+    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (median of {len(peaks)}: "
+          f"{', '.join(f'{x / 1e9:.0f}' for x in peaks)})")
     for name in steps:
         print(f"  {name:34s} {statistics.median(rates[name]):9.0f} target tokens/s  "
+              f"MFU {statistics.median(flop_rates[name]) / peak:.3f}  "
               f"(rounds: {', '.join(f'{x:.0f}' for x in rates[name])})")
     base = statistics.median(rates["nn.Transformer"])
     gated = statistics.median(rates["gated (learning, all attention)"])
@@ -167,6 +215,8 @@ def main() -> None:
     print(f"same_dropout_ratio_vs_nn_transformer={same_dropout / base:.3f}")
     print(f"throughput_ratio_vs_nn_transformer={gated / base:.3f}")
     print(f"gate_overhead={overhead:.3f}")
+    print(f"mfu={statistics.median(flop_rates['gated (learning, all attention)']) / peak:.3f}")
+    print(f"mfu_nn_transformer={statistics.median(flop_rates['nn.Transformer']) / peak:.3f}")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
                 WANDB_RUN: _in_storage(logger.path, ctx), NODE: _node_id(), **setup.provenance}
 
     def report(metrics: dict[str, Any], folder: Path | None) -> None:
+        if folder is not None and base is not None and sweep.schema.latency.enabled and stage != PRETRAIN \
+                and metrics.get(M.STATUS) == M.COMPLETED:  # the last evaluation: time the pruned model
+            metrics = {**metrics, **_speedup(sweep, cfg, folder, base)}
         record = {**{o.metric: math.nan for o in sweep.objectives}, **metrics, **constant}  # NaN: Optuna FAIL
         if folder is None:
             tune.report(record)
@@ -154,6 +157,21 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         logger.finish(exit_code=1)
         raise
     logger.finish()
+
+
+def _speedup(sweep, cfg, folder: Path, base: str) -> dict[str, Any]:
+    """latency.enabled: the trial's final model, physically pruned, against its base model (model/latency.py), on
+    the trial's device and threads."""
+    from model.latency import checkpoint_speedup
+    from model.train import pick_device
+
+    lat = sweep.schema.latency
+    found = checkpoint_speedup(str(checkpoint_file(folder)), base, cfg.eval.split, lat.sentences, lat.batch_sizes,
+                               lat.beam_size, lat.rounds, str(pick_device(cfg.train)), cfg.data.data_dir,
+                               log=lambda _: None)
+    _trial_log(f"speed-up against the base model (beam {lat.beam_size}, output tokens/s): "
+               + ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
+    return found
 
 
 def _node_id() -> str:

@@ -68,20 +68,31 @@ def _hover(row: pd.Series, params: Sequence[str], objectives: Sequence[str]) -> 
 
 
 def pareto_chart(sweeps: Sequence[SweepResults]) -> tuple[Figure, go.Figure]:
-    """Open heads (x) against BLEU (y) for all completed trials of one or more sweeps, with their fronts."""
+    """Open heads (x) against BLEU (y) for all completed trials of one or more sweeps, with their fronts. With a
+    third objective (the speed-up, say) the axes are the first maximised and the first minimised objectives, and a
+    single sweep's trials are coloured by the speed-up where the table has it (else by λ)."""
     first = sweeps[0]
     objectives, directions = first.objectives, first.directions
-    if len(objectives) != 2:
-        raise ValueError(f"a Pareto chart needs two objectives; the sweep has {objectives}")
+    pairs = list(zip(objectives, directions))
+    if len(objectives) < 2 or not any(d == "max" for d in directions) or not any(d == "min" for d in directions):
+        raise ValueError(f"a Pareto chart needs an objective to maximise and one to minimise; the sweep has "
+                         f"{dict(pairs)}")
     # x: the objective to minimise (heads), y: the one to maximise (BLEU), whatever their order in the sweep
-    (y, ydir), (x, xdir) = sorted(zip(objectives, directions), key=lambda od: od[1] != "max")
+    (y, ydir), (x, xdir) = next(p for p in pairs if p[1] == "max"), next(p for p in pairs if p[1] == "min")
     fig, ax = figure_axes(figsize=(7.5, 4.8))
     pfig = go.Figure()
     single = len(sweeps) == 1
     for i, s in enumerate(sweeps):
         done, colour = s.completed, PALETTE[i % len(PALETTE)]
         hover = [_hover(r, s.params, objectives) for _, r in done.iterrows()]
-        if single and LAMBDA in done and done[LAMBDA].notna().any():
+        if single and M.SPEEDUP in done and M.SPEEDUP != y and done[M.SPEEDUP].notna().any():
+            speed = done[M.SPEEDUP].astype(float)
+            sc = ax.scatter(done[x], done[y], c=speed, cmap="plasma", s=36, edgecolor="k", lw=0.4, zorder=3,
+                            label="trials")
+            fig.colorbar(sc, ax=ax, label="speed-up over the base model (beam search)")
+            marker = dict(color=speed, colorscale="Plasma", size=9, line=dict(width=0.5, color="black"),
+                          colorbar=dict(title="speed-up"))
+        elif single and LAMBDA in done and done[LAMBDA].notna().any():
             lam = done[LAMBDA].astype(float)
             norm = matplotlib.colors.LogNorm(vmin=max(lam.min(), 1e-12), vmax=max(lam.max(), 1e-12) * 1.0001)
             sc = ax.scatter(done[x], done[y], c=lam, cmap="viridis", norm=norm, s=36, edgecolor="k", lw=0.4,
@@ -94,7 +105,7 @@ def pareto_chart(sweeps: Sequence[SweepResults]) -> tuple[Figure, go.Figure]:
             marker = dict(color=colour, size=9, line=dict(width=0.5, color="black"))
         pfig.add_trace(go.Scatter(x=done[x], y=done[y], mode="markers", marker=marker, name=f"{s.label} trials",
                                   hovertext=hover, hoverinfo="text"))
-        front = pareto_front(done, [x, y], [xdir, ydir]).sort_values(x)
+        front = pareto_front(done, [x, y], [xdir, ydir]).sort_values(x)  # in these two objectives
         if len(front):
             label = f"{s.label} Pareto front ({len(front)})"
             ax.step(front[x], front[y], where="post", color=colour, lw=1.6, zorder=2, label=label)

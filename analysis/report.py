@@ -49,7 +49,8 @@ MAX_CURVES = 12  # trials drawn in the learning curves
 
 def front_table(s: SweepResults) -> pd.DataFrame:
     front = pareto_front(s.completed, s.objectives, s.directions)
-    cols = [TRIAL_ID, *s.objectives, *[c for c in (M.CHRF, BEST_BLEU) if c not in s.objectives], *s.params,
+    extra = [c for c in (M.CHRF, BEST_BLEU, M.SPEEDUP) if c not in s.objectives]
+    cols = [TRIAL_ID, *s.objectives, *extra, *s.params,
             WALL_SECONDS, CHECKPOINT]
     return front[[c for c in cols if c in front.columns]]
 

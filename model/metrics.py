@@ -30,6 +30,7 @@ RUNNING, COMPLETED, DIVERGED = "running", "completed", "diverged"  # a run's sta
 SMALL_HEADS_CLOSED = "small_heads_closed"  # heads removed at the end for an eval gate below gates.min_open
 BLEU_WITH_SMALL_HEADS = "bleu_with_small_heads"  # held-out BLEU before that removal was tried
 REASON = "reason"  # why a run ended as diverged (e.g. "non-finite loss at step 7")
+SPEEDUP = "speedup"  # the pruned model's output tokens/s over the base model's, beam search, largest batch (latency)
 
 
 def open_heads_key(attention_type: str) -> str:

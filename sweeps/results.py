@@ -47,7 +47,7 @@ TABLE_METRICS = (M.BLEU, M.CHRF, M.OPEN_HEADS, M.L0, M.PENALTY, M.VALID_NLL, M.L
                  M.SMALL_HEADS_CLOSED, M.BLEU_WITH_SMALL_HEADS)
 # in the table where a trial reports them: distillation's term, the head budget's multipliers and targets (with a
 # /<type> suffix for a budget per attention type)
-OPTIONAL_METRICS = (M.DISTILL_LOSS, M.LAMBDA1, M.LAMBDA2, M.EXPECTED_OPEN, M.TARGET_OPEN)
+OPTIONAL_METRICS = (M.DISTILL_LOSS, M.LAMBDA1, M.LAMBDA2, M.EXPECTED_OPEN, M.TARGET_OPEN, M.SPEEDUP)
 TRIAL_ID, STAGE, METHOD, STATUS, ERROR = "trial_id", "stage", "method", M.STATUS, "error"
 BEST_BLEU, BEST_BLEU_STEP, EVALUATIONS, SEED, BASE = "best_bleu", "best_bleu_step", "evaluations", "seed", "base"
 WALL_SECONDS, CHECKPOINT, TRIAL_PATH = "wall_seconds", "checkpoint", "trial_path"

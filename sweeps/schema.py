@@ -30,6 +30,7 @@ DEFAULT_STORAGE = "results"
 OBJECTIVE_METRICS: dict[str, str] = {
     M.BLEU: "max", M.CHRF: "max", M.OPEN_HEADS: "min", M.L0: "min", M.VALID_NLL: "min", M.LOSS: "min",
     M.NLL: "min", **{M.open_heads_key(t): "min" for t in ATTENTION_TYPES},
+    M.SPEEDUP: "max",  # only with latency.enabled: reported with the last evaluation
 }
 # Data keys that decide the vocabulary and the corpus: a base model is defined by them and by model.*.
 BASE_DATA_KEYS = ("data.corpus", "data.hf_name", "data.src_lang", "data.tgt_lang", "data.synthetic", "data.files",
@@ -194,6 +195,18 @@ class HeldOutTestConfig:
 
 
 @dataclass
+class LatencyConfig:
+    """After a trial's last evaluation, its pruned model's decoding speed against the base model's (model/latency.py):
+    ``speedup`` in trials.csv, the report and W&B, and an objective a sweep may name."""
+
+    enabled: bool = False
+    sentences: int = 64  # the first N sources of the evaluation split, the same for both models
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])  # speedup/b<N> each; `speedup`: the largest
+    beam_size: int = 5  # beam search, as deployed
+    rounds: int = 3  # alternating rounds (base, pruned, ...); the median of each counts
+
+
+@dataclass
 class ConstraintConfig:
     """One constraint on the gate trials' final scores (sweeps/constraints.py): exactly one bound."""
 
@@ -216,6 +229,7 @@ class SweepSchema:
     space: dict[str, Any] = field(default_factory=dict)  # dotted config key -> {loguniform|uniform|choice|randint}
     objectives: list[ObjectiveConfig] = field(default_factory=_default_objectives)
     constraints: list[ConstraintConfig] = field(default_factory=list)  # Optuna's constraints_func (tpe, nsga2)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)  # each trial's pruned model timed against its base
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

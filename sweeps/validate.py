@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from model import metrics as M
 from model.config import Config, ConfigError, apply_overrides, config_from_dict, flatten, from_dict, read_yaml, require
 
 from .constraints import RELATIVE_METRICS
@@ -301,6 +302,17 @@ def _check_search(schema: SweepSchema, space: list) -> None:
     if schema.constraints:
         require(schema.search.sampler in ("tpe", "nsga2"), "search.sampler", schema.search.sampler,
                 "'tpe' or 'nsga2' with constraints (Optuna's constraints_func)")
+    lat = schema.latency
+    if M.SPEEDUP in names or any(c.metric == M.SPEEDUP for c in schema.constraints):
+        require(lat.enabled, "latency.enabled", lat.enabled, "true where an objective or a constraint is speedup")
+    if lat.enabled:
+        require(schema.pretrain.enabled, "latency.enabled", lat.enabled,
+                "false without a base model (pretrain.enabled is false): the speed-up is against it")
+        require(lat.sentences >= 1, "latency.sentences", lat.sentences, "an integer >= 1")
+        require(bool(lat.batch_sizes) and all(isinstance(b, int) and b >= 1 for b in lat.batch_sizes),
+                "latency.batch_sizes", lat.batch_sizes, "a non-empty list of integers >= 1")
+        require(lat.beam_size >= 1, "latency.beam_size", lat.beam_size, "an integer >= 1")
+        require(lat.rounds >= 1, "latency.rounds", lat.rounds, "an integer >= 1")
     s = schema.search
     require(s.num_samples >= 1, "search.num_samples", s.num_samples, "an integer >= 1")
     require(s.max_concurrent >= 1, "search.max_concurrent", s.max_concurrent, "an integer >= 1")

@@ -29,7 +29,7 @@ from sweeps.results import TRIAL_ID
 
 from .load import ResultsError, SweepResults, load_sweep
 from .pareto import hypervolume
-from .sampler_study import nadir_reference, suggestion_order
+from .sampler_study import pooled_trials, suggestion_order
 from .stats import t_interval
 
 NONE = "none"  # a sweep without early stopping (search.scheduler.kind)
@@ -54,16 +54,7 @@ def scheduler_of(s: SweepResults) -> tuple[str, Any]:
 
 def step_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
     """Hypervolume and trial-steps after each trial: columns scheduler, seed, trials, steps, hypervolume."""
-    if not sweeps:
-        raise ResultsError("no sweep folders given")
-    objectives, directions = sweeps[0].objectives, sweeps[0].directions
-    for s in sweeps:
-        if s.objectives != objectives or s.directions != directions:
-            raise ResultsError(f"{s.path}: objectives {s.objectives} differ from {sweeps[0].path}'s {objectives}")
-    pooled = pd.concat([s.completed for s in sweeps], ignore_index=True).dropna(subset=list(objectives))
-    if pooled.empty:
-        raise ResultsError("no scored trial in the sweeps given")
-    reference = nadir_reference(pooled, objectives, directions)
+    objectives, directions, pooled, reference = pooled_trials(sweeps)
     rows, seen = [], set()
     for s in sweeps:
         key = scheduler_of(s)

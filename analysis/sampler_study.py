@@ -199,22 +199,27 @@ def suggestion_order(s: SweepResults) -> pd.DataFrame:
     return trials.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank")
 
 
+def pooled_trials(sweeps: Sequence[SweepResults]) -> tuple[list[str], list[str], pd.DataFrame, list[float]]:
+    """Objectives and directions the sweeps share (else an error), their scored trials together, and one
+    hypervolume reference point for all of them (just beyond the worst value of each objective)."""
+    if not sweeps:
+        raise ResultsError("no sweep folders given")
+    objectives, directions = sweeps[0].objectives, sweeps[0].directions
+    for s in sweeps:
+        if s.objectives != objectives or s.directions != directions:
+            raise ResultsError(f"{s.path}: objectives {s.objectives} differ from {sweeps[0].path}'s {objectives}")
+    pooled = pd.concat([s.completed for s in sweeps], ignore_index=True).dropna(subset=list(objectives))
+    if pooled.empty:
+        raise ResultsError("no scored trial in the sweeps given")
+    return objectives, directions, pooled, nadir_reference(pooled, objectives, directions)
+
+
 def sweep_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
     """Hypervolume after each trial of complete sweeps (one per sampler and seed): columns sampler, seed, trials,
     hypervolume, against one reference point for all of them."""
     from sweeps.results import SCORED_STATUSES, STATUS
 
-    if not sweeps:
-        raise ResultsError("no sweep folders given")
-    first = sweeps[0]
-    objectives, directions = first.objectives, first.directions
-    for s in sweeps:
-        if s.objectives != objectives or s.directions != directions:
-            raise ResultsError(f"{s.path}: objectives {s.objectives} differ from {first.path}'s {objectives}")
-    pooled = pd.concat([s.completed for s in sweeps], ignore_index=True).dropna(subset=list(objectives))
-    if pooled.empty:
-        raise ResultsError("no completed trial in the sweeps given")
-    reference = nadir_reference(pooled, objectives, directions)
+    objectives, directions, pooled, reference = pooled_trials(sweeps)
     rows, seen = [], set()
     for s in sweeps:
         search = s.config.get("search") or {}

@@ -11,32 +11,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-5}
 results=${2:-results}
-python=${PYTHON:-.venv/bin/python}
-mkdir -p "$results"
+source bench/sweep_series.sh
 folders=()
 for kind in none mo_asha constrained; do
   for seed in $(seq 0 $((seeds - 1))); do
     name="early_stop-$kind-$seed"
     folders+=("$results/$name")
-    if [ -f "$results/$name/report/report.html" ]; then
-      echo "== $name: finished, skipped"
-      continue
-    fi
-    resume=()
-    [ -d "$results/$name" ] && resume=(--resume)
-    echo "== $name"
-    start=$(date +%s)
     if [ "$kind" = constrained ]; then
       how=(--set "constraints=[{metric: bleu, min_relative_to_base: -0.5}]")
     else
       how=(--set "search.scheduler={kind: $kind, grace_steps: 20, reduction_factor: 3}")
     fi
-    "$python" trainable.py sweeps/sampler_study.yaml --results "$results" --set "name=$name" \
-      --set search.sampler=tpe --set "search.seed=$seed" --set search.num_samples=20 \
-      --set prune.set.train.max_steps=180 --set prune.set.train.eval_every=20 "${how[@]}" \
-      --set wandb.mode=disabled "${resume[@]}" > "$results/$name.log" 2>&1 \
-      || { echo "$name failed: see $results/$name.log"; exit 1; }
-    echo "   $(( $(date +%s) - start )) s"
+    run_sweep "$results" "$name" sweeps/sampler_study.yaml --set search.sampler=tpe --set "search.seed=$seed" \
+      --set search.num_samples=20 --set prune.set.train.max_steps=180 --set prune.set.train.eval_every=20 "${how[@]}"
   done
 done
 "$python" -m analysis.early_stop --sweeps "${folders[@]}" --out "$results/early_stop"

@@ -7,25 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-3}
 results=${2:-results}
-python=${PYTHON:-.venv/bin/python}
-mkdir -p "$results"
+source bench/sweep_series.sh
 folders=()
 for sampler in tpe nsga2 random; do
   for seed in $(seq 0 $((seeds - 1))); do
     name="sampler_study-$sampler-$seed"
     folders+=("$results/$name")
-    if [ -f "$results/$name/report/report.html" ]; then
-      echo "== $name: finished, skipped"
-      continue
-    fi
-    resume=()
-    [ -d "$results/$name" ] && resume=(--resume)
-    echo "== $name"
-    start=$(date +%s)
-    "$python" trainable.py sweeps/sampler_study.yaml --results "$results" --set "search.sampler=$sampler" \
-      --set "search.seed=$seed" --set "name=$name" --set wandb.mode=disabled "${resume[@]}" > "$results/$name.log" 2>&1 \
-      || { echo "$name failed: see $results/$name.log"; exit 1; }
-    echo "   $(( $(date +%s) - start )) s"
+    run_sweep "$results" "$name" sweeps/sampler_study.yaml --set "search.sampler=$sampler" --set "search.seed=$seed"
   done
 done
 "$python" -m analysis.sampler_study --sweeps "${folders[@]}" --out "$results/sampler_study"

@@ -78,14 +78,10 @@ def speedup_metrics(pruned: Transformer, base: Transformer, split: EncodedSplit,
     return out
 
 
-def checkpoint_speedup(checkpoint: str, base: str, split: str, sentences: int, batch_sizes: Sequence[int],
-                       beam: int = 5, rounds: int = 3, device: str = "cpu", data_dir: str | None = None,
-                       log=print) -> dict[str, Any]:
-    """:func:`speedup_metrics` of a trial's checkpoint (physically pruned first) against its base model's, on the
-    first ``sentences`` sources of ``split`` of the checkpoint's corpus."""
+def held_out(checkpoint: str, split: str, device: str = "cpu", data_dir: str | None = None, log=print):
+    """(model in eval mode, tokenizers, the encoded ``split`` of its corpus) of a checkpoint file."""
     from .checkpoint import checkpoint_config, load_checkpoint
     from .data import build_corpus, encode_split
-    from .prune import prune_model
     from .translate import load_for_inference
 
     payload = load_checkpoint(checkpoint, map_location=device)
@@ -93,8 +89,19 @@ def checkpoint_speedup(checkpoint: str, base: str, split: str, sentences: int, b
     if data_dir is not None:
         cfg.data.data_dir = data_dir
     model, tok = load_for_inference(checkpoint, device, payload)
-    base_model, _ = load_for_inference(base, device)
     corpus = build_corpus(cfg.data, log)
-    encoded = encode_split(tok, *corpus.split(split), truncate=cfg.model.max_positions)
+    return model, tok, encode_split(tok, *corpus.split(split), truncate=cfg.model.max_positions)
+
+
+def checkpoint_speedup(checkpoint: str, base: str, split: str, sentences: int, batch_sizes: Sequence[int],
+                       beam: int = 5, rounds: int = 3, device: str = "cpu", data_dir: str | None = None,
+                       log=print) -> dict[str, Any]:
+    """:func:`speedup_metrics` of a trial's checkpoint (physically pruned first) against its base model's, on the
+    first ``sentences`` sources of ``split`` of the checkpoint's corpus."""
+    from .prune import prune_model
+    from .translate import load_for_inference
+
+    model, _, encoded = held_out(checkpoint, split, device, data_dir, log)
+    base_model, _ = load_for_inference(base, device)
     pruned = prune_model(model).to(device)
     return speedup_metrics(pruned, base_model, encoded, sentences, batch_sizes, beam, rounds, device)

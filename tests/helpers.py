@@ -18,9 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -28,8 +27,9 @@ from model import metrics as M
 from model.checkpoint import load_checkpoint
 from model.config import Config, apply_overrides, config_from_dict
 from model.train import train
-from sweeps.results import checkpoint_file
-from sweeps.validate import sweep_from_dict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Every Ray a test starts, in this process or a child, stays on 127.0.0.1; read by Ray when it is first imported,
 # so set before any test module imports it (nothing imported above imports Ray).
@@ -260,6 +260,10 @@ def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def check_table(experiment: Path, trials: int, evaluations: int = 2, weights: bool = True) -> pd.DataFrame:
+    import pandas as pd  # imported here, as the sweep layer: the GPU check runs the model-level tests without them
+
+    from sweeps.results import checkpoint_file
+
     df = pd.read_csv(experiment / "trials.csv")
     prune = df[df["stage"] == "prune"]
     assert len(prune) == trials and (prune["status"] == "completed").all(), df[["trial_id", "status", "error"]]
@@ -337,4 +341,6 @@ def tiny_sweep(patch: dict[str, Any] | None = None, drop: tuple[str, ...] = (), 
     for key in drop:
         raw.pop(key)
     raw.update(copy.deepcopy(patch or {}))
+    from sweeps.validate import sweep_from_dict
+
     return sweep_from_dict(raw, **kwargs)

@@ -65,3 +65,26 @@ def test_a_sweep_times_each_trials_pruned_model_and_may_search_for_speed(tmp_pat
     assert sorted({o for _, o, _ in values}) == [0, 1, 2]  # three objectives told to Optuna
     assert (folder / "report" / "pareto.png").exists() and "speedup" in (folder / "report" / "report.md").read_text()
     assert json.loads((folder / "sweep.json").read_text())["latency"]["enabled"] is True
+
+
+def test_the_pruned_speed_benchmark_times_real_checkpoints_and_scores_them(tmp_path):
+    """bench/pruned_speed.py --base: each model timed against the base and scored on the test split; the last lines
+    name the fastest model within the tolerance, its ratio and its BLEU against the base's."""
+    import subprocess
+    import sys
+
+    from model.train import train
+    from tests.helpers import QUIET, REPO, tiny_config
+
+    base = train(tiny_config("train.max_steps=4", "train.eval_every=4"), tmp_path / "base", **QUIET).checkpoint
+    gated = train(tiny_config("train.max_steps=4", "train.eval_every=4", "gates.mode=learned",
+                              "gates.init_log_alpha=-10.0"), tmp_path / "gated", **QUIET).checkpoint  # all closed
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pruned_speed.py"), "--base", str(base), "--models",
+                           str(gated), "--sentences", "6", "--batch1-sentences", "2", "--rounds", "1", "--threads",
+                           "1", "--tolerance", "100"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-3] == f"fastest within 100.0 BLEU of the base: {gated}"
+    assert lines[-2].startswith("pruned_beam_speedup=") and float(lines[-2].split("=")[1]) > 0
+    assert lines[-1].startswith("pruned_test_bleu_delta=")
+    assert any(line.strip().startswith(f"{gated}: heads {{'enc_self': 0") for line in lines), proc.stdout

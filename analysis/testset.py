@@ -305,6 +305,10 @@ def score_sweep(folder: str | Path, beam: int = TEST.beam_size, batch_size: int 
     base model."""
     given = load_sweep(folder)
     folders = method_folders(given)
+    if not folders:
+        raise ResultsError(f"{given.source}: its sweep.json names the sweep {given.config.get('name')!r}, but no "
+                           f"folder of that sweep lies beside it (a method folder keeps its sweep's name: "
+                           f"<name>, <name>-<method>...)")
     first = given if folders[0][2] == given.source else load_sweep(folders[0][2])
     include = held_out_settings(first.config).include if include is None else list(include)
     own = first.config.get("name") or first.label

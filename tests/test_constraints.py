@@ -79,7 +79,10 @@ def test_the_dry_run_plan_names_the_constraints():
 
 
 @pytest.mark.slow
-def test_a_constrained_sweep_tells_optuna_the_violations_and_marks_feasible_trials(tmp_path):
+def test_a_constrained_sweep_that_searches_for_speed(tmp_path):
+    """One real sweep for two features (one Ray start): constraints (Optuna gets each trial's violations, the table
+    marks feasible trials, the report says so) and latency with speedup as a third objective (every completed
+    trial carries its speed-up per batch size, Optuna gets three values, the chart is coloured by it)."""
     import sqlite3
 
     import pandas as pd
@@ -87,21 +90,33 @@ def test_a_constrained_sweep_tells_optuna_the_violations_and_marks_feasible_tria
     from tests.helpers import run_cli, write_sweep
 
     constraints = [{"metric": "bleu", "min_relative_to_base": -100.0}, {"metric": "open_heads", "max": 40}]
-    sweep = write_sweep(tmp_path / "s.yaml", constraints=constraints, search={"num_samples": 2, "max_concurrent": 2})
+    objectives = [{"metric": "bleu", "mode": "max"}, {"metric": "open_heads", "mode": "min"},
+                  {"metric": "speedup", "mode": "max"}]
+    sweep = write_sweep(tmp_path / "s.yaml", constraints=constraints, objectives=objectives,
+                        search={"num_samples": 2, "max_concurrent": 2},
+                        latency={"enabled": True, "sentences": 6, "batch_sizes": [1, 3], "beam_size": 2, "rounds": 1})
     proc = run_cli(str(sweep), "--results", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "constraints: scoring the base model" in proc.stdout
+    assert "speed-up against the base model (beam 2, output tokens/s): speedup/b1 " in proc.stdout
     folder = tmp_path / "r" / "t"
     saved = json.loads((folder / CONSTRAINTS_FILE).read_text())
     (key, entry), = saved.items()
     assert entry["bounds"][0] == {"metric": "bleu", "sense": "min", "value": entry["base_scores"]["bleu"] - 100.0}
     df = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
     prune = df[df["stage"] == "prune"]
+    assert len(prune) == 2 and (prune["status"] == "completed").all()
     assert (prune["feasible"] == (prune["open_heads"] <= 40)).all()
+    for column in ("speedup", "speedup/b1", "speedup/b3"):
+        assert (prune[column] > 0).all(), prune.filter(like="speedup")
+    assert (prune["speedup"] == prune["speedup/b3"]).all()
     with sqlite3.connect(folder / "optuna.db") as db:
         attrs = db.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'constraints'").fetchall()
         system = db.execute("SELECT value_json FROM trial_system_attributes WHERE key = 'constraints'").fetchall()
+        values = db.execute("SELECT trial_id, objective, value FROM trial_values").fetchall()
     assert len(attrs) == 2 and len(system) == 2  # each trial's violations, as the sampler recorded them
     heads = sorted(json.loads(v)[1] + 40 for (v,) in attrs)
     assert heads == sorted(prune["open_heads"].astype(float))
-    assert "Constraints: bleu >= " in (folder / "report" / "report.md").read_text()
+    assert sorted({o for _, o, _ in values}) == [0, 1, 2]  # three objectives told to Optuna
+    report = (folder / "report" / "report.md").read_text()
+    assert "Constraints: bleu >= " in report and "speedup" in report and (folder / "report" / "pareto.png").exists()

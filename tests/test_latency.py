@@ -1,9 +1,9 @@
-"""The pruned model's speed against its base (model/latency.py) and its place in a sweep (latency.enabled)."""
+"""The pruned model's speed against its base (model/latency.py) and bench/pruned_speed.py on real checkpoints; a sweep
+with latency.enabled is tested in tests/test_constraints.py."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from model.config import GateConfig, ModelConfig
@@ -33,38 +33,6 @@ def test_every_model_is_timed_at_every_batch_size_and_the_ratio_is_pruned_over_b
     assert set(rates) == {"base", "pruned"} and all(set(r) == {1, 4} and min(r.values()) > 0 for r in rates.values())
     found = speedup_metrics(pruned, base, split(), sentences=8, batch_sizes=[1, 4], beam=2, rounds=1)
     assert set(found) == {"speedup", speedup_key(1), speedup_key(4)} and found["speedup"] == found[speedup_key(4)]
-
-
-@pytest.mark.slow
-def test_a_sweep_times_each_trials_pruned_model_and_may_search_for_speed(tmp_path):
-    """latency.enabled with speedup as a third objective: every completed trial carries its speed-up per batch
-    size (trials.csv, the last W&B-bound record), Optuna gets three values, and the report draws the front coloured
-    by it."""
-    import json
-    import sqlite3
-
-    import pandas as pd
-
-    from tests.helpers import run_cli, write_sweep
-
-    objectives = [{"metric": "bleu", "mode": "max"}, {"metric": "open_heads", "mode": "min"},
-                  {"metric": "speedup", "mode": "max"}]
-    sweep = write_sweep(tmp_path / "s.yaml", objectives=objectives, search={"num_samples": 2, "max_concurrent": 2},
-                        latency={"enabled": True, "sentences": 6, "batch_sizes": [1, 3], "beam_size": 2, "rounds": 1})
-    proc = run_cli(str(sweep), "--results", str(tmp_path / "r"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "speed-up against the base model (beam 2, output tokens/s): speedup/b1 " in proc.stdout
-    folder = tmp_path / "r" / "t"
-    prune = pd.read_csv(folder / "trials.csv").query("stage == 'prune'")
-    assert len(prune) == 2 and (prune["status"] == "completed").all()
-    for column in ("speedup", "speedup/b1", "speedup/b3"):
-        assert (prune[column] > 0).all(), prune.filter(like="speedup")
-    assert (prune["speedup"] == prune["speedup/b3"]).all()
-    with sqlite3.connect(folder / "optuna.db") as db:
-        values = db.execute("SELECT trial_id, objective, value FROM trial_values").fetchall()
-    assert sorted({o for _, o, _ in values}) == [0, 1, 2]  # three objectives told to Optuna
-    assert (folder / "report" / "pareto.png").exists() and "speedup" in (folder / "report" / "report.md").read_text()
-    assert json.loads((folder / "sweep.json").read_text())["latency"]["enabled"] is True
 
 
 def test_the_pruned_speed_benchmark_times_real_checkpoints_and_scores_them(tmp_path):

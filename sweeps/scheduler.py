@@ -87,6 +87,9 @@ def _make_scheduler():
             self.experiment = experiment
             self._state: dict[str, Any] | None = None  # read from the experiment folder when first needed
 
+        def __getstate__(self) -> dict[str, Any]:  # pickled (Tune keeps the tuner): the records stay in the folder
+            return {**self.__dict__, "_state": None}
+
         def set_search_properties(self, metric, mode, **spec) -> bool:
             return True  # the objectives are its own: several metrics, which Tune's single metric cannot name
 

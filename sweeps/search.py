@@ -66,7 +66,7 @@ def make_searcher(sweep: Sweep, bounds: dict[str, list[Bound]] | None = None):
                 return
             if result and result.get(WANDB_RUN) and trial_id in self._ot_trials:
                 self._ot_trials[trial_id].set_user_attr(WANDB_RUN_ATTR, result[WANDB_RUN])
-            if result and self.bounds and trial_id in self._ot_trials:  # before the tell: the sampler reads them
+            if result and getattr(self, "bounds", None) and trial_id in self._ot_trials:  # before the tell
                 found = self.bounds.get(str(result.get(BASE))) or next(iter(self.bounds.values()))
                 self._ot_trials[trial_id].set_user_attr(CONSTRAINTS_ATTR, violations(result, found))
             values = [(result or {}).get(m) for m in self.metric] if isinstance(self.metric, list) else []

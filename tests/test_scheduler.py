@@ -53,6 +53,9 @@ def test_the_scheduler_stops_dominated_trials_at_rungs_and_remembers_after_a_res
     assert report(s, "t4", 10, float("nan"), 6) == TrialScheduler.CONTINUE  # no finite score: it ends itself
     assert report(s, "t1", 40, 10.0, 24, status="completed") == TrialScheduler.CONTINUE  # its last step: no rung
     assert stopped_trials(str(tmp_path)) == {"t2": 10}
+    from ray import cloudpickle  # how Tune keeps the tuner and its scheduler
+
+    assert cloudpickle.loads(cloudpickle.dumps(s))._state is None  # a pickled scheduler reads its records afresh
     restored = new()  # Tune restores the scheduler as it was created: its records come from the folder
     assert report(restored, "t5", 10, 24.0, 24) == TrialScheduler.STOP
     assert stopped_trials(str(tmp_path)) == {"t2": 10, "t5": 10}

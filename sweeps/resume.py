@@ -4,13 +4,24 @@ the keys that differ. Each method folder records its resolved sweep in sweep.jso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from model.config import flatten
 
 from .results import PRETRAINED_DIR, SWEEP_FILE, is_record, join_storage
-from .schema import GATES, GATES_BUDGET, IMPORTANCE, ITERATIVE, RANDOM, RUN_LOCATION_KEYS, SCRATCH, MethodRun
+from .schema import (
+    GATES,
+    GATES_BUDGET,
+    IMPORTANCE,
+    ITERATIVE,
+    RANDOM,
+    RUN_LOCATION_KEYS,
+    SCRATCH,
+    MethodRun,
+    SweepSchema,
+)
 from .storage import exists, ray_storage, read_bytes
 from .study import StateError, check_resumable
 from .sweep import Sweep, schema_dict
@@ -86,6 +97,18 @@ def with_absolute_paths(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def with_defaults(record: dict[str, Any]) -> dict[str, Any]:
+    """A recorded sweep with the schema's default for every section and key it lacks: a sweep recorded before a key
+    existed ran as its default does (the keys added since are defined so), so that such a sweep resumes."""
+    def merge(default: Any, given: Any) -> Any:
+        if isinstance(default, dict) and isinstance(given, dict):
+            return {**{k: v for k, v in default.items() if k not in given},
+                    **{k: merge(default.get(k), v) for k, v in given.items()}}
+        return given
+
+    return merge(dataclasses.asdict(SweepSchema()), record)
+
+
 def check_resume(sweep: Sweep, resume: bool) -> None:
     """Refuse before anything starts: a finished folder without --resume, --resume with nothing, a changed sweep.
 
@@ -108,7 +131,7 @@ def check_resume(sweep: Sweep, resume: bool) -> None:
     for run, folder in zip(sweep.method_runs(), folders):
         recorded = join_storage(folder, SWEEP_FILE)
         if resume and exists(recorded):
-            old = _settings_of(run, with_absolute_paths(json.loads(read_bytes(recorded))))
+            old = _settings_of(run, with_defaults(with_absolute_paths(json.loads(read_bytes(recorded)))))
             new = _settings_of(run, schema_dict(sweep))
             changed = sweep_differences(old, new)
             if changed:

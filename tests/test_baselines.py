@@ -167,3 +167,15 @@ def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on()
         {"method": ["gates", "scratch"]})))) == []
     assert sweep_differences(_settings_of(scratch, old), _settings_of(scratch, without)) == [
         "baselines.scratch_full: True -> False"]
+    # a sweep recorded before constraints, latency and search.scheduler existed ran as their defaults do
+    from sweeps.resume import with_defaults
+
+    before = schema_dict(tiny_sweep({"method": ["gates", "random"], "baselines": {"seeds": 2}}))
+    for key in ("constraints", "latency"):
+        before.pop(key)
+    before["search"].pop("scheduler")
+    assert sweep_differences(_settings_of(gates, with_defaults(before)), _settings_of(gates, a)) == []
+    constrained = schema_dict(tiny_sweep({"method": ["gates", "random"], "baselines": {"seeds": 2},
+                                          "constraints": [{"metric": "open_heads", "max": 4}]}))
+    assert [d.split(":")[0] for d in sweep_differences(_settings_of(gates, with_defaults(before)),
+                                                       _settings_of(gates, constrained))] == ["constraints"]

@@ -108,15 +108,20 @@ def main(argv: list[str] | None = None) -> int:
         print(write(recording, args.render.parent)[1])
         return 0
     script = REPO / "bench" / f"{args.name}.py"
+    if args.name and not script.is_file() and script.with_suffix(".sh").is_file():
+        script = script.with_suffix(".sh")  # a series of sweeps (bench/early_stop.sh), run with this Python
+    benchmarks = sorted(p.stem for p in (REPO / "bench").glob("*.*") if p.suffix in (".py", ".sh")
+                        and p.stem not in ("record", "sweep_series", "gpu_check"))
     if not args.name or not script.is_file():
-        parser.error(f"no benchmark bench/{args.name}.py; one of: "
-                     f"{', '.join(sorted(p.stem for p in (REPO / 'bench').glob('*.py') if p.stem != 'record'))}")
+        parser.error(f"no benchmark bench/{args.name}.py; one of: {', '.join(benchmarks)}")
     env = [f"HEADSWEEP_DATA={os.environ['HEADSWEEP_DATA']}"] if os.environ.get("HEADSWEEP_DATA") else []
-    command = [*env, "python", f"bench/{script.name}", *args.args]
+    runner = ["bash"] if script.suffix == ".sh" else ["python"]
+    command = [*env, *runner, f"bench/{script.name}", *args.args]
     before = machine()
     start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, str(script), *args.args], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, bufsize=1)
+    run = ["bash", str(script)] if script.suffix == ".sh" else [sys.executable, str(script)]
+    child = subprocess.Popen([*run, *args.args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, bufsize=1, env={**os.environ, "PYTHON": sys.executable})
     lines = []
     for line in child.stdout:
         sys.stdout.write(line)

@@ -63,3 +63,9 @@ def test_figures_are_the_name_value_lines_and_a_failed_benchmark_is_not_recorded
     assert saved["command"] == "python bench/fine.py --threads 2" and saved["machine"]["cores"] >= 1
     assert (tmp_path / "docs" / "bench" / "fine_2.md").read_text().endswith(
         "$ python bench/fine.py --threads 2\nargs ['--threads', '2']\nspeedup=2.0\n```\n")
+    # a series of sweeps is a shell script, given the recorder's Python as $PYTHON
+    (bench / "series.sh").write_text('echo "seeds $1"; "$PYTHON" -c "print(\'ratio=0.5\')"\n')
+    assert recorder.main(["series", "--", "5"]) == 0
+    saved = json.loads((tmp_path / "docs" / "bench" / "series.json").read_text())
+    assert saved["figures"] == {"ratio": 0.5} and saved["command"] == "bash bench/series.sh 5"
+    assert "seeds 5" in saved["output"]

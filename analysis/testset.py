@@ -425,6 +425,9 @@ class _Scoring:
                  "finetune_steps": steps, M.BLEU: row.get(M.BLEU), TEST_BLEU: found["bleu"],
                  TEST_CHRF: found["chrf"], TEST_SIGNATURE: found["bleu_signature"], "sentences": found["sentences"],
                  "layout": layout}
+        speed = row.get(M.SPEEDUP)
+        if speed is not None and not pd.isna(speed):  # latency.enabled: the trial's pruned model against its base
+            entry[M.SPEEDUP] = float(speed)
         self.stats[(label, entry[TRIAL_ID])] = sentence_stats(found["hypotheses"], found["references"])
         return entry
 
@@ -451,8 +454,9 @@ def point_table(scores: HeldOutScores) -> pd.DataFrame:
             out.append({LABEL: label, "method": method, "finetune_steps": steps, "point": point,
                         "heads": float(runs["heads"].mean()), "seeds": len(runs), "test_bleu_mean": mean, "ci95": half,
                         "test_bleu_sd": float(runs[TEST_BLEU].std(ddof=1)) if len(runs) > 1 else math.nan,
-                        "val_bleu_mean": val_mean, ORIGIN: runs[ORIGIN].iloc[0] if ORIGIN in runs else ""})
-    columns = POINT_COLUMNS + ([ORIGIN] if ORIGIN in df else [])
+                        "val_bleu_mean": val_mean, ORIGIN: runs[ORIGIN].iloc[0] if ORIGIN in runs else "",
+                        M.SPEEDUP: float(runs[M.SPEEDUP].mean()) if M.SPEEDUP in runs else math.nan})
+    columns = POINT_COLUMNS + ([ORIGIN] if ORIGIN in df else []) + ([M.SPEEDUP] if M.SPEEDUP in df else [])
     return pd.DataFrame(out, columns=columns)  # the columns also when no folder has points (gates alone)
 
 

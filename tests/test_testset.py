@@ -273,6 +273,7 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
         comparison_report,
         comparisons,
         included_comparisons,
+        point_table,
         score_sweep,
     )
     from model.train import train
@@ -287,9 +288,10 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
         shutil.copy(runs[steps], ckpt / runs[steps].name)
         return {"trial_id": trial_id, "stage": "prune", "status": "completed", "checkpoint": str(ckpt), **row}
 
-    def budget_rows(prefix: str, steps: int) -> list[dict]:
+    def budget_rows(prefix: str, steps: int, **extra) -> list[dict]:
         return [trial(f"{prefix}{b}{s}", steps, bleu=1.0, open_heads=b, **{"param.baseline.budget": b,
-                                                                              "param.baseline.seed": s})
+                                                                              "param.baseline.seed": s},
+                      **{k: v(b, s) for k, v in extra.items()})
                 for b in (2, 4) for s in (0, 1)]
 
     root = tmp_path / "results"
@@ -297,7 +299,8 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
     base = {"pretrain": {"checkpoint": str(runs[2])}}
     new = {"baselines": {"finetune_steps": [5]}, "test": {"include": ["old"], "target_removed": 0.875}, **base,
            **objectives}
-    _sweep_folder(root / "new-importance-ft5", "new", ["importance"], budget_rows("n", 4), new)
+    _sweep_folder(root / "new-importance-ft5", "new", ["importance"],
+                  budget_rows("n", 4, speedup=lambda b, s: 2.0 - b / 4 + s / 10), new)  # latency.enabled
     old = {"baselines": {"finetune_steps": [0, 3]}, **base, **objectives}
     _sweep_folder(root / "old", "old", ["gates"], [trial("g1", 6, bleu=2.0, open_heads=8)], old)
     _sweep_folder(root / "old-importance-ft3", "old", ["importance"], budget_rows("o", 6), old)
@@ -312,6 +315,9 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
     assert (table[table["sweep"].str.endswith("[old]")][ORIGIN] == "old").all()
     assert (table[~table["sweep"].str.endswith("[old]")][ORIGIN] == "new").all() and (table["method"] == "base").sum() == 1
     assert comparisons(scores).empty  # one method of its own: nothing to compare it with inside the sweep
+    points = point_table(scores).set_index(["sweep", "point"])
+    assert points.loc[("importance + 5 steps", 2), "speedup"] == pytest.approx(1.55)  # the seeds' mean
+    assert points["speedup"].isna().sum() == 2  # the included sweep timed nothing
     against = included_comparisons(scores, samples=100)
     assert against[["budget", "A", "B", "steps A", "steps B", "seeds A", "seeds B"]].values.tolist() == [
         [2, "importance + 5 steps", "importance + 3 steps [old]", 5, 3, 2, 2],

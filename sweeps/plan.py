@@ -70,6 +70,10 @@ def describe_plan(sweep: Sweep) -> str:
         steps = rungs(c.grace_steps or t.eval_every, c.reduction_factor, t.max_steps)
         lines.append(f"early stopping: MO-ASHA, rungs at steps {steps}, the best 1/{c.reduction_factor:g} at each "
                      f"go on")
+    lat = sweep.schema.latency
+    if lat.enabled:
+        lines.append(f"latency: each completed trial's pruned model timed against its base model (beam {lat.beam_size},"
+                     f" batches {lat.batch_sizes}, the first {lat.sentences} sources, {lat.rounds} alternating rounds)")
     r, p = sweep.resources, sweep.pretrain_resources
     lines.append(f"resources per trial: {r.cpus:g} CPUs, {r.gpus:g} GPUs; per base model: {p.cpus:g} CPUs, "
                  f"{p.gpus:g} GPUs" + (" (autoscaled)" if r.autoscale else ""))

@@ -179,3 +179,6 @@ def test_resuming_compares_only_the_settings_a_method_folders_trials_depend_on()
                                           "constraints": [{"metric": "open_heads", "max": 4}]}))
     assert [d.split(":")[0] for d in sweep_differences(_settings_of(gates, with_defaults(before)),
                                                        _settings_of(gates, constrained))] == ["constraints"]
+    timed = schema_dict(tiny_sweep({"method": ["gates", "random"], "baselines": {"seeds": 2},
+                                    "latency": {"enabled": True}}))
+    assert sweep_differences(_settings_of(gates, a), _settings_of(gates, timed)) == []  # timing, not learning

@@ -76,7 +76,9 @@ def test_the_dry_run_plan_names_the_constraints():
                                                      {"metric": "open_heads", "max": 12}]}))
     assert "constraint: bleu >= the base model's -0.5 (Optuna's constraints_func)" in plan
     assert "constraint: open_heads <= 12 (Optuna's constraints_func)" in plan
-
+    timed = describe_plan(tiny_sweep({"latency": {"enabled": True, "batch_sizes": [1, 8]}}))
+    assert "latency: each completed trial's pruned model timed against its base model (beam 5, batches [1, 8]," in timed
+    assert "latency:" not in plan
 
 @pytest.mark.slow
 def test_a_constrained_sweep_that_searches_for_speed(tmp_path):

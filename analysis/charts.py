@@ -28,7 +28,7 @@ from plotly.subplots import make_subplots
 from model import metrics as M
 from model.config import ATTENTION_TYPES
 from sweeps.constraints import FEASIBLE
-from sweeps.results import BASE, TRIAL_ID
+from sweeps.results import BASE, STATUS, STOPPED, TRIAL_ID
 
 from .load import SweepResults
 from .pareto import pareto_front
@@ -111,6 +111,12 @@ def pareto_chart(sweeps: Sequence[SweepResults]) -> tuple[Figure, go.Figure]:
             ax.step(front[x], front[y], where="post", color=colour, lw=1.6, zorder=2, label=label)
             pfig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", line=dict(shape="hv", color=colour),
                                       name=label, hoverinfo="skip"))
+        stopped = done[done[STATUS] == STOPPED] if single and STATUS in done else done.iloc[:0]
+        if len(stopped):  # stopped early at a rung (search.scheduler): real scores, fewer steps
+            ax.scatter(stopped[x], stopped[y], facecolors="none", edgecolors="black", s=110, lw=1.2, zorder=4,
+                       label="stopped early (MO-ASHA)")
+            pfig.add_trace(go.Scatter(x=stopped[x], y=stopped[y], mode="markers", name="stopped early (MO-ASHA)",
+                                      marker=dict(symbol="circle-open", size=15, color="black"), hoverinfo="skip"))
         if single and FEASIBLE in done and (done[FEASIBLE] == False).any():  # noqa: E712 - a nullable column
             out = done[done[FEASIBLE] == False]  # noqa: E712
             ax.scatter(out[x], out[y], marker="x", s=60, color="red", zorder=4, label="violates a constraint")

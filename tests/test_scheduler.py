@@ -97,6 +97,8 @@ def test_a_sweep_with_mo_asha_stops_trials_at_rungs_and_keeps_what_they_reached(
                                  "ON a.trial_id = t.trial_id WHERE a.key = 'ray_trial_id'").fetchall())
     assert {json.loads(k): v for k, v in states.items() if json.loads(k) in set(stopped["trial_id"])} == {
         t: "COMPLETE" for t in stopped["trial_id"]}
+    assert "stopped early (MO-ASHA)" in (folder / "report" / "pareto.html").read_text()  # marked on the chart
+    assert f"{len(stopped)} stopped" in (folder / "report" / "report.html").read_text()
     again = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     after = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})

@@ -4,9 +4,10 @@
       - {metric: bleu, min_relative_to_base: -0.5}   # feasible: bleu >= the base model's - 0.5
       - {metric: open_heads, max: 12}                # feasible: at most 12 heads open
 
-They go to Optuna's own ``constraints_func`` (TPE and NSGA-II take it), so that the sampler spends its trials near
-the feasible edge: each finished trial carries its violations as the user attribute ``constraints`` (a value <= 0
-is met), and the table and the report mark the trials that meet them all (``feasible``). A bound relative to the
+They go to Optuna's own constraint handling (TPE and NSGA-II rank infeasible trials behind feasible ones), so that
+the sampler spends its trials near the feasible edge: each finished trial's violations are set as its Optuna
+constraints (``Trial.set_constraint``, one per bound; a value <= 0 is met), and the table and the report mark the
+trials that meet them all (``feasible``). A bound relative to the
 base model is the base model's own score on the trials' validation sentences, with the trials' evaluation settings,
 measured once by the driver before the first trial and kept in ``<sweep>/constraints.json``.
 """
@@ -25,7 +26,6 @@ from model import metrics as M
 from .storage import exists, join_storage, read_bytes, write_text
 
 CONSTRAINTS_FILE = "constraints.json"  # the bounds in use, per base model (hash), and how they were found
-CONSTRAINTS_ATTR = "constraints"  # Optuna user attribute: a finished trial's violations (<= 0: met)
 FEASIBLE = "feasible"  # trials.csv: True where a gate trial meets every constraint
 RELATIVE_METRICS = (M.BLEU, M.CHRF)  # what a bound relative to the base model may name
 
@@ -44,6 +44,11 @@ class Bound:
 
     def describe(self) -> str:
         return f"{self.metric} {'>=' if self.sense == 'min' else '<='} {self.value:.4g}"
+
+    @property
+    def name(self) -> str:
+        """The Optuna constraint's name (its key among the trial's constraints)."""
+        return f"{self.metric} {'>=' if self.sense == 'min' else '<='} {self.value:.6g}"
 
 
 def bounds_for(constraints: Sequence[Any], base_scores: dict[str, float] | None) -> list[Bound]:
@@ -71,16 +76,10 @@ def violations(result: dict[str, Any], bounds: Sequence[Bound]) -> list[float]:
     return [b.violation(result.get(b.metric)) for b in bounds]
 
 
-class ConstraintValues:
-    """Optuna's ``constraints_func``: the violations a finished trial carries (picklable, as Tune saves the
-    searcher); a trial without them counts as violating every constraint."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def __call__(self, trial) -> Sequence[float]:
-        found = trial.user_attrs.get(CONSTRAINTS_ATTR)
-        return tuple(float(v) for v in found) if found is not None else (math.inf,) * self.count
+def constraint_values(result: dict[str, Any], bounds: Sequence[Bound]) -> dict[str, float]:
+    """A finished trial's Optuna constraints: bound name -> violation (<= 0: met; a missing score violates by a
+    large finite amount, since Optuna sums the positive values)."""
+    return {b.name: min(v, 1e9) for b, v in zip(bounds, violations(result, bounds), strict=True)}
 
 
 def base_bounds(experiment: str, constraints: Sequence[Any], bases: dict[str, str],

@@ -61,7 +61,7 @@ def describe_plan(sweep: Sweep) -> str:
         bound = next((k, v) for k, v in vars(c).items() if k != "metric" and v is not None)
         value = f"the base model's {bound[1]:+g}" if bound[0].endswith("_relative_to_base") else f"{bound[1]:g}"
         lines.append(f"constraint: {c.metric} {'>=' if bound[0].startswith('min') else '<='} {value} "
-                     f"(Optuna's constraints_func)")
+                     f"(an Optuna constraint)")
     c = s.scheduler
     if c.kind != "none":
         from .scheduler import rungs

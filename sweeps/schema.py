@@ -228,7 +228,7 @@ class SweepSchema:
     prune: PruneConfig = field(default_factory=PruneConfig)
     space: dict[str, Any] = field(default_factory=dict)  # dotted config key -> {loguniform|uniform|choice|randint}
     objectives: list[ObjectiveConfig] = field(default_factory=_default_objectives)
-    constraints: list[ConstraintConfig] = field(default_factory=list)  # Optuna's constraints_func (tpe, nsga2)
+    constraints: list[ConstraintConfig] = field(default_factory=list)  # Optuna constraints (tpe, nsga2 honour them)
     latency: LatencyConfig = field(default_factory=LatencyConfig)  # each trial's pruned model timed against its base
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -7,7 +7,7 @@ import math
 import warnings
 from typing import Any
 
-from .constraints import CONSTRAINTS_ATTR, Bound, ConstraintValues, violations
+from .constraints import Bound, constraint_values
 from .results import BASE, WANDB_RUN
 from .study import StudyStorage, fresh_study_file
 from .sweep import Sweep
@@ -35,7 +35,8 @@ def tune_space(sweep: Sweep) -> dict[str, Any]:
 
 def make_searcher(sweep: Sweep, bounds: dict[str, list[Bound]] | None = None):
     """OptunaSearch with the objective lists (never metric/mode in TuneConfig: that makes it single-objective), and
-    with ``bounds`` (per base model hash: the sweep's constraints) Optuna's constraints_func."""
+    with ``bounds`` (per base model hash: the sweep's constraints) each finished trial's violations set as Optuna
+    constraints (``Trial.set_constraint``), which TPE and NSGA-II honour."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -68,7 +69,8 @@ def make_searcher(sweep: Sweep, bounds: dict[str, list[Bound]] | None = None):
                 self._ot_trials[trial_id].set_user_attr(WANDB_RUN_ATTR, result[WANDB_RUN])
             if result and getattr(self, "bounds", None) and trial_id in self._ot_trials:  # before the tell
                 found = self.bounds.get(str(result.get(BASE))) or next(iter(self.bounds.values()))
-                self._ot_trials[trial_id].set_user_attr(CONSTRAINTS_ATTR, violations(result, found))
+                for name, value in constraint_values(result, found).items():
+                    self._ot_trials[trial_id].set_constraint(name, value)
             values = [(result or {}).get(m) for m in self.metric] if isinstance(self.metric, list) else []
             if result and any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
                 result, error = None, True
@@ -105,9 +107,8 @@ def make_searcher(sweep: Sweep, bounds: dict[str, list[Bound]] | None = None):
                   f"{state.name} from its result", flush=True)
 
     s = sweep.search
-    constrained = {"constraints_func": ConstraintValues(len(sweep.schema.constraints))} if bounds else {}
-    tpe = {**constrained, **({} if s.startup_trials is None else {"n_startup_trials": s.startup_trials})}
-    nsga2 = {**constrained, **({} if s.population_size is None else {"population_size": s.population_size})}
+    tpe = {} if s.startup_trials is None else {"n_startup_trials": s.startup_trials}
+    nsga2 = {} if s.population_size is None else {"population_size": s.population_size}
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed, **tpe),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed, **nsga2),

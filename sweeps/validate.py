@@ -301,7 +301,7 @@ def _check_search(schema: SweepSchema, space: list) -> None:
                     "a bound without a base model (pretrain.enabled is false): min or max")
     if schema.constraints:
         require(schema.search.sampler in ("tpe", "nsga2"), "search.sampler", schema.search.sampler,
-                "'tpe' or 'nsga2' with constraints (Optuna's constraints_func)")
+                "'tpe' or 'nsga2' with constraints (the samplers that honour Optuna's constraints)")
     lat = schema.latency
     if M.SPEEDUP in names or any(c.metric == M.SPEEDUP for c in schema.constraints):
         require(lat.enabled, "latency.enabled", lat.enabled, "true where an objective or a constraint is speedup")

@@ -1,11 +1,10 @@
 """Constraints on the gate trials (sweeps/constraints.py): bounds absolute and relative to the base model, the
-violations Optuna's constraints_func reads, the base score measured once, and a real sweep that carries them."""
+violations set as Optuna's constraints, the base score measured once, and a real sweep that carries them."""
 
 from __future__ import annotations
 
 import json
 import math
-import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -13,9 +12,9 @@ import pytest
 from sweeps.constraints import (
     CONSTRAINTS_FILE,
     Bound,
-    ConstraintValues,
     base_bounds,
     bounds_for,
+    constraint_values,
     feasibility,
     read_bounds,
     violations,
@@ -42,10 +41,11 @@ def test_bounds_and_their_violations():
     assert [r["feasible"] for r in rows] == [True, False]
 
 
-def test_optunas_constraints_func_reads_the_trials_violations_and_pickles():
-    func = pickle.loads(pickle.dumps(ConstraintValues(2)))  # Tune saves the searcher with its sampler
-    assert func(SimpleNamespace(user_attrs={"constraints": [0.5, -1]})) == (0.5, -1.0)
-    assert func(SimpleNamespace(user_attrs={})) == (math.inf, math.inf)
+def test_a_trials_optuna_constraints_are_named_by_their_bounds():
+    found = [Bound("bleu", "min", 35.5), Bound("open_heads", "max", 12.0)]
+    assert constraint_values({"bleu": 36.0, "open_heads": 14}, found) == {"bleu >= 35.5": -0.5,
+                                                                          "open_heads <= 12": 2.0}
+    assert constraint_values({}, found) == {"bleu >= 35.5": 1e9, "open_heads <= 12": 1e9}  # no score: infeasible
 
 
 def test_the_base_model_is_scored_once_per_checkpoint(tmp_path):
@@ -74,8 +74,8 @@ def test_the_dry_run_plan_names_the_constraints():
 
     plan = describe_plan(tiny_sweep({"constraints": [{"metric": "bleu", "min_relative_to_base": -0.5},
                                                      {"metric": "open_heads", "max": 12}]}))
-    assert "constraint: bleu >= the base model's -0.5 (Optuna's constraints_func)" in plan
-    assert "constraint: open_heads <= 12 (Optuna's constraints_func)" in plan
+    assert "constraint: bleu >= the base model's -0.5 (an Optuna constraint)" in plan
+    assert "constraint: open_heads <= 12 (an Optuna constraint)" in plan
     timed = describe_plan(tiny_sweep({"latency": {"enabled": True, "batch_sizes": [1, 8]}}))
     assert "latency: each completed trial's pruned model timed against its base model (beam 5, batches [1, 8]," in timed
     assert "latency:" not in plan
@@ -112,12 +112,12 @@ def test_a_constrained_sweep_that_searches_for_speed(tmp_path):
     for column in ("speedup", "speedup/b1", "speedup/b3"):
         assert (prune[column] > 0).all(), prune.filter(like="speedup")
     assert (prune["speedup"] == prune["speedup/b3"]).all()
-    with sqlite3.connect(folder / "optuna.db") as db:
-        attrs = db.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'constraints'").fetchall()
-        system = db.execute("SELECT value_json FROM trial_system_attributes WHERE key = 'constraints'").fetchall()
+    with sqlite3.connect(folder / "optuna.db") as db:  # each trial's violations, as Optuna's constraints
+        found = db.execute("SELECT key, value_json FROM trial_system_attributes WHERE key LIKE 'constraints:%'"
+                           ).fetchall()
         values = db.execute("SELECT trial_id, objective, value FROM trial_values").fetchall()
-    assert len(attrs) == 2 and len(system) == 2  # each trial's violations, as the sampler recorded them
-    heads = sorted(json.loads(v)[1] + 40 for (v,) in attrs)
+    assert len(found) == 4 and sum(k == "constraints:open_heads <= 40" for k, _ in found) == 2
+    heads = sorted(json.loads(v) + 40 for k, v in found if k == "constraints:open_heads <= 40")
     assert heads == sorted(prune["open_heads"].astype(float))
     assert sorted({o for _, o, _ in values}) == [0, 1, 2]  # three objectives told to Optuna
     report = (folder / "report" / "report.md").read_text()

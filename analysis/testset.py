@@ -56,6 +56,7 @@ from sweeps.results import (
     PRETRAIN,
     STAGE,
     STATUS,
+    SWEEP_FILE,
     TEST_DIR,
     TEST_SCORES_FILE,
     TRIAL_ID,
@@ -108,7 +109,7 @@ def method_folders(s: SweepResults) -> list[tuple[str, str, str, int]]:
     out = []
     for run in runs:
         folder = join_storage(parent, run.name) if s.remote else str(Path(parent) / run.name)
-        if s.remote or Path(folder).is_dir():
+        if s.remote or (Path(folder) / SWEEP_FILE).is_file():  # a gate folder holding only W&B's runs is none
             out.append((run.method, run.label, folder, run.finetune_steps))
     return out
 

@@ -119,9 +119,11 @@ def test_scoring_takes_the_validation_front_and_a_given_base_and_caches_each_sco
     assert len(calls) == 6
     # method folders of a sweep part still running beside it: one made but empty, one whose trial has not reported
     # yet; both are left out, and said to be, while the finished folders are compared
-    (folder.parent / "t-importance").mkdir()
+    (folder.parent / "t-importance").mkdir()  # each with the sweep.json a method writes as it starts
+    (folder.parent / "t-importance" / "sweep.json").write_text(json.dumps({"name": "t"}))
     (folder.parent / "t-random" / "layout_trainable_0").mkdir(parents=True)
     (folder.parent / "t-random" / "layout_trainable_0" / "result.json").write_text("")
+    (folder.parent / "t-random" / "sweep.json").write_text(json.dumps({"name": "t"}))
     said = []
     _, partial = score_sweep(folder, beam=3, log=said.append)  # the settings cached last: nothing translated
     assert sorted(partial.table["trial_id"]) == ["a", "base", "c"] and len(calls) == 6
@@ -237,6 +239,8 @@ def test_the_comparison_takes_every_method_folder_of_the_sweep_beside_its_gate_f
     for name in ("s", "s-importance", "s-importance-ft5", "s-random", "s-iterative-ft5", "other-random",
                  "s-random-ft9"):  # ft9: no fine-tuning length of this sweep
         (tmp_path / name).mkdir()
+        (tmp_path / name / "sweep.json").write_text("{}")
+    (tmp_path / "s-gates_budget" / "wandb").mkdir(parents=True)  # a folder of W&B runs only: no method folder
     record = {"name": "s", "method": ["gates", "importance"], "baselines": {"finetune_steps": [0, 5]}}
     local = SimpleNamespace(config=record, remote=False, source=str(tmp_path / "s"), label="gates")
     got = [(method, label, Path(folder).name, steps) for method, label, folder, steps in method_folders(local)]

@@ -61,6 +61,7 @@ from sweeps.results import (
     uri_of,
 )
 from sweeps.resume import SweepError
+from sweeps.scheduler import TrialStopped, await_decision, rungs
 from sweeps.schema import GATES, SCRATCH, MethodRun
 from sweeps.sweep import Sweep, base_hash
 from sweeps.trial import run_trial
@@ -139,6 +140,13 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         gates, samples = last_record(folder / GATES_FILE), last_record(folder / SAMPLES_FILE)
         logger.log(metrics, step=int(metrics[M.STEP]), gates=(gates or {}).get("gates"),
                    samples=(samples or {}).get("samples"))
+        if int(metrics[M.STEP]) in rung_steps and metrics.get(M.STATUS) == M.RUNNING \
+                and await_decision(ctx.get_trial_id(), int(metrics[M.STEP])):
+            raise TrialStopped
+
+    c = sweep.search.scheduler  # MO-ASHA: at a rung the trial hears whether it goes on
+    rung_steps = set(rungs(c.grace_steps or cfg.train.eval_every, c.reduction_factor, cfg.train.max_steps)) \
+        if c.kind == "mo_asha" and stage == PRUNE and method == GATES else set()
 
     def train_log(record: dict[str, Any]) -> None:  # W&B's step axis is the optimizer step
         logger.log(record, step=int(record[M.STEP]))
@@ -150,6 +158,8 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
                 run_trial(cfg, run_dir, report, restore_from=folder, log=_trial_log, teacher=base, on_log=train_log)
         else:
             run_trial(cfg, run_dir, report, init_from=init_from, log=_trial_log, teacher=base, on_log=train_log)
+    except TrialStopped:  # told to stop at a rung: its last report stands, its W&B run is finished
+        _trial_log("stopped at a rung by MO-ASHA (search.scheduler)")
     except CorpusError as exc:  # a corpus this node lacks (and cannot download): say which node
         logger.finish(exit_code=1)
         raise CorpusError(f"on node {_node()}: {exc}") from None

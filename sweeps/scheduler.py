@@ -12,6 +12,11 @@ fewer heads with a little BLEU, which is the front this tool exists to chart.
 
 The rung records live in ``scheduler.json`` in the experiment folder, written at every decision, so that a sweep
 continued with ``--resume`` (Tune restores the scheduler as it was created) decides as the first run would have.
+
+How a trial stops: the scheduler answers Tune "continue" and leaves its word for the trial in Ray's key-value store
+(:func:`tell_trial`); the trial, having reported at a rung, waits for it (:func:`await_decision`, in
+``trainable.py``) and, told to stop, raises :class:`TrialStopped` and ends itself there, its W&B run finished.
+Tune's STOP would end the trial's worker process instead, and the W&B run with it, unfinished.
 """
 
 from __future__ import annotations
@@ -27,6 +32,43 @@ from .pareto import non_dominated_ranks
 from .storage import exists, join_storage, read_bytes, write_text
 
 SCHEDULER_FILE = "scheduler.json"  # in the experiment folder: every rung's records and the trials stopped
+STOP, GO = b"stop", b"go"  # a rung's word to its trial, in Ray's key-value store (see decision_key)
+DECISION_WAIT_S = 120.0  # how long a trial at a rung waits for the word before it goes on
+
+
+class TrialStopped(Exception):
+    """Raised in a trial told to stop at a rung: it ends itself there (its W&B run finished, its last report the
+    rung's), rather than being ended by Tune with its worker process."""
+
+
+def decision_key(trial_id: str, step: int) -> bytes:
+    """Where the scheduler leaves its word for a trial at a rung (Ray's internal key-value store, which every node of
+    the cluster reaches)."""
+    return f"headsweep:mo_asha:{trial_id}:{step}".encode()
+
+
+def tell_trial(trial_id: str, step: int, go_on: bool) -> None:
+    """The scheduler's word to a trial waiting at a rung (see :func:`await_decision`)."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(decision_key(trial_id, step), GO if go_on else STOP, overwrite=True)
+
+
+def await_decision(trial_id: str, step: int, timeout: float = DECISION_WAIT_S) -> bool:
+    """In a trial that has just reported at a rung: True when the scheduler says stop. A trial that hears nothing
+    within ``timeout`` goes on (the scheduler then counts it as going on too: it decides before it answers)."""
+    import time
+
+    from ray.experimental import internal_kv
+
+    key, deadline = decision_key(trial_id, step), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        word = internal_kv._internal_kv_get(key)
+        if word is not None:
+            internal_kv._internal_kv_del(key)
+            return word == STOP
+        time.sleep(0.1)
+    return False
 
 
 def rungs(grace_steps: int, reduction_factor: float, max_steps: int) -> list[int]:
@@ -79,8 +121,9 @@ def _make_scheduler():
         """MO-ASHA over the sweep's objectives (see the module's doc)."""
 
         def __init__(self, objectives: Sequence[tuple[str, str]], grace_steps: int, reduction_factor: float,
-                     max_steps: int, experiment: str) -> None:
+                     max_steps: int, experiment: str, tell=None) -> None:
             super().__init__()
+            self.tell = tell  # (trial id, step, go on?) -> None; default: tell_trial, through Ray
             self.objectives = [tuple(o) for o in objectives]
             self.reduction_factor = reduction_factor
             self.rungs = rungs(grace_steps, reduction_factor, max_steps)
@@ -124,7 +167,10 @@ def _make_scheduler():
                 print(f"trial {trial_id}: stopped at step {step} (MO-ASHA: not among the best "
                       f"{math.ceil(len(records) / self.reduction_factor)} of {len(records)} at that rung)",
                       flush=True)
-            return TrialScheduler.CONTINUE if go_on else TrialScheduler.STOP
+            # the trial waits at the rung for this word and, told to stop, ends itself there (await_decision);
+            # Tune's STOP would end its worker process, and with it the W&B run it has not finished
+            (self.tell or tell_trial)(trial_id, step, go_on)
+            return TrialScheduler.CONTINUE
 
         def debug_string(self) -> str:
             return f"MO-ASHA: rungs at steps {self.rungs}, {len(self.state['stopped'])} trials stopped"
@@ -133,9 +179,9 @@ def _make_scheduler():
 
 
 def make_scheduler(objectives: Sequence[tuple[str, str]], grace_steps: int, reduction_factor: float, max_steps: int,
-                   experiment: str):
+                   experiment: str, tell=None):
     """The Tune scheduler (Ray imported only here)."""
-    return _make_scheduler()(objectives, grace_steps, reduction_factor, max_steps, experiment)
+    return _make_scheduler()(objectives, grace_steps, reduction_factor, max_steps, experiment, tell)
 
 
 def stopped_trials(experiment: str) -> dict[str, int]:

@@ -234,14 +234,14 @@ def write_sweep(path: Path, **patch: Any) -> Path:
     return path
 
 
-def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
-    """History rows of an offline W&B run, read from its transaction log (LevelDB log format of records)."""
+def wandb_records(run_dir: Path) -> list[Any]:
+    """Every record of an offline W&B run, read from its transaction log (LevelDB log format of records)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (log,) = glob.glob(str(run_dir / "run-*.wandb"))
     data = Path(log).read_bytes()
     assert data[:4] == b":W&B"
-    block, pos, pending, rows = 32768, 7, b"", []
+    block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         if block - pos % block < 7:
             pos += block - pos % block  # block trailer
@@ -253,10 +253,14 @@ def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
             record = pb.Record()
             record.ParseFromString(pending)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
+            records.append(record)
+    return records
+
+
+def wandb_history(run_dir: Path) -> list[dict[str, Any]]:
+    """History rows of an offline W&B run."""
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            for record in wandb_records(run_dir) if record.WhichOneof("record_type") == "history"]
 
 
 def check_table(experiment: Path, trials: int, evaluations: int = 2, weights: bool = True) -> pd.DataFrame:

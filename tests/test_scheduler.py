@@ -4,6 +4,7 @@ for them, kept across a restore."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -38,26 +39,30 @@ def test_the_scheduler_stops_dominated_trials_at_rungs_and_remembers_after_a_res
     from ray.tune.schedulers import TrialScheduler
 
     objectives = [("bleu", "max"), ("open_heads/enc_self", "min")]
-    new = lambda: make_scheduler(objectives, 10, 2, 40, str(tmp_path))  # noqa: E731 - rungs at 10, 20
+    told = []  # the words a trial at a rung waits for (through Ray's key-value store in a sweep)
+    new = lambda: make_scheduler(objectives, 10, 2, 40, str(tmp_path),  # noqa: E731 - rungs at 10, 20
+                                 tell=lambda trial, step, go_on: told.append((trial, step, go_on)))
     s = new()
     assert s.rungs == [10, 20]
 
     def report(scheduler, trial, step, bleu, heads, status="running"):
-        return scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial), {
+        decision = scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial), {
             "step": step, "bleu": bleu, "open_heads/enc_self": heads, "status": status})
+        assert decision == TrialScheduler.CONTINUE  # a stopped trial ends itself at the rung, on the word
+        return told[-1] if told and told[-1][:2] == (trial, step) else None
 
-    assert report(s, "t1", 10, 30.0, 24) == TrialScheduler.CONTINUE
-    assert report(s, "t1", 15, 30.0, 24) == TrialScheduler.CONTINUE  # not a rung
-    assert report(s, "t2", 10, 25.0, 24) == TrialScheduler.STOP  # dominated by t1: the worse of two at eta 2
-    assert report(s, "t3", 10, 20.0, 6) == TrialScheduler.CONTINUE  # fewer heads: on the front
-    assert report(s, "t4", 10, float("nan"), 6) == TrialScheduler.CONTINUE  # no finite score: it ends itself
-    assert report(s, "t1", 40, 10.0, 24, status="completed") == TrialScheduler.CONTINUE  # its last step: no rung
+    assert report(s, "t1", 10, 30.0, 24) == ("t1", 10, True)
+    assert report(s, "t1", 15, 30.0, 24) is None  # not a rung: no word
+    assert report(s, "t2", 10, 25.0, 24) == ("t2", 10, False)  # dominated by t1: the worse of two at eta 2
+    assert report(s, "t3", 10, 20.0, 6) == ("t3", 10, True)  # fewer heads: on the front
+    assert report(s, "t4", 10, float("nan"), 6) is None  # no finite score: it ends itself
+    assert report(s, "t1", 40, 10.0, 24, status="completed") is None  # its last step: no rung
     assert stopped_trials(str(tmp_path)) == {"t2": 10}
     from ray import cloudpickle  # how Tune keeps the tuner and its scheduler
 
     assert cloudpickle.loads(cloudpickle.dumps(s))._state is None  # a pickled scheduler reads its records afresh
     restored = new()  # Tune restores the scheduler as it was created: its records come from the folder
-    assert report(restored, "t5", 10, 24.0, 24) == TrialScheduler.STOP
+    assert report(restored, "t5", 10, 24.0, 24) == ("t5", 10, False)
     assert stopped_trials(str(tmp_path)) == {"t2": 10, "t5": 10}
     assert (tmp_path / SCHEDULER_FILE).exists() and "2 trials stopped" in restored.debug_string()
 
@@ -72,11 +77,11 @@ def test_a_sweep_with_mo_asha_stops_trials_at_rungs_and_keeps_what_they_reached(
 
     import pandas as pd
 
-    from tests.helpers import run_cli, write_sweep
+    from tests.helpers import run_cli, wandb_history, wandb_records, write_sweep
 
     search = {"num_samples": 4, "max_concurrent": 2, "seed": 3,
               "scheduler": {"kind": "mo_asha", "grace_steps": 2, "reduction_factor": 2}}
-    sweep = write_sweep(tmp_path / "s.yaml", search=search,
+    sweep = write_sweep(tmp_path / "s.yaml", search=search, wandb={"mode": "offline"},
                         prune={"set": {"gates.mode": "learned", "train.max_steps": 8, "train.eval_every": 2}})
     proc = run_cli(str(sweep), "--results", str(tmp_path / "r"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -97,6 +102,10 @@ def test_a_sweep_with_mo_asha_stops_trials_at_rungs_and_keeps_what_they_reached(
                                  "ON a.trial_id = t.trial_id WHERE a.key = 'ray_trial_id'").fetchall())
     assert {json.loads(k): v for k, v in states.items() if json.loads(k) in set(stopped["trial_id"])} == {
         t: "COMPLETE" for t in stopped["trial_id"]}
+    for _, row in stopped.iterrows():  # a stopped trial ended itself at the rung: its W&B run finished, its rows kept
+        run = Path(row["wandb_run"])
+        assert any(r.WhichOneof("record_type") == "exit" for r in wandb_records(run)), run
+        assert max(r["step"] for r in wandb_history(run) if "bleu" in r) == row["stopped_at"]
     assert "stopped early (MO-ASHA)" in (folder / "report" / "pareto.html").read_text()  # marked on the chart
     assert f"{len(stopped)} stopped" in (folder / "report" / "report.html").read_text()
     again = run_cli(str(sweep), "--results", str(tmp_path / "r"), "--resume")

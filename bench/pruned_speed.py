@@ -49,8 +49,8 @@ def timed(fn, rounds: int) -> list[float]:
 def real_models(args) -> int:
     """The ``--base`` mode (see the module's doc)."""
     from model.config import EvalConfig
-    from model.evaluate import score, translate_split
-    from model.latency import held_out, time_models
+    from model.evaluate import held_out, score, translate_split
+    from model.latency import time_models
     from model.prune import prune_model
 
     base, tok, split = held_out(args.base, args.split, args.device, args.data_dir, log=lambda _: None)

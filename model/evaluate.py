@@ -102,9 +102,9 @@ def evaluate_model(model: Transformer, data: Data, cfg: Config,
     return metrics, details
 
 
-def evaluate_checkpoint(path: str, split: str, eval_cfg: EvalConfig, device: str = "cpu",
-                        log=print, data_dir: str | None = None) -> tuple[Scores, list[str], list[str], list[str]]:
-    """Score a checkpoint on ``split`` of the corpus its config names: (scores, sources, references, hypotheses).
+def held_out(path: str, split: str, device: str = "cpu", data_dir: str | None = None,
+             log=print) -> tuple[Transformer, Tokenizers, EncodedSplit]:
+    """(model in eval mode, its tokenizers, ``split`` of the corpus its config names, encoded) of a checkpoint file.
 
     ``data_dir``: where that corpus's downloads lie, when not where the checkpoint's config says."""
     from .checkpoint import checkpoint_config, load_checkpoint
@@ -117,7 +117,15 @@ def evaluate_checkpoint(path: str, split: str, eval_cfg: EvalConfig, device: str
         cfg.data.data_dir = data_dir
     model, tok = load_for_inference(path, device, payload)
     corpus = build_corpus(cfg.data, log)
-    encoded = encode_split(tok, *corpus.split(split), truncate=cfg.model.max_positions)
+    return model, tok, encode_split(tok, *corpus.split(split), truncate=cfg.model.max_positions)
+
+
+def evaluate_checkpoint(path: str, split: str, eval_cfg: EvalConfig, device: str = "cpu",
+                        log=print, data_dir: str | None = None) -> tuple[Scores, list[str], list[str], list[str]]:
+    """Score a checkpoint on ``split`` of the corpus its config names: (scores, sources, references, hypotheses).
+
+    ``data_dir``: where that corpus's downloads lie, when not where the checkpoint's config says."""
+    model, tok, encoded = held_out(path, split, device, data_dir, log)
     hyps = translate_split(model, encoded, tok, eval_cfg, torch.device(device))
     n = len(hyps)
     return score(hyps, encoded.tgt_text[:n]), encoded.src_text[:n], encoded.tgt_text[:n], hyps

@@ -78,26 +78,12 @@ def speedup_metrics(pruned: Transformer, base: Transformer, split: EncodedSplit,
     return out
 
 
-def held_out(checkpoint: str, split: str, device: str = "cpu", data_dir: str | None = None, log=print):
-    """(model in eval mode, tokenizers, the encoded ``split`` of its corpus) of a checkpoint file."""
-    from .checkpoint import checkpoint_config, load_checkpoint
-    from .data import build_corpus, encode_split
-    from .translate import load_for_inference
-
-    payload = load_checkpoint(checkpoint, map_location=device)
-    cfg = checkpoint_config(payload)
-    if data_dir is not None:
-        cfg.data.data_dir = data_dir
-    model, tok = load_for_inference(checkpoint, device, payload)
-    corpus = build_corpus(cfg.data, log)
-    return model, tok, encode_split(tok, *corpus.split(split), truncate=cfg.model.max_positions)
-
-
 def checkpoint_speedup(checkpoint: str, base: str, split: str, sentences: int, batch_sizes: Sequence[int],
                        beam: int = 5, rounds: int = 3, device: str = "cpu", data_dir: str | None = None,
                        log=print) -> dict[str, Any]:
     """:func:`speedup_metrics` of a trial's checkpoint (physically pruned first) against its base model's, on the
     first ``sentences`` sources of ``split`` of the checkpoint's corpus."""
+    from .evaluate import held_out
     from .prune import prune_model
     from .translate import load_for_inference
 

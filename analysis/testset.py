@@ -69,6 +69,7 @@ from sweeps.schema import (
     IMPORTANCE,
     METHODS,
     SCRATCH,
+    ClaimConfig,
     HeldOutTestConfig,
     method_runs,
 )
@@ -166,7 +167,8 @@ TEST = HeldOutTestConfig()  # the schema's test-set settings: every default belo
 
 def held_out_settings(config: dict[str, Any]) -> HeldOutTestConfig:
     """A sweep's test-set settings (``test`` in its sweep.json), the schema's defaults where it names none."""
-    given = config.get("test") or {}
+    given = dict(config.get("test") or {})
+    given["claims"] = [c if isinstance(c, ClaimConfig) else ClaimConfig(**c) for c in given.get("claims") or []]
     return HeldOutTestConfig(**{f.name: given[f.name] for f in dataclasses.fields(HeldOutTestConfig)
                                 if f.name in given})
 
@@ -508,6 +510,55 @@ def included_comparisons(scores: HeldOutScores, samples: int = TEST.bootstrap) -
     return pd.DataFrame(out)
 
 
+def claim_table(scores: HeldOutScores, claims: Sequence[ClaimConfig], samples: int = TEST.bootstrap) -> pd.DataFrame:
+    """The sweep's stated targets (test.claims), each at every budget both of its methods ran in this sweep,
+    fine-tuned equally long (the longest both have): the paired bootstrap of ``method`` against ``against`` and
+    whether the claim holds there ('met' or 'missed'); a method the sweep has not run gives one 'not run' row."""
+    table = own_rows(scores)
+    out = []
+    for claim in claims:
+        wording = "at least matches on the mean" if claim.by == "mean" else "beats it (interval above 0)"
+        row = {"claim": f"{claim.method} against {claim.against}: {wording}"}
+        a, b = (table[table["method"] == m] for m in (claim.method, claim.against))
+        shared = (set(a["finetune_steps"].fillna(0)) & set(b["finetune_steps"].fillna(0))) if len(a) and len(b) else ()
+        if not shared:
+            out.append({**row, "verdict": "not run"})
+            continue
+        steps = max(shared)
+        a, b = (df[df["finetune_steps"].fillna(0) == steps] for df in (a, b))
+        budgets = sorted(set(a["budget"]) & set(b["budget"]))
+        if not budgets:
+            out.append({**row, "verdict": "not run"})
+            continue
+        for budget in budgets:
+            def systems(df: pd.DataFrame, budget=budget) -> list[np.ndarray]:
+                runs = df[df["budget"] == budget].sort_values("seed")
+                return [scores.stats[(lab, t)] for lab, t in zip(runs[LABEL], runs[TRIAL_ID])]
+
+            c = paired_bootstrap(systems(a), systems(b), samples)
+            held = c.difference >= 0 if claim.by == "mean" else c.low > 0
+            out.append({**row, "fine-tuning steps": int(steps), "budget": int(budget), "seeds A": c.seeds_a,
+                        "seeds B": c.seeds_b, "BLEU A": c.bleu_a, "BLEU B": c.bleu_b, "A - B": c.difference,
+                        "95% low": c.low, "95% high": c.high, "p": c.p_value, "verdict": "met" if held else "missed"})
+    df = pd.DataFrame(out)
+    return df.astype({c: "Int64" for c in ("fine-tuning steps", "budget", "seeds A", "seeds B") if c in df})
+
+
+def _claim_lines(claims: pd.DataFrame) -> list[str]:
+    """One sentence per claim: met at every budget, or where it is missed, with each budget's interval."""
+    lines = []
+    for claim, g in claims.groupby("claim", sort=False):
+        if (g["verdict"] == "not run").all():
+            lines.append(f"- {claim}: not run (the sweep has no scored trials of both at equal fine-tuning).")
+            continue
+        at = "; ".join(f"{r['budget']:g} heads {r['A - B']:+.2f} ({r['95% low']:.2f} to {r['95% high']:.2f})"
+                       for _, r in g.iterrows())
+        missed = g[g["verdict"] == "missed"]["budget"].tolist()
+        verdict = "met at every budget" if not missed else f"missed at {', '.join(f'{b:g}' for b in missed)} heads"
+        lines.append(f"- {claim}: **{verdict}**. A - B and its 95% interval: {at}.")
+    return lines
+
+
 def _compare_group(df: pd.DataFrame, steps: int, scores: HeldOutScores, samples: int) -> list[dict[str, Any]]:
     labels = list(dict.fromkeys(df[LABEL]))
 
@@ -736,6 +787,7 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     points = point_table(scores)
     pairs = comparisons(scores, samples)
     included = included_comparisons(scores, samples)
+    claims = claim_table(scores, settings.claims, samples)
     targets, base_bleu = target_table(scores, points, removed, tolerance)
     gate_folder = Path(gates.source).name == gates.config.get("name", Path(gates.source).name)
     settled = settled_steps(gates, scores.heads) if gate_folder else pd.DataFrame()
@@ -751,6 +803,8 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     table2.to_csv(out / "test_table2.csv", index=False)
     if not included.empty:
         included.to_csv(out / "test_included.csv", index=False)
+    if not claims.empty:
+        claims.to_csv(out / "test_claims.csv", index=False)
     lines = [f"# Test-set comparison: {gates.config.get('name') or gates.label}", "",
              f"Chosen on the validation split (the sweep's objectives); scored on the test split ({signature}). "
              f"Intervals: 95%, t over seeds per point; paired bootstrap over test sentences ({samples} resamples, "
@@ -761,6 +815,10 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
         lines += [f"Base model: test BLEU {base_bleu:.2f}. Target: at least {removed * 100:g}% of the heads removed "
                   f"within {tolerance} BLEU of it (test BLEU >= {base_bleu - tolerance:.2f}).", "",
                   _markdown(targets), ""]
+    if not claims.empty:
+        lines += ["## The sweep's targets among its methods (test.claims)", "",
+                  "Each at every budget both methods ran, fine-tuned equally long; A is the first method, B the "
+                  "second; paired bootstrap as below.", "", _markdown(claims), "", *_claim_lines(claims), ""]
     lines += ["## Mean test BLEU per point", "", _markdown(points), "", "## Methods compared at equal budgets", "",
               _markdown(pairs), ""]
     resolved = pairs[pairs["verdict"] != "not resolved"] if not pairs.empty else pairs
@@ -810,7 +868,8 @@ def comparison_report(gates: SweepResults, scores: HeldOutScores, samples: int =
     page = Page(f"headsweep: test-set comparison of {gates.label}")
     page.p(lines[2])
     page.plot(figs[1])
-    for title, df in (("Target", targets), ("Mean test BLEU per point", points),
+    for title, df in (("Target", targets), ("The sweep's targets among its methods", claims),
+                      ("Mean test BLEU per point", points),
                       ("Methods compared at equal budgets", pairs),
                       ("Against the included sweeps: the same method at the same budget", included),
                       ("Pruned against the same layout from scratch (Table 2)", table2),

@@ -175,6 +175,18 @@ def _default_objectives() -> list[ObjectiveConfig]:
 
 
 @dataclass
+class ClaimConfig:
+    """A target the sweep states among its own budget methods (test.claims): ``method`` against ``against`` at every
+    budget both ran, fine-tuned equally long (the longest both have), met or missed in the comparison. ``by: mean``:
+    met where ``method``'s seed-mean test BLEU at least matches; ``by: interval``: met where it beats it, the paired
+    bootstrap interval of the difference wholly above 0."""
+
+    method: str = GATES_BUDGET
+    against: str = IMPORTANCE
+    by: Literal["mean", "interval"] = "interval"
+
+
+@dataclass
 class HeldOutTestConfig:
     """Scoring on the test split once the sweep has finished: every Pareto-optimal trial of each method folder
     (chosen on the validation split) and every trial of the budget methods. Nothing is chosen on it."""
@@ -192,6 +204,7 @@ class HeldOutTestConfig:
     # budget; they must have fine-tuned the same base model (their base models' test translations are compared);
     # one not in the results root is left out, and the sweep's own name is skipped
     include: list[str] = field(default_factory=list)
+    claims: list[ClaimConfig] = field(default_factory=list)  # targets among the methods, met or missed per budget
 
 
 @dataclass

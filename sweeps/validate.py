@@ -18,7 +18,17 @@ from model.config import Config, ConfigError, apply_overrides, config_from_dict,
 
 from .constraints import RELATIVE_METRICS
 from .results import BUDGET, PRETRAIN, STAGES
-from .schema import GATES, GATES_BUDGET, METHODS, OBJECTIVE_METRICS, SCRATCH, SweepSchema, is_base_key, parse_dimension
+from .schema import (
+    BUDGET_METHODS,
+    GATES,
+    GATES_BUDGET,
+    METHODS,
+    OBJECTIVE_METRICS,
+    SCRATCH,
+    SweepSchema,
+    is_base_key,
+    parse_dimension,
+)
 from .sweep import Sweep, _with, resolve_storage
 
 # --------------------------------------------------------------------------------------------------
@@ -347,6 +357,14 @@ def _check_search(schema: SweepSchema, space: list) -> None:
         require(isinstance(other, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", other) is not None,
                 f"test.include[{i}]", other, "the name of another sweep in the same results root (its folder name)")
     require(len(set(t.include)) == len(t.include), "test.include", t.include, "distinct sweep names")
+    for i, claim in enumerate(t.claims):
+        where = f"test.claims[{i}]"
+        for key in ("method", "against"):
+            require(getattr(claim, key) in BUDGET_METHODS, f"{where}.{key}", getattr(claim, key),
+                    "a budget method: " + ", ".join(BUDGET_METHODS))
+        require(claim.against != claim.method, f"{where}.against", claim.against, "another method than `method`")
+        require(claim.by in ("mean", "interval"), f"{where}.by", claim.by,
+                "'mean' (at least matches on the seed mean) or 'interval' (beats it: the interval above 0)")
     require(schema.keep_checkpoints >= 1, "keep_checkpoints", schema.keep_checkpoints, "an integer >= 1")
     require(schema.wandb.init_timeout > 0, "wandb.init_timeout", schema.wandb.init_timeout, "a number > 0")
     require(schema.wandb.upload_timeout > 0, "wandb.upload_timeout", schema.wandb.upload_timeout, "a number > 0")

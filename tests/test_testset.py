@@ -301,7 +301,9 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
     root = tmp_path / "results"
     objectives = {"objectives": [{"metric": "bleu", "mode": "max"}, {"metric": "open_heads", "mode": "min"}]}
     base = {"pretrain": {"checkpoint": str(runs[2])}}
-    new = {"baselines": {"finetune_steps": [5]}, "test": {"include": ["old"], "target_removed": 0.875}, **base,
+    new = {"baselines": {"finetune_steps": [5]}, "test": {"include": ["old"], "target_removed": 0.875,
+                                                               "claims": [{"method": "importance", "against": "random",
+                                                                           "by": "mean"}]}, **base,
            **objectives}
     _sweep_folder(root / "new-importance-ft5", "new", ["importance"],
                   budget_rows("n", 4, speedup=lambda b, s: 2.0 - b / 4 + s / 10), new)  # latency.enabled
@@ -332,6 +334,8 @@ def test_a_sweep_of_some_methods_is_compared_in_its_first_folder_with_the_sweeps
     assert "## Against the included sweeps (old): the same method at the same budget" in text
     assert "Target: at least 87.5% of the heads removed within 0.5 BLEU" in text  # the sweep's own target
     assert "When the gate trials' head counts stopped moving" not in text  # no gate trials of its own
+    assert "## The sweep's targets among its methods (test.claims)" in text  # read from its sweep.json
+    assert "- importance against random: at least matches on the mean: not run" in text  # no random of its own
 
     said = []
     _, alone = score_sweep(root / "new-importance-ft5", beam=1, log=said.append, include=["old", "never_run", "new"])
@@ -370,3 +374,49 @@ def test_the_budget_trials_kept_heads_settle_at_the_first_step_they_never_change
     assert list(got.index) == ["a", "b"]
     assert got.loc["a", ["settled_step", "last_step", "kept"]].tolist() == [300, 400, "all:5 all:12"]
     assert got.loc["b", ["settled_step", "kept"]].tolist() == [100, "all:3 all:4"]
+
+
+def test_the_sweeps_claims_are_met_or_missed_per_budget_at_equal_fine_tuning():
+    """test.claims: gates_budget at least matches importance on the mean where its BLEU is higher, not where it is
+    lower; it beats random by interval only where the interval clears 0; the comparison is at the longest
+    fine-tuning both have (importance evaluated right after pruning is not its partner), among the sweep's own rows
+    (an included sweep's importance is not); a claim about a method the sweep did not run says so."""
+    import pandas as pd
+
+    from analysis.load import LABEL
+    from analysis.testset import ORIGIN, TEST_BLEU, HeldOutScores, _claim_lines, claim_table
+    from sweeps.schema import ClaimConfig
+
+    refs = corpus(200, seed=1)
+    rates = {("gates at budget", 3): 0.2, ("gates at budget", 6): 0.1, ("importance", 3): 0.1,
+             ("importance", 6): 0.3, ("importance untuned", 3): 0.6, ("importance untuned", 6): 0.6,
+             ("random", 3): 0.2, ("random", 6): 0.5, ("importance [old]", 3): 0.9, ("importance [old]", 6): 0.9}
+    methods = {"gates at budget": ("gates_budget", 100), "importance": ("importance", 100),
+               "importance untuned": ("importance", 0), "random": ("random", 100), "importance [old]": ("importance", 100)}
+    rows, stats = [], {}
+    for (label, budget), rate in rates.items():
+        method, steps = methods[label]
+        for seed in (0, 1):
+            trial = f"{label}-{budget}-{seed}"
+            stats[(label, trial)] = sentence_stats(degrade(refs, rate, seed=budget * 10 + seed + len(label)), refs)
+            rows.append({"method": method, LABEL: label, "trial_id": trial, "heads": budget, "budget": budget,
+                         "seed": seed, "finetune_steps": steps, TEST_BLEU: 0.0,
+                         ORIGIN: "old" if label.endswith("[old]") else "new"})
+    scores = HeldOutScores(pd.DataFrame(rows), stats, "open_heads", "new")
+    claims = [ClaimConfig("gates_budget", "importance", "mean"), ClaimConfig("gates_budget", "random", "interval"),
+              ClaimConfig("gates_budget", "iterative", "interval"), ClaimConfig("importance", "random", "interval")]
+    table = claim_table(scores, claims, samples=200)
+    got = {(r["claim"].split(":")[0], r.get("budget")): r for _, r in table.iterrows()}
+    mean_3, mean_6 = got[("gates_budget against importance", 3)], got[("gates_budget against importance", 6)]
+    assert mean_3["verdict"] == "missed" and mean_3["A - B"] < 0  # importance fine-tuned (rate 0.1) is the partner
+    assert mean_6["verdict"] == "met" and mean_6["A - B"] > 0
+    assert {mean_3["fine-tuning steps"], mean_6["fine-tuning steps"]} == {100}
+    close, apart = got[("gates_budget against random", 3)], got[("gates_budget against random", 6)]
+    assert close["verdict"] == "missed" and close["95% low"] <= 0 <= close["95% high"]  # the same rate: no interval
+    assert apart["verdict"] == "met" and apart["95% low"] > 0
+    assert table[table["claim"].str.startswith("gates_budget against iterative")]["verdict"].tolist() == ["not run"]
+    lines = _claim_lines(table)
+    assert len(lines) == 4
+    assert lines[0].startswith("- gates_budget against importance") and "**missed at 3 heads**" in lines[0]
+    assert "**missed at 3 heads**" in lines[1] and "6 heads +" in lines[1] and "not run" in lines[2]
+    assert "**met at every budget**" in lines[3]

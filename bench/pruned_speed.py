@@ -17,11 +17,23 @@ sources (``--src-len`` tokens: attention grows with its square, the rest linearl
 same sources, each the median of ``--rounds`` alternating rounds; the last line is ``encoder_speedup=X``:
 
     python bench/pruned_speed.py [--threads 2] [--src-len 512] [--layers 6] [--rounds 5]
+
+What else would (``--structure``): where heads alone cannot reach a speed-up, what the rest of the model's shape
+buys. Models of the Multi30k base shape (``--config``, default sweeps/runs/multi30k_base.yaml) with random
+weights, each changed in one respect or several: heads (a quarter of every block, 18 of 72; or 6 of 72 with no
+decoder self-attention), the feed-forward width halved, one decoder layer instead of three (a deep encoder and shallow decoder, Kasai et al. 2021), the
+output vocabulary halved (what a vocabulary shortlist buys). Each decodes the same random sources of
+``--src-len`` tokens (Multi30k: about 14) for exactly ``--out-len`` steps with beam 5, at batch 64 and at batch 1,
+against the base in alternating rounds (median); the ratio is the base's time over the variant's. The last lines:
+``structure_speedup_<variant>=X`` at batch 64:
+
+    python bench/pruned_speed.py --structure [--threads 2] [--src-len 14] [--out-len 16] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -44,6 +56,77 @@ def timed(fn, rounds: int) -> list[float]:
             torch.cuda.synchronize()
         out.append(time.perf_counter() - start)
     return out
+
+
+def structure_variants(cfg: ModelConfig) -> dict[str, ModelConfig]:
+    """The base shape and its variants (see the module's doc), by name."""
+    n = cfg.n_heads
+
+    def heads(enc: int, dec_self: int, cross: int, decoder_layers: int = cfg.decoder_layers) -> dict[str, list[int]]:
+        return {"enc_self": [enc] * cfg.encoder_layers, "dec_self": [dec_self] * decoder_layers,
+                "dec_cross": [cross] * decoder_layers}
+
+    quarter = n // 4
+    return {
+        "base": cfg,
+        "heads_quarter": dataclasses.replace(cfg, heads=heads(quarter, quarter, quarter)),
+        "heads_6_of_72": dataclasses.replace(cfg, heads=heads(1, 0, 1)),
+        "ffn_half": dataclasses.replace(cfg, d_ff=cfg.d_ff // 2),
+        "decoder_1_layer": dataclasses.replace(cfg, decoder_layers=1),
+        "heads_quarter_ffn_half": dataclasses.replace(cfg, d_ff=cfg.d_ff // 2,
+                                                      heads=heads(quarter, quarter, quarter)),
+        "heads_quarter_decoder_1_layer": dataclasses.replace(cfg, decoder_layers=1,
+                                                        heads=heads(quarter, quarter, quarter, 1)),
+        "heads_quarter_decoder_1_ffn_half": dataclasses.replace(cfg, decoder_layers=1, d_ff=cfg.d_ff // 2,
+                                                           heads=heads(quarter, quarter, quarter, 1)),
+        "vocab_half": cfg,  # built with half the output vocabulary below
+    }
+
+
+def structure(args) -> int:
+    """The ``--structure`` mode (see the module's doc)."""
+    from model.config import load_config
+
+    base_cfg = load_config(args.config)
+    cfg = dataclasses.replace(base_cfg.model, dropout=0.0, heads=None)  # inference, every head
+    vocab = base_cfg.data.vocab_size
+    models = {}
+    for name, variant in structure_variants(cfg).items():
+        torch.manual_seed(0)
+        v = vocab // 2 if name == "vocab_half" else vocab
+        models[name] = Transformer(variant, v, v, GateConfig(mode="none")).eval().to(args.device)
+    gen = torch.Generator().manual_seed(0)
+    sources = torch.randint(4, vocab // 2, (64, args.src_len), generator=gen).to(args.device)
+    single = sources[: args.batch1_sentences]
+
+    def decode(model: Transformer, src: torch.Tensor, batch: int) -> None:
+        for i in range(0, len(src), batch):
+            translate_ids(model, src[i:i + batch], beam_size=5, max_len_a=0.0, max_len_b=args.out_len)
+
+    times: dict[str, dict[int, list[float]]] = {name: {64: [], 1: []} for name in models}
+    with torch.no_grad():
+        for m in models.values():  # warm-up
+            decode(m, sources[:8], 8)
+        for _ in range(args.rounds):  # alternate, so that drifts of the machine hit every model
+            for name, m in models.items():
+                times[name][64] += timed(lambda m=m: decode(m, sources, 64), 1)
+                times[name][1] += timed(lambda m=m: decode(m, single, 1), 1)
+    med = {name: {b: statistics.median(t) for b, t in per.items()} for name, per in times.items()}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}; shape of {args.config}: "
+          f"d_model {cfg.d_model}, {cfg.n_heads} heads, {cfg.encoder_layers}+{cfg.decoder_layers} layers, d_ff "
+          f"{cfg.d_ff}, vocabulary {vocab}; random weights; beam 5, sources of {args.src_len} tokens, exactly "
+          f"{args.out_len} steps; 64 sources at batch 64, {len(single)} at batch 1; median of {args.rounds} "
+          f"alternating rounds")
+    for name, m in models.items():
+        params = sum(p.numel() for p in m.parameters())
+        heads = head_counts(m)["total"]
+        print(f"  {name}: heads {heads}, parameters {params:,}; batch 64 {med[name][64] * 1000:.0f} ms "
+              f"({med['base'][64] / med[name][64]:.3f}x), batch 1 {med[name][1] * 1000:.0f} ms "
+              f"({med['base'][1] / med[name][1]:.3f}x)")
+    for name in models:
+        if name != "base":
+            print(f"structure_speedup_{name}={med['base'][64] / med[name][64]:.3f}")
+    return 0
 
 
 def real_models(args) -> int:
@@ -101,8 +184,17 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--beam-sentences", type=int, default=8)
+    parser.add_argument("--structure", action="store_true", help="what the model's shape buys besides heads")
+    parser.add_argument("--config", default="sweeps/runs/multi30k_base.yaml", help="with --structure: the shape")
+    parser.add_argument("--out-len", type=int, default=16, help="with --structure: decoding steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.structure:
+        if args.src_len == parser.get_default("src_len"):
+            args.src_len = 14  # a Multi30k sentence
+        if args.batch1_sentences == parser.get_default("batch1_sentences"):
+            args.batch1_sentences = 16
+        return structure(args)
     if args.base:
         if not args.models:
             parser.error("--base needs --models")

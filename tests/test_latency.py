@@ -56,3 +56,38 @@ def test_the_pruned_speed_benchmark_times_real_checkpoints_and_scores_them(tmp_p
     assert lines[-2].startswith("pruned_beam_speedup=") and float(lines[-2].split("=")[1]) > 0
     assert lines[-1].startswith("pruned_test_bleu_delta=")
     assert any(line.strip().startswith(f"{gated}: heads {{'enc_self': 0") for line in lines), proc.stdout
+
+
+def test_the_structure_benchmark_times_each_shape_against_the_base(tmp_path):
+    """bench/pruned_speed.py --structure: the Multi30k base shape's variants keep the heads, layers and widths they
+    are named for; the command times each against the base and ends with one ratio per variant."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from model.config import load_config
+    from model.prune import head_counts
+    from model.transformer import Transformer
+    from tests.helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("pruned_speed", REPO / "bench" / "pruned_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = load_config(REPO / "sweeps" / "runs" / "multi30k_base.yaml").model
+    variants = bench.structure_variants(cfg)
+    shapes = {}
+    for name, v in variants.items():
+        m = Transformer(v, 100, 100)
+        shapes[name] = (head_counts(m)["total"], len(m.decoder), m.encoder[0].ffn.fc1.out_features)
+    assert shapes == {"base": (72, 3, 1024), "heads_quarter": (18, 3, 1024), "heads_6_of_72": (6, 3, 1024),
+                      "ffn_half": (72, 3, 512), "decoder_1_layer": (40, 1, 1024),
+                      "heads_quarter_ffn_half": (18, 3, 512), "heads_quarter_decoder_1_layer": (10, 1, 1024),
+                      "heads_quarter_decoder_1_ffn_half": (10, 1, 512), "vocab_half": (72, 3, 1024)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "pruned_speed.py"), "--structure", "--config",
+                           "sweeps/runs/quickstart.yaml", "--src-len", "4", "--out-len", "2", "--rounds", "1",
+                           "--batch1-sentences", "2", "--threads", "1"], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = dict(line.split("=") for line in proc.stdout.strip().splitlines()[-(len(variants) - 1):])
+    assert sorted(last) == sorted(f"structure_speedup_{n}" for n in variants if n != "base")
+    assert all(float(v) > 0 for v in last.values())

@@ -37,6 +37,11 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Every process a test starts inherits this mark: a Ray on this machine without it is someone else's (a sweep
 # running beside the tests), which no test may stop.
 TEST_SESSION = os.environ.setdefault("HEADSWEEP_TEST_SESSION", f"{os.getpid()}-{secrets.token_hex(4)}")
+# Two test processes (pytest-xdist) share the machine's cores, and every test computes on one thread (conftest);
+# so does every process a test starts (a sweep's driver scoring the test split, a CLI): a second thread would wait
+# on the core the other test process holds. Measured: a smoke sweep's test-set scoring took 32.5 s with two
+# threads beside a busy core, 4.7 s with one. Trials set their own threads (resources.cpus).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # Fixtures that run a sweep, train a model or start a server: a test that uses one is slow by that alone

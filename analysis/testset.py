@@ -61,6 +61,7 @@ from sweeps.results import (
     TEST_SCORES_FILE,
     TRIAL_ID,
     checkpoint_file,
+    references_file,
 )
 from sweeps.schema import (
     BUDGET_METHODS,
@@ -191,6 +192,13 @@ def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: s
         try:
             text = cache.read_bytes() if cache.exists() else gzip.decompress(kept.read_bytes())
             found = json.loads(text.decode("utf-8"))
+            if "references" not in found and "references_sha256" in found:  # kept once in a record (sweeps.record)
+                shared = references_file(folder, str(found.get("references_sha256")))
+                try:
+                    found["references"] = json.loads(gzip.decompress(shared.read_bytes()).decode("utf-8"))
+                except (OSError, EOFError, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise ScoringError(f"{kept}: its reference translations are kept in {shared}, which cannot be "
+                                       f"read ({exc})") from None
             same = checkpoint_key(found.get("checkpoint", "")) == checkpoint_key(settings["checkpoint"])
             if same and all(found.get(k) == v for k, v in settings.items() if k != "checkpoint"):
                 if settings["checkpoint"].endswith(".pt") and MODEL_HEADS not in found:  # cached before the key

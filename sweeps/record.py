@@ -4,6 +4,8 @@ W&B's internals.
     python -m sweeps.record docs/experiments/multi30k/multi30k_en_de-importance      # one finished method folder
     python -m sweeps.record docs/experiments/multi30k --all                          # every finished one below
     python -m sweeps.record docs/experiments/multi30k/multi30k_en_de --dry-run       # say what would go
+    python -m sweeps.record docs/experiments/multi30k --all --repack                 # records made before
+                                                                                     # references were kept once
 
 A method folder (``<results>/<sweep>`` or one of its ``<sweep>-<method>`` siblings) holds, once its trials have
 finished, far more than anything reads again: Tune's experiment-state snapshots (one per ``--resume``), its searcher
@@ -16,7 +18,8 @@ every kept checkpoint's copy of the logs, and the offline W&B runs. This command
 - each trial's logs (``metrics.jsonl``, ``gates.jsonl``, ``samples.jsonl`` of the checkpoint ``trials.csv`` names)
   move into one file, ``trial_logs.jsonl`` (:data:`TRIAL_LOGS_FILE`), one line per trial;
 - the test split's cached translations and scores (``test/<trial id>.json``) are compressed
-  (``test/<trial id>.json.gz``; ``analysis.testset`` reads either);
+  (``test/<trial id>.json.gz``; ``analysis.testset`` reads either), the reference translations they share kept once
+  (``test/references-<sha>.json.gz``, named by the fingerprint each trial's file keeps);
 - everything else goes, and ``record.json`` (:data:`RECORD_FILE`) says what went, when, and from which commit.
 
 A record is finished for good: ``--resume`` of its sweep skips it (its ``trials.csv`` stands for its trials) and
@@ -50,6 +53,7 @@ from .results import (
     OPTUNA_FILE,
     PRUNE,
     RECORD_FILE,
+    REFERENCES_PREFIX,
     REPORT_DIR,
     STAGE,
     STATUS,
@@ -62,6 +66,7 @@ from .results import (
     is_record,
     local_logs,
     read_jsonl,
+    references_file,
 )
 
 KEPT = (TRIALS_FILE, SWEEP_FILE, FINISHED_FILE, OPTUNA_FILE, TEST_SCORES_FILE, TEST_DIR, REPORT_DIR, TRIAL_LOGS_FILE, RECORD_FILE)
@@ -112,6 +117,34 @@ def check_finished(folder: Path) -> pd.DataFrame:
     return trials
 
 
+def pack_tests(test_dir: Path) -> int:
+    """Compress each cached test score (``<trial id>.json``, or an already compressed one that still holds its
+    references) into ``<trial id>.json.gz`` without its reference translations, which go once into
+    :func:`references_file`; returns the files packed. Byte for byte the same on a second run (gzip without a
+    time stamp)."""
+    packed = 0
+    for path in sorted(test_dir.glob("*.json")) + sorted(test_dir.glob("*.json.gz")):
+        if path.name.startswith(REFERENCES_PREFIX):
+            continue
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        found = json.loads(raw)
+        if "references" in found:
+            refs = found.pop("references")
+            shared = references_file(test_dir, found["references_sha256"])
+            if not shared.exists():
+                shared.write_bytes(gzip.compress((json.dumps(refs, ensure_ascii=False) + "\n").encode("utf-8"),
+                                                 mtime=0))
+            raw = (json.dumps(found, ensure_ascii=False) + "\n").encode("utf-8")
+        elif path.suffix == ".gz":
+            continue  # packed already
+        target = path if path.suffix == ".gz" else path.with_name(path.name + ".gz")
+        target.write_bytes(gzip.compress(raw, mtime=0))
+        if target != path:
+            path.unlink()
+        packed += 1
+    return packed
+
+
 def leftovers(folder: Path) -> list[Path]:
     """What recording removes: everything but the kept files (and the test cache, compressed in place)."""
     return sorted(p for p in folder.iterdir() if p.name not in KEPT)
@@ -135,9 +168,8 @@ def record_folder(folder: str | Path, dry_run: bool = False) -> dict[str, Any]:
     if dry_run:
         return summary
     atomic_write(folder / TRIAL_LOGS_FILE, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
-    for path in cached:
-        (path.parent / (path.name + ".gz")).write_bytes(gzip.compress(path.read_bytes(), mtime=0))
-        path.unlink()
+    if cached:
+        pack_tests(folder / TEST_DIR)
     atomic_write(folder / RECORD_FILE, json.dumps(summary, indent=2) + "\n")  # before the removal: a record now
     for path in gone:
         if path.is_dir() and not path.is_symlink():
@@ -162,7 +194,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m sweeps.record") -
     parser.add_argument("--all", action="store_true",
                         help="record every finished method folder below the given folders; skip unfinished ones")
     parser.add_argument("--dry-run", action="store_true", help="change nothing; say what would be removed")
+    parser.add_argument("--repack", action="store_true",
+                        help="records already made: keep the test files' shared reference translations once")
     args = parser.parse_args(argv)
+    if args.repack:
+        records = sorted({p.parent for root in args.folders for p in ([root / RECORD_FILE] if not args.all else
+                                                                      root.rglob(RECORD_FILE)) if p.is_file()})
+        for folder in records:
+            print(f"{folder}: {pack_tests(folder / TEST_DIR) if (folder / TEST_DIR).is_dir() else 0} test files "
+                  f"repacked")
+        return 0 if records else 2
     targets = [f for root in args.folders for f in method_folders_below(root)] if args.all else args.folders
     status = 0
     for folder in targets:

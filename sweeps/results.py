@@ -36,6 +36,7 @@ PRETRAINED_DIR = "pretrained"
 WANDB_DIR = "wandb"  # offline W&B runs of a sweep on local storage
 TEST_DIR = "test"  # in a method folder: one <trial id>.json per trial scored on the test split (analysis.testset)
 TEST_SCORES_FILE = "test_scores.csv"  # in a method folder: the test scores of its scored trials
+REFERENCES_PREFIX = "references-"  # a record's test/references-<fingerprint>.json.gz (sweeps.record)
 REPORT_DIR = "report"  # in a method folder: its report (analysis.report, analysis.testset)
 FINISHED_FILE = "finished.json"  # in a method folder whose every expected trial completed or diverged (the driver)
 RECORD_FILE = "record.json"  # in a method folder kept as a record (sweeps.record): what was removed, when
@@ -178,3 +179,9 @@ def write_trials_table(experiment_dir: str, params: list[str], grid: Any, base_r
             leftover.unlink(missing_ok=True)
     write_text(join_storage(experiment_dir, TRIALS_FILE), df.to_csv(index=False))
     return df
+
+
+def references_file(test_dir: Path, fingerprint: str) -> Path:
+    """Where a record keeps the reference translations its trials' test files share, by the fingerprint each
+    trial's file keeps (``references_sha256``)."""
+    return test_dir / f"{REFERENCES_PREFIX}{fingerprint}.json.gz"

@@ -54,7 +54,10 @@ def finished_folder(root: Path, statuses=("completed", "diverged")) -> Path:
     (folder / "finished.json").write_text(json.dumps({"trials": len(rows), "expected": len(rows)}))
     (folder / "optuna.db").write_bytes(b"study")
     (folder / TEST_DIR).mkdir()
-    (folder / TEST_DIR / "t0.json").write_text(json.dumps({"trial_id": "t0", "hypotheses": ["ein Hund"]}) + "\n")
+    for i in range(2):  # the references both trials were scored against
+        (folder / TEST_DIR / f"t{i}.json").write_text(json.dumps(
+            {"trial_id": f"t{i}", "hypotheses": [f"ein Hund {i}"], "references_sha256": "f00d",
+             "references": ["ein Hund"]}, ensure_ascii=False) + "\n")
     (folder / "report").mkdir()
     (folder / "report" / "report.md").write_text("# report\n")
     for state in ("experiment_state-2026-12-04_14-40-37.json", "search_gen_state-1.json", "tuner.pkl"):
@@ -69,7 +72,7 @@ def test_a_finished_folder_keeps_what_analysis_reads_and_loses_the_internals(tmp
     before = load_sweep(folder)
     expected = {t: (trial_history(r).to_dict("list"), trial_gates(r), trial_samples(r))
                 for t, r in before.prune.set_index("trial_id", drop=False).iterrows()}
-    cached = (folder / TEST_DIR / "t0.json").read_bytes()
+    cached = json.loads((folder / TEST_DIR / "t0.json").read_bytes())
     tree = _tree(folder)
     assert main([str(folder), "--dry-run"]) == 0 and _tree(folder) == tree  # says what would go, changes nothing
     assert "would remove" in capsys.readouterr().out
@@ -80,10 +83,15 @@ def test_a_finished_folder_keeps_what_analysis_reads_and_loses_the_internals(tmp
     assert is_record(moved) and sorted(p.name for p in moved.iterdir()) == sorted(
         {"trials.csv", "sweep.json", "finished.json", "optuna.db", TEST_DIR, "report", TRIAL_LOGS_FILE, RECORD_FILE})
     assert set(p.name for p in moved.iterdir()) <= set(KEPT)
-    assert summary["trials"] == 2 and summary["test_files_compressed"] == 1
+    assert summary["trials"] == 2 and summary["test_files_compressed"] == 2
     assert "wandb/" in summary["removed"] and "tuner.pkl" in summary["removed"]
     assert json.loads((moved / RECORD_FILE).read_text())["removed_files"] == summary["removed_files"] == 28
-    assert gzip.decompress((moved / TEST_DIR / "t0.json.gz").read_bytes()) == cached
+    # each trial's test file compressed without the references they share, which are kept once
+    assert sorted(p.name for p in (moved / TEST_DIR).iterdir()) == ["references-f00d.json.gz", "t0.json.gz",
+                                                                    "t1.json.gz"]
+    packed = json.loads(gzip.decompress((moved / TEST_DIR / "t0.json.gz").read_bytes()))
+    assert "references" not in packed and {**packed, "references": ["ein Hund"]} == cached
+    assert json.loads(gzip.decompress((moved / TEST_DIR / "references-f00d.json.gz").read_bytes())) == ["ein Hund"]
     after = load_sweep(moved)
     for trial_id, row in after.prune.set_index("trial_id", drop=False).iterrows():
         assert (trial_history(row).to_dict("list"), trial_gates(row), trial_samples(row)) == expected[trial_id]
@@ -100,10 +108,46 @@ def test_the_test_cache_of_a_record_is_read_compressed(tmp_path, monkeypatch):
     folder = tmp_path / "test"
     folder.mkdir()
     found = {"checkpoint": "/elsewhere/prune_trainable_t0/checkpoint_000001", "split": "test", "beam": 5,
-             "max_sentences": None, "trial_id": "t0", "bleu": 31.5, "hypotheses": ["ein Hund"]}
+             "max_sentences": None, "trial_id": "t0", "bleu": 31.5, "hypotheses": ["ein Hund"],
+             "references_sha256": "f00d", "references": ["ein Hund"]}
     (folder / "t0.json.gz").write_bytes(gzip.compress(json.dumps(found).encode()))
     row = pd.Series({"trial_id": "t0", "checkpoint": "/work/x/prune_trainable_t0/checkpoint_000001"})
     assert score_row(row, folder, beam=5, batch_size=8)["bleu"] == 31.5
+
+
+def test_a_record_made_before_references_were_kept_once_is_repacked_and_reads_the_same(tmp_path, monkeypatch):
+    """--repack: a record's compressed test files that each hold the references lose them to one shared file;
+    scoring reads each trial's file with its references as before; a second repack changes nothing; a missing
+    shared file is an error naming it, never a silent rescoring."""
+    import model.evaluate
+    from analysis.testset import ScoringError, score_row
+
+    monkeypatch.setattr(model.evaluate, "evaluate_checkpoint", lambda *a, **k: pytest.fail("scored again"))
+    folder = tmp_path / "sweep"
+    (folder / TEST_DIR).mkdir(parents=True)
+    (folder / RECORD_FILE).write_text("{}")
+    refs = [f"ein Hund läuft über die Wiese Nummer {i}" for i in range(200)]
+    found = {}
+    for i in range(3):
+        found[f"t{i}"] = {"checkpoint": f"/elsewhere/prune_trainable_t{i}/checkpoint_000001", "split": "test",
+                          "beam": 5, "max_sentences": None, "trial_id": f"t{i}", "bleu": 30.0 + i,
+                          "hypotheses": [f"ein Hund {i}"] * 200, "references_sha256": "beef",
+                          "references": refs}
+        (folder / TEST_DIR / f"t{i}.json.gz").write_bytes(gzip.compress(json.dumps(found[f"t{i}"]).encode()))
+    size = sum(p.stat().st_size for p in (folder / TEST_DIR).iterdir())
+    assert main([str(tmp_path), "--all", "--repack"]) == 0
+    tree = _tree(folder)
+    assert main([str(folder), "--repack"]) == 0 and _tree(folder) == tree  # packed already: nothing changes
+    assert sorted(p.name for p in (folder / TEST_DIR).iterdir()) == [
+        "references-beef.json.gz", "t0.json.gz", "t1.json.gz", "t2.json.gz"]
+    assert sum(p.stat().st_size for p in (folder / TEST_DIR).iterdir()) < size
+    for trial, expected in found.items():
+        row = pd.Series({"trial_id": trial, "checkpoint": f"/work/x/prune_trainable_{trial}/checkpoint_000001"})
+        assert score_row(row, folder / TEST_DIR, beam=5, batch_size=8) == expected
+    (folder / TEST_DIR / "references-beef.json.gz").unlink()
+    row = pd.Series({"trial_id": "t0", "checkpoint": "/work/x/prune_trainable_t0/checkpoint_000001"})
+    with pytest.raises(ScoringError, match=r"t0.json.gz: its reference translations are kept in .*references-beef"):
+        score_row(row, folder / TEST_DIR, beam=5, batch_size=8)
 
 
 def test_an_unfinished_or_incomplete_folder_is_refused_and_left_as_it_is(tmp_path, capsys):

@@ -58,9 +58,11 @@ from sweeps.results import (
     STATUS,
     SWEEP_FILE,
     TEST_DIR,
+    TEST_PACK_FILE,
     TEST_SCORES_FILE,
     TRIAL_ID,
     checkpoint_file,
+    read_test_pack,
     references_file,
 )
 from sweeps.schema import (
@@ -177,6 +179,40 @@ def held_out_settings(config: dict[str, Any]) -> HeldOutTestConfig:
 MODEL_HEADS = "model_heads"  # in a base model's cached score: heads per layer of each attention type
 
 
+def cached_score(folder: Path, trial: str) -> dict[str, Any] | None:
+    """A trial's cached test score in ``folder``: its own file (``<trial>.json``, or compressed), else its line in a
+    record's pack (sweeps.record), the references put back from the file a record keeps them in once; None where
+    there is none or it cannot be read (the trial is scored again). A record whose references file is missing is an
+    error: its trials cannot be scored again without their weights."""
+    cache = folder / f"{trial}.json"
+    kept = cache.with_name(cache.name + ".gz")  # compressed in a record made before the pack
+    pack = folder / TEST_PACK_FILE
+    try:
+        if cache.exists() or kept.exists():
+            where = cache if cache.exists() else kept
+            found = json.loads(cache.read_bytes() if cache.exists() else gzip.decompress(kept.read_bytes()))
+        else:
+            where = pack
+            stat = pack.stat() if pack.is_file() else None
+            packed = _test_pack(str(pack), stat.st_mtime_ns, stat.st_size) if stat else {}
+            found = dict(packed[trial]) if trial in packed else None
+    except (OSError, EOFError, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged cache file: scored again
+    if found is not None and "references" not in found and "references_sha256" in found:
+        shared = references_file(folder, str(found["references_sha256"]))
+        try:
+            found["references"] = json.loads(gzip.decompress(shared.read_bytes()).decode("utf-8"))
+        except (OSError, EOFError, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ScoringError(f"{where}: the reference translations of trial {trial} are kept in {shared}, which "
+                               f"cannot be read ({exc})") from None
+    return found
+
+
+@functools.lru_cache(maxsize=32)
+def _test_pack(path: str, mtime_ns: int, size: int) -> dict[str, dict[str, Any]]:
+    return dict(read_test_pack(Path(path)))
+
+
 def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: str = "test", device: str = "cpu",
               corpus_dir: str | None = None, log: Callable[[str], None] = print,
               max_sentences: int | None = None) -> dict[str, Any]:
@@ -187,27 +223,15 @@ def score_row(row: pd.Series, folder: Path, beam: int, batch_size: int, split: s
     trial = str(row[TRIAL_ID])
     cache = folder / f"{trial}.json"
     settings = {"checkpoint": str(row[CHECKPOINT]), "split": split, "beam": beam, "max_sentences": max_sentences}
-    kept = cache.with_name(cache.name + ".gz")  # compressed in a sweep kept as a record (sweeps.record)
-    if cache.exists() or kept.exists():
-        try:
-            text = cache.read_bytes() if cache.exists() else gzip.decompress(kept.read_bytes())
-            found = json.loads(text.decode("utf-8"))
-            if "references" not in found and "references_sha256" in found:  # kept once in a record (sweeps.record)
-                shared = references_file(folder, str(found.get("references_sha256")))
-                try:
-                    found["references"] = json.loads(gzip.decompress(shared.read_bytes()).decode("utf-8"))
-                except (OSError, EOFError, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise ScoringError(f"{kept}: its reference translations are kept in {shared}, which cannot be "
-                                       f"read ({exc})") from None
-            same = checkpoint_key(found.get("checkpoint", "")) == checkpoint_key(settings["checkpoint"])
-            if same and all(found.get(k) == v for k, v in settings.items() if k != "checkpoint"):
-                if settings["checkpoint"].endswith(".pt") and MODEL_HEADS not in found:  # cached before the key
-                    found[MODEL_HEADS] = model_heads(settings["checkpoint"])
-                    if found[MODEL_HEADS] is not None:
-                        atomic_write(cache, json.dumps(found, ensure_ascii=False) + "\n")
-                return found
-        except (OSError, EOFError, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError):
-            pass  # a damaged cache file is scored again
+    found = cached_score(folder, trial)
+    if found is not None:
+        same = checkpoint_key(found.get("checkpoint", "")) == checkpoint_key(settings["checkpoint"])
+        if same and all(found.get(k) == v for k, v in settings.items() if k != "checkpoint"):
+            if settings["checkpoint"].endswith(".pt") and MODEL_HEADS not in found:  # cached before the key
+                found[MODEL_HEADS] = model_heads(settings["checkpoint"])
+                if found[MODEL_HEADS] is not None:
+                    atomic_write(cache, json.dumps(found, ensure_ascii=False) + "\n")
+            return found
     try:
         given = str(row[CHECKPOINT])
         path = given if given.endswith(".pt") else checkpoint_file(given)  # a base given as a file, or a folder

@@ -4,8 +4,8 @@ W&B's internals.
     python -m sweeps.record docs/experiments/multi30k/multi30k_en_de-importance      # one finished method folder
     python -m sweeps.record docs/experiments/multi30k --all                          # every finished one below
     python -m sweeps.record docs/experiments/multi30k/multi30k_en_de --dry-run       # say what would go
-    python -m sweeps.record docs/experiments/multi30k --all --repack                 # records made before
-                                                                                     # references were kept once
+    python -m sweeps.record docs/experiments/multi30k --all --repack                 # records made before the
+                                                                                     # test scores were packed
 
 A method folder (``<results>/<sweep>`` or one of its ``<sweep>-<method>`` siblings) holds, once its trials have
 finished, far more than anything reads again: Tune's experiment-state snapshots (one per ``--resume``), its searcher
@@ -17,9 +17,9 @@ every kept checkpoint's copy of the logs, and the offline W&B runs. This command
   PNGs and CSVs);
 - each trial's logs (``metrics.jsonl``, ``gates.jsonl``, ``samples.jsonl`` of the checkpoint ``trials.csv`` names)
   move into one file, ``trial_logs.jsonl`` (:data:`TRIAL_LOGS_FILE`), one line per trial;
-- the test split's cached translations and scores (``test/<trial id>.json``) are compressed
-  (``test/<trial id>.json.gz``; ``analysis.testset`` reads either), the reference translations they share kept once
-  (``test/references-<sha>.json.gz``, named by the fingerprint each trial's file keeps);
+- the test split's cached translations and scores (``test/<trial id>.json``, one file a trial) are gathered into one
+  compressed file (``test/scores.jsonl.gz``; ``analysis.testset`` reads either), the reference translations they
+  share kept once (``test/references-<sha>.json.gz``, named by the fingerprint each score keeps);
 - everything else goes, and ``record.json`` (:data:`RECORD_FILE`) says what went, when, and from which commit.
 
 A record is finished for good: ``--resume`` of its sweep skips it (its ``trials.csv`` stands for its trials) and
@@ -59,6 +59,7 @@ from .results import (
     STATUS,
     SWEEP_FILE,
     TEST_DIR,
+    TEST_PACK_FILE,
     TEST_SCORES_FILE,
     TRIAL_ID,
     TRIAL_LOGS_FILE,
@@ -66,6 +67,7 @@ from .results import (
     is_record,
     local_logs,
     read_jsonl,
+    read_test_pack,
     references_file,
 )
 
@@ -118,14 +120,17 @@ def check_finished(folder: Path) -> pd.DataFrame:
 
 
 def pack_tests(test_dir: Path) -> int:
-    """Compress each cached test score (``<trial id>.json``, or an already compressed one that still holds its
-    references) into ``<trial id>.json.gz`` without its reference translations, which go once into
-    :func:`references_file`; returns the files packed. Byte for byte the same on a second run (gzip without a
-    time stamp)."""
-    packed = 0
-    for path in sorted(test_dir.glob("*.json")) + sorted(test_dir.glob("*.json.gz")):
-        if path.name.startswith(REFERENCES_PREFIX):
-            continue
+    """Gather a method folder's cached test scores (``<trial id>.json`` or ``.json.gz``, one a trial and one a base
+    model) into one compressed file, :data:`TEST_PACK_FILE` (a line per file: its name and its content), without
+    their reference translations, which go once into :func:`references_file`; returns the files gathered. Whatever
+    the pack already holds stays in it; a second run changes nothing (gzip without a time stamp, lines by name)."""
+    pack = test_dir / TEST_PACK_FILE
+    entries = dict(read_test_pack(pack))
+    loose = [p for p in sorted(test_dir.iterdir()) if p.name.endswith((".json", ".json.gz"))
+             and not p.name.startswith(REFERENCES_PREFIX) and p.name != TEST_PACK_FILE]
+    if not loose:
+        return 0
+    for path in loose:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         found = json.loads(raw)
         if "references" in found:
@@ -134,15 +139,13 @@ def pack_tests(test_dir: Path) -> int:
             if not shared.exists():
                 shared.write_bytes(gzip.compress((json.dumps(refs, ensure_ascii=False) + "\n").encode("utf-8"),
                                                  mtime=0))
-            raw = (json.dumps(found, ensure_ascii=False) + "\n").encode("utf-8")
-        elif path.suffix == ".gz":
-            continue  # packed already
-        target = path if path.suffix == ".gz" else path.with_name(path.name + ".gz")
-        target.write_bytes(gzip.compress(raw, mtime=0))
-        if target != path:
-            path.unlink()
-        packed += 1
-    return packed
+        entries[path.name.split(".json")[0]] = found
+    text = "".join(json.dumps({"name": name, "score": entries[name]}, ensure_ascii=False) + "\n"
+                   for name in sorted(entries))
+    atomic_write(pack, gzip.compress(text.encode("utf-8"), mtime=0))
+    for path in loose:
+        path.unlink()
+    return len(loose)
 
 
 def leftovers(folder: Path) -> list[Path]:
@@ -160,7 +163,7 @@ def record_folder(folder: str | Path, dry_run: bool = False) -> dict[str, Any]:
     trials = check_finished(folder)
     entries = trial_logs(folder, trials)
     gone = leftovers(folder)
-    cached = sorted((folder / TEST_DIR).glob("*.json")) if (folder / TEST_DIR).is_dir() else []
+    cached = sorted((folder / TEST_DIR).glob("*.json*")) if (folder / TEST_DIR).is_dir() else []
     files = sum(1 for p in gone for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file() or f.is_symlink())
     summary = {"recorded": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git_commit": git_commit(),
                "trials": len(entries), "removed": [p.name + ("/" if p.is_dir() else "") for p in gone],
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m sweeps.record") -
                         help="record every finished method folder below the given folders; skip unfinished ones")
     parser.add_argument("--dry-run", action="store_true", help="change nothing; say what would be removed")
     parser.add_argument("--repack", action="store_true",
-                        help="records already made: keep the test files' shared reference translations once")
+                        help="records already made: gather their test files into one, references kept once")
     args = parser.parse_args(argv)
     if args.repack:
         records = sorted({p.parent for root in args.folders for p in ([root / RECORD_FILE] if not args.all else

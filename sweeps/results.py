@@ -12,11 +12,12 @@ This module writes them and owns their names; ``analysis/`` reads them through t
 ``<storage>/pretrained/base-<hash>/``: the base models, shared by every sweep in the same storage.
 
 A finished method folder kept as a record (``sweeps.record``) holds ``record.json`` and ``trial_logs.jsonl`` instead of
-Ray's folders; its test cache is compressed (``test/<trial id>.json.gz``).
+Ray's folders; its test cache is packed (``test/scores.jsonl.gz``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -37,6 +38,7 @@ WANDB_DIR = "wandb"  # offline W&B runs of a sweep on local storage
 TEST_DIR = "test"  # in a method folder: one <trial id>.json per trial scored on the test split (analysis.testset)
 TEST_SCORES_FILE = "test_scores.csv"  # in a method folder: the test scores of its scored trials
 REFERENCES_PREFIX = "references-"  # a record's test/references-<fingerprint>.json.gz (sweeps.record)
+TEST_PACK_FILE = "scores.jsonl.gz"  # a record's test/ scores, one line a scored trial (sweeps.record)
 REPORT_DIR = "report"  # in a method folder: its report (analysis.report, analysis.testset)
 FINISHED_FILE = "finished.json"  # in a method folder whose every expected trial completed or diverged (the driver)
 RECORD_FILE = "record.json"  # in a method folder kept as a record (sweeps.record): what was removed, when
@@ -185,3 +187,11 @@ def references_file(test_dir: Path, fingerprint: str) -> Path:
     """Where a record keeps the reference translations its trials' test files share, by the fingerprint each
     trial's file keeps (``references_sha256``)."""
     return test_dir / f"{REFERENCES_PREFIX}{fingerprint}.json.gz"
+
+
+def read_test_pack(path: Path) -> list[tuple[str, dict]]:
+    """The (name, score) entries of a record's :data:`TEST_PACK_FILE`, in its order; none where it is absent."""
+    if not path.is_file():
+        return []
+    lines = gzip.decompress(path.read_bytes()).decode("utf-8").splitlines()
+    return [(entry["name"], entry["score"]) for entry in map(json.loads, lines) if entry]

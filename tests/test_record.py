@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from analysis.load import load_sweep, trial_gates, trial_history, trial_samples
+from analysis.testset import cached_score
 from sweeps.record import KEPT, RecordError, main, record_folder
-from sweeps.results import RECORD_FILE, TEST_DIR, TRIAL_LOGS_FILE, is_record
+from sweeps.results import RECORD_FILE, TEST_DIR, TEST_PACK_FILE, TRIAL_LOGS_FILE, is_record, read_test_pack
 from tests.helpers import REPO
 
 EXPERIMENTS = REPO / "docs" / "experiments"
@@ -86,12 +87,13 @@ def test_a_finished_folder_keeps_what_analysis_reads_and_loses_the_internals(tmp
     assert summary["trials"] == 2 and summary["test_files_compressed"] == 2
     assert "wandb/" in summary["removed"] and "tuner.pkl" in summary["removed"]
     assert json.loads((moved / RECORD_FILE).read_text())["removed_files"] == summary["removed_files"] == 28
-    # each trial's test file compressed without the references they share, which are kept once
-    assert sorted(p.name for p in (moved / TEST_DIR).iterdir()) == ["references-f00d.json.gz", "t0.json.gz",
-                                                                    "t1.json.gz"]
-    packed = json.loads(gzip.decompress((moved / TEST_DIR / "t0.json.gz").read_bytes()))
-    assert "references" not in packed and {**packed, "references": ["ein Hund"]} == cached
+    # the trials' test files gathered into one, without the references they share, which are kept once
+    assert sorted(p.name for p in (moved / TEST_DIR).iterdir()) == ["references-f00d.json.gz", TEST_PACK_FILE]
+    packed = dict(read_test_pack(moved / TEST_DIR / TEST_PACK_FILE))
+    assert sorted(packed) == ["t0", "t1"] and "references" not in packed["t0"]
+    assert {**packed["t0"], "references": ["ein Hund"]} == cached
     assert json.loads(gzip.decompress((moved / TEST_DIR / "references-f00d.json.gz").read_bytes())) == ["ein Hund"]
+    assert cached_score(moved / TEST_DIR, "t0") == cached and cached_score(moved / TEST_DIR, "t9") is None
     after = load_sweep(moved)
     for trial_id, row in after.prune.set_index("trial_id", drop=False).iterrows():
         assert (trial_history(row).to_dict("list"), trial_gates(row), trial_samples(row)) == expected[trial_id]
@@ -115,10 +117,10 @@ def test_the_test_cache_of_a_record_is_read_compressed(tmp_path, monkeypatch):
     assert score_row(row, folder, beam=5, batch_size=8)["bleu"] == 31.5
 
 
-def test_a_record_made_before_references_were_kept_once_is_repacked_and_reads_the_same(tmp_path, monkeypatch):
-    """--repack: a record's compressed test files that each hold the references lose them to one shared file;
-    scoring reads each trial's file with its references as before; a second repack changes nothing; a missing
-    shared file is an error naming it, never a silent rescoring."""
+def test_a_record_made_before_the_test_pack_is_repacked_and_reads_the_same(tmp_path, monkeypatch):
+    """--repack: a record's compressed test files, each holding the references, are gathered into one pack and the
+    references kept once; scoring reads each trial as before; a second repack changes nothing; a missing
+    references file is an error naming it, never a silent rescoring."""
     import model.evaluate
     from analysis.testset import ScoringError, score_row
 
@@ -138,15 +140,15 @@ def test_a_record_made_before_references_were_kept_once_is_repacked_and_reads_th
     assert main([str(tmp_path), "--all", "--repack"]) == 0
     tree = _tree(folder)
     assert main([str(folder), "--repack"]) == 0 and _tree(folder) == tree  # packed already: nothing changes
-    assert sorted(p.name for p in (folder / TEST_DIR).iterdir()) == [
-        "references-beef.json.gz", "t0.json.gz", "t1.json.gz", "t2.json.gz"]
-    assert sum(p.stat().st_size for p in (folder / TEST_DIR).iterdir()) < size
+    assert sorted(p.name for p in (folder / TEST_DIR).iterdir()) == ["references-beef.json.gz", TEST_PACK_FILE]
+    assert sum(p.stat().st_size for p in (folder / TEST_DIR).iterdir()) < size / 2
     for trial, expected in found.items():
         row = pd.Series({"trial_id": trial, "checkpoint": f"/work/x/prune_trainable_{trial}/checkpoint_000001"})
         assert score_row(row, folder / TEST_DIR, beam=5, batch_size=8) == expected
     (folder / TEST_DIR / "references-beef.json.gz").unlink()
     row = pd.Series({"trial_id": "t0", "checkpoint": "/work/x/prune_trainable_t0/checkpoint_000001"})
-    with pytest.raises(ScoringError, match=r"t0.json.gz: its reference translations are kept in .*references-beef"):
+    with pytest.raises(ScoringError, match=r"scores.jsonl.gz: the reference translations of trial t0 are kept in "
+                                           r".*references-beef.json.gz, which cannot be read"):
         score_row(row, folder / TEST_DIR, beam=5, batch_size=8)
 
 

@@ -149,7 +149,7 @@ def pack_tests(test_dir: Path) -> int:
 
 
 def leftovers(folder: Path) -> list[Path]:
-    """What recording removes: everything but the kept files (and the test cache, compressed in place)."""
+    """What recording removes: everything but the kept files (and the test cache, packed in place)."""
     return sorted(p for p in folder.iterdir() if p.name not in KEPT)
 
 

@@ -12,6 +12,11 @@ threads). Model FLOPs count 6 per parameter per token that parameter sees (Kapla
 4): encoder layers per source token, decoder layers and the output projection per target token; embeddings
 lookups and the attention scores themselves are left out (small at these lengths), so MFU is a lower bound.
 
+With ``--amp bf16`` (on a CPU with AMX or AVX-512 BF16, bf16 matrix products run several times faster than
+fp32 ones) the two first models are timed in fp32 as well, and ``bf16_speedup=`` (the gated model in bf16 over the
+same in fp32) and ``bf16_ratio_vs_fp32_nn_transformer=`` (over ``nn.Transformer`` in fp32) come before the lines
+below, whose ratio is then both models under bf16.
+
 Prints ``throughput_ratio_vs_nn_transformer=X`` (gated tokens/s ÷ nn.Transformer tokens/s, gates learning),
 ``gate_overhead=Y`` (step time with gates learning ÷ without gates), ``mfu=Z`` (the gated model's) and
 ``mfu_nn_transformer=W`` as the last lines.
@@ -22,6 +27,7 @@ Prints ``throughput_ratio_vs_nn_transformer=X`` (gated tokens/s ÷ nn.Transforme
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 import statistics
@@ -177,7 +183,12 @@ def main() -> None:
         compiled = Transformer(mcfg, vocab, vocab, GateConfig(mode="learned", attention=all_types))
         compiled.loss = torch.compile(compiled.loss, dynamic=True)
         models["gated + torch.compile"] = compiled
-    steps = {name: make_step(m.to(device), amp, device) for name, m in models.items()}
+    fp32_rows = []  # with --amp bf16: the same two models in fp32, what bf16 buys (each MFU against the fp32 peak)
+    if amp is not None:
+        for name in ("nn.Transformer", "gated (learning, all attention)"):
+            models[f"{name}, fp32"] = copy.deepcopy(models[name])
+            fp32_rows.append(f"{name}, fp32")
+    steps = {name: make_step(m.to(device), None if name in fp32_rows else amp, device) for name, m in models.items()}
     for name, step in steps.items():  # warm-up (allocator, compile)
         time_steps(step, batches[:2], device)
 
@@ -185,16 +196,19 @@ def main() -> None:
     step_times: dict[str, list[float]] = {name: [] for name in steps}
     flop_rates: dict[str, list[float]] = {name: [] for name in steps}
     per_token = {name: flop_counts(m, args.d_model, vocab) for name, m in models.items()}
-    peaks = []
+    peaks, peaks32 = [], []
     for r in range(args.rounds):
         chunk = batches[2 + r * args.steps : 2 + (r + 1) * args.steps]
         peaks.append(matmul_peak(device, amp or torch.float32))  # alternating with the models, as they share the noise
+        if fp32_rows:
+            peaks32.append(matmul_peak(device, torch.float32))
         for name, step in steps.items():
             seconds, tokens, sources = time_steps(step, chunk, device)
             rates[name].append(tokens / seconds)
             step_times[name].append(seconds / len(chunk))
             flop_rates[name].append((per_token[name][0] * sources + per_token[name][1] * tokens) / seconds)
     peak = statistics.median(peaks)
+    peak32 = statistics.median(peaks32) if peaks32 else peak
 
     name_dev = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name_dev}; torch {torch.__version__}; amp: {args.amp or ('bf16' if device.type == 'cuda' else 'fp32')}")
@@ -202,9 +216,11 @@ def main() -> None:
           f"vocab {vocab}; batches of <= {args.max_tokens} tokens; {args.rounds} rounds x {args.steps} steps")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (median of {len(peaks)}: "
           f"{', '.join(f'{x / 1e9:.0f}' for x in peaks)})")
+    if peaks32:
+        print(f"fp32 matmul peak: {peak32 / 1e9:.1f} GFLOP/s (the fp32 rows' MFU)")
     for name in steps:
-        print(f"  {name:34s} {statistics.median(rates[name]):9.0f} target tokens/s  "
-              f"MFU {statistics.median(flop_rates[name]) / peak:.3f}  "
+        print(f"  {name:40s} {statistics.median(rates[name]):9.0f} target tokens/s  "
+              f"MFU {statistics.median(flop_rates[name]) / (peak32 if name in fp32_rows else peak):.3f}  "
               f"(rounds: {', '.join(f'{x:.0f}' for x in rates[name])})")
     base = statistics.median(rates["nn.Transformer"])
     gated = statistics.median(rates["gated (learning, all attention)"])
@@ -213,6 +229,9 @@ def main() -> None:
         print(f"compiled_ratio_vs_nn_transformer={statistics.median(rates['gated + torch.compile']) / base:.3f}")
     same_dropout = statistics.median(rates["gated, attention_dropout 0.1"])
     print(f"same_dropout_ratio_vs_nn_transformer={same_dropout / base:.3f}")
+    if fp32_rows:
+        print(f"bf16_speedup={gated / statistics.median(rates['gated (learning, all attention), fp32']):.3f}")
+        print(f"bf16_ratio_vs_fp32_nn_transformer={gated / statistics.median(rates['nn.Transformer, fp32']):.3f}")
     print(f"throughput_ratio_vs_nn_transformer={gated / base:.3f}")
     print(f"gate_overhead={overhead:.3f}")
     print(f"mfu={statistics.median(flop_rates['gated (learning, all attention)']) / peak:.3f}")

@@ -9,6 +9,7 @@ output before the heads are concatenated and projected (Voita et al. 2019, sec. 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -106,11 +107,16 @@ class MultiHeadAttention(nn.Module):
                 k, v = self.project_kv(memory)  # (B, H, S, Dh)
                 if cache is not None:
                     cache[prefix + "k"], cache[prefix + "v"] = k, v
-        # 2) scaled dot-product attention
+        # 2) scaled dot-product attention; on a CPU in fp32 even under bf16 autocast: its fused CPU kernel is about
+        # 4x slower in bf16 than in fp32 (bench/throughput.py --amp bf16 measures what that buys)
+        cpu_bf16 = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        if cpu_bf16:
+            q, k, v = q.float(), k.float(), v.float()
         mask = None if key_keep is None else key_keep[:, None, None, :]  # (B, 1, 1, S)
-        heads = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
-        )  # (B, H, L, Dh)
+        with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
+            heads = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+            )  # (B, H, L, Dh)
         if self.keep_weights:  # the probabilities SDPA used, recomputed (analysis only; no dropout)
             scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (B, H, L, S)
             if mask is not None:

@@ -166,3 +166,33 @@ def test_kept_attention_weights_are_the_ones_attention_used(causal):
     assert torch.allclose(w.sum(-1), torch.ones(2, 4, 5), atol=1e-6)
     if not causal:
         assert torch.all(w[1, :, :, 3:] == 0)  # padded keys get nothing
+
+
+def test_bf16_autocast_on_a_cpu_attends_in_fp32(monkeypatch):
+    """Under bf16 autocast on a CPU, attention itself runs in fp32 (its fused CPU kernel is several times slower in
+    bf16): scaled_dot_product_attention receives fp32 queries, keys and values while the projections around it stay
+    in bf16; the loss stays within bf16's rounding of the fp32 loss and every gradient is finite. Without autocast
+    nothing changes."""
+    import model.transformer as T
+
+    seen = []
+    sdpa = T.F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(T.F, "scaled_dot_product_attention", spy)
+    model = make(GateConfig(mode="learned", attention=ALL))
+    src, tgt = batch()
+    full = model.loss(src, tgt[:, :-1], tgt[:, 1:], 0.1).ce_sum
+    assert {s[:3] for s in seen} == {(torch.float32,) * 3}
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.loss(src, tgt[:, :-1], tgt[:, 1:], 0.1)
+        projected = model.encoder[0].self_attn.qkv(torch.randn(2, 3, 16))
+    assert projected.dtype == torch.bfloat16  # the projections in bf16, as autocast casts them
+    assert seen and all(s == (torch.float32, torch.float32, torch.float32, False) for s in seen)
+    out.ce_sum.backward()
+    assert abs(out.ce_sum.item() - full.item()) < 0.02 * abs(full.item())
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

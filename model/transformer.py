@@ -107,8 +107,8 @@ class MultiHeadAttention(nn.Module):
                 k, v = self.project_kv(memory)  # (B, H, S, Dh)
                 if cache is not None:
                     cache[prefix + "k"], cache[prefix + "v"] = k, v
-        # 2) scaled dot-product attention; on a CPU in fp32 even under bf16 autocast: its fused CPU kernel is about
-        # 4x slower in bf16 than in fp32 (bench/throughput.py --amp bf16 measures what that buys)
+        # 2) scaled dot-product attention; on a CPU in fp32 even under bf16 autocast: its fused CPU kernel is
+        # several times slower in bf16 than in fp32 (bench/throughput.py --amp bf16 measures what that buys)
         cpu_bf16 = q.dtype == torch.bfloat16 and q.device.type == "cpu"
         if cpu_bf16:
             q, k, v = q.float(), k.float(), v.float()

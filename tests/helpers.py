@@ -39,8 +39,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 TEST_SESSION = os.environ.setdefault("HEADSWEEP_TEST_SESSION", f"{os.getpid()}-{secrets.token_hex(4)}")
 # Two test processes (pytest-xdist) share the machine's cores, and every test computes on one thread (conftest);
 # so does every process a test starts (a sweep's driver scoring the test split, a CLI): a second thread would wait
-# on the core the other test process holds. Measured: a smoke sweep's test-set scoring took 32.5 s with two
-# threads beside a busy core, 4.7 s with one. Trials set their own threads (resources.cpus).
+# on the core the other test process holds (a smoke sweep's test-set scoring ran several times slower with two
+# threads beside a busy core than with one). Trials set their own threads (resources.cpus).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

@@ -7,7 +7,7 @@ steps every stage of the sweep plans (base model, gate trials, gates_budget, fin
 prints core-hours per stage and the wall time at the sweep's concurrency. Evaluations and test-set decoding are
 left out (they depend on what the models translate): the figures are a floor.
 
-    python bench/sweep_cost.py sweeps/multi30k_en_de.yaml --data-dir ../shared/data [--steps 20]
+    python bench/sweep_cost.py sweeps/multi30k_en_de.yaml --data-dir ../shared/data [--steps 20] [--set KEY=VALUE]
 
 Prints ``sweep_core_hours=X`` and ``sweep_wall_hours=Y`` as the last lines.
 """
@@ -56,19 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per config (default 20)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default="results/bench/sweep_cost", help="scratch folder for the timed runs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sweep key, as the sweep command takes it (e.g. prune.set.train.precision=bf16)")
     args = parser.parse_args(argv)
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
-    sweep = load_sweep(args.sweep, data_dir=data_dir, storage=str(Path(args.out).resolve()))
+    sweep = load_sweep(args.sweep, args.overrides, data_dir=data_dir, storage=str(Path(args.out).resolve()))
     out = Path(args.out)
     measured: dict[tuple, float] = {}
 
     def per_step(cfg, label: str) -> float:
         """Seconds per step of ``cfg``, measured once per (batch, threads, gates, frozen parts)."""
-        key = (cfg.data.max_tokens, cfg.train.threads, cfg.gates.mode, tuple(cfg.train.freeze))
+        key = (cfg.data.max_tokens, cfg.train.threads, cfg.gates.mode, tuple(cfg.train.freeze), cfg.train.precision)
         if key not in measured:
             measured[key] = seconds_per_step(cfg, args.steps, args.warmup, out / f"run{len(measured)}")
             print(f"{label}: {measured[key]:.3f} s/step ({cfg.data.max_tokens} tokens a batch, {cfg.train.threads} "
-                  f"threads, gates {cfg.gates.mode}, frozen {list(cfg.train.freeze)})", flush=True)
+                  f"threads, gates {cfg.gates.mode}, frozen {list(cfg.train.freeze)}"
+                  + (f", {cfg.train.precision}" if cfg.train.precision != "fp32" else "") + ")", flush=True)
         return measured[key]
 
     base_cfg = sweep.base_config()

@@ -91,3 +91,23 @@ def test_the_structure_benchmark_times_each_shape_against_the_base(tmp_path):
     last = dict(line.split("=") for line in proc.stdout.strip().splitlines()[-(len(variants) - 1):])
     assert sorted(last) == sorted(f"structure_speedup_{n}" for n in variants if n != "base")
     assert all(float(v) > 0 for v in last.values())
+
+
+def test_the_cost_estimate_times_a_sweep_variant_given_with_set(tmp_path):
+    """bench/sweep_cost.py --set: the sweep as the sweep command would run it with the override (here bf16 trials),
+    each stage's step time measured and printed with the precision it ran in, ending with the two totals."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO, write_sweep
+
+    sweep = write_sweep(tmp_path / "s.yaml")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "sweep_cost.py"), str(sweep), "--steps", "1",
+                           "--warmup", "1", "--out", str(tmp_path / "out"), "--set",
+                           "prune.set.train.precision=bf16"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    base = next(line for line in lines if line.startswith("base model:"))
+    gates = next(line for line in lines if line.startswith("gates (Optuna):"))
+    assert "bf16" not in base and gates.endswith(", bf16)")  # the override reaches the trials only
+    assert lines[-2].startswith("sweep_core_hours=") and lines[-1].startswith("sweep_wall_hours=")

@@ -21,8 +21,8 @@ same sources, each the median of ``--rounds`` alternating rounds; the last line 
 What else would (``--structure``): where heads alone cannot reach a speed-up, what the rest of the model's shape
 buys. Models of the Multi30k base shape (``--config``, default sweeps/runs/multi30k_base.yaml) with random
 weights, each changed in one respect or several: heads (a quarter of every block, 18 of 72; or 6 of 72 with no
-decoder self-attention), the feed-forward width halved, one decoder layer instead of three (a deep encoder and shallow decoder, Kasai et al. 2021), the
-output vocabulary halved (what a vocabulary shortlist buys). Each decodes the same random sources of
+decoder self-attention), the feed-forward width halved, one decoder layer instead of three (a deep encoder and
+shallow decoder, Kasai et al. 2021), the output vocabulary halved (what a vocabulary shortlist buys). Each decodes the same random sources of
 ``--src-len`` tokens (Multi30k: about 14) for exactly ``--out-len`` steps with beam 5, at batch 64 and at batch 1,
 against the base in alternating rounds (median); the ratio is the base's time over the variant's. The last lines:
 ``structure_speedup_<variant>=X`` at batch 64:

@@ -172,7 +172,7 @@ class TrainConfig:
     eval_unit: Literal["steps", "epochs"] = "steps"  # what eval_every counts
     keep_checkpoints: int = 2  # newest checkpoints kept on disk (the best by BLEU is kept too)
     freeze: list[Freezable] = field(default_factory=list)  # parts that do not train
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; bf16 also on a CPU (AMX: much faster), fp16 on a GPU
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; bf16 also on a CPU (AMX), fp16 on a GPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch.set_num_threads; null: leave torch's default
     compile: bool = False  # torch.compile the model

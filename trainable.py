@@ -415,11 +415,13 @@ def main(argv: list[str] | None = None, prog: str = "python trainable.py") -> in
           + f" (table: {TRIALS_FILE} in each)")
     short = [f"{unfinished_trials(sweep, run, df)} of {expected_trials(sweep, run, df)} {run.label} trials"
              for run, df in tables.items() if unfinished_trials(sweep, run, df)]
-    short += [f"the {run.label} trials" for run in sweep.method_runs() if run not in tables]
-    if short:
+    unreached = [run.label for run in sweep.method_runs() if run not in tables]  # stopped before them
+    if short or unreached:
         command = list(sys.argv[1:] if argv is None else argv)
         command += [] if "--resume" in command else ["--resume"]
-        print(f"{', '.join(short)} did not finish; continue the sweep with: {prog} {' '.join(command)}")
+        said = [f"{', '.join(short)} did not finish"] if short else []
+        said += [f"not reached: {', '.join(unreached)}"] if unreached else []
+        print(f"{'; '.join(said)}; continue the sweep with: {prog} {' '.join(command)}")
         return 1
     return 0
 

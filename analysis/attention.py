@@ -57,23 +57,31 @@ def attention_maps(checkpoint: str | Path, sentence: str) -> AttentionMaps:
     return AttentionMaps([piece(i) for i in ids], ["<s>", *[tok.tgt.sp.id_to_piece(i) for i in hyp]], weights, gates)
 
 
-def attention_chart(maps: AttentionMaps, max_heads: int = 64) -> tuple[Figure, go.Figure]:
-    """A panel per remaining head: rows = attention type and layer, columns = heads; closed heads are left out."""
-    rows = [key for t in ATTENTION_TYPES for key in sorted(maps.weights) if key[0] == t]
-    rows = [key for key in rows if (maps.gates[key] > 0).any()]
-    cols = max(int((maps.gates[key] > 0).sum()) for key in rows)
-    fig, axes = figure_axes(len(rows), cols, figsize=(2.2 * cols, 2.2 * len(rows)), squeeze=False)
+def attention_chart(maps: AttentionMaps, max_heads: int = 96) -> tuple[Figure, go.Figure]:
+    """A panel per remaining head: rows = attention type and layer, columns = heads; closed heads are left out.
+    Past ``max_heads`` panels (the Multi30k base has 72 heads) the chart ends at a whole layer and its title says
+    how many of the remaining heads it shows."""
+    layers = [key for t in ATTENTION_TYPES for key in sorted(maps.weights) if key[0] == t]
+    open_heads = {key: [h for h in range(len(maps.gates[key])) if maps.gates[key][h] > 0] for key in layers}
+    rows, shown = [], 0
+    for key in (key for key in layers if open_heads[key]):
+        if rows and shown + len(open_heads[key]) > max_heads:
+            break
+        rows.append(key)
+        shown += len(open_heads[key])
+    total = sum(len(heads) for heads in open_heads.values())
+    cols = max(len(open_heads[key]) for key in rows)
+    fig, axes = figure_axes(len(rows), cols, figsize=(2.2 * cols, 2.2 * len(rows) + 0.4), squeeze=False)
     pfig = make_subplots(rows=len(rows), cols=cols, horizontal_spacing=0.02, vertical_spacing=0.06)
-    shown = 0
     for r, key in enumerate(rows):
         kind = key[0]
         queries = maps.source if kind == "enc_self" else maps.target
         keys = maps.source if kind in ("enc_self", "dec_cross") else maps.target
-        heads = [h for h in range(len(maps.gates[key])) if maps.gates[key][h] > 0]
+        heads = open_heads[key]
         for c in range(cols):
             ax = axes[r][c]
             ax.axis("off")
-            if c >= len(heads) or shown >= max_heads:
+            if c >= len(heads):
                 continue
             h = heads[c]
             w = maps.weights[key][h]  # (queries, keys)
@@ -84,9 +92,9 @@ def attention_chart(maps: AttentionMaps, max_heads: int = 64) -> tuple[Figure, g
                                                     "%{z:.2f}<extra></extra>"), row=r + 1, col=c + 1)
             pfig.update_yaxes(autorange="reversed", showticklabels=False, row=r + 1, col=c + 1)
             pfig.update_xaxes(showticklabels=False, row=r + 1, col=c + 1)
-            shown += 1
-    title = "Attention of the remaining heads: " + " ".join(maps.source)
-    fig.suptitle(title[:120], fontsize=9)
-    fig.tight_layout()
-    pfig.update_layout(title=title[:120], height=190 * len(rows) + 80, template="plotly_white")
+    which = f"the {total} remaining heads" if shown == total else f"{shown} of the {total} remaining heads"
+    title = f"Attention of {which}: " + " ".join(maps.source)
+    fig.suptitle(title[:140], fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (2.2 * len(rows) + 0.4)))  # the title above the first row
+    pfig.update_layout(title=title[:140], height=190 * len(rows) + 80, template="plotly_white")
     return fig, pfig

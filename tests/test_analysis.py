@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import pytest
 from PIL import Image
 
@@ -97,8 +99,12 @@ def test_attention_maps_of_the_remaining_heads(sweep_dir: Path):
             assert np.all(np.triu(w, 1) == 0)  # no look at the future
     closed = ("enc_self", 0)
     maps.gates[closed] = np.array([0.0, 0.5, 0.0, 1.0])  # two heads of this layer pruned
-    _, pfig = attention_chart(maps)
+    fig, pfig = attention_chart(maps)
     assert len(pfig.data) == 6 * 4 - 2  # a panel per remaining head only
+    assert "the 22 remaining heads" in fig._suptitle.get_text()
+    fig, pfig = attention_chart(maps, max_heads=9)  # past the cap: whole layers, and the title says so
+    assert len(pfig.data) == 2 + 4 and "6 of the 22 remaining heads" in pfig.layout.title.text
+    assert sum(ax.has_data() for ax in fig.axes) == 6
 
 
 def test_learning_curves_draw_a_line_per_trial_and_metric(sweep_dir: Path):
@@ -253,6 +259,26 @@ def test_the_charts_leave_the_users_matplotlib_backend_alone():
             "assert plt.get_fignums() == [], plt.get_fignums()\nprint('ok')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_charts_are_written_as_palette_pngs_that_look_the_same(tmp_path: Path):
+    fig, ax = charts.figure_axes(1, 2, figsize=(8, 3))
+    rng = np.random.default_rng(0)
+    ax[0].imshow(rng.random((12, 12)), cmap="Blues", vmin=0, vmax=1)  # a colour map: an attention panel
+    for i in range(8):
+        ax[1].plot(np.cumsum(rng.normal(size=50)), label=f"trial {i}")  # antialiased lines and text
+    ax[1].legend(fontsize=6)
+    full = io.BytesIO()
+    fig.savefig(full, format="png", dpi=120, bbox_inches="tight")
+    png, _ = charts.save((fig, go.Figure()), tmp_path, "chart")
+    with Image.open(png) as small, Image.open(full) as big:
+        assert small.mode == "P" and small.size == big.size
+        assert png.stat().st_size < 0.75 * len(full.getvalue())
+        diff = np.abs(np.asarray(small.convert("RGB"), float) - np.asarray(big.convert("RGB"), float))
+        assert diff.mean() < 1.0 and np.percentile(diff.max(-1), 99) < 32  # at most a faint fringe differs
+    clear = io.BytesIO()
+    Image.new("RGBA", (4, 4), (255, 0, 0, 128)).save(clear, format="PNG")  # transparency: kept as it is
+    assert charts.compact_png(clear.getvalue()) == clear.getvalue()
 
 
 def test_the_front_exports_as_pruned_models_that_translate_like_their_trials(sweep_dir: Path, tmp_path: Path):

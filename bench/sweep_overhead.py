@@ -6,6 +6,8 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
 - total wall time of the command (target <= 10 minutes on a 2-core CPU);
 - ideal time = the base model's trial time + (sum of prune trial times) / max_concurrent, where a trial's time is
   Tune's ``time_total_s`` (its whole function: data, model, training, evaluation, checkpoints);
+- where a prune trial's time goes: its optimizer steps (``train_seconds`` of its last report) against the rest of
+  its function (start-up, evaluations, checkpoints, W&B), the mean over the trials;
 - peak RSS of one trial's worker process (its VmHWM, read every 0.2 s) (target <= 2 GiB);
 - last, ``sweep_overhead = total wall time / ideal`` (target <= 1.10): Ray start-up, scheduling, checkpoint
   copies, Optuna and the driver, as a share of the time the trials themselves take.
@@ -14,6 +16,7 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +48,12 @@ def watch_workers(stop: threading.Event, peaks: dict[int, tuple[str, int]]) -> N
         time.sleep(0.2)
 
 
+def train_seconds(trial_path: Path) -> float:
+    """Seconds a trial spent in optimizer steps: ``train_seconds`` of its last report (Tune's result.json)."""
+    lines = [ln for ln in (trial_path / "result.json").read_text().splitlines() if ln.strip()]
+    return float(json.loads(lines[-1])["train_seconds"]) if lines else float("nan")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", default=str(REPO / "sweeps" / "quickstart.yaml"))
@@ -67,6 +76,7 @@ def main() -> int:
             return proc.returncode
         tables = list((Path(tmp) / "results").glob("*/trials.csv"))
         df = pd.read_csv(tables[0])
+        df["train_seconds"] = [train_seconds(Path(p)) for p in df["trial_path"]]
     import yaml
 
     concurrency = yaml.safe_load(Path(args.sweep).read_text())["search"]["max_concurrent"]
@@ -77,6 +87,9 @@ def main() -> int:
     print(f"trials: {len(prune)} prune ({(prune['status'] == 'completed').sum()} completed), {concurrency} at once; "
           f"base model trial {base:.1f} s")
     print(f"sum of prune trial times: {prune['wall_seconds'].sum():.1f} s")
+    steps = prune["train_seconds"].mean()
+    print(f"mean prune trial: {prune['wall_seconds'].mean():.1f} s, of which optimizer steps {steps:.1f} s and the rest "
+          f"(start-up, evaluations, checkpoints, W&B) {prune['wall_seconds'].mean() - steps:.1f} s")
     print(f"total wall time: {wall:.1f} s ({wall / 60:.2f} min; target <= 10 min)")
     print(f"ideal (base + sum / concurrency): {ideal:.1f} s")
     print(f"peak RSS of a trial worker: {peak / 2**20:.0f} MiB over {len(peaks)} worker processes (target <= 2048)")

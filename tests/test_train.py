@@ -155,6 +155,44 @@ def test_resume_of_a_checkpoint_without_the_gate_learning_rate_scale(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_fused_adam_makes_the_per_tensor_update_and_resumes_its_checkpoints(tmp_path, monkeypatch):
+    """Training uses PyTorch's fused Adam, which makes the per-tensor loop's update up to float rounding; a run
+    begun with the per-tensor Adam (checkpoints of earlier versions) resumes with its optimizer state and goes on
+    with the implementation its checkpoint names, so it stays bitwise resumable."""
+    import model.train as T
+
+    torch.manual_seed(0)
+    start = [torch.randn(16, 8), torch.randn(8)]
+    steps = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    ends = []
+    for fused in (None, True):
+        params = [p.clone().requires_grad_() for p in start]
+        opt = torch.optim.Adam(params, lr=1e-2, betas=(0.9, 0.98), weight_decay=0.01, fused=fused)
+        for grads in steps:
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        ends.append(params)
+    for a, b in zip(*ends):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert T.fused_adam(ends[1]) is True
+
+    cfg = tiny_config("gates.mode=learned", "gates.penalty=0.05", "train.max_steps=6", "train.eval_every=3")
+    monkeypatch.setattr(T, "fused_adam", lambda params: None)  # the per-tensor loop, as before
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "old", report=lambda m, c: (_ for _ in ()).throw(Interrupt()), **QUIET)
+    (path,) = (tmp_path / "old" / "checkpoints").glob("step_*.pt")
+    assert not any(g["fused"] for g in torch.load(path, weights_only=True)["optimizer"]["param_groups"])
+    monkeypatch.undo()
+    resumed = train(cfg, tmp_path / "old", resume=True, **QUIET)
+    assert resumed.step == 6
+    optimizer = torch.load(resumed.checkpoint, weights_only=True)["optimizer"]
+    assert {float(s["step"]) for s in optimizer["state"].values()} == {6.0}  # 3 steps before, 3 after: state kept
+    assert not any(g["fused"] for g in optimizer["param_groups"])  # it goes on as it began: bitwise resumable
+    fresh = train(cfg, tmp_path / "new", **QUIET)
+    assert all(g["fused"] is True for g in torch.load(fresh.checkpoint, weights_only=True)["optimizer"]["param_groups"])
+
+
 def test_max_epochs_stops_and_evaluates(tmp_path):
     cfg = tiny_config("data.batch_size=200", "data.max_tokens=null", "train.max_epochs=2", "train.max_steps=100",
                       "train.eval_every=100")

@@ -1,6 +1,6 @@
 """What Ray Tune + Optuna cost on top of the training itself, on the quickstart sweep.
 
-    python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml] [--set key=value ...]
+    python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml] [--set key=value ...] [--baseline key=value]
 
 Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user's first run) and prints:
 - total wall time of the command (target <= 10 minutes on a 2-core CPU);
@@ -9,8 +9,12 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
 - where a prune trial's time goes: its optimizer steps (``train_seconds`` of its last report) against the rest of
   its function (start-up, evaluations, checkpoints, W&B), the mean over the trials;
 - peak RSS of one trial's worker process (its VmHWM, read every 0.2 s) (target <= 2 GiB);
-- last, ``sweep_overhead = total wall time / ideal`` (target <= 1.10): Ray start-up, scheduling, checkpoint
-  copies, Optuna and the driver, as a share of the time the trials themselves take.
+- with ``--baseline KEY=VALUE`` the sweep runs first with those overrides as well (e.g.
+  ``search.reuse_actors=false``: a worker process per trial) and ``speedup_vs_baseline=`` is that run's wall time
+  over the measured one's;
+- ``quickstart_wall_s=``, the measured run's wall time (goal <= 300 s for the quickstart on an idle 2-core CPU);
+- last, ``sweep_overhead = total wall time / ideal`` (target <= 1.10; goal <= 1.05): Ray start-up, scheduling,
+  checkpoint copies, Optuna and the driver, as a share of the time the trials themselves take.
 """
 
 from __future__ import annotations
@@ -54,15 +58,14 @@ def train_seconds(trial_path: Path) -> float:
     return float(json.loads(lines[-1])["train_seconds"]) if lines else float("nan")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sweep", default=str(REPO / "sweeps" / "quickstart.yaml"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
+def run_sweep(sweep: str, overrides: list[str]) -> dict | int:
+    """The sweep from scratch in a fresh results folder and tokenizer cache: its figures, or the command's exit code."""
+    import yaml
+
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
         env = {**os.environ, "HEADSWEEP_CACHE": str(Path(tmp) / "cache"), "WANDB_MODE": "offline"}
-        cmd = [sys.executable, str(REPO / "trainable.py"), args.sweep, "--results", str(Path(tmp) / "results")]
-        cmd += [f"--set={o}" for o in args.overrides]
+        cmd = [sys.executable, str(REPO / "trainable.py"), sweep, "--results", str(Path(tmp) / "results")]
+        cmd += [f"--set={o}" for o in overrides]
         stop, peaks = threading.Event(), {}
         watcher = threading.Thread(target=watch_workers, args=(stop, peaks), daemon=True)
         watcher.start()
@@ -77,23 +80,51 @@ def main() -> int:
         tables = list((Path(tmp) / "results").glob("*/trials.csv"))
         df = pd.read_csv(tables[0])
         df["train_seconds"] = [train_seconds(Path(p)) for p in df["trial_path"]]
-    import yaml
-
-    concurrency = yaml.safe_load(Path(args.sweep).read_text())["search"]["max_concurrent"]
-    base = df[df["stage"] == "pretrain"]["wall_seconds"].sum()
+    concurrency = yaml.safe_load(Path(sweep).read_text())["search"]["max_concurrent"]
     prune = df[df["stage"] == "prune"]
-    ideal = base + prune["wall_seconds"].sum() / concurrency
-    peak = max((rss for _, rss in peaks.values()), default=0)
-    print(f"trials: {len(prune)} prune ({(prune['status'] == 'completed').sum()} completed), {concurrency} at once; "
-          f"base model trial {base:.1f} s")
+    base = df[df["stage"] == "pretrain"]["wall_seconds"].sum()
+    return {"wall": wall, "base": base, "prune": prune, "concurrency": concurrency,
+            "ideal": base + prune["wall_seconds"].sum() / concurrency,
+            "peak": max((rss for _, rss in peaks.values()), default=0), "workers": len(peaks)}
+
+
+def describe(run: dict) -> None:
+    prune, steps = run["prune"], run["prune"]["train_seconds"].mean()
+    print(f"trials: {len(prune)} prune ({(prune['status'] == 'completed').sum()} completed), {run['concurrency']} at "
+          f"once; base model trial {run['base']:.1f} s")
     print(f"sum of prune trial times: {prune['wall_seconds'].sum():.1f} s")
-    steps = prune["train_seconds"].mean()
     print(f"mean prune trial: {prune['wall_seconds'].mean():.1f} s, of which optimizer steps {steps:.1f} s and the rest "
           f"(start-up, evaluations, checkpoints, W&B) {prune['wall_seconds'].mean() - steps:.1f} s")
-    print(f"total wall time: {wall:.1f} s ({wall / 60:.2f} min; target <= 10 min)")
-    print(f"ideal (base + sum / concurrency): {ideal:.1f} s")
-    print(f"peak RSS of a trial worker: {peak / 2**20:.0f} MiB over {len(peaks)} worker processes (target <= 2048)")
-    print(f"sweep_overhead={wall / ideal:.3f}")
+    print(f"total wall time: {run['wall']:.1f} s ({run['wall'] / 60:.2f} min; target <= 10 min)")
+    print(f"ideal (base + sum / concurrency): {run['ideal']:.1f} s")
+    print(f"peak RSS of a trial worker: {run['peak'] / 2**20:.0f} MiB over {run['workers']} worker processes "
+          f"(target <= 2048)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", default=str(REPO / "sweeps" / "quickstart.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                        help="first run the sweep with these overrides too (e.g. search.reuse_actors=false) and print "
+                             "the wall-time ratio of that run to the measured one")
+    args = parser.parse_args()
+    baseline = None
+    if args.baseline:
+        print(f"== baseline: {' '.join(args.overrides + args.baseline)}")
+        baseline = run_sweep(args.sweep, args.overrides + args.baseline)
+        if isinstance(baseline, int):
+            return baseline
+        describe(baseline)
+        print(f"== measured: {' '.join(args.overrides) or 'the sweep as it is'}")
+    run = run_sweep(args.sweep, args.overrides)
+    if isinstance(run, int):
+        return run
+    describe(run)
+    if baseline is not None:
+        print(f"speedup_vs_baseline={baseline['wall'] / run['wall']:.3f}")
+    print(f"quickstart_wall_s={run['wall']:.0f}")
+    print(f"sweep_overhead={run['wall'] / run['ideal']:.3f}")
     return 0
 
 

@@ -46,7 +46,7 @@ def _where_not_what(key: str) -> bool:
     and the timing of a finished trial's model: latency.*), not what they learn."""
     return key.startswith(("wandb.", "test.", "latency.", "resources.", "pretrain.resources.",
                             "baselines.scratch_resources.")) or key in (
-        "storage", "storage_shared", "search.reuse_actors") or any(
+        "storage", "storage_shared") or any(
         key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.") for k in RUN_LOCATION_KEYS)
 
 

@@ -157,9 +157,6 @@ class SearchConfig:
     startup_trials: int | None = None  # tpe: random trials before it models the space (null: Optuna's 10)
     population_size: int | None = None  # nsga2: trials per generation (null: Optuna's 50)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # multi-objective early stopping
-    # a finished trial's Ray worker runs the next trial (Tune's reuse_actors): no process start, imports or W&B
-    # service start per trial; what a trial learns does not depend on it (every trial seeds its own generators)
-    reuse_actors: bool = True
 
 
 @dataclass

@@ -221,31 +221,6 @@ def test_a_second_sweep_with_the_same_base_reuses_its_base_model(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_a_reused_worker_runs_its_next_trial_as_a_fresh_worker_would(tmp_path: Path):
-    """search.reuse_actors (the default): the trials run one after another in one Ray worker process, and the third
-    trial, the first one's twin run after a different trial in that process, learns exactly what the first did: no
-    generator, thread setting, gate or W&B run leaks from one trial into the next."""
-    point = {"gates.penalty": 0.1, "train.lr": 1.0e-3, "data.max_tokens": 128}
-    sweep = write_sweep(tmp_path / "s.yaml", pretrain={"enabled": False}, wandb={"mode": "offline"},
-                        search={"num_samples": 3, "max_concurrent": 1, "trial_seeds": "fixed",
-                                "points_to_evaluate": [point, {**point, "gates.penalty": 0.4}, point]})
-    proc = run_cli(str(sweep), "--no-report", "--results", str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    df = pd.read_csv(tmp_path / "t" / "trials.csv").sort_values("trial_id")
-    assert len(df) == 3 and (df["status"] == M.COMPLETED).all()
-    pids = {json.loads(Path(p, "result.json").read_text().splitlines()[-1])["pid"] for p in df["trial_path"]}
-    assert len(pids) == 1  # one worker process ran all three
-    first, other, twin = (row for _, row in df.iterrows())
-    assert other["param.gates.penalty"] == 0.4 and twin["param.gates.penalty"] == first["param.gates.penalty"]
-    for metric in (M.BLEU, "valid_nll", "loss", "l0"):
-        assert twin[metric] == first[metric], metric
-    assert twin["valid_nll"] != other["valid_nll"]
-    # each trial its own W&B run, finished, with its own history
-    runs = sorted(set(df["wandb_run"]))
-    assert len(runs) == 3 and all(len(wandb_history(Path(r))) >= 2 for r in runs)
-
-
-@pytest.mark.slow
 @pytest.mark.ray_head
 def test_sweep_on_a_two_node_cluster(tmp_path: Path, monkeypatch):
     with loopback_cluster(monkeypatch, num_cpus=1) as cluster:

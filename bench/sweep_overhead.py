@@ -10,8 +10,8 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
   its function (start-up, evaluations, checkpoints, W&B), the mean over the trials;
 - peak RSS of one trial's worker process (its VmHWM, read every 0.2 s) (target <= 2 GiB);
 - with ``--baseline KEY=VALUE`` the sweep runs first with those overrides as well (e.g.
-  ``search.reuse_actors=false``: a worker process per trial) and ``speedup_vs_baseline=`` is that run's wall time
-  over the measured one's;
+  ``search.scheduler.kind=none`` beside ``--set search.scheduler.kind=mo_asha``) and ``speedup_vs_baseline=`` is
+  that run's wall time over the measured one's;
 - ``quickstart_wall_s=``, the measured run's wall time (goal <= 300 s for the quickstart on an idle 2-core CPU);
 - last, ``sweep_overhead = total wall time / ideal`` (target <= 1.10; goal <= 1.05): Ray start-up, scheduling,
   checkpoint copies, Optuna and the driver, as a share of the time the trials themselves take.
@@ -93,8 +93,9 @@ def describe(run: dict) -> None:
     print(f"trials: {len(prune)} prune ({(prune['status'] == 'completed').sum()} completed), {run['concurrency']} at "
           f"once; base model trial {run['base']:.1f} s")
     print(f"sum of prune trial times: {prune['wall_seconds'].sum():.1f} s")
-    print(f"mean prune trial: {prune['wall_seconds'].mean():.1f} s, of which optimizer steps {steps:.1f} s and the rest "
-          f"(start-up, evaluations, checkpoints, W&B) {prune['wall_seconds'].mean() - steps:.1f} s")
+    mean = prune["wall_seconds"].mean()
+    print(f"mean prune trial: {mean:.1f} s, of which optimizer steps {steps:.1f} s and the rest "
+          f"(start-up, evaluations, checkpoints, W&B) {mean - steps:.1f} s")
     print(f"total wall time: {run['wall']:.1f} s ({run['wall'] / 60:.2f} min; target <= 10 min)")
     print(f"ideal (base + sum / concurrency): {run['ideal']:.1f} s")
     print(f"peak RSS of a trial worker: {run['peak'] / 2**20:.0f} MiB over {run['workers']} worker processes "
@@ -106,7 +107,7 @@ def main() -> int:
     parser.add_argument("--sweep", default=str(REPO / "sweeps" / "quickstart.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
-                        help="first run the sweep with these overrides too (e.g. search.reuse_actors=false) and print "
+                        help="first run the sweep with these overrides too (e.g. search.scheduler.kind=none) and print "
                              "the wall-time ratio of that run to the measured one")
     args = parser.parse_args()
     baseline = None

@@ -1,10 +1,10 @@
 """Training throughput of the gated Transformer against ``torch.nn.Transformer``, measured in the same run.
 
 Both models get the same size, vocabulary, batches (real synthetic-pair batches with their padding), loss
-(label-smoothed cross-entropy), optimizer (fused Adam, as training uses), dropout 0.1 and threads. nn.Transformer's one dropout also
-drops attention probabilities, which headsweep leaves to ``model.attention_dropout`` (default 0); a row with
-attention dropout 0.1 shows the like-for-like figure. Timings alternate between the models over
-several rounds and the median round is used, since this machine is noisy.
+(label-smoothed cross-entropy), optimizer (fused Adam, as training uses), dropout 0.1 and threads.
+nn.Transformer's one dropout also drops attention probabilities, which headsweep leaves to
+``model.attention_dropout`` (default 0); a row with attention dropout 0.1 shows the like-for-like figure. Timings
+alternate between the models over several rounds and the median round is used, since this machine is noisy.
 
 Model-FLOPs utilisation (MFU): the model FLOPs a second each model trains at, divided by the machine's matmul
 peak measured in the same run (the median of several large fp32 (or bf16 on GPU) matrix products on the same

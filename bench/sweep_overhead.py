@@ -20,7 +20,6 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,6 +31,9 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sweeps.results import last_record  # noqa: E402
 
 
 def watch_workers(stop: threading.Event, peaks: dict[int, tuple[str, int]]) -> None:
@@ -54,8 +56,8 @@ def watch_workers(stop: threading.Event, peaks: dict[int, tuple[str, int]]) -> N
 
 def train_seconds(trial_path: Path) -> float:
     """Seconds a trial spent in optimizer steps: ``train_seconds`` of its last report (Tune's result.json)."""
-    lines = [ln for ln in (trial_path / "result.json").read_text().splitlines() if ln.strip()]
-    return float(json.loads(lines[-1])["train_seconds"]) if lines else float("nan")
+    last = last_record(trial_path / "result.json")
+    return float(last["train_seconds"]) if last else float("nan")
 
 
 def run_sweep(sweep: str, overrides: list[str]) -> dict | int:

@@ -8,6 +8,10 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
   Tune's ``time_total_s`` (its whole function: data, model, training, evaluation, checkpoints);
 - where a prune trial's time goes: its optimizer steps (``train_seconds`` of its last report) against the rest of
   its function (start-up, evaluations, checkpoints, W&B), the mean over the trials;
+- where the time outside the trials goes, from the trials' own timestamps (Tune's result.json, 1 s resolution):
+  before the base model's trial starts (imports, Ray's start-up, the driver's checks), between the base model and
+  the first prune trial, the slots left idle between prune trials (worker start-up, scheduling) and after the last
+  trial (the trials table, the report, Ray's shutdown);
 - peak RSS of one trial's worker process (its VmHWM, read every 0.2 s) (target <= 2 GiB);
 - with ``--baseline KEY=VALUE`` the sweep runs first with those overrides as well (e.g.
   ``search.scheduler.kind=none`` beside ``--set search.scheduler.kind=mo_asha``) and ``speedup_vs_baseline=`` is
@@ -20,6 +24,7 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +65,26 @@ def train_seconds(trial_path: Path) -> float:
     return float(last["train_seconds"]) if last else float("nan")
 
 
+def span(trial_path: Path) -> tuple[float, float]:
+    """When a trial's function started and when it last reported (epoch seconds), from Tune's result.json."""
+    records = [json.loads(line) for line in (trial_path / "result.json").read_text().splitlines() if line.strip()]
+    return records[0]["timestamp"] - records[0]["time_this_iter_s"], float(records[-1]["timestamp"])
+
+
+def outside(spans: dict[str, list[tuple[float, float]]], start: float, end: float,
+            concurrency: int) -> dict[str, float]:
+    """The wall time outside the trials, in four parts: before the base model, base to first prune trial, the prune
+    slots left idle (as wall seconds: idle slot-seconds over the concurrency), after the last trial."""
+    base, prune = spans["pretrain"], sorted(spans["prune"])
+    first = min((s for s, _ in base + prune), default=start)
+    base_end = max((e for _, e in base), default=first)
+    prune_start, prune_end = prune[0][0], max(e for _, e in prune)
+    busy = sum(e - s for s, e in prune)
+    return {"before": first - start, "base_to_prune": max(0.0, prune_start - base_end),
+            "idle_slots": max(0.0, (prune_end - prune_start) * concurrency - busy) / concurrency,
+            "after": end - max(prune_end, base_end)}
+
+
 def run_sweep(sweep: str, overrides: list[str]) -> dict | int:
     """The sweep from scratch in a fresh results folder and tokenizer cache: its figures, or the command's exit code."""
     import yaml
@@ -71,7 +96,7 @@ def run_sweep(sweep: str, overrides: list[str]) -> dict | int:
         stop, peaks = threading.Event(), {}
         watcher = threading.Thread(target=watch_workers, args=(stop, peaks), daemon=True)
         watcher.start()
-        start = time.perf_counter()
+        start, epoch = time.perf_counter(), time.time()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - start
         stop.set()
@@ -82,11 +107,14 @@ def run_sweep(sweep: str, overrides: list[str]) -> dict | int:
         tables = list((Path(tmp) / "results").glob("*/trials.csv"))
         df = pd.read_csv(tables[0])
         df["train_seconds"] = [train_seconds(Path(p)) for p in df["trial_path"]]
+        spans = {stage: [span(Path(p)) for p in df[df["stage"] == stage]["trial_path"]]
+                 for stage in ("pretrain", "prune")}
     concurrency = yaml.safe_load(Path(sweep).read_text())["search"]["max_concurrent"]
     prune = df[df["stage"] == "prune"]
     base = df[df["stage"] == "pretrain"]["wall_seconds"].sum()
     return {"wall": wall, "base": base, "prune": prune, "concurrency": concurrency,
             "ideal": base + prune["wall_seconds"].sum() / concurrency,
+            "outside": outside(spans, epoch, epoch + wall, concurrency),
             "peak": max((rss for _, rss in peaks.values()), default=0), "workers": len(peaks)}
 
 
@@ -100,6 +128,10 @@ def describe(run: dict) -> None:
           f"(start-up, evaluations, checkpoints, W&B) {mean - steps:.1f} s")
     print(f"total wall time: {run['wall']:.1f} s ({run['wall'] / 60:.2f} min; target <= 10 min)")
     print(f"ideal (base + sum / concurrency): {run['ideal']:.1f} s")
+    out = run["outside"]
+    print(f"outside the trials: {out['before']:.0f} s before the base model, {out['base_to_prune']:.0f} s from it to "
+          f"the first prune trial, {out['idle_slots']:.0f} s of idle slots between prune trials, {out['after']:.0f} s "
+          f"after the last trial (1 s resolution)")
     print(f"peak RSS of a trial worker: {run['peak'] / 2**20:.0f} MiB over {run['workers']} worker processes "
           f"(target <= 2048)")
 

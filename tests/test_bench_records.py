@@ -69,3 +69,16 @@ def test_figures_are_the_name_value_lines_and_a_failed_benchmark_is_not_recorded
     saved = json.loads((tmp_path / "docs" / "bench" / "series.json").read_text())
     assert saved["figures"] == {"ratio": 0.5} and saved["command"] == "bash bench/series.sh 5"
     assert "seeds 5" in saved["output"]
+
+
+def test_the_overhead_bench_splits_the_time_outside_the_trials_by_where_it_lies():
+    spec = importlib.util.spec_from_file_location("sweep_overhead", REPO / "bench" / "sweep_overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # driver 0..100 s; base model 10..40; prune trials two at a time: 45..70 and 47..65, then 66..90 in the freed slot
+    spans = {"pretrain": [(10.0, 40.0)], "prune": [(45.0, 70.0), (47.0, 65.0), (66.0, 90.0)]}
+    out = bench.outside(spans, 0.0, 100.0, concurrency=2)
+    # slots over 45..90: 90 slot-seconds, busy 25 + 18 + 24 = 67, so 23 idle slot-seconds = 11.5 wall seconds
+    assert out == {"before": 10.0, "base_to_prune": 5.0, "idle_slots": 11.5, "after": 10.0}
+    # the parts and the trials' own time add up to the wall time whenever the slots are the only concurrency
+    assert sum(out.values()) + 30.0 + 67 / 2 == 100.0

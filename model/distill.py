@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .checkpoint import CheckpointError, checkpoint_config, checkpoint_tokenizers, load_checkpoint, load_model_state
 from .config import DistillConfig
 from .data import PAD_ID, Tokenizers
-from .transformer import Transformer
+from .transformer import Transformer, token_losses
 
 
 def load_teacher(path: str | Path, tokenizers: Tokenizers, device: torch.device) -> Transformer:
@@ -63,11 +63,8 @@ def distill_loss(student: Transformer, teacher: Transformer, src: torch.Tensor, 
     s_hidden: list[torch.Tensor] | None = [] if want_hidden else None
     memory, src_keep = student.encode(src, hidden=s_hidden)
     logits = student.decode(tgt_in, memory, src_keep, hidden=s_hidden).float()
-    flat, gold = logits.view(-1, logits.size(-1)), tgt_out.reshape(-1)
-    keep = gold.ne(PAD_ID)
-    ce = F.cross_entropy(flat, gold, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum")
-    with torch.no_grad():
-        nll = ce if label_smoothing == 0.0 else F.cross_entropy(flat, gold, ignore_index=PAD_ID, reduction="sum")
+    flat = logits.view(-1, logits.size(-1))
+    ce, nll, keep = token_losses(flat, tgt_out.reshape(-1), label_smoothing)
     t = cfg.temperature
     log_p_student = F.log_softmax(flat[keep] / t, dim=-1)
     log_p_teacher = F.log_softmax(t_logits.view(-1, t_logits.size(-1))[keep] / t, dim=-1)

@@ -246,6 +246,20 @@ class Positions(nn.Module):
         return self.table[offset : offset + length]  # (L, D)
 
 
+def token_losses(logits: torch.Tensor, gold: torch.Tensor,
+                 label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed label-smoothed cross-entropy (differentiable), summed NLL (detached) and the real-token mask of
+    ``logits`` [N, V] against ``gold`` [N], padding left out, from one log-softmax: F.cross_entropy's own definition,
+    (1 - e) x NLL + e x the mean over the vocabulary of -log p, without a second pass for the unsmoothed NLL."""
+    keep = gold.ne(PAD_ID)
+    logp = F.log_softmax(logits, dim=-1)
+    nll = F.nll_loss(logp, gold, ignore_index=PAD_ID, reduction="sum")
+    if label_smoothing == 0.0:
+        return nll, nll.detach(), keep
+    smooth = -logp.sum(-1).masked_fill(~keep, 0.0).sum()
+    return (1.0 - label_smoothing) * nll + smooth * (label_smoothing / logits.size(-1)), nll.detach(), keep
+
+
 @dataclass
 class LossOutput:
     ce_sum: torch.Tensor  # summed (label-smoothed) cross-entropy over real target tokens
@@ -413,11 +427,8 @@ class Transformer(nn.Module):
         """Summed token-level cross-entropy of ``tgt_out`` [B, T] given ``src`` [B, S] and ``tgt_in`` [B, T]."""
         memory, src_keep = self.encode(src)
         logits = self.decode(tgt_in, memory, src_keep).float()  # (B, T, V)
-        flat, gold = logits.view(-1, logits.size(-1)), tgt_out.reshape(-1)
-        ce = F.cross_entropy(flat, gold, ignore_index=PAD_ID, label_smoothing=label_smoothing, reduction="sum")
-        with torch.no_grad():
-            nll = ce if label_smoothing == 0.0 else F.cross_entropy(flat, gold, ignore_index=PAD_ID, reduction="sum")
-        return LossOutput(ce_sum=ce, nll_sum=nll, n_tokens=int(gold.ne(PAD_ID).sum()))
+        ce, nll, keep = token_losses(logits.view(-1, logits.size(-1)), tgt_out.reshape(-1), label_smoothing)
+        return LossOutput(ce_sum=ce, nll_sum=nll, n_tokens=int(keep.sum()))
 
     # -- gates: penalty and reporting -----------------------------------------------------------
 

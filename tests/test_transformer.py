@@ -5,7 +5,7 @@ import torch
 
 from model.config import GateConfig, ModelConfig
 from model.data import PAD_ID
-from model.transformer import Transformer
+from model.transformer import Transformer, token_losses
 
 V = 50
 
@@ -25,6 +25,22 @@ def batch(B=3, S=7, T=5, seed=0):
 
 
 ALL = ["enc_self", "dec_self", "dec_cross"]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_loss_from_one_log_softmax_is_torchs_cross_entropy_with_padding_left_out(smoothing):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(40, V, generator=g, dtype=torch.float64, requires_grad=True)
+    gold = torch.randint(1, V, (40,), generator=g)
+    gold[::3] = PAD_ID
+    ce, nll, keep = token_losses(logits, gold, smoothing)
+    want = torch.nn.functional.cross_entropy(logits, gold, ignore_index=PAD_ID, label_smoothing=smoothing,
+                                             reduction="sum")
+    assert torch.allclose(ce, want, rtol=1e-12)
+    assert torch.allclose(torch.autograd.grad(ce, logits)[0], torch.autograd.grad(want, logits)[0], atol=1e-12)
+    unsmoothed = torch.nn.functional.cross_entropy(logits, gold, ignore_index=PAD_ID, reduction="sum")
+    assert not nll.requires_grad and torch.allclose(nll, unsmoothed, rtol=1e-12)
+    assert keep.sum() == 26 and torch.equal(nll, ce.detach()) == (smoothing == 0.0)
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])

@@ -24,7 +24,6 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sweeps.results import last_record  # noqa: E402
+from sweeps.results import last_record, read_jsonl  # noqa: E402
 
 
 def watch_workers(stop: threading.Event, peaks: dict[int, tuple[str, int]]) -> None:
@@ -67,7 +66,7 @@ def train_seconds(trial_path: Path) -> float:
 
 def span(trial_path: Path) -> tuple[float, float]:
     """When a trial's function started and when it last reported (epoch seconds), from Tune's result.json."""
-    records = [json.loads(line) for line in (trial_path / "result.json").read_text().splitlines() if line.strip()]
+    records = read_jsonl(trial_path / "result.json")
     return records[0]["timestamp"] - records[0]["time_this_iter_s"], float(records[-1]["timestamp"])
 
 

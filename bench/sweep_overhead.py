@@ -37,7 +37,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sweeps.results import last_record, read_jsonl  # noqa: E402
+from sweeps.results import read_jsonl  # noqa: E402
 
 
 def watch_workers(stop: threading.Event, peaks: dict[int, tuple[str, int]]) -> None:
@@ -58,16 +58,14 @@ def watch_workers(stop: threading.Event, peaks: dict[int, tuple[str, int]]) -> N
         time.sleep(0.2)
 
 
-def train_seconds(trial_path: Path) -> float:
-    """Seconds a trial spent in optimizer steps: ``train_seconds`` of its last report (Tune's result.json)."""
-    last = last_record(trial_path / "result.json")
-    return float(last["train_seconds"]) if last else float("nan")
-
-
-def span(trial_path: Path) -> tuple[float, float]:
-    """When a trial's function started and when it last reported (epoch seconds), from Tune's result.json."""
+def trial_times(trial_path: Path) -> tuple[float, float, float]:
+    """From Tune's result.json: when a trial's function started and when it last reported (epoch seconds), and the
+    seconds it spent in optimizer steps (``train_seconds`` of its last report)."""
     records = read_jsonl(trial_path / "result.json")
-    return records[0]["timestamp"] - records[0]["time_this_iter_s"], float(records[-1]["timestamp"])
+    if not records:
+        return float("nan"), float("nan"), float("nan")
+    first, last = records[0], records[-1]
+    return first["timestamp"] - first["time_this_iter_s"], float(last["timestamp"]), float(last["train_seconds"])
 
 
 def outside(spans: dict[str, list[tuple[float, float]]], start: float, end: float,
@@ -105,8 +103,8 @@ def run_sweep(sweep: str, overrides: list[str]) -> dict | int:
             return proc.returncode
         tables = list((Path(tmp) / "results").glob("*/trials.csv"))
         df = pd.read_csv(tables[0])
-        df["train_seconds"] = [train_seconds(Path(p)) for p in df["trial_path"]]
-        spans = {stage: [span(Path(p)) for p in df[df["stage"] == stage]["trial_path"]]
+        df["start"], df["end"], df["train_seconds"] = zip(*(trial_times(Path(p)) for p in df["trial_path"]))
+        spans = {stage: list(zip(df[df["stage"] == stage]["start"], df[df["stage"] == stage]["end"]))
                  for stage in ("pretrain", "prune")}
     concurrency = yaml.safe_load(Path(sweep).read_text())["search"]["max_concurrent"]
     prune = df[df["stage"] == "prune"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from sweeps.results import (
 from sweeps.resume import SweepError
 from sweeps.scheduler import TrialStopped, await_decision, rungs
 from sweeps.schema import GATES, SCRATCH, MethodRun
+from sweeps.scratch import trial_scratch
 from sweeps.sweep import Sweep, base_hash
 from sweeps.trial import run_trial
 from sweeps.tuner import Trainables, TrialSetup, expected_trials, run_sweep, unfinished_trials
@@ -97,11 +97,11 @@ def _quiet_termination() -> None:
 
 def _scratch_dir():
     """The run's own folder lies outside the trial folder (Ray copies the trial folder to the storage): everything
-    worth keeping leaves with the reports, so the scratch folder goes when the trial ends."""
+    worth keeping leaves with the reports, so the scratch folder goes when the trial ends; those of killed trials
+    on this node go when the next trial starts here (sweeps/scratch.py)."""
     from ray import tune
 
-    return tempfile.TemporaryDirectory(prefix=f"headsweep-{tune.get_context().get_trial_id()}-",
-                                       dir=os.environ.get("HEADSWEEP_SCRATCH"))
+    return trial_scratch(tune.get_context().get_trial_id())
 
 
 def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], cfg, init_from: str | None,
@@ -227,7 +227,7 @@ def pretrain_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     """One base model (gates absent or open), its resources from ``pretrain.resources``."""
     cfg = setup.sweep.base_config(params)
     with _scratch_dir() as scratch:
-        _run(setup, PRETRAIN, base_hash(cfg), params, cfg, None, Path(scratch))
+        _run(setup, PRETRAIN, base_hash(cfg), params, cfg, None, scratch)
 
 
 def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
@@ -236,8 +236,8 @@ def prune_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     cfg = sweep.trial_config(params)
     key = base_hash(sweep.base_config(params)) if sweep.pretraining else ""
     with _scratch_dir() as scratch:
-        base = _base_file(setup.bases[key], Path(scratch)) if sweep.pretraining else None
-        _run(setup, PRUNE, key, params, cfg, base, Path(scratch), base=base)
+        base = _base_file(setup.bases[key], scratch) if sweep.pretraining else None
+        _run(setup, PRUNE, key, params, cfg, base, scratch, base=base)
 
 
 def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
@@ -246,13 +246,13 @@ def layout_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) 
     key = base_hash(sweep.base_config())
     seed = int(params.get(LAYOUT_SEED, 0))
     with _scratch_dir() as scratch:
-        start = Path(scratch) / "pruned_start.pt"
+        start = scratch / "pruned_start.pt"
         b = sweep.schema.baselines
-        base = _base_file(setup.bases[key], Path(scratch))
+        base = _base_file(setup.bases[key], scratch)
         cfg = pruned_start(base, sweep.baseline_config(run.finetune_steps, params, run.method), run.method,
                            int(params[BUDGET]), seed, b.importance_batches, start, log=_trial_log,
                            sample_seed=sweep.sample_seed(seed), fraction=b.iterative_fraction)
-        _run(setup, PRUNE, key, params, cfg, str(start), Path(scratch), method=run.method, base=base)
+        _run(setup, PRUNE, key, params, cfg, str(start), scratch, method=run.method, base=base)
 
 
 def gates_budget_trainable(params: dict[str, Any], setup: TrialSetup, run: MethodRun) -> None:
@@ -262,8 +262,8 @@ def gates_budget_trainable(params: dict[str, Any], setup: TrialSetup, run: Metho
     key = base_hash(sweep.base_config())
     cfg = sweep.gates_budget_config(params)
     with _scratch_dir() as scratch:
-        base = _base_file(setup.bases[key], Path(scratch))
-        _run(setup, PRUNE, key, params, cfg, base, Path(scratch), method=run.method, base=base)
+        base = _base_file(setup.bases[key], scratch)
+        _run(setup, PRUNE, key, params, cfg, base, scratch, method=run.method, base=base)
 
 
 def scratch_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
@@ -271,7 +271,7 @@ def scratch_trainable(params: dict[str, Any], setup: TrialSetup) -> None:
     sweep = setup.sweep
     cfg = sweep.scratch_config(parse_layout_name(params[LAYOUT]), int(params.get(LAYOUT_SEED, 0)))
     with _scratch_dir() as scratch:
-        _run(setup, PRUNE, base_hash(sweep.base_config()), params, cfg, None, Path(scratch), method=SCRATCH)
+        _run(setup, PRUNE, base_hash(sweep.base_config()), params, cfg, None, scratch, method=SCRATCH)
 
 
 TRAINABLES = Trainables(pretrain=pretrain_trainable, prune=prune_trainable, layout=layout_trainable,

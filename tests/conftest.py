@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     for name in ("gate", "lock", "ray_head"):
         Path(lock_file(name)).unlink(missing_ok=True)
+    shutil.rmtree(lock_file("scratch"), ignore_errors=True)  # the trials' scratch root (tests/helpers.py)
     out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
     if out and _SESSION_START:
         with open(out, "a", encoding="utf-8") as f:

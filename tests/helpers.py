@@ -42,6 +42,9 @@ TEST_SESSION = os.environ.setdefault("HEADSWEEP_TEST_SESSION", f"{os.getpid()}-{
 # on the core the other test process holds (a smoke sweep's test-set scoring ran several times slower with two
 # threads beside a busy core than with one). Trials set their own threads (resources.cpus).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The trials every test starts train in scratch folders under one folder of this session (removed when it ends), not
+# among the machine's temporary files: a test that kills a trial leaves its folder there (sweeps/scratch.py).
+os.environ.setdefault("HEADSWEEP_SCRATCH", str(Path(tempfile.gettempdir()) / f"headsweep-tests-{TEST_SESSION}.scratch"))
 
 
 # Fixtures that run a sweep, train a model or start a server: a test that uses one is slow by that alone

@@ -157,6 +157,9 @@ def test_a_killed_trial_worker_is_retried_from_its_last_checkpoint(tmp_path: Pat
     a, b = (pd.read_csv(tmp_path / name / "trials.csv").query("stage == 'prune'").iloc[0] for name in ("t", "u"))
     for key in (M.STEP, M.LOSS, M.BLEU, M.CHRF, M.VALID_NLL, M.OPEN_HEADS, M.L0):
         assert a[key] == b[key], (key, a[key], b[key])
+    # the killed worker's scratch folder (its checkpoints) was taken back by the retry, which removed its own
+    trial_id = df[df["stage"] == "prune"]["trial_id"].iloc[0]
+    assert not list(Path(os.environ["HEADSWEEP_SCRATCH"]).glob(f"headsweep-{trial_id}-*"))
     completed = int((df[df["stage"] == "prune"]["status"] == "completed").sum())
     record("kill -9 of the trial's Ray worker process held writing its step-200 checkpoint",
            workers_killed=len(held), trials_lost=1 - completed,

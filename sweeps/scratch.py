@@ -79,8 +79,8 @@ def trial_scratch(trial_id: str, root: Path | None = None) -> Iterator[Path]:
         pending = folder / f"{LOCK}.pending"
         fd = os.open(pending, os.O_CREAT | os.O_RDWR, 0o600)
         try:
-            if _try_lock(fd):
-                os.replace(pending, folder / LOCK)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+            os.replace(pending, folder / LOCK)
         except OSError:  # a file system without locks: the folder is removed at the end, not reclaimable
             pass
     try:

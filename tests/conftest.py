@@ -19,7 +19,7 @@ import pytest
 import torch
 
 # first: it sets the environment every test process shares
-from tests.helpers import LEARN, SLOW_FIXTURES, TEST_SESSION, tiny_config
+from tests.helpers import LEARN, SESSION_SCRATCH, SLOW_FIXTURES, TEST_SESSION, tiny_config
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -48,7 +48,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     for name in ("gate", "lock", "ray_head"):
         Path(lock_file(name)).unlink(missing_ok=True)
-    shutil.rmtree(lock_file("scratch"), ignore_errors=True)  # the trials' scratch root (tests/helpers.py)
+    shutil.rmtree(SESSION_SCRATCH, ignore_errors=True)  # the trials' scratch root (tests/helpers.py)
     out = os.environ.get("HEADSWEEP_RELIABILITY_OUT")
     if out and _SESSION_START:
         with open(out, "a", encoding="utf-8") as f:

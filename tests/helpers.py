@@ -44,7 +44,8 @@ TEST_SESSION = os.environ.setdefault("HEADSWEEP_TEST_SESSION", f"{os.getpid()}-{
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The trials every test starts train in scratch folders under one folder of this session (removed when it ends), not
 # among the machine's temporary files: a test that kills a trial leaves its folder there (sweeps/scratch.py).
-os.environ.setdefault("HEADSWEEP_SCRATCH", str(Path(tempfile.gettempdir()) / f"headsweep-tests-{TEST_SESSION}.scratch"))
+SESSION_SCRATCH = Path(tempfile.gettempdir()) / f"headsweep-tests-{TEST_SESSION}.scratch"
+os.environ.setdefault("HEADSWEEP_SCRATCH", str(SESSION_SCRATCH))
 
 
 # Fixtures that run a sweep, train a model or start a server: a test that uses one is slow by that alone

@@ -1,8 +1,9 @@
 """Reading sweep results: the trials table, the sweep's config, and each trial's history and gates.
 
 A sweep folder (``<results>/<sweep>``) holds ``trials.csv`` (one row per trial and base model, written by
-``sweeps.results``, which owns the format's names), ``sweep.json`` (the resolved sweep) and Ray's trial folders, whose checkpoints carry the trial's
-``metrics.jsonl``, ``gates.jsonl`` and ``samples.jsonl``. Without a table, Ray's own results are read instead.
+``sweeps.results``, which owns the format's names), ``sweep.json`` (the resolved sweep) and Ray's trial folders,
+whose checkpoints carry the trial's ``metrics.jsonl``, ``gates.jsonl`` and ``samples.jsonl``. Without a table, Ray's
+own results are read instead.
 """
 
 from __future__ import annotations
@@ -115,7 +116,11 @@ def load_sweep(path: str | Path, label: str | None = None) -> SweepResults:
     if not is_uri(source):
         trials = with_log_locations(trials, path)
     trials.insert(0, LABEL, label)
-    return SweepResults(label, path, trials, config, source if is_uri(source) else str(path))
+    results = SweepResults(label, path, trials, config, source if is_uri(source) else str(path))
+    for metric in results.objectives:  # a method none of whose trials has reported yet: no score, no column
+        if metric not in trials.columns:
+            trials[metric] = float("nan")
+    return results
 
 
 TEST_COLUMNS = ("test_bleu", "test_chrf")  # analysis.testset writes them; validation BLEU stays in `bleu`

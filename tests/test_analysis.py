@@ -184,6 +184,35 @@ def test_report_command_compares_sweeps(sweep_dir: Path, tmp_path: Path):
     assert report_main([str(tmp_path / "nothing")]) == 2
 
 
+
+def test_methods_are_compared_while_one_has_no_reported_trial(tmp_path: Path):
+    """A sweep's methods run one after another: when a sweep stops while a method's first trials have reported
+    nothing yet, that method's folder holds Ray's trial folders without a score column. The comparison of the
+    methods still comes out, with that method at 0 completed trials, instead of failing on the missing column."""
+    import json
+
+    from analysis.report import compare_report
+    from model import metrics as M
+    from sweeps.results import PRUNE, STAGE, STATUS, SWEEP_FILE, TRIAL_ID, TRIALS_FILE
+
+    config = {"objectives": [{"metric": M.BLEU, "mode": "max"}, {"metric": M.OPEN_HEADS, "mode": "min"}]}
+    done, waiting = tmp_path / "done", tmp_path / "waiting"
+    for folder in (done, waiting):
+        folder.mkdir()
+        (folder / SWEEP_FILE).write_text(json.dumps(config))
+    pd.DataFrame({TRIAL_ID: ["a", "b"], STAGE: PRUNE, STATUS: M.COMPLETED, M.BLEU: [30.0, 25.0],
+                  M.OPEN_HEADS: [12, 3]}).to_csv(done / TRIALS_FILE, index=False)
+    trial = waiting / "trial_00000"  # started, nothing reported: an empty result.json
+    trial.mkdir()
+    (trial / "result.json").write_text("")
+    (trial / "params.json").write_text(json.dumps({"baseline.budget": 3}))
+    sweeps = load_sweeps([done, waiting], ["done", "waiting"])
+    assert sweeps[1].completed.empty and M.BLEU in sweeps[1].trials.columns
+    page = compare_report(sweeps, tmp_path / "out", stem="methods").read_text()
+    cells = [c.split("</td>")[0] for c in page.split("<td>")[1:]]
+    assert cells[:3] == ["done", "2", "2"] and cells[5:8] == ["waiting", "0", "0"], cells
+    assert (tmp_path / "out" / "methods.png").exists()
+
 @pytest.mark.parametrize("start", ["", "analysis"], ids=["from the repository root", "from analysis/"])
 def test_the_notebook_runs_on_a_sweep(sweep_dir: Path, monkeypatch, start: str):
     """Executed as Jupyter would, started in the repository root or in analysis/, on a relative results path:

@@ -263,7 +263,9 @@ def test_wandb_with_a_key_but_no_reachable_backend_stays_offline_on_time_and_no_
     check_table(tmp_path / "r" / "online", trials=2)
     runs = sorted(p.name for p in (tmp_path / "r" / "online" / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 3 and runs[-1].endswith("-summary"), runs  # both trials and the sweep's summary run
-    assert timings["online"] < timings["disabled"] + 60, timings  # no half-hour wait on an unreachable backend
+    # no wait on the unreachable backend's retries (W&B's own go on for up to half an hour): a bound that holds on a
+    # machine loaded by other work too, where the two runs' own times differ by a minute or more
+    assert timings["online"] < timings["disabled"] + 600, timings
     files = [path for path in (tmp_path / "r").rglob("*") if path.is_file()]
     with_key = [path for path in files if FAKE_KEY.encode() in path.read_bytes()]
     scanned = len(files)

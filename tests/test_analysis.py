@@ -184,7 +184,6 @@ def test_report_command_compares_sweeps(sweep_dir: Path, tmp_path: Path):
     assert report_main([str(tmp_path / "nothing")]) == 2
 
 
-
 def test_methods_are_compared_while_one_has_no_reported_trial(tmp_path: Path):
     """A sweep's methods run one after another: when a sweep stops while a method's first trials have reported
     nothing yet, that method's folder holds Ray's trial folders without a score column. The comparison of the
@@ -212,6 +211,7 @@ def test_methods_are_compared_while_one_has_no_reported_trial(tmp_path: Path):
     cells = [c.split("</td>")[0] for c in page.split("<td>")[1:]]
     assert cells[:3] == ["done", "2", "2"] and cells[5:8] == ["waiting", "0", "0"], cells
     assert (tmp_path / "out" / "methods.png").exists()
+
 
 @pytest.mark.parametrize("start", ["", "analysis"], ids=["from the repository root", "from analysis/"])
 def test_the_notebook_runs_on_a_sweep(sweep_dir: Path, monkeypatch, start: str):

@@ -21,6 +21,7 @@ Calls go downward: this module -> ``sweeps.tuner.run_sweep`` -> Tune -> a traina
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import sys
@@ -167,6 +168,7 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         logger.finish(exit_code=1)
         raise
     logger.finish()
+    gc.collect()  # a reused worker (search.reuse_actors) starts its next trial without this one's model in memory
 
 
 def _speedup(sweep, cfg, folder: Path, base: str) -> dict[str, Any]:

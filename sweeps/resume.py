@@ -42,11 +42,12 @@ def can_restore(experiment: str) -> bool:
 
 def _where_not_what(key: str) -> bool:
     """A recorded sweep key that says where or how fast trials run (W&B, folders, threads, the CPUs and GPUs a trial
-    or a base model is given, the results root the folder was moved to) or how they are scored afterwards (test.*,
-    and the timing of a finished trial's model: latency.*), not what they learn."""
+    or a base model is given, the results root the folder was moved to, whether a worker process runs several trials)
+    or how they are scored afterwards (test.*, and the timing of a finished trial's model: latency.*), not what they
+    learn."""
     return key.startswith(("wandb.", "test.", "latency.", "resources.", "pretrain.resources.",
                             "baselines.scratch_resources.")) or key in (
-        "storage", "storage_shared") or any(
+        "storage", "storage_shared", "search.reuse_actors") or any(
         key == f"{p}{k}" for p in ("base.", "pretrain.set.", "prune.set.") for k in RUN_LOCATION_KEYS)
 
 

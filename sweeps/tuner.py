@@ -192,7 +192,7 @@ def prune_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, resume:
             trainable, param_space=tune_space(sweep),
             tune_config=tune.TuneConfig(search_alg=make_searcher(sweep, bounds), num_samples=sweep.search.num_samples,
                                         max_concurrent_trials=sweep.search.max_concurrent,
-                                        scheduler=early_stopping(sweep)),
+                                        scheduler=early_stopping(sweep), reuse_actors=sweep.search.reuse_actors),
             run_config=_run_config(sweep, sweep.name, sweep.storage, keep=sweep.schema.keep_checkpoints),
         )
 
@@ -259,7 +259,8 @@ def baseline_stage(sweep: Sweep, setup: TrialSetup, trainables: Trainables, run:
 
     def new_tuner():
         return tune.Tuner(trainable, param_space=space,
-                          tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.search.max_concurrent),
+                          tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=sweep.search.max_concurrent,
+                                                      reuse_actors=sweep.search.reuse_actors),
                           run_config=_run_config(sweep, run.name, sweep.storage, keep=sweep.schema.keep_checkpoints,
                                                  params=list(space)))
 

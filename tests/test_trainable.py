@@ -199,6 +199,42 @@ def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, recor
 
 
 @pytest.mark.slow
+def test_a_reused_worker_runs_each_trial_as_a_fresh_process_would(tmp_path: Path, record):
+    """search.reuse_actors (the default): one Ray worker process runs the trials one after another. Nothing of one
+    trial may reach the next (random state, data, the model, the working folder, the W&B run): every trial ends
+    with the numbers, bit for bit, that it has in a new process per trial."""
+    sweep = write_sweep(tmp_path / "s.yaml", space={"train.lr": {"choice": [1.0e-3, 3.0e-3, 1.0e-2]}},
+                        pretrain={"enabled": False}, wandb={"mode": "offline"},
+                        search={"sampler": "grid", "num_samples": 3, "max_concurrent": 1})
+    reused = run_cli(str(sweep), "--no-report", "--results", str(tmp_path))
+    fresh = run_cli(str(sweep), "--no-report", "--results", str(tmp_path), "--set", "name=u",
+                    "--set", "search.reuse_actors=false")
+    for proc in (reused, fresh):
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def pids(name: str) -> list[int]:  # the worker process of each trial, from Tune's own results
+        return [json.loads((trial / "result.json").read_text().splitlines()[-1])["pid"]
+                for trial in sorted((tmp_path / name).glob("prune_trainable_*"))]
+
+    assert len(pids("t")) == 3 and len(set(pids("t"))) == 1, pids("t")
+    assert len(set(pids("u"))) == 3, pids("u")
+    a, b = (check_table(tmp_path / name, trials=3).set_index("param.train.lr") for name in ("t", "u"))
+    for lr in a.index:
+        for key in (M.STEP, M.LOSS, M.BLEU, M.CHRF, M.VALID_NLL, M.OPEN_HEADS, M.L0, "seed"):
+            assert a.loc[lr, key] == b.loc[lr, key], (lr, key, a.loc[lr, key], b.loc[lr, key])
+        assert Path(a.loc[lr, "checkpoint"]).is_relative_to(tmp_path / "t")  # written in its own trial's folder
+    # W&B: each trial its own finished run, with its own evaluations only
+    runs = [Path(p) for p in glob.glob(str(tmp_path / "t" / "wandb" / "wandb" / "offline-run-*"))
+            if not p.endswith("-summary")]
+    assert len(runs) == 3
+    for run in runs:
+        steps = [row["step"] for row in wandb_history(run) if M.BLEU in row]
+        assert steps == [3, 6], (run, steps)
+    record("3 trials in one reused Ray worker against 3 new processes", workers_reused=len(set(pids("t"))),
+           workers_fresh=len(set(pids("u"))), trials_equal=len(a))
+
+
+@pytest.mark.slow
 def test_gpu_trials_on_a_machine_without_gpus_are_refused(tmp_path: Path):
     proc = run_cli(str(write_sweep(tmp_path / "s.yaml", resources={"cpus": 1, "gpus": 1})),
                    "--results", str(tmp_path), env={"CUDA_VISIBLE_DEVICES": ""})

@@ -417,7 +417,7 @@ class _Scoring:
             for _, row in chosen.iterrows():
                 found = self._score(row, s)
                 layout = row.get(PARAM_PREFIX + LAYOUT)
-                if method == GATES:  # what scratch's Table 2 matches its layouts against
+                if method in (GATES, GATES_BUDGET):  # the heads each layer kept (Table 2 matches gates' layouts)
                     layout = row_layout(row, self.kinds) or layout
                 folder_rows.append(self._entry(row, found, method, label, chosen_on,
                                                steps if method in BUDGET_METHODS else math.nan, layout))

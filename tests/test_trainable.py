@@ -383,6 +383,12 @@ def test_one_sweep_runs_every_method_scores_the_test_set_and_compares_them(tmp_p
     assert (scored["method"] == "base").sum() == 1
     for method in ("gates_budget", "importance", "iterative", "random"):
         assert (scored["method"] == method).sum() == (8 if method != "gates_budget" else 4)
+    # every model that pruned itself says which heads of each layer it kept: those its trial ended with
+    for name, method in (("t", "gates"), ("t-gates_budget", "gates_budget")):
+        trials = pd.read_csv(root / name / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+        for _, row in scored[scored["method"] == method].iterrows():
+            r = trials.loc[row["trial_id"]]
+            assert row["layout"] == f"enc_self={int(r['open_heads/enc_self/0'])},{int(r['open_heads/enc_self/1'])}"
     assert (scored["sentences"] == 20).all() and scored["test_bleu_signature"].str.contains("nrefs:1").all()
     pairs = pd.read_csv(root / "t" / "report" / "test_comparisons.csv")
     # compared only at equal training: gates_budget with the 3-step folders, then importance with the other layout

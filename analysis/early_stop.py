@@ -134,20 +134,24 @@ def trials_to_fewest_feasible(sweeps: Sequence[SweepResults]) -> tuple[pd.DataFr
     return pd.DataFrame(rows), {"bounds": ", ".join(b.describe() for b in bounds), heads: target}
 
 
-def constrained_ratio(found: pd.DataFrame) -> dict[str, float | int]:
+def constrained_ratio(found: pd.DataFrame) -> dict[str, float | int | bool]:
     """Mean trials to the fewest-heads feasible point, constrained against unconstrained (a sweep that never got
-    there counts as its trial count + 1: a lower bound), and how many sweeps of each never got there."""
+    there counts as its trial count + 1: a lower bound), each mean's 95% t-interval half-width over seeds, whether
+    the two intervals are apart, and how many sweeps of each never got there."""
     column = "trials to the fewest-heads feasible point"
-    means = {}
+    means, halves, never = {}, {}, {}
     for group in (CONSTRAINED, NONE):
         runs = found[found["scheduler"] == group]
         if runs.empty:
             raise ResultsError(f"no sweep of group {group!r}")
-        means[group] = float(runs[column].fillna(runs["trials"] + 1).mean())
-        means[f"{group}_never"] = int(runs[column].isna().sum())
+        means[group], halves[group] = t_interval(runs[column].fillna(runs["trials"] + 1).tolist())
+        never[group] = int(runs[column].isna().sum())
+    apart = bool(abs(means[CONSTRAINED] - means[NONE]) > halves[CONSTRAINED] + halves[NONE])  # NaN: False
     return {"constrained_trials_ratio": means[CONSTRAINED] / means[NONE],
-            "constrained_trials_mean": means[CONSTRAINED], "unconstrained_trials_mean": means[NONE],
-            "constrained_never": means[f"{CONSTRAINED}_never"], "unconstrained_never": means[f"{NONE}_never"]}
+            "constrained_trials_mean": means[CONSTRAINED], "constrained_trials_half": halves[CONSTRAINED],
+            "unconstrained_trials_mean": means[NONE], "unconstrained_trials_half": halves[NONE],
+            "constrained_trials_intervals_apart": apart,
+            "constrained_never": never[CONSTRAINED], "unconstrained_never": never[NONE]}
 
 
 def curves_chart(curves: pd.DataFrame):

@@ -74,5 +74,10 @@ def test_constrained_sweeps_are_judged_by_the_trials_to_the_fewest_heads_feasibl
     assert needed[("constrained", 0)] == 1 and needed[("constrained", 1)] == 2
     ratio = constrained_ratio(found)
     assert ratio["constrained_trials_ratio"] == pytest.approx(1.5 / 3.5) and ratio["unconstrained_never"] == 1
+    # two seeds each: 1.5 +- 12.71 * 0.7071 / sqrt(2) trials against 3.5 +- the same; the intervals overlap
+    assert ratio["constrained_trials_half"] == pytest.approx(6.353, abs=1e-3) == ratio["unconstrained_trials_half"]
+    assert ratio["constrained_trials_intervals_apart"] is False
+    far = found.assign(**{"trials to the fewest-heads feasible point": [3.0, 3.0, 1.0, 1.0]})  # no spread, 2 apart
+    assert constrained_ratio(far)["constrained_trials_intervals_apart"] is True
     assert main(["--sweeps", *map(str, plain + guided), "--out", str(tmp_path / "out")]) == 0
     assert "constrained_trials_ratio=0.4286" in capsys.readouterr().out

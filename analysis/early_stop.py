@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from model import metrics as M
-from sweeps.results import TRIAL_ID
+from sweeps.results import PARAM_PREFIX, STATUS, TRIAL_ID
 
 from .load import ResultsError, SweepResults, load_sweep
 from .pareto import hypervolume
@@ -53,7 +53,9 @@ def scheduler_of(s: SweepResults) -> tuple[str, Any]:
 
 
 def step_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
-    """Hypervolume and trial-steps after each trial: columns scheduler, seed, trials, steps, hypervolume."""
+    """Hypervolume and trial-steps after each trial: columns scheduler, seed, trials, steps, hypervolume, and that
+    trial's own record (trial id, status, its last step, its objectives and searched parameters), so that the table
+    is also every sweep's trials in suggestion order."""
     objectives, directions, pooled, reference = pooled_trials(sweeps)
     rows, seen = [], set()
     for s in sweeps:
@@ -67,8 +69,11 @@ def step_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
         for n in range(1, len(trials) + 1):
             done = trials.iloc[:n][scored[:n]].dropna(subset=list(objectives))
             hv = hypervolume(done, objectives, directions, reference) if len(done) else 0.0
+            trial = trials.iloc[n - 1]
             rows.append({"scheduler": key[0], "seed": key[1], "trials": n, "steps": float(steps.iloc[n - 1]),
-                         "hypervolume": hv})
+                         "hypervolume": hv, TRIAL_ID: str(trial[TRIAL_ID]), STATUS: trial.get(STATUS),
+                         "trial_step": trial.get(M.STEP), **{o: trial.get(o) for o in objectives},
+                         **{k: trial[k] for k in trials.columns if k.startswith(PARAM_PREFIX)}})
     out = pd.DataFrame(rows)
     out.attrs["reference"] = reference
     out.attrs["pooled_hypervolume"] = hypervolume(pooled, objectives, directions, reference)

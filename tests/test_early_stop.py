@@ -32,6 +32,9 @@ def test_stopped_trials_count_with_what_they_reached_and_their_steps(tmp_path, c
     curves = step_curves([load_sweep(f) for f in folders])
     run = curves[(curves["scheduler"] == "mo_asha") & (curves["seed"] == 0)]
     assert run["steps"].tolist() == [100.0, 110.0, 120.0]  # a stopped trial spent only its steps
+    # each row is also that trial's record, in suggestion order
+    assert run["status"].tolist() == ["completed", "stopped", "stopped"] and run["trial_step"].tolist() == [100, 10, 10]
+    assert run["bleu"].tolist() == [30.0, 19.0, 5.0] and run["open_heads"].tolist() == [20, 5, 20]
     assert run["hypervolume"].is_monotonic_increasing and run["hypervolume"].iloc[1] > run["hypervolume"].iloc[0]
     summary = final_summary(curves).set_index("scheduler")
     assert summary.loc["none", "trial-steps"] == 300 and summary.loc["mo_asha", "trial-steps"] == 120

@@ -1,6 +1,6 @@
 """What Ray Tune + Optuna cost on top of the training itself, on the quickstart sweep.
 
-    python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml] [--set key=value ...] [--baseline key=value]
+    python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml] [--set key=value ...] [--baseline key=value] [--keep DIR]
 
 Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user's first run) and prints:
 - total wall time of the command (target <= 10 minutes on a 2-core CPU);
@@ -19,12 +19,15 @@ Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user
 - ``quickstart_wall_s=``, the measured run's wall time (goal <= 300 s for the quickstart on an idle 2-core CPU);
 - last, ``sweep_overhead = total wall time / ideal`` (target <= 1.10; goal <= 1.05): Ray start-up, scheduling,
   checkpoint copies, Optuna and the driver, as a share of the time the trials themselves take.
+With ``--keep DIR`` the measured run's own output (``DIR/output.txt``, what a user's terminal shows) and its report
+folder (``DIR/report``) are kept; the results folder is otherwise removed with the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,8 +85,9 @@ def outside(spans: dict[str, list[tuple[float, float]]], start: float, end: floa
             "after": end - max(prune_end, base_end)}
 
 
-def run_sweep(sweep: str, overrides: list[str]) -> dict | int:
-    """The sweep from scratch in a fresh results folder and tokenizer cache: its figures, or the command's exit code."""
+def run_sweep(sweep: str, overrides: list[str], keep: Path | None = None) -> dict | int:
+    """The sweep from scratch in a fresh results folder and tokenizer cache: its figures, or the command's exit code;
+    ``keep``: a folder for the command's output and the sweep's report."""
     import yaml
 
     with tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
@@ -101,6 +105,11 @@ def run_sweep(sweep: str, overrides: list[str]) -> dict | int:
         if proc.returncode != 0:
             print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
             return proc.returncode
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / "output.txt").write_text(proc.stdout + proc.stderr)
+            for report in (Path(tmp) / "results").glob("*/report"):
+                shutil.copytree(report, keep / "report", dirs_exist_ok=True)
         tables = list((Path(tmp) / "results").glob("*/trials.csv"))
         df = pd.read_csv(tables[0])
         df["start"], df["end"], df["train_seconds"] = zip(*(trial_times(Path(p)) for p in df["trial_path"]))
@@ -140,6 +149,8 @@ def main() -> int:
     parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
                         help="first run the sweep with these overrides too (e.g. search.scheduler.kind=none) and print "
                              "the wall-time ratio of that run to the measured one")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep the measured run's output (DIR/output.txt) and report (DIR/report)")
     args = parser.parse_args()
     baseline = None
     if args.baseline:
@@ -149,7 +160,7 @@ def main() -> int:
             return baseline
         describe(baseline)
         print(f"== measured: {' '.join(args.overrides) or 'the sweep as it is'}")
-    run = run_sweep(args.sweep, args.overrides)
+    run = run_sweep(args.sweep, args.overrides, args.keep)
     if isinstance(run, int):
         return run
     describe(run)

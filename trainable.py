@@ -64,6 +64,7 @@ from sweeps.resume import SweepError
 from sweeps.scheduler import TrialStopped, await_decision, rungs
 from sweeps.schema import GATES, SCRATCH, MethodRun
 from sweeps.scratch import trial_scratch
+from sweeps.storage import is_uri, upload
 from sweeps.sweep import Sweep, base_hash
 from sweeps.trial import run_trial
 from sweeps.tuner import Trainables, TrialSetup, expected_trials, run_sweep, unfinished_trials
@@ -168,6 +169,7 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         logger.finish(exit_code=1)
         raise
     logger.finish()
+    _persist_run(logger.path, ctx)
     gc.collect()  # a reused worker (search.reuse_actors) starts its next trial without this one's model in memory
 
 
@@ -199,6 +201,15 @@ def _node() -> str:
     import ray
 
     return f"{ray.util.get_node_ip_address()} ({socket.gethostname()})"
+
+
+def _persist_run(path: str, ctx) -> None:
+    """A finished offline W&B run in the trial's folder, copied now to the sweep's remote storage (where trials.csv
+    says it lies): a worker that goes on to the next trial (search.reuse_actors) leaves the trial folder to Tune's
+    copy at the end of the experiment, which was seen to miss the last runs on S3."""
+    stored = _in_storage(path, ctx)
+    if stored != path and is_uri(stored) and Path(path).is_dir():
+        upload(path, stored)
 
 
 def _in_storage(path: str, ctx) -> str:

@@ -13,8 +13,9 @@ and tuner pickles, each trial's folder with ``result.json``, ``progress.csv``, `
 every kept checkpoint's copy of the logs, and the offline W&B runs. This command turns such a folder into a
 *record*:
 
-- kept as they are: ``trials.csv``, ``sweep.json``, ``finished.json``, ``optuna.db``, ``test_scores.csv``, ``report/`` (its Markdown,
-  PNGs and CSVs);
+- kept as they are: ``trials.csv``, ``sweep.json``, ``finished.json``, ``optuna.db``, ``test_scores.csv``, ``report/``
+  (its Markdown, PNGs and CSVs), and where the sweep has them ``constraints.json`` (the bounds its trials were judged
+  by) and ``scheduler.json`` (MO-ASHA's rung records);
 - each trial's logs (``metrics.jsonl``, ``gates.jsonl``, ``samples.jsonl`` of the checkpoint ``trials.csv`` names)
   move into one file, ``trial_logs.jsonl`` (:data:`TRIAL_LOGS_FILE`), one line per trial;
 - the test split's cached translations and scores (``test/<trial id>.json``, one file a trial) are gathered into one
@@ -46,6 +47,7 @@ from model.cli import command_parser
 from model.files import atomic_write
 from model.train import GATES_FILE, METRICS_FILE, SAMPLES_FILE
 
+from .constraints import CONSTRAINTS_FILE
 from .results import (
     CHECKPOINT,
     FINISHED_FILE,
@@ -70,8 +72,10 @@ from .results import (
     read_test_pack,
     references_file,
 )
+from .scheduler import SCHEDULER_FILE
 
-KEPT = (TRIALS_FILE, SWEEP_FILE, FINISHED_FILE, OPTUNA_FILE, TEST_SCORES_FILE, TEST_DIR, REPORT_DIR, TRIAL_LOGS_FILE, RECORD_FILE)
+KEPT = (TRIALS_FILE, SWEEP_FILE, FINISHED_FILE, OPTUNA_FILE, TEST_SCORES_FILE, TEST_DIR, REPORT_DIR, TRIAL_LOGS_FILE,
+        RECORD_FILE, CONSTRAINTS_FILE, SCHEDULER_FILE)
 LOGS = {"metrics": METRICS_FILE, "gates": GATES_FILE, "samples": SAMPLES_FILE}  # trial_logs.jsonl key: the file
 
 

@@ -84,6 +84,12 @@ def test_a_finished_folder_keeps_what_analysis_reads_and_loses_the_internals(tmp
     assert is_record(moved) and sorted(p.name for p in moved.iterdir()) == sorted(
         {"trials.csv", "sweep.json", "finished.json", "optuna.db", TEST_DIR, "report", TRIAL_LOGS_FILE, RECORD_FILE})
     assert set(p.name for p in moved.iterdir()) <= set(KEPT)
+    # a constrained sweep's bounds and MO-ASHA's rung records are results too: a record keeps them
+    other = finished_folder(tmp_path / "other")
+    for name in ("constraints.json", "scheduler.json"):
+        (other / name).write_text('{"kept": true}')
+    record_folder(other)
+    assert all(json.loads((other / n).read_text()) == {"kept": True} for n in ("constraints.json", "scheduler.json"))
     assert summary["trials"] == 2 and summary["test_files_compressed"] == 2
     assert "wandb/" in summary["removed"] and "tuner.pkl" in summary["removed"]
     assert json.loads((moved / RECORD_FILE).read_text())["removed_files"] == summary["removed_files"] == 28

@@ -9,7 +9,9 @@ the order Optuna suggested them; after every trial the hypervolume of the scored
 at a rung with the scores they reached) is recorded against one reference point for all sweeps, beside the
 trial-steps spent so far (the sum of each trial's last step). Per scheduler: the final hypervolume and the total
 trial-steps, each with its 95% t-interval over seeds; the ratios with against without early stopping
-(``early_stop_hv_ratio``, ``early_stop_steps_ratio``); and whether the two final hypervolumes' intervals overlap.
+(``early_stop_hv_ratio``, ``early_stop_steps_ratio``); and whether the two final hypervolumes' intervals overlap. MO-ASHA
+sweeps whose rungs ranked the head count itself (``heads_at_rungs: open_heads``) form their own group, with the same
+ratios named ``early_stop_open_heads_*``.
 With constrained sweeps: under their bounds, the fewest-heads feasible point of all sweeps together, and the trials
 each sweep needed to find it, constrained against unconstrained (``constrained_trials_ratio``).
 """
@@ -36,15 +38,20 @@ NONE = "none"  # a sweep without early stopping (search.scheduler.kind)
 
 
 CONSTRAINED = "constrained"  # a sweep with constraints (and no early stopping)
+OPEN_HEADS_RUNGS = "mo_asha_open_heads"  # MO-ASHA ranking the head count at its rungs (heads_at_rungs: open_heads)
 
 
 def scheduler_of(s: SweepResults) -> tuple[str, Any]:
-    """(group, sampler seed) a sweep recorded: its scheduler kind, or ``constrained`` for a sweep with
-    constraints."""
+    """(group, sampler seed) a sweep recorded: its scheduler kind (``mo_asha_open_heads`` for MO-ASHA whose rungs
+    ranked the head count itself, as every MO-ASHA sweep recorded before ``heads_at_rungs`` existed did), or
+    ``constrained`` for a sweep with constraints."""
     search = s.config.get("search") or {}
     if "seed" not in search:
         raise ResultsError(f"{s.path}: sweep.json names no search.seed")
-    kind = (search.get("scheduler") or {}).get("kind", NONE)
+    scheduler = search.get("scheduler") or {}
+    kind = scheduler.get("kind", NONE)
+    if kind == "mo_asha" and scheduler.get("heads_at_rungs", "open_heads") == "open_heads":
+        kind = OPEN_HEADS_RUNGS
     if s.config.get("constraints"):
         if kind != NONE:
             raise ResultsError(f"{s.path}: constraints and early stopping together; compare one change at a time")
@@ -194,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         curves = step_curves(sweeps)
         summary = final_summary(curves)
         found = ratios(summary) if (summary["scheduler"] == "mo_asha").any() else {}
+        if (summary["scheduler"] == OPEN_HEADS_RUNGS).any():
+            found.update({k.replace("early_stop_", "early_stop_open_heads_"): v
+                          for k, v in ratios(summary, OPEN_HEADS_RUNGS).items()})
         feasible = None
         if (summary["scheduler"] == CONSTRAINED).any():
             feasible, target = trials_to_fewest_feasible(sweeps)

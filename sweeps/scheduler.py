@@ -10,6 +10,13 @@ its last checkpoint and its real scores: the trials table marks it ``stopped`` a
 the scores it reached. Tune's own schedulers take one metric, and ASHA on BLEU alone would stop every trial that buys
 fewer heads with a little BLEU, which is the front this tool exists to chart.
 
+What a rung ranks: the objectives, except that the head count (``open_heads``) is ranked by ``l0``, the expected
+number of open gated heads under the gates' distribution, unless ``search.scheduler.heads_at_rungs`` is
+``open_heads``. The count of heads whose evaluation gate is open falls only once a gate has closed; early in a trial
+every trial still has all its heads, the rung then ranks by BLEU alone, and the trials whose penalty would have
+pruned most (lower BLEU so far) are the ones it stops. ``l0`` falls from the first step, by as much as the penalty
+pushes (measured: bench/early_stop.sh, docs/benchmarks.md).
+
 The rung records live in ``scheduler.json`` in the experiment folder, written at every decision, so that a sweep
 continued with ``--resume`` (Tune restores the scheduler as it was created) decides as the first run would have.
 
@@ -121,10 +128,11 @@ def _make_scheduler():
         """MO-ASHA over the sweep's objectives (see the module's doc)."""
 
         def __init__(self, objectives: Sequence[tuple[str, str]], grace_steps: int, reduction_factor: float,
-                     max_steps: int, experiment: str, tell=None) -> None:
+                     max_steps: int, experiment: str, tell=None, ranked_by: dict[str, str] | None = None) -> None:
             super().__init__()
             self.tell = tell  # (trial id, step, go on?) -> None; default: tell_trial, through Ray
             self.objectives = [tuple(o) for o in objectives]
+            self.ranked_by = dict(ranked_by or {})  # objective -> the metric a rung ranks it by (e.g. l0)
             self.reduction_factor = reduction_factor
             self.rungs = rungs(grace_steps, reduction_factor, max_steps)
             self.experiment = experiment
@@ -144,7 +152,8 @@ def _make_scheduler():
             return self._state
 
         def _oriented(self, result: dict[str, Any]) -> list[float] | None:
-            values = [result.get(metric) for metric, _ in self.objectives]
+            ranked_by = getattr(self, "ranked_by", {})  # a scheduler pickled before it existed ranks the objectives
+            values = [result.get(ranked_by.get(metric, metric)) for metric, _ in self.objectives]
             if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
                 return None
             return [float(v) if mode == "max" else -float(v) for v, (_, mode) in zip(values, self.objectives)]
@@ -179,9 +188,9 @@ def _make_scheduler():
 
 
 def make_scheduler(objectives: Sequence[tuple[str, str]], grace_steps: int, reduction_factor: float, max_steps: int,
-                   experiment: str, tell=None):
-    """The Tune scheduler (Ray imported only here)."""
-    return _make_scheduler()(objectives, grace_steps, reduction_factor, max_steps, experiment, tell)
+                   experiment: str, tell=None, ranked_by: dict[str, str] | None = None):
+    """The Tune scheduler (Ray imported only here); ``ranked_by``: objective -> the metric its rungs rank it by."""
+    return _make_scheduler()(objectives, grace_steps, reduction_factor, max_steps, experiment, tell, ranked_by)
 
 
 def stopped_trials(experiment: str) -> dict[str, int]:

@@ -143,6 +143,7 @@ class SchedulerConfig:
     kind: Literal["none", "mo_asha"] = "none"
     grace_steps: int | None = None  # the first rung, in optimizer steps (null: train.eval_every); a multiple of it
     reduction_factor: float = 3.0  # a rung keeps the best 1/reduction_factor of the trials recorded there
+    heads_at_rungs: Literal["l0", "open_heads"] = "l0"  # how a rung ranks open_heads: l0, the expected open heads
 
 
 @dataclass

@@ -207,7 +207,8 @@ def early_stopping(sweep: Sweep):
         return None
     t = sweep.trial_config({}).train
     return make_scheduler([(o.metric, o.mode) for o in sweep.objectives], c.grace_steps or t.eval_every,
-                          c.reduction_factor, t.max_steps, sweep.experiment_dir)
+                          c.reduction_factor, t.max_steps, sweep.experiment_dir,
+                          ranked_by={M.OPEN_HEADS: M.L0} if c.heads_at_rungs == "l0" else {})
 
 
 def scratch_layouts(sweep: Sweep, gate_trials) -> list[str]:

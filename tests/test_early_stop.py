@@ -12,14 +12,16 @@ from analysis.early_stop import final_summary, main, ratios, step_curves
 from analysis.load import load_sweep
 
 
-def sweep(folder, kind: str, seed: int, trials: list[tuple[str, int, float, int]]):
-    """A finished sweep folder: (status, last step, BLEU, heads) per trial, in suggestion order."""
+def sweep(folder, kind: str, seed: int, trials: list[tuple[str, int, float, int]], heads_at_rungs: str | None = "l0"):
+    """A finished sweep folder: (status, last step, BLEU, heads) per trial, in suggestion order; ``heads_at_rungs``
+    None: a sweep recorded before the key existed."""
     folder.mkdir(parents=True)
     rows = [{"trial_id": f"{kind}{seed}_{i}", "stage": "prune", "status": status, "step": step, "bleu": bleu,
              "open_heads": heads} for i, (status, step, bleu, heads) in enumerate(trials)]
     pd.DataFrame(rows).to_csv(folder / "trials.csv", index=False)
     (folder / "sweep.json").write_text(json.dumps({
-        "name": folder.name, "search": {"seed": seed, "scheduler": {"kind": kind}},
+        "name": folder.name, "search": {"seed": seed, "scheduler": {"kind": kind, **(
+            {"heads_at_rungs": heads_at_rungs} if heads_at_rungs else {})}},
         "objectives": [{"metric": "bleu", "mode": "max"}, {"metric": "open_heads", "mode": "min"}]}))
     return folder
 
@@ -42,9 +44,14 @@ def test_stopped_trials_count_with_what_they_reached_and_their_steps(tmp_path, c
     found = ratios(summary.reset_index())
     assert found["early_stop_steps_ratio"] == pytest.approx(0.4)
     assert found["early_stop_hv_ratio"] < 1 and found["early_stop_hv_intervals_overlap"] is False  # no spread
-    assert main(["--sweeps", *map(str, folders), "--out", str(tmp_path / "out")]) == 0
+    # MO-ASHA ranking the head count itself at its rungs (as recorded before heads_at_rungs existed): its own group
+    counted = [sweep(tmp_path / f"count-{s}", "mo_asha", s, cut[:2] + [("stopped", 20, 5.0, 20)], heads_at_rungs=h)
+               for s, h in ((0, None), (1, "open_heads"))]
+    assert set(step_curves([load_sweep(f) for f in counted])["scheduler"]) == {"mo_asha_open_heads"}
+    assert main(["--sweeps", *map(str, folders + counted), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "early_stop_steps_ratio=0.4" in out and (tmp_path / "out" / "hypervolume_vs_steps.png").exists()
+    assert "early_stop_open_heads_steps_ratio=0.4333" in out  # 130 of 300 trial-steps
     with pytest.raises(Exception, match="second sweep with scheduler none and seed 0"):
         step_curves([load_sweep(folders[0]), load_sweep(folders[0])])
 

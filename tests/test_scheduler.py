@@ -67,6 +67,29 @@ def test_the_scheduler_stops_dominated_trials_at_rungs_and_remembers_after_a_res
     assert (tmp_path / SCHEDULER_FILE).exists() and "2 trials stopped" in restored.debug_string()
 
 
+def test_rungs_rank_the_head_count_by_the_expected_open_heads_which_move_before_a_gate_closes(tmp_path):
+    """Early in a trial no gate has closed: every trial has all 24 heads open at evaluation, and ranked by that
+    count a rung stops the trial that trades BLEU for pruning (its penalty pushes its gates shut, l0 10). Ranked by
+    l0 it is on the front and goes on; a scheduler pickled before the ranking existed ranks by the count."""
+    from ray.tune.schedulers import TrialScheduler
+
+    def decisions(ranked_by, folder):
+        told = []
+        s = make_scheduler([("bleu", "max"), ("open_heads", "min")], 10, 1.5, 40, str(folder), ranked_by=ranked_by,
+                           tell=lambda trial, step, go_on: told.append((trial, go_on)))
+        if ranked_by is None:
+            del s.ranked_by  # as a scheduler restored from a tuner pickled before the attribute existed
+        for trial, bleu, l0 in (("t1", 30.0, 23.5), ("t2", 29.5, 23.8), ("t3", 28.0, 10.0)):
+            result = {"step": 10, "bleu": bleu, "open_heads": 24, "l0": l0, "status": "running"}
+            assert s.on_trial_result(None, SimpleNamespace(trial_id=trial), result) == TrialScheduler.CONTINUE
+        return dict(told)
+
+    assert decisions({"open_heads": "l0"}, tmp_path / "l0") == {"t1": True, "t2": True, "t3": True}
+    assert decisions({}, tmp_path / "count") == {"t1": True, "t2": True, "t3": False}
+    assert decisions(None, tmp_path / "old") == {"t1": True, "t2": True, "t3": False}
+    assert stopped_trials(str(tmp_path / "count")) == {"t3": 10} and stopped_trials(str(tmp_path / "l0")) == {}
+
+
 @pytest.mark.slow
 def test_a_sweep_with_mo_asha_stops_trials_at_rungs_and_keeps_what_they_reached(tmp_path):
     """search.scheduler: mo_asha on a real sweep: some trials stop at a rung, each with its checkpoint of that step

@@ -9,9 +9,9 @@ the order Optuna suggested them; after every trial the hypervolume of the scored
 at a rung with the scores they reached) is recorded against one reference point for all sweeps, beside the
 trial-steps spent so far (the sum of each trial's last step). Per scheduler: the final hypervolume and the total
 trial-steps, each with its 95% t-interval over seeds; the ratios with against without early stopping
-(``early_stop_hv_ratio``, ``early_stop_steps_ratio``); and whether the two final hypervolumes' intervals overlap. MO-ASHA
-sweeps whose rungs ranked the head count itself (``heads_at_rungs: open_heads``) form their own group, with the same
-ratios named ``early_stop_open_heads_*``.
+(``early_stop_hv_ratio``, ``early_stop_steps_ratio``); and whether the two final hypervolumes' intervals overlap.
+MO-ASHA sweeps whose rungs ranked the head count itself (``heads_at_rungs: open_heads``) form their own group, with
+the same ratios named ``early_stop_open_heads_*``.
 With constrained sweeps: under their bounds, the fewest-heads feasible point of all sweeps together, and the trials
 each sweep needed to find it, constrained against unconstrained (``constrained_trials_ratio``).
 """

@@ -38,6 +38,7 @@ NONE = "none"  # a sweep without early stopping (search.scheduler.kind)
 
 
 CONSTRAINED = "constrained"  # a sweep with constraints (and no early stopping)
+FEWEST = "fewest heads of its feasible trials"  # per sweep: how close it came to the answer in its trials
 OPEN_HEADS_RUNGS = "mo_asha_open_heads"  # MO-ASHA ranking the head count at its rungs (heads_at_rungs: open_heads)
 
 
@@ -139,17 +140,20 @@ def trials_to_fewest_feasible(sweeps: Sequence[SweepResults]) -> tuple[pd.DataFr
         group, seed = scheduler_of(s)
         trials = suggestion_order(s)
         scored = trials[TRIAL_ID].astype(str).isin(s.completed[TRIAL_ID].astype(str)).to_numpy()
-        hit = scored & feasible(trials).to_numpy() & (pd.to_numeric(trials[heads]) <= target).to_numpy()
+        ok = scored & feasible(trials).to_numpy()
+        hit = ok & (pd.to_numeric(trials[heads]) <= target).to_numpy()
         needed = float(hit.argmax() + 1) if hit.any() else float("nan")
         rows.append({"scheduler": group, "seed": seed, "trials": len(trials),
-                     "trials to the fewest-heads feasible point": needed})
+                     "trials to the fewest-heads feasible point": needed,
+                     FEWEST: float(pd.to_numeric(trials[heads])[ok].min()) if ok.any() else float("nan")})
     return pd.DataFrame(rows), {"bounds": ", ".join(b.describe() for b in bounds), heads: target}
 
 
 def constrained_ratio(found: pd.DataFrame) -> dict[str, float | int | bool]:
     """Mean trials to the fewest-heads feasible point, constrained against unconstrained (a sweep that never got
     there counts as its trial count + 1: a lower bound), each mean's 95% t-interval half-width over seeds, whether
-    the two intervals are apart, and how many sweeps of each never got there."""
+    the two intervals are apart, and how many sweeps of each never got there; and per group the mean fewest heads
+    among a sweep's feasible trials, with its half-width (how close the sweeps came, found or not)."""
     column = "trials to the fewest-heads feasible point"
     means, halves, never = {}, {}, {}
     for group in (CONSTRAINED, NONE):
@@ -159,7 +163,11 @@ def constrained_ratio(found: pd.DataFrame) -> dict[str, float | int | bool]:
         means[group], halves[group] = t_interval(runs[column].fillna(runs["trials"] + 1).tolist())
         never[group] = int(runs[column].isna().sum())
     apart = bool(abs(means[CONSTRAINED] - means[NONE]) > halves[CONSTRAINED] + halves[NONE])  # NaN: False
+    fewest = {g: t_interval(found[found["scheduler"] == g][FEWEST].dropna().tolist()) for g in (CONSTRAINED, NONE)}
     return {"constrained_trials_ratio": means[CONSTRAINED] / means[NONE],
+            "constrained_fewest_heads_mean": fewest[CONSTRAINED][0],
+            "constrained_fewest_heads_half": fewest[CONSTRAINED][1],
+            "unconstrained_fewest_heads_mean": fewest[NONE][0], "unconstrained_fewest_heads_half": fewest[NONE][1],
             "constrained_trials_mean": means[CONSTRAINED], "constrained_trials_half": halves[CONSTRAINED],
             "unconstrained_trials_mean": means[NONE], "unconstrained_trials_half": halves[NONE],
             "constrained_trials_intervals_apart": apart,

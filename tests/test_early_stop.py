@@ -87,6 +87,9 @@ def test_constrained_sweeps_are_judged_by_the_trials_to_the_fewest_heads_feasibl
     # two seeds each: 1.5 +- 12.71 * 0.7071 / sqrt(2) trials against 3.5 +- the same; the intervals overlap
     assert ratio["constrained_trials_half"] == pytest.approx(6.353, abs=1e-3) == ratio["unconstrained_trials_half"]
     assert ratio["constrained_trials_intervals_apart"] is False
+    # how close each sweep came: the fewest heads among its feasible trials (none-1: 4 heads at 29.0 is infeasible)
+    assert found["fewest heads of its feasible trials"].tolist() == [4.0, 20.0, 4.0, 4.0]
+    assert ratio["constrained_fewest_heads_mean"] == 4.0 and ratio["unconstrained_fewest_heads_mean"] == 12.0
     far = found.assign(**{"trials to the fewest-heads feasible point": [3.0, 3.0, 1.0, 1.0]})  # no spread, 2 apart
     assert constrained_ratio(far)["constrained_trials_intervals_apart"] is True
     assert main(["--sweeps", *map(str, plain + guided), "--out", str(tmp_path / "out")]) == 0

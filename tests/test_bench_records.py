@@ -36,7 +36,9 @@ def test_a_recording_is_whole_and_its_page_is_what_the_recorder_renders(path: Pa
     assert recording["name"] == path.stem and re.fullmatch(r"[0-9a-f]{40}", recording["commit"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", recording["date"])
     assert {"cpu", "cores", "torch", "load_average_1min"} <= set(recording["machine"])
-    assert re.match(r"^(HEADSWEEP_DATA=\S+ )?python bench/\w+\.py", recording["command"]), recording["command"]
+    # a benchmark script, or a series of sweeps (bench/early_stop.sh), as the recorder ran it
+    assert re.match(r"^(HEADSWEEP_DATA=\S+ )?(python bench/\w+\.py|bash bench/\w+\.sh)", recording["command"]), \
+        recording["command"]
     assert recording["figures"] == recorder.figures(recording["output"]) and recording["figures"]
     assert path.with_suffix(".md").read_text(encoding="utf-8") == recorder.render(recording)
     quoted = [p for p in (REPO / "docs").rglob("*.md")

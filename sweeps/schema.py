@@ -158,7 +158,7 @@ class SearchConfig:
     startup_trials: int | None = None  # tpe: random trials before it models the space (null: Optuna's 10)
     population_size: int | None = None  # nsga2: trials per generation (null: Optuna's 50)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # multi-objective early stopping
-    reuse_actors: bool = True  # a trial's Ray worker goes on to the next trial (false: a new process per trial)
+    reuse_actors: bool = False  # true: a trial's Ray worker goes on to the next trial (docs/sweeps.md: its caveat)
 
 
 @dataclass

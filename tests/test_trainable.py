@@ -200,12 +200,12 @@ def test_diverged_trial_ends_as_such_and_the_sweep_goes_on(tmp_path: Path, recor
 
 @pytest.mark.slow
 def test_a_reused_worker_runs_each_trial_as_a_fresh_process_would(tmp_path: Path, record):
-    """search.reuse_actors (the default): one Ray worker process runs the trials one after another. Nothing of one
+    """search.reuse_actors: one Ray worker process runs the trials one after another. Nothing of one
     trial may reach the next (random state, data, the model, the working folder, the W&B run): every trial ends
     with the numbers, bit for bit, that it has in a new process per trial."""
     sweep = write_sweep(tmp_path / "s.yaml", space={"train.lr": {"choice": [1.0e-3, 3.0e-3, 1.0e-2]}},
                         pretrain={"enabled": False}, wandb={"mode": "offline"},
-                        search={"sampler": "grid", "num_samples": 3, "max_concurrent": 1})
+                        search={"sampler": "grid", "num_samples": 3, "max_concurrent": 1, "reuse_actors": True})
     reused = run_cli(str(sweep), "--no-report", "--results", str(tmp_path))
     fresh = run_cli(str(sweep), "--no-report", "--results", str(tmp_path), "--set", "name=u",
                     "--set", "search.reuse_actors=false")

@@ -10,6 +10,10 @@ at a rung with the scores they reached) is recorded against one reference point 
 trial-steps spent so far (the sum of each trial's last step). Per scheduler: the final hypervolume and the total
 trial-steps, each with its 95% t-interval over seeds; the ratios with against without early stopping
 (``early_stop_hv_ratio``, ``early_stop_steps_ratio``); and whether the two final hypervolumes' intervals overlap.
+At equal cost: each early-stopping sweep's final hypervolume against what the sweep without early stopping of the
+same sampler seed had reached once it had spent as many trial-steps (the paired difference over seeds with its 95%
+t-interval, ``early_stop_equal_steps_hv_ratio``, ``early_stop_equal_steps_difference`` and whether its interval
+excludes 0, ``early_stop_equal_steps_apart``): does stopping trials early buy a better front per trial-step?
 MO-ASHA sweeps whose rungs ranked the head count itself (``heads_at_rungs: open_heads``) form their own group, with
 the same ratios named ``early_stop_open_heads_*``.
 With constrained sweeps: under their bounds, the fewest-heads feasible point of all sweeps together, and the trials
@@ -114,6 +118,28 @@ def ratios(summary: pd.DataFrame, scheduler: str = "mo_asha") -> dict[str, float
             "early_stop_hv_intervals_overlap": bool(overlap)}
 
 
+def at_equal_steps(curves: pd.DataFrame, scheduler: str = "mo_asha") -> tuple[pd.DataFrame, dict[str, float | bool]]:
+    """Per seed: ``scheduler``'s final hypervolume and trial-steps, and the hypervolume the sweep without early
+    stopping of the same seed had after its last trial that ended within as many trial-steps (0 before its first).
+    Returns that table and the ratio of the means, the mean paired difference with its 95% t half-width, and whether
+    that interval excludes 0."""
+    last = curves.sort_values("trials").groupby(["scheduler", "seed"], sort=False).tail(1)
+    rows = []
+    for _, run in last[last["scheduler"] == scheduler].iterrows():
+        full = curves[(curves["scheduler"] == NONE) & (curves["seed"] == run["seed"])]
+        if full.empty:
+            raise ResultsError(f"{scheduler} seed {run['seed']}: no sweep without early stopping of the same seed")
+        within = full[full["steps"] <= run["steps"]]
+        rows.append({"seed": run["seed"], "trial-steps": run["steps"], scheduler: run["hypervolume"],
+                     NONE: float(within["hypervolume"].max()) if len(within) else 0.0})
+    table = pd.DataFrame(rows).sort_values("seed", ignore_index=True)
+    diff, half = t_interval((table[scheduler] - table[NONE]).tolist())
+    return table, {"early_stop_equal_steps_hv_ratio": float(table[scheduler].mean() / table[NONE].mean()),
+                   "early_stop_equal_steps_difference": float(diff),
+                   "early_stop_equal_steps_difference_half": float(half),
+                   "early_stop_equal_steps_apart": bool(abs(diff) > half)}
+
+
 def trials_to_fewest_feasible(sweeps: Sequence[SweepResults]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per sweep: the trials it needed (in suggestion order) to find the fewest-heads feasible point of all the
     sweeps together, under the constrained sweeps' bounds (their constraints.json; every sweep's trials are judged
@@ -208,10 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         sweeps = [load_sweep(f) for f in args.sweeps]
         curves = step_curves(sweeps)
         summary = final_summary(curves)
-        found = ratios(summary) if (summary["scheduler"] == "mo_asha").any() else {}
-        if (summary["scheduler"] == OPEN_HEADS_RUNGS).any():
-            found.update({k.replace("early_stop_", "early_stop_open_heads_"): v
-                          for k, v in ratios(summary, OPEN_HEADS_RUNGS).items()})
+        found, equal = {}, {}
+        for group, prefix in (("mo_asha", "early_stop_"), (OPEN_HEADS_RUNGS, "early_stop_open_heads_")):
+            if (summary["scheduler"] == group).any():
+                equal[group], at_equal = at_equal_steps(curves, group)
+                found.update({k.replace("early_stop_", prefix): v
+                              for k, v in {**ratios(summary, group), **at_equal}.items()})
         feasible = None
         if (summary["scheduler"] == CONSTRAINED).any():
             feasible, target = trials_to_fewest_feasible(sweeps)
@@ -229,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         print(summary.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print(f"chart: {png} and {html}; curves: {out / 'curves.csv'}")
+    for group, table in equal.items():
+        table.to_csv(out / f"equal_steps_{group}.csv", index=False)
+        print(f"at equal trial-steps: {group}'s final hypervolume and what '{NONE}' of the same seed had reached "
+              "within as many trial-steps")
+        with pd.option_context("display.width", 250, "display.max_columns", 20):
+            print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if feasible is not None:
         feasible.to_csv(out / "fewest_feasible.csv", index=False)
         print(f"the fewest-heads feasible point of all sweeps: {target}")

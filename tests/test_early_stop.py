@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from analysis.early_stop import final_summary, main, ratios, step_curves
+from analysis.early_stop import at_equal_steps, final_summary, main, ratios, step_curves
 from analysis.load import load_sweep
 
 
@@ -52,6 +52,20 @@ def test_stopped_trials_count_with_what_they_reached_and_their_steps(tmp_path, c
     out = capsys.readouterr().out
     assert "early_stop_steps_ratio=0.4" in out and (tmp_path / "out" / "hypervolume_vs_steps.png").exists()
     assert "early_stop_open_heads_steps_ratio=0.4333" in out  # 130 of 300 trial-steps
+    # at equal cost: the full sweep of the same seed had, within MO-ASHA's 120 trial-steps, only its first trial
+    table, equal = at_equal_steps(curves)
+    assert table["trial-steps"].tolist() == [120.0, 120.0]
+    assert table["none"].tolist() == curves[(curves["scheduler"] == "none") & (curves["trials"] == 1)]["hypervolume"].tolist()
+    assert (table["mo_asha"] > table["none"]).all() and equal["early_stop_equal_steps_hv_ratio"] > 1
+    assert equal["early_stop_equal_steps_difference_half"] == 0 and equal["early_stop_equal_steps_apart"] is True
+    assert "early_stop_equal_steps_apart=true" in out and "early_stop_open_heads_equal_steps_hv_ratio=" in out
+    assert (tmp_path / "out" / "equal_steps_mo_asha.csv").exists()
+    # a full sweep's first trial not yet ended within the budget counts as no front at all
+    slow = [sweep(tmp_path / f"slow-{s}", "none", s, [("completed", 200, 30.0, 20)] * 2) for s in (0, 1)]
+    table, _ = at_equal_steps(step_curves([load_sweep(f) for f in slow + folders[2:]]))
+    assert table["none"].tolist() == [0.0, 0.0]
+    with pytest.raises(Exception, match="mo_asha seed 1: no sweep without early stopping of the same seed"):
+        at_equal_steps(step_curves([load_sweep(f) for f in folders[:1] + folders[2:]]))
     with pytest.raises(Exception, match="second sweep with scheduler none and seed 0"):
         step_curves([load_sweep(folders[0]), load_sweep(folders[0])])
 

@@ -55,7 +55,8 @@ def test_stopped_trials_count_with_what_they_reached_and_their_steps(tmp_path, c
     # at equal cost: the full sweep of the same seed had, within MO-ASHA's 120 trial-steps, only its first trial
     table, equal = at_equal_steps(curves)
     assert table["trial-steps"].tolist() == [120.0, 120.0]
-    assert table["none"].tolist() == curves[(curves["scheduler"] == "none") & (curves["trials"] == 1)]["hypervolume"].tolist()
+    first = curves[(curves["scheduler"] == "none") & (curves["trials"] == 1)]
+    assert table["none"].tolist() == first["hypervolume"].tolist()
     assert (table["mo_asha"] > table["none"]).all() and equal["early_stop_equal_steps_hv_ratio"] > 1
     assert equal["early_stop_equal_steps_difference_half"] == 0 and equal["early_stop_equal_steps_apart"] is True
     assert "early_stop_equal_steps_apart=true" in out and "early_stop_open_heads_equal_steps_hv_ratio=" in out

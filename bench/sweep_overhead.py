@@ -1,6 +1,7 @@
 """What Ray Tune + Optuna cost on top of the training itself, on the quickstart sweep.
 
-    python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml] [--set key=value ...] [--baseline key=value] [--keep DIR]
+    python bench/sweep_overhead.py [--sweep sweeps/quickstart.yaml] [--set key=value ...] [--baseline key=value]
+                                   [--keep DIR]
 
 Runs the sweep from scratch (fresh results folder and tokenizer cache, as a user's first run) and prints:
 - total wall time of the command (target <= 10 minutes on a 2-core CPU);

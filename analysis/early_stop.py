@@ -92,9 +92,14 @@ def step_curves(sweeps: Sequence[SweepResults]) -> pd.DataFrame:
     return out
 
 
+def final_rows(curves: pd.DataFrame) -> pd.DataFrame:
+    """Each sweep's row after its last trial."""
+    return curves.sort_values("trials").groupby(["scheduler", "seed"], sort=False).tail(1)
+
+
 def final_summary(curves: pd.DataFrame) -> pd.DataFrame:
     """Per scheduler: seeds, final hypervolume and total trial-steps, each mean with its 95% t-interval."""
-    last = curves.sort_values("trials").groupby(["scheduler", "seed"], sort=False).tail(1)
+    last = final_rows(curves)
     rows = []
     for name, group in last.groupby("scheduler", sort=False):
         hv, hv_half = t_interval(group["hypervolume"].tolist())
@@ -123,7 +128,7 @@ def at_equal_steps(curves: pd.DataFrame, scheduler: str = "mo_asha") -> tuple[pd
     stopping of the same seed had after its last trial that ended within as many trial-steps (0 before its first).
     Returns that table and the ratio of the means, the mean paired difference with its 95% t half-width, and whether
     that interval excludes 0."""
-    last = curves.sort_values("trials").groupby(["scheduler", "seed"], sort=False).tail(1)
+    last = final_rows(curves)
     rows = []
     for _, run in last[last["scheduler"] == scheduler].iterrows():
         full = curves[(curves["scheduler"] == NONE) & (curves["seed"] == run["seed"])]

@@ -169,7 +169,8 @@ def _run(setup: TrialSetup, stage: str, base_key: str, params: dict[str, Any], c
         logger.finish(exit_code=1)
         raise
     logger.finish()
-    _persist_run(logger.path, ctx)
+    if sweep.search.reuse_actors:  # otherwise Tune copies the trial folder, W&B run included, as the trial ends
+        _persist_run(logger.path, ctx)
     gc.collect()  # a reused worker (search.reuse_actors) starts its next trial without this one's model in memory
 
 
@@ -204,9 +205,9 @@ def _node() -> str:
 
 
 def _persist_run(path: str, ctx) -> None:
-    """A finished offline W&B run in the trial's folder, copied now to the sweep's remote storage (where trials.csv
-    says it lies): a worker that goes on to the next trial (search.reuse_actors) leaves the trial folder to Tune's
-    copy at the end of the experiment, which was seen to miss the last runs on S3."""
+    """A reused worker's (search.reuse_actors) finished offline W&B run in the trial's folder, copied now to the
+    sweep's remote storage (where trials.csv says it lies): the worker goes on to the next trial and leaves the
+    trial folder to Tune's copy at the end of the experiment, which was seen to miss the last runs on S3."""
     stored = _in_storage(path, ctx)
     if stored != path and is_uri(stored) and Path(path).is_dir():
         upload(path, stored)

@@ -1,7 +1,8 @@
 # Sourced by the benchmarks that run series of complete sweeps (bench/sampler_study.sh, bench/early_stop.sh).
 # run_sweep RESULTS NAME SWEEP.yaml [--set k=v ...]: one sweep into RESULTS/NAME, its output in RESULTS/NAME.log;
 # a finished one (finished.json written: every trial ended; or kept as a record: python -m sweeps.record) is
-# skipped, an interrupted one resumed; stops the calling script on failure. $PYTHON: the interpreter (default .venv/bin/python).
+# skipped, an interrupted one resumed; stops the calling script on failure. $PYTHON: the interpreter (default
+# .venv/bin/python).
 python=${PYTHON:-.venv/bin/python}
 
 run_sweep() {
